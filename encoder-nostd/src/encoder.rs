@@ -1,0 +1,1 @@
+//! BCAE-HT and BCAE-2D int8 encoders over caller-provided scratch memory.

@@ -1,0 +1,55 @@
+//! The one error type of the no_std side. `Copy` and allocation-free so firmware can log or count it.
+
+/// Everything that can go wrong on the board. Never a panic: each case is reported here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// A caller-provided buffer is shorter than required.
+    BufferTooSmall { needed: usize, got: usize },
+    /// An input has the wrong number of elements for the model's shape.
+    WrongShape { expected: usize, got: usize },
+    /// An ADC value above the 10-bit range (1023).
+    AdcOutOfRange { index: usize, value: u16 },
+    /// Weights bytes end before the format says they should.
+    TruncatedWeights,
+    /// Weights bytes do not start with the format's magic number.
+    BadMagic,
+    /// Weights were written by a format version this build cannot read.
+    UnsupportedVersion { found: u16, supported: u16 },
+    /// The CRC-32 stored in the weights does not match their contents.
+    CrcMismatch { stored: u32, computed: u32 },
+    /// The weights decode but describe an inconsistent model (layer shapes do not chain, etc.).
+    CorruptWeights,
+    /// The weights are for another model than the one asked for.
+    WrongModel,
+    /// An integer intermediate would exceed its range (checked, never wrapped).
+    Overflow,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::BufferTooSmall { needed, got } => {
+                write!(f, "buffer too small: need {needed} elements, got {got}")
+            }
+            Error::WrongShape { expected, got } => {
+                write!(f, "wrong input size: expected {expected} elements, got {got}")
+            }
+            Error::AdcOutOfRange { index, value } => {
+                write!(f, "ADC value {value} at index {index} exceeds the 10-bit range (max 1023)")
+            }
+            Error::TruncatedWeights => write!(f, "weights are truncated"),
+            Error::BadMagic => write!(f, "not a bcae weights file (bad magic)"),
+            Error::UnsupportedVersion { found, supported } => write!(
+                f,
+                "weights format version {found} is not supported (this build reads version {supported})"
+            ),
+            Error::CrcMismatch { stored, computed } => write!(
+                f,
+                "weights CRC mismatch: stored {stored:#010x}, computed {computed:#010x} (file is corrupt)"
+            ),
+            Error::CorruptWeights => write!(f, "weights describe an inconsistent model"),
+            Error::WrongModel => write!(f, "weights are for a different model"),
+            Error::Overflow => write!(f, "integer overflow in an intermediate value"),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Integer kernels: int8 convolutions, requantization, LeakyReLU, pooling, residual add.

@@ -1,0 +1,23 @@
+//! `encoder-nostd`: the part of bcae-rs that runs on a front-end board.
+//!
+//! `#![no_std]`, no heap, no `unsafe`, and no panics on any input: every misuse (short buffers,
+//! corrupt or truncated weights, wrong shapes, out-of-range ADC) is a typed [`Error`].
+//!
+//! - [`geometry`]: the TPC wedge's shape and ADC range.
+//! - [`checksum`]: the CRC-32 used by every format of the project.
+//! - [`weights`]: the int8 weights format (the one place it is defined), read with postcard.
+//! - [`kernels`]: integer convolution, pooling, activation and requantization kernels.
+//! - [`encoder`]: BCAE-HT and BCAE-2D int8 encoders over caller-provided scratch memory.
+//! - [`sparse`]: a classical sparse codec (zero-run mask + log-quantized values, entropy coded).
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod checksum;
+pub mod encoder;
+pub mod error;
+pub mod geometry;
+pub mod kernels;
+pub mod sparse;
+pub mod weights;
+
+pub use error::Error;

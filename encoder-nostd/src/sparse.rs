@@ -1,0 +1,1 @@
+//! A classical sparse codec for zero-suppressed TPC wedges.

@@ -1,0 +1,1 @@
+//! Training checkpoints: safetensors weights + JSON config/state, written atomically.

@@ -1,0 +1,1 @@
+//! `bcae synth`, `bcae stats`, `bcae show`: generate, describe and draw wedge data.

@@ -1,0 +1,1 @@
+//! `bcae import-torch`: load the reference implementation's PyTorch state_dicts into a run.

@@ -1,0 +1,1 @@
+//! `bcae compress`, `bcae decompress`, `bcae inspect`: the `.bcae` stream file.

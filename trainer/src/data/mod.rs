@@ -1,0 +1,1 @@
+//! TPC wedge data: the reference data set's on-disk format and the synthetic generator.

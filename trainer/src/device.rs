@@ -1,0 +1,67 @@
+//! Choosing the compute device: CPU everywhere, CUDA where built with `--features cuda` and a GPU
+//! is present. Asking for CUDA where it cannot work is a clear error, never a crash.
+use candle_core::Device;
+
+/// Which device the user asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum DeviceChoice {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`, a driver and the CUDA libraries).
+    Cuda,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "--device cuda: this binary was built without CUDA support; rebuild with \
+         `cargo build --release --features cuda` (see README, section CUDA)"
+    )]
+    NotBuiltWithCuda,
+    #[error(
+        "--device cuda: no usable CUDA GPU ({0}); check `nvidia-smi`, and that libcuda, cuBLAS and \
+         cuRAND are on LD_LIBRARY_PATH (see README, section CUDA), or use --device cpu"
+    )]
+    NoGpu(String),
+}
+
+/// Open the chosen device.
+pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(DeviceError::NotBuiltWithCuda);
+            }
+            // cudarc loads the driver at run time and may panic when it is missing: contain that.
+            match std::panic::catch_unwind(|| Device::new_cuda(0)) {
+                Ok(Ok(device)) => Ok(device),
+                Ok(Err(e)) => Err(DeviceError::NoGpu(e.to_string())),
+                Err(_) => Err(DeviceError::NoGpu("the CUDA driver library could not be loaded".into())),
+            }
+        }
+    }
+}
+
+/// The best device built in: CUDA when compiled with it and a GPU answers, else the CPU.
+pub fn best() -> Device {
+    open(DeviceChoice::Cuda).unwrap_or(Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_always_opens() {
+        assert!(open(DeviceChoice::Cpu).unwrap().is_cpu());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        let err = open(DeviceChoice::Cuda).unwrap_err();
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+}

@@ -1,0 +1,26 @@
+//! `trainer`: everything bcae-rs does on a server or workstation.
+//!
+//! - [`data`]: the reference data set's reader/writer and the physics-based synthetic TPC generator.
+//! - [`nn`]: layers candle lacks (Conv3d, ConvTranspose3d built from 2D ops).
+//! - [`models`]: BCAE-2D, BCAE-HT, BCAE++ and the original BCAE (2021) in candle.
+//! - [`loss`], [`metrics`], [`train`], [`eval`], [`checkpoint`]: the bicephalous training loop and
+//!   the paper's Table-1 evaluation.
+//! - [`quantize`], [`quantized`]: int8 post-training quantization into `encoder-nostd`'s weights
+//!   format, and the candle integer path that reproduces the board's codes bit for bit.
+//! - [`stream`]: the `.bcae` compressed stream file.
+//! - [`device`]: choosing CPU or CUDA.
+//! - [`cli`]: the `bcae` subcommands (the binary only parses arguments and dispatches).
+
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod loss;
+pub mod metrics;
+pub mod models;
+pub mod nn;
+pub mod quantize;
+pub mod quantized;
+pub mod stream;
+pub mod train;

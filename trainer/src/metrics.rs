@@ -1,0 +1,1 @@
+//! Reconstruction metrics: MAE, MSE, PSNR, precision, recall, occupancy.

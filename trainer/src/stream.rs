@@ -1,0 +1,1 @@
+//! The `.bcae` compressed stream file: header, CRC-protected frames, footer index.

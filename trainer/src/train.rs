@@ -1,0 +1,1 @@
+//! The training loop: AdamW, the adaptive segmentation weight, lr schedule, crops, resume.
