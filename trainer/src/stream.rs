@@ -1,1 +1,0 @@
-//! The `.bcae` compressed stream file: header, CRC-protected frames, footer index.
