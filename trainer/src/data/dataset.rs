@@ -1,0 +1,152 @@
+//! A set of wedge files: a reference-layout data root (`train.txt` / `test.txt` listing relative
+//! `.npy` paths), a plain folder of `.npy` files (searched recursively), or one `.npy` file.
+
+use std::path::{Path, PathBuf};
+
+use super::{read_wedge, DataError, Wedge};
+
+/// Which part of a data root to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// The wedges listed in `train.txt`.
+    Train,
+    /// The wedges listed in `test.txt`.
+    Test,
+    /// Everything: both lists, or every `.npy` file of a plain folder.
+    All,
+}
+
+impl Split {
+    fn list_names(self) -> &'static [&'static str] {
+        match self {
+            Split::Train => &["train.txt"],
+            Split::Test => &["test.txt"],
+            Split::All => &["train.txt", "test.txt"],
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "train" => Ok(Split::Train),
+            "test" => Ok(Split::Test),
+            "all" => Ok(Split::All),
+            other => Err(format!("unknown split '{other}': use train, test or all")),
+        }
+    }
+}
+
+/// An ordered list of wedge files.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl Dataset {
+    /// Open `root` (see the module doc for the three forms). A single `.npy` file is its own data
+    /// set for every split. A plain folder (no list files) can only be opened with [`Split::All`].
+    pub fn open(root: &Path, split: Split) -> Result<Dataset, DataError> {
+        let meta = std::fs::metadata(root).map_err(|source| DataError::Io { path: root.to_path_buf(), source })?;
+        if meta.is_file() {
+            return Ok(Dataset { root: root.to_path_buf(), paths: vec![root.to_path_buf()] });
+        }
+        let has_lists = ["train.txt", "test.txt"].iter().any(|l| root.join(l).is_file());
+        let paths = if has_lists {
+            let mut paths = Vec::new();
+            for list in split.list_names() {
+                paths.extend(read_list(root, list)?);
+            }
+            paths
+        } else if split == Split::All {
+            let mut paths = Vec::new();
+            collect_npy(root, &mut paths)?;
+            paths.sort();
+            paths
+        } else {
+            let list = split.list_names()[0];
+            return Err(DataError::MissingListFile { path: root.to_path_buf(), list: list.into() });
+        };
+        if paths.is_empty() {
+            return Err(DataError::Empty { path: root.to_path_buf() });
+        }
+        Ok(Dataset { root: root.to_path_buf(), paths })
+    }
+
+    /// The root this data set was opened from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The wedge files, in order.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Number of wedges.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether the data set has no wedges (never true for an opened data set).
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Read wedge `i`.
+    pub fn load(&self, i: usize) -> Result<Wedge, DataError> {
+        let path = self.paths.get(i).ok_or_else(|| DataError::IndexOutOfRange {
+            path: self.root.clone(),
+            index: i,
+            len: self.paths.len(),
+        })?;
+        read_wedge(path)
+    }
+
+    /// Keep only the first `n` wedges.
+    pub fn truncate(&mut self, n: usize) {
+        self.paths.truncate(n);
+    }
+}
+
+fn read_list(root: &Path, list: &str) -> Result<Vec<PathBuf>, DataError> {
+    let list_path = root.join(list);
+    if !list_path.is_file() {
+        return Err(DataError::MissingListFile { path: root.to_path_buf(), list: list.into() });
+    }
+    let text = std::fs::read_to_string(&list_path).map_err(|source| DataError::Io { path: list_path.clone(), source })?;
+    let mut paths = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let entry = line.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let p = root.join(entry);
+        if !p.is_file() {
+            return Err(DataError::MissingListedFile {
+                path: root.to_path_buf(),
+                list: list.into(),
+                line: n + 1,
+                entry: entry.into(),
+            });
+        }
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+fn collect_npy(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+        let p = entry.path();
+        if p.is_dir() {
+            collect_npy(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "npy") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
