@@ -23,6 +23,14 @@ pub enum Error {
     WrongModel,
     /// An integer intermediate would exceed its range (checked, never wrapped).
     Overflow,
+    /// A sparse-codec quality that is neither `lossless` nor a log2 step in (0, 64).
+    InvalidQuality,
+    /// A sparse payload ends before its header says it should.
+    SparseTruncated { needed: usize, got: usize },
+    /// A sparse payload was written by a codec version this build cannot read.
+    SparseVersion { found: u8, supported: u8 },
+    /// A sparse payload is corrupt (the reason says how it was detected).
+    SparseCorrupt { reason: &'static str },
 }
 
 impl core::fmt::Display for Error {
@@ -50,6 +58,18 @@ impl core::fmt::Display for Error {
             Error::CorruptWeights => write!(f, "weights describe an inconsistent model"),
             Error::WrongModel => write!(f, "weights are for a different model"),
             Error::Overflow => write!(f, "integer overflow in an intermediate value"),
+            Error::InvalidQuality => write!(
+                f,
+                "invalid sparse quality: use `lossless` or a log2 step such as 0.05 (between 1/1024 and 63.99)"
+            ),
+            Error::SparseTruncated { needed, got } => {
+                write!(f, "sparse payload truncated: need {needed} bytes, got {got}")
+            }
+            Error::SparseVersion { found, supported } => write!(
+                f,
+                "sparse payload version {found} is not supported (this build reads version {supported})"
+            ),
+            Error::SparseCorrupt { reason } => write!(f, "sparse payload is corrupt: {reason}"),
         }
     }
 }
