@@ -11,9 +11,20 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Generate a synthetic TPC data set (physics simulation) in the reference layout.
+    Synth(trainer::cli::data::SynthArgs),
+    /// Print the data-spec statistics of data sets side by side (and check synthetic ones).
+    Stats(trainer::cli::data::StatsArgs),
+    /// Draw one wedge into a PNG.
+    Show(trainer::cli::data::ShowArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Synth(args) => trainer::cli::data::run_synth(args),
+        Command::Stats(args) => trainer::cli::data::run_stats(args),
+        Command::Show(args) => trainer::cli::data::run_show(args),
+    }
 }
