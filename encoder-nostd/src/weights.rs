@@ -1,1 +1,561 @@
 //! The int8 weights format, serialized with postcard: the one place it is defined.
+//!
+//! # File layout
+//!
+//! ```text
+//! postcard(Header { magic: b"BCAEINT8", version: u16 })
+//! postcard(QuantizedModel)            // borrows every weight array from the file bytes
+//! CRC-32/ISO-HDLC of all bytes above  // 4 bytes, little-endian, the last 4 bytes of the file
+//! ```
+//!
+//! [`parse`] checks, in this order and before anything else is trusted: the magic, the format
+//! version, the CRC; only then does it decode the model, and then it validates every shape,
+//! range and bound the encoder relies on ([`QuantizedModel::validate`]).
+//!
+//! # Arithmetic (pinned; `encoder-nostd` and the candle integer path both implement exactly this)
+//!
+//! Activations are int8 with a zero point `zp` (real value = scale * (q - zp)). Weights are int8,
+//! per-output-channel symmetric in [-127, 127]. A convolution accumulates in i32
+//!
+//! ```text
+//! acc[co] = bias[co] + sum over taps inside the input of w * (x - zp_in)
+//! ```
+//!
+//! (taps in the zero padding contribute nothing: padding holds the real value 0, i.e. `zp_in`).
+//! Every requantization uses the one rule (TFLite "single rounding", round half up):
+//!
+//! ```text
+//! M = if acc >= 0 { multiplier } else { negative_multiplier }
+//! y = clamp(((acc as i64 * M) + (1 << (shift - 1))) >> shift) + zp_out, -128, 127)
+//! ```
+//!
+//! A fused LeakyReLU(0.2) is the second multiplier (`negative_multiplier ~= 0.2 * multiplier`,
+//! exact because LeakyReLU is positively homogeneous); without an activation both are equal.
+//! The residual add first brings both operands to a common integer scale,
+//! `acc = Ma * (a - zp_a) + Mb * (b - zp_b)`, then applies the same rule. 2x2 average pooling keeps
+//! its input's scale and zero point: `y = (q00 + q01 + q10 + q11 + 2) >> 2` (the rule with M = 1,
+//! shift = 2; the zero point cancels). The ReZero `alpha` is folded into the main branch's last
+//! convolution before quantization.
+//!
+//! Bounds checked at parse time make all of this overflow-free in i32 / i64 and exactly
+//! representable in f64 (`acc * M < 2^53`), which is what lets the candle path reproduce it.
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::crc32;
+use crate::geometry::{LAYERS, Z_PADDED};
+use crate::Error;
+
+#[cfg(any(feature = "std", test))]
+pub mod owned;
+
+/// The first bytes of every weights file.
+pub const MAGIC: [u8; 8] = *b"BCAEINT8";
+/// The format version this build reads and writes.
+pub const FORMAT_VERSION: u16 = 1;
+/// Entries of the input table: one per 10-bit ADC value.
+pub const INPUT_TABLE_LEN: usize = 1024;
+/// Largest requantization multiplier (`multiplier`, `negative_multiplier`, add operand multipliers).
+pub const MAX_MULTIPLIER: i32 = (1 << 16) - 1;
+/// Largest requantization shift. With `|acc| < 2^31` and `M < 2^16`, `acc * M + 2^(shift-1)`
+/// stays below 2^53, exactly representable in f64.
+pub const MAX_SHIFT: u8 = 46;
+/// Largest absolute bias (keeps the i32 accumulator from overflowing, with [`MAX_ACC_TERMS_BOUND`]).
+pub const MAX_ABS_BIAS: i32 = 1 << 30;
+/// Bound on `127 * 255 * terms` per output (terms = in_channels * kernel volume), so that
+/// `bias + sum` never leaves i32.
+pub const MAX_ACC_TERMS_BOUND: i64 = 1 << 30;
+/// Most channels any layer may have.
+pub const MAX_CHANNELS: u16 = 256;
+/// Most BCAE-2D blocks (`m`).
+pub const MAX_2D_BLOCKS: usize = 8;
+/// Most output columns of one convolution row (the z axis, padded).
+pub const MAX_ROW: usize = Z_PADDED;
+
+/// The fixed-layout start of a weights file, read before anything else.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u16,
+}
+
+/// Identifies the float checkpoint the weights were quantized from.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint<'a> {
+    /// A human-readable name (the run's directory name).
+    pub name: &'a str,
+    /// CRC-32 of the float checkpoint file (`model.safetensors`).
+    pub checkpoint_crc32: u32,
+    /// Length of the float checkpoint file in bytes.
+    pub checkpoint_len: u64,
+}
+
+/// Per-output-channel requantization parameters (see the module docs for the rule).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requant<'a> {
+    /// i32 little-endian per channel, used where `acc >= 0`, in `0..=MAX_MULTIPLIER`.
+    pub multiplier: &'a [u8],
+    /// i32 little-endian per channel, used where `acc < 0`, in `0..=MAX_MULTIPLIER`.
+    pub negative_multiplier: &'a [u8],
+    /// One byte per channel, in `1..=MAX_SHIFT`.
+    pub shift: &'a [u8],
+    /// The output's zero point.
+    pub output_zero_point: i8,
+}
+
+/// A 2D or 3D convolution (2D: kernel, stride and padding depth 1, 1, 0) with fused
+/// requantization and optional LeakyReLU.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv<'a> {
+    pub in_channels: u16,
+    pub out_channels: u16,
+    /// (depth, height, width).
+    pub kernel: [u8; 3],
+    pub stride: [u8; 3],
+    pub padding: [u8; 3],
+    /// The input's zero point (also the padding value).
+    pub input_zero_point: i8,
+    /// int8 weights stored as bytes (`b as i8`), layout [out][in][kd][kh][kw], each in [-127, 127].
+    pub weights: &'a [u8],
+    /// i32 little-endian per output channel, on the accumulator's scale.
+    pub bias: &'a [u8],
+    #[serde(borrow)]
+    pub requant: Requant<'a>,
+}
+
+/// Residual add of two tensors of the same shape, with requantization (and optional LeakyReLU
+/// through `negative_multiplier`): `acc = a_multiplier * (a - a_zero_point) + b_multiplier * (b - b_zero_point)`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Add {
+    pub a_zero_point: i8,
+    pub a_multiplier: i32,
+    pub b_zero_point: i8,
+    pub b_multiplier: i32,
+    pub multiplier: i32,
+    pub negative_multiplier: i32,
+    pub shift: u8,
+    pub output_zero_point: i8,
+}
+
+/// One BCAE-HT / BCAE++ encoder block:
+/// `out = LeakyReLU(alpha * main2(LeakyReLU(main1(x))) + LeakyReLU(skip(x)))`.
+/// `main1` and `skip` carry their LeakyReLU; `alpha` is folded into `main2`; `add` is
+/// (a = main2's output, b = skip's output) with the final LeakyReLU.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HtBlock<'a> {
+    #[serde(borrow)]
+    pub main1: Conv<'a>,
+    #[serde(borrow)]
+    pub main2: Conv<'a>,
+    #[serde(borrow)]
+    pub skip: Conv<'a>,
+    pub add: Add,
+}
+
+/// BCAE-HT (and, with channels 8,16,32,32, BCAE++): 4 blocks of 3D convs, then a linear
+/// 3x3x3 output conv. Input (1, 16, 192, 256), code (code_channels, 16, 12, 16).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HtNetwork<'a> {
+    #[serde(borrow)]
+    pub blocks: [HtBlock<'a>; 4],
+    #[serde(borrow)]
+    pub output: Conv<'a>,
+}
+
+/// A BCAE-2D residual block: `out = LeakyReLU(alpha * conv2(LeakyReLU(conv1(x))) + x)`;
+/// `add` is (a = conv2's output, b = x) with the LeakyReLU.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResBlock2d<'a> {
+    #[serde(borrow)]
+    pub conv1: Conv<'a>,
+    #[serde(borrow)]
+    pub conv2: Conv<'a>,
+    pub add: Add,
+}
+
+/// A BCAE-2D encoder block: 2x2 average pooling if `pool`, then two residual blocks.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block2d<'a> {
+    pub pool: bool,
+    #[serde(borrow)]
+    pub res: [ResBlock2d<'a>; 2],
+}
+
+/// BCAE-2D(m, n, d) encoder: a 7x7 conv 16 -> channels (no activation), then `m` blocks, the
+/// first `d` starting with 2x2 average pooling. Code (channels, 192 / 2^d, 256 / 2^d).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Network2d<'a> {
+    pub m: u8,
+    pub d: u8,
+    #[serde(borrow)]
+    pub input: Conv<'a>,
+    #[serde(borrow)]
+    pub blocks: heapless::Vec<Block2d<'a>, MAX_2D_BLOCKS>,
+}
+
+/// The encoder network, one variant per model family.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Network<'a> {
+    #[serde(borrow)]
+    BcaeHt(HtNetwork<'a>),
+    #[serde(borrow)]
+    Bcae2d(Network2d<'a>),
+}
+
+/// A model family with its hyper-parameters, as the weights describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// BCAE-HT (channels 2,4,4,8) or any network of the same shape (BCAE++: 8,16,32,32).
+    BcaeHt { channels: [u16; 4], code_channels: u16 },
+    /// BCAE-2D(m, n, d) encoder (n is the decoders' depth and not part of the encoder).
+    Bcae2d { m: u8, d: u8, channels: u16 },
+}
+
+/// The model families, for [`crate::encoder::Encoder::parse_expecting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    BcaeHt,
+    Bcae2d,
+}
+
+impl ModelKind {
+    pub fn family(&self) -> ModelFamily {
+        match self {
+            ModelKind::BcaeHt { .. } => ModelFamily::BcaeHt,
+            ModelKind::Bcae2d { .. } => ModelFamily::Bcae2d,
+        }
+    }
+}
+
+/// Everything a board needs to encode wedges.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct QuantizedModel<'a> {
+    #[serde(borrow)]
+    pub fingerprint: Fingerprint<'a>,
+    /// 1024 bytes: ADC value -> int8 network input (`b as i8`), so the board never takes a log.
+    pub input_table: &'a [u8],
+    /// Scale and zero point of the network input (informational: the table already applies them).
+    pub input_scale: f32,
+    pub input_zero_point: i8,
+    #[serde(borrow)]
+    pub network: Network<'a>,
+    /// The code's scale and zero point: code value = code_scale * (q - code_zero_point).
+    pub code_scale: f32,
+    pub code_zero_point: i8,
+}
+
+/// Reads the little-endian i32 number `index` of a byte array; `None` past the end.
+#[inline]
+pub fn le_i32(bytes: &[u8], index: usize) -> Option<i32> {
+    let start = index.checked_mul(4)?;
+    let chunk = bytes.get(start..start.checked_add(4)?)?;
+    Some(i32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+}
+
+fn map_postcard(e: postcard::Error) -> Error {
+    match e {
+        postcard::Error::DeserializeUnexpectedEnd => Error::TruncatedWeights,
+        _ => Error::CorruptWeights,
+    }
+}
+
+/// Parses and validates a weights file, borrowing every array from `bytes` (no copy).
+///
+/// Order of checks: magic, version, CRC, decoding, [`QuantizedModel::validate`].
+pub fn parse(bytes: &[u8]) -> Result<QuantizedModel<'_>, Error> {
+    let (header, rest) = postcard::take_from_bytes::<Header>(bytes).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => Error::TruncatedWeights,
+        _ => Error::BadMagic,
+    })?;
+    if header.magic != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    if header.version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion { found: header.version, supported: FORMAT_VERSION });
+    }
+    let body_end = bytes.len().checked_sub(4).ok_or(Error::TruncatedWeights)?;
+    let header_len = bytes.len() - rest.len();
+    if body_end < header_len {
+        return Err(Error::TruncatedWeights);
+    }
+    let (covered, trailer) = bytes.split_at(body_end);
+    let stored = match trailer {
+        [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
+        _ => return Err(Error::TruncatedWeights),
+    };
+    let computed = crc32(covered);
+    if stored != computed {
+        return Err(Error::CrcMismatch { stored, computed });
+    }
+    let body = covered.get(header_len..).ok_or(Error::TruncatedWeights)?;
+    let (model, left) = postcard::take_from_bytes::<QuantizedModel<'_>>(body).map_err(map_postcard)?;
+    if !left.is_empty() {
+        return Err(Error::CorruptWeights);
+    }
+    model.validate()?;
+    Ok(model)
+}
+
+/// Bytes [`write`] needs for `model`.
+pub fn serialized_len(model: &QuantizedModel<'_>) -> Result<usize, Error> {
+    let header = Header { magic: MAGIC, version: FORMAT_VERSION };
+    let h = postcard::experimental::serialized_size(&header).map_err(|_| Error::CorruptWeights)?;
+    let b = postcard::experimental::serialized_size(model).map_err(|_| Error::CorruptWeights)?;
+    Ok(h + b + 4)
+}
+
+/// Writes a weights file for `model` into `out` (no allocation) and returns its length.
+/// The model is validated first, so a file that `write` produces always parses.
+pub fn write(model: &QuantizedModel<'_>, out: &mut [u8]) -> Result<usize, Error> {
+    model.validate()?;
+    let needed = serialized_len(model)?;
+    if out.len() < needed {
+        return Err(Error::BufferTooSmall { needed, got: out.len() });
+    }
+    let header = Header { magic: MAGIC, version: FORMAT_VERSION };
+    let h = postcard::to_slice(&header, out).map_err(|_| Error::CorruptWeights)?.len();
+    let tail = out.get_mut(h..).ok_or(Error::BufferTooSmall { needed, got: h })?;
+    let b = postcard::to_slice(model, tail).map_err(|_| Error::CorruptWeights)?.len();
+    let body_end = h + b;
+    let crc = crc32(out.get(..body_end).ok_or(Error::CorruptWeights)?);
+    out.get_mut(body_end..body_end + 4)
+        .ok_or(Error::BufferTooSmall { needed, got: body_end })?
+        .copy_from_slice(&crc.to_le_bytes());
+    Ok(body_end + 4)
+}
+
+/// Shape of an activation tensor: (channels, depth, height, width). 2D tensors have depth 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub c: usize,
+    pub d: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    pub const fn len(&self) -> usize {
+        self.c * self.d * self.h * self.w
+    }
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The input of BCAE-HT: (1, 16, 192, 256).
+pub const HT_INPUT: Shape = Shape { c: 1, d: LAYERS, h: crate::geometry::AZIMUTH, w: Z_PADDED };
+/// The input of BCAE-2D: (16, 1, 192, 256).
+pub const INPUT_2D: Shape = Shape { c: LAYERS, d: 1, h: crate::geometry::AZIMUTH, w: Z_PADDED };
+
+fn out_dim(input: usize, kernel: u8, stride: u8, pad: u8) -> Result<usize, Error> {
+    let (k, s, p) = (kernel as usize, stride as usize, pad as usize);
+    if k == 0 || s == 0 || p >= k {
+        return Err(Error::CorruptWeights);
+    }
+    let padded = input + 2 * p;
+    if padded < k {
+        return Err(Error::CorruptWeights);
+    }
+    Ok((padded - k) / s + 1)
+}
+
+fn check_multiplier(m: i32) -> Result<(), Error> {
+    if (0..=MAX_MULTIPLIER).contains(&m) {
+        Ok(())
+    } else {
+        Err(Error::CorruptWeights)
+    }
+}
+
+fn check_shift(s: u8) -> Result<(), Error> {
+    if (1..=MAX_SHIFT).contains(&s) {
+        Ok(())
+    } else {
+        Err(Error::CorruptWeights)
+    }
+}
+
+impl Conv<'_> {
+    /// Multiply-accumulate terms per output value (in_channels x kernel volume).
+    pub fn terms(&self) -> usize {
+        self.in_channels as usize * self.kernel[0] as usize * self.kernel[1] as usize * self.kernel[2] as usize
+    }
+
+    /// Checks this layer against its input shape and returns its output shape.
+    pub fn validate(&self, input: Shape, input_zero_point: i8) -> Result<Shape, Error> {
+        let (ci, co) = (self.in_channels as usize, self.out_channels as usize);
+        if ci != input.c || co == 0 || self.out_channels > MAX_CHANNELS {
+            return Err(Error::CorruptWeights);
+        }
+        if self.input_zero_point != input_zero_point {
+            return Err(Error::CorruptWeights);
+        }
+        let terms = self.terms();
+        if (terms as i64) * 127 * 255 > MAX_ACC_TERMS_BOUND {
+            return Err(Error::CorruptWeights);
+        }
+        if self.weights.len() != co * terms {
+            return Err(Error::CorruptWeights);
+        }
+        if self.weights.iter().any(|&b| b as i8 == i8::MIN) {
+            return Err(Error::CorruptWeights);
+        }
+        if self.bias.len() != 4 * co
+            || self.requant.multiplier.len() != 4 * co
+            || self.requant.negative_multiplier.len() != 4 * co
+            || self.requant.shift.len() != co
+        {
+            return Err(Error::CorruptWeights);
+        }
+        for c in 0..co {
+            let bias = le_i32(self.bias, c).ok_or(Error::CorruptWeights)?;
+            if bias.unsigned_abs() > MAX_ABS_BIAS as u32 {
+                return Err(Error::CorruptWeights);
+            }
+            check_multiplier(le_i32(self.requant.multiplier, c).ok_or(Error::CorruptWeights)?)?;
+            check_multiplier(le_i32(self.requant.negative_multiplier, c).ok_or(Error::CorruptWeights)?)?;
+        }
+        for &s in self.requant.shift {
+            check_shift(s)?;
+        }
+        let out = Shape {
+            c: co,
+            d: out_dim(input.d, self.kernel[0], self.stride[0], self.padding[0])?,
+            h: out_dim(input.h, self.kernel[1], self.stride[1], self.padding[1])?,
+            w: out_dim(input.w, self.kernel[2], self.stride[2], self.padding[2])?,
+        };
+        if out.w > MAX_ROW || out.is_empty() {
+            return Err(Error::CorruptWeights);
+        }
+        Ok(out)
+    }
+
+    /// The zero point of this layer's output.
+    pub fn output_zero_point(&self) -> i8 {
+        self.requant.output_zero_point
+    }
+}
+
+impl Add {
+    /// Checks the operands' zero points and the parameter ranges.
+    pub fn validate(&self, a_zero_point: i8, b_zero_point: i8) -> Result<(), Error> {
+        if self.a_zero_point != a_zero_point || self.b_zero_point != b_zero_point {
+            return Err(Error::CorruptWeights);
+        }
+        check_multiplier(self.a_multiplier)?;
+        check_multiplier(self.b_multiplier)?;
+        check_multiplier(self.multiplier)?;
+        check_multiplier(self.negative_multiplier)?;
+        check_shift(self.shift)
+    }
+}
+
+impl HtNetwork<'_> {
+    /// Validates every layer; returns the code shape and the largest block-output size.
+    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, Error> {
+        let mut shape = HT_INPUT;
+        let mut zp = input_zero_point;
+        for block in &self.blocks {
+            let h = block.main1.validate(shape, zp)?;
+            let m = block.main2.validate(h, block.main1.output_zero_point())?;
+            let s = block.skip.validate(shape, zp)?;
+            if m != s {
+                return Err(Error::CorruptWeights);
+            }
+            block.add.validate(block.main2.output_zero_point(), block.skip.output_zero_point())?;
+            shape = s;
+            zp = block.add.output_zero_point;
+        }
+        self.output.validate(shape, zp)
+    }
+}
+
+impl Network2d<'_> {
+    /// Validates every layer; returns the code shape.
+    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, Error> {
+        if self.blocks.len() != self.m as usize || self.d > self.m || self.m == 0 {
+            return Err(Error::CorruptWeights);
+        }
+        let is_2d = |c: &Conv<'_>| c.kernel[0] == 1 && c.stride[0] == 1 && c.padding[0] == 0;
+        if !is_2d(&self.input) {
+            return Err(Error::CorruptWeights);
+        }
+        let mut shape = self.input.validate(INPUT_2D, input_zero_point)?;
+        let mut zp = self.input.output_zero_point();
+        for (i, block) in self.blocks.iter().enumerate() {
+            if block.pool != (i < self.d as usize) {
+                return Err(Error::CorruptWeights);
+            }
+            if block.pool {
+                if shape.h % 2 != 0 || shape.w % 2 != 0 {
+                    return Err(Error::CorruptWeights);
+                }
+                shape = Shape { h: shape.h / 2, w: shape.w / 2, ..shape };
+            }
+            for res in &block.res {
+                if !is_2d(&res.conv1) || !is_2d(&res.conv2) {
+                    return Err(Error::CorruptWeights);
+                }
+                let h = res.conv1.validate(shape, zp)?;
+                let m = res.conv2.validate(h, res.conv1.output_zero_point())?;
+                if m != shape {
+                    return Err(Error::CorruptWeights);
+                }
+                res.add.validate(res.conv2.output_zero_point(), zp)?;
+                zp = res.add.output_zero_point;
+            }
+        }
+        Ok(shape)
+    }
+}
+
+impl QuantizedModel<'_> {
+    /// The model family and hyper-parameters.
+    pub fn kind(&self) -> ModelKind {
+        match &self.network {
+            Network::BcaeHt(ht) => ModelKind::BcaeHt {
+                channels: [
+                    ht.blocks[0].main1.out_channels,
+                    ht.blocks[1].main1.out_channels,
+                    ht.blocks[2].main1.out_channels,
+                    ht.blocks[3].main1.out_channels,
+                ],
+                code_channels: ht.output.out_channels,
+            },
+            Network::Bcae2d(n) => ModelKind::Bcae2d { m: n.m, d: n.d, channels: n.input.out_channels },
+        }
+    }
+
+    /// Checks every shape, range and bound the encoder relies on; returns the code shape.
+    pub fn validate(&self) -> Result<Shape, Error> {
+        if self.input_table.len() != INPUT_TABLE_LEN {
+            return Err(Error::CorruptWeights);
+        }
+        let padding_value = self.input_table.first().map(|&b| b as i8);
+        if padding_value != Some(self.input_zero_point) {
+            // ADC 0 must map to the real value 0, i.e. the zero point (it is also the z padding).
+            return Err(Error::CorruptWeights);
+        }
+        let (code, code_zp) = match &self.network {
+            Network::BcaeHt(ht) => (ht.validate(self.input_zero_point)?, ht.output.output_zero_point()),
+            Network::Bcae2d(n) => {
+                let shape = n.validate(self.input_zero_point)?;
+                let zp = n
+                    .blocks
+                    .last()
+                    .and_then(|b| b.res.last())
+                    .map(|r| r.add.output_zero_point)
+                    .ok_or(Error::CorruptWeights)?;
+                (shape, zp)
+            }
+        };
+        if code_zp != self.code_zero_point || !(self.code_scale.is_finite() && self.code_scale > 0.0) {
+            return Err(Error::CorruptWeights);
+        }
+        Ok(code)
+    }
+
+    /// The code's shape (channels, depth, height, width); depth is 1 for BCAE-2D.
+    pub fn code_shape(&self) -> Result<Shape, Error> {
+        self.validate()
+    }
+}
