@@ -18,6 +18,8 @@ enum Command {
     Stats(trainer::cli::data::StatsArgs),
     /// Draw one wedge into a PNG.
     Show(trainer::cli::data::ShowArgs),
+    /// Rate-distortion table and plot: the sparse codec, zstd and BCAE models on the same wedges.
+    Compare(trainer::cli::compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +28,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => trainer::cli::data::run_synth(args),
         Command::Stats(args) => trainer::cli::data::run_stats(args),
         Command::Show(args) => trainer::cli::data::run_show(args),
+        Command::Compare(args) => trainer::cli::compare::run_compare(args),
     }
 }
