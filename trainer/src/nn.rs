@@ -1,1 +1,813 @@
-//! Layers candle lacks: Conv3d and ConvTranspose3d, built from candle's 2D ops (differentiable).
+//! Layers candle lacks: Conv3d and ConvTranspose3d, built from candle's 2D ops (differentiable),
+//! plus the small helpers the BCAE models share (LeakyReLU, InstanceNorm3d, PyTorch-style init).
+//!
+//! How the 3D convolutions map onto candle's 2D ops: one spatial axis (the "folded" axis) is
+//! moved next to the batch axis. For [`Conv3d`], the `k` kernel taps along that axis become `k`
+//! strided slices of the padded input, stacked into the channel axis, so a single `conv2d` with
+//! `k * C_in` input channels computes the whole 3D convolution. For [`ConvTranspose3d`], one
+//! `conv_transpose2d` with `k * C_out` output channels computes every tap's contribution, which
+//! is then scattered along the folded axis (shift, interleave, add) and cropped by the padding.
+//! The folded axis is chosen so that the two remaining axes share a stride (candle's 2D ops
+//! take one stride): the radial axis for BCAE++ / BCAE-HT (stride (1, 2, 2)), the layer axis
+//! for the original BCAE (stride (2, 2, 1)). Any other stride combination falls back to stride 1
+//! followed by subsampling (conv) or zero-interleaving (transposed conv): correct but slower.
+//!
+//! Weight layouts are PyTorch's: (C_out, C_in, kD, kH, kW) for Conv3d and
+//! (C_in, C_out, kD, kH, kW) for ConvTranspose3d, so state_dicts load unchanged.
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// Stride and zero padding of a [`Conv3d`], per axis (D, H, W).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv3dConfig {
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+impl Default for Conv3dConfig {
+    fn default() -> Self {
+        Self { stride: [1; 3], padding: [0; 3] }
+    }
+}
+
+impl Conv3dConfig {
+    /// Stride 1 and the same padding `p` on every axis (`p = 1` with `k = 3` keeps the size).
+    pub fn padded(p: usize) -> Self {
+        Self { stride: [1; 3], padding: [p; 3] }
+    }
+}
+
+/// Stride, padding (output cropping) and output padding of a [`ConvTranspose3d`], per axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvTranspose3dConfig {
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+    pub output_padding: [usize; 3],
+}
+
+impl Default for ConvTranspose3dConfig {
+    fn default() -> Self {
+        Self { stride: [1; 3], padding: [0; 3], output_padding: [0; 3] }
+    }
+}
+
+/// A 3D convolution, weight (C_out, C_in, kD, kH, kW), optional bias (C_out).
+/// Input (N, C_in, D, H, W), output (N, C_out, D', H', W') with
+/// `D' = (D + 2 p - kD) / s + 1` per axis, as PyTorch's `nn.Conv3d`.
+#[derive(Debug, Clone)]
+pub struct Conv3d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv3dConfig,
+}
+
+impl Conv3d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv3dConfig) -> Self {
+        Self { weight, bias, config }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    pub fn config(&self) -> &Conv3dConfig {
+        &self.config
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv3d_forward(x, &self.weight, self.config.stride, self.config.padding)?;
+        add_channel_bias(y, self.bias.as_ref())
+    }
+}
+
+/// A 3D transposed convolution, weight (C_in, C_out, kD, kH, kW), optional bias (C_out).
+/// Output size per axis `(in - 1) s - 2 p + k + output_padding`, as PyTorch's `nn.ConvTranspose3d`.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose3d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: ConvTranspose3dConfig,
+}
+
+impl ConvTranspose3d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: ConvTranspose3dConfig) -> Self {
+        Self { weight, bias, config }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    pub fn config(&self) -> &ConvTranspose3dConfig {
+        &self.config
+    }
+}
+
+impl Module for ConvTranspose3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let y = conv_transpose3d_forward(x, &self.weight, c.stride, c.padding, c.output_padding)?;
+        add_channel_bias(y, self.bias.as_ref())
+    }
+}
+
+/// PyTorch's default initialisation bound for a conv layer, `1 / sqrt(fan_in)` (kaiming uniform
+/// with a = sqrt(5) for the weight and the same bound for the bias).
+fn pytorch_uniform(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// A [`Conv3d`] with bias whose variables are `weight` and `bias` under `vb`, initialised as
+/// PyTorch does.
+pub fn conv3d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: [usize; 3],
+    config: Conv3dConfig,
+    vb: VarBuilder,
+) -> Result<Conv3d> {
+    let init = pytorch_uniform(in_channels * kernel.iter().product::<usize>());
+    let weight = vb.get_with_hints(
+        (out_channels, in_channels, kernel[0], kernel[1], kernel[2]),
+        "weight",
+        init,
+    )?;
+    let bias = vb.get_with_hints(out_channels, "bias", init)?;
+    Ok(Conv3d::new(weight, Some(bias), config))
+}
+
+/// A [`ConvTranspose3d`] with bias (`weight`, `bias` under `vb`), initialised as PyTorch does
+/// (PyTorch takes the fan-in of a transposed conv from the weight's dim 1, i.e. C_out).
+pub fn conv_transpose3d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: [usize; 3],
+    config: ConvTranspose3dConfig,
+    vb: VarBuilder,
+) -> Result<ConvTranspose3d> {
+    let init = pytorch_uniform(out_channels * kernel.iter().product::<usize>());
+    let weight = vb.get_with_hints(
+        (in_channels, out_channels, kernel[0], kernel[1], kernel[2]),
+        "weight",
+        init,
+    )?;
+    let bias = vb.get_with_hints(out_channels, "bias", init)?;
+    Ok(ConvTranspose3d::new(weight, Some(bias), config))
+}
+
+/// A 2D convolution with bias (`weight` (C_out, C_in, k, k), `bias`) initialised as PyTorch does
+/// (candle_nn's own `conv2d` uses a different default init).
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    config: candle_nn::Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<candle_nn::Conv2d> {
+    let init = pytorch_uniform(in_channels * kernel * kernel);
+    let weight = vb.get_with_hints((out_channels, in_channels, kernel, kernel), "weight", init)?;
+    let bias = vb.get_with_hints(out_channels, "bias", init)?;
+    Ok(candle_nn::Conv2d::new(weight, Some(bias), config))
+}
+
+/// LeakyReLU for slopes in [0, 1]: `max(x, slope * x)` (one op fewer than candle_nn's version).
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    x.maximum(&(x * slope)?)
+}
+
+/// InstanceNorm over all axes after the first two, without affine parameters, biased variance,
+/// as PyTorch's `nn.InstanceNorm3d(C)` (affine = false, track_running_stats = false) computes it.
+pub fn instance_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    if dims.len() < 3 {
+        candle_core::bail!("instance_norm needs (N, C, spatial...), got shape {:?}", dims)
+    }
+    let spatial: usize = dims[2..].iter().product();
+    let flat = x.reshape((dims[0], dims[1], spatial))?;
+    let mean = flat.mean_keepdim(2)?;
+    let centered = flat.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(2)?;
+    centered.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims)
+}
+
+fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        None => Ok(y),
+        Some(b) => {
+            let c = b.elem_count();
+            y.broadcast_add(&b.reshape((1, c, 1, 1, 1))?)
+        }
+    }
+}
+
+/// Elements `start, start + step, ..., start + (len - 1) step` of `dim` (zero beyond the end).
+fn strided_narrow(t: &Tensor, dim: usize, start: usize, len: usize, step: usize) -> Result<Tensor> {
+    if step == 1 {
+        return t.narrow(dim, start, len);
+    }
+    let avail = t.dim(dim)? - start;
+    let span = step * len;
+    let mut s = t.narrow(dim, start, span.min(avail))?;
+    if avail < span {
+        s = s.pad_with_zeros(dim, 0, span - avail)?;
+    }
+    let mut shape = s.dims().to_vec();
+    shape[dim] = len;
+    shape.insert(dim + 1, step);
+    s.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// Insert `step - 1` zeros between consecutive elements of `dim`: length `(n - 1) step + 1`.
+fn zero_interleave(t: &Tensor, dim: usize, step: usize) -> Result<Tensor> {
+    if step == 1 {
+        return Ok(t.clone());
+    }
+    let n = t.dim(dim)?;
+    let zeros = t.zeros_like()?;
+    let mut parts = vec![t.clone()];
+    parts.extend(std::iter::repeat_n(zeros, step - 1));
+    let mut shape = t.dims().to_vec();
+    shape[dim] = n * step;
+    Tensor::stack(&parts, dim + 1)?.reshape(shape)?.narrow(dim, 0, (n - 1) * step + 1)
+}
+
+/// Crop `dim` to `[start, start + len)`, zero-extending past the end if needed.
+fn crop(t: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+    let n = t.dim(dim)?;
+    if start + len <= n {
+        t.narrow(dim, start, len)
+    } else {
+        t.narrow(dim, start, n - start)?.pad_with_zeros(dim, 0, start + len - n)
+    }
+}
+
+/// Which spatial axis to fold into the batch so the other two share a stride.
+fn fold_axis(stride: [usize; 3]) -> usize {
+    if stride[1] == stride[2] {
+        0
+    } else if stride[0] == stride[1] {
+        2
+    } else if stride[0] == stride[2] {
+        1
+    } else {
+        0
+    }
+}
+
+/// Permutation moving spatial axis `axis` (0..3) to the first spatial position (dim 2),
+/// and its inverse.
+fn fold_permutation(axis: usize) -> ([usize; 5], [usize; 5]) {
+    match axis {
+        0 => ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]),
+        1 => ([0, 1, 3, 2, 4], [0, 1, 3, 2, 4]),
+        _ => ([0, 1, 4, 2, 3], [0, 1, 3, 4, 2]),
+    }
+}
+
+fn reorder(v: [usize; 3], axis: usize) -> [usize; 3] {
+    match axis {
+        0 => v,
+        1 => [v[1], v[0], v[2]],
+        _ => [v[2], v[0], v[1]],
+    }
+}
+
+fn check_positive(stride: [usize; 3], what: &str) -> Result<()> {
+    if stride.contains(&0) {
+        candle_core::bail!("{what}: stride must be >= 1 on every axis, got {stride:?}")
+    }
+    Ok(())
+}
+
+/// Functional 3D convolution without bias (PyTorch `F.conv3d` semantics, dilation 1, groups 1).
+pub fn conv3d_forward(
+    x: &Tensor,
+    w: &Tensor,
+    stride: [usize; 3],
+    padding: [usize; 3],
+) -> Result<Tensor> {
+    check_positive(stride, "conv3d")?;
+    let (_, c, d, h, wd) = x.dims5()?;
+    let (_, ci, kd, kh, kw) = w.dims5()?;
+    if c != ci {
+        candle_core::bail!("conv3d: input has {c} channels but the weight expects {ci}")
+    }
+    for (i, (n, k)) in [(d, kd), (h, kh), (wd, kw)].into_iter().enumerate() {
+        if n + 2 * padding[i] < k {
+            candle_core::bail!(
+                "conv3d: input {:?} (padding {padding:?}) is smaller than the kernel {:?}",
+                [d, h, wd],
+                [kd, kh, kw]
+            )
+        }
+    }
+    let axis = fold_axis(stride);
+    let (perm, inv) = fold_permutation(axis);
+    let y = conv3d_fold_first(
+        &x.permute(perm)?,
+        &w.permute(perm)?,
+        reorder(stride, axis),
+        reorder(padding, axis),
+    )?;
+    y.permute(inv)
+}
+
+/// Conv3d folding the first spatial axis into the batch (see the module doc).
+fn conv3d_fold_first(
+    x: &Tensor,
+    w: &Tensor,
+    stride: [usize; 3],
+    padding: [usize; 3],
+) -> Result<Tensor> {
+    let (n, c, d, _, _) = x.dims5()?;
+    let (co, _, kd, kh, kw) = w.dims5()?;
+    // (N, D, C, H, W), zero-padded on every axis.
+    let xp = x
+        .permute((0, 2, 1, 3, 4))?
+        .pad_with_zeros(1, padding[0], padding[0])?
+        .pad_with_zeros(3, padding[1], padding[1])?
+        .pad_with_zeros(4, padding[2], padding[2])?;
+    let (hp, wp) = (xp.dim(3)?, xp.dim(4)?);
+    let od = (d + 2 * padding[0] - kd) / stride[0] + 1;
+    let taps = (0..kd)
+        .map(|k| strided_narrow(&xp, 1, k, od, stride[0]))
+        .collect::<Result<Vec<_>>>()?;
+    // (N, D', kD, C, Hp, Wp) -> (N D', kD C, Hp, Wp): each tap is a block of input channels.
+    let cols = Tensor::stack(&taps, 2)?.reshape((n * od, kd * c, hp, wp))?;
+    let w2 = w.permute((0, 2, 1, 3, 4))?.reshape((co, kd * c, kh, kw))?;
+    let y = if stride[1] == stride[2] {
+        cols.conv2d(&w2, 0, stride[1], 1, 1)?
+    } else {
+        let y = cols.conv2d(&w2, 0, 1, 1, 1)?;
+        let (oh, ow) = ((hp - kh) / stride[1] + 1, (wp - kw) / stride[2] + 1);
+        let y = strided_narrow(&y, 2, 0, oh, stride[1])?;
+        strided_narrow(&y, 3, 0, ow, stride[2])?
+    };
+    let (_, _, oh, ow) = y.dims4()?;
+    y.reshape((n, od, co, oh, ow))?.permute((0, 2, 1, 3, 4))
+}
+
+/// Functional 3D transposed convolution without bias (PyTorch `F.conv_transpose3d` semantics,
+/// dilation 1, groups 1).
+pub fn conv_transpose3d_forward(
+    x: &Tensor,
+    w: &Tensor,
+    stride: [usize; 3],
+    padding: [usize; 3],
+    output_padding: [usize; 3],
+) -> Result<Tensor> {
+    check_positive(stride, "conv_transpose3d")?;
+    let (_, c, d, h, wd) = x.dims5()?;
+    let (ci, _, kd, kh, kw) = w.dims5()?;
+    if c != ci {
+        candle_core::bail!("conv_transpose3d: input has {c} channels but the weight expects {ci}")
+    }
+    for (i, (n, k)) in [(d, kd), (h, kh), (wd, kw)].into_iter().enumerate() {
+        if (n - 1) * stride[i] + k + output_padding[i] <= 2 * padding[i] {
+            candle_core::bail!(
+                "conv_transpose3d: input {:?} with kernel {:?}, stride {stride:?} and padding \
+                 {padding:?} gives an empty output",
+                [d, h, wd],
+                [kd, kh, kw]
+            )
+        }
+    }
+    let axis = fold_axis(stride);
+    let (perm, inv) = fold_permutation(axis);
+    let y = conv_transpose3d_fold_first(
+        &x.permute(perm)?,
+        &w.permute(perm)?,
+        reorder(stride, axis),
+        reorder(padding, axis),
+        reorder(output_padding, axis),
+    )?;
+    y.permute(inv)
+}
+
+/// ConvTranspose3d folding the first spatial axis into the batch (see the module doc).
+fn conv_transpose3d_fold_first(
+    x: &Tensor,
+    w: &Tensor,
+    stride: [usize; 3],
+    padding: [usize; 3],
+    output_padding: [usize; 3],
+) -> Result<Tensor> {
+    let (n, ci, d, h, wd) = x.dims5()?;
+    let (_, co, kd, kh, kw) = w.dims5()?;
+    let x2 = x.permute((0, 2, 1, 3, 4))?.reshape((n * d, ci, h, wd))?;
+    // (C_in, kD C_out, kH, kW): output channel block k holds depth tap k.
+    let w2 = w.permute((0, 2, 1, 3, 4))?.reshape((ci, kd * co, kh, kw))?;
+    let y = if stride[1] == stride[2] {
+        x2.conv_transpose2d(&w2, 0, 0, stride[1], 1)?
+    } else {
+        // A stride-s transposed conv is a stride-1 one over the zero-interleaved input.
+        let xi = zero_interleave(&zero_interleave(&x2, 2, stride[1])?, 3, stride[2])?;
+        xi.conv_transpose2d(&w2, 0, 0, 1, 1)?
+    };
+    let (_, _, fh, fw) = y.dims4()?;
+    let y = y.reshape((n, d, kd, co, fh, fw))?;
+    // Tap k of input position i lands on full position i s + k. With k = q s + r that is
+    // (i + q) s + r: shift by q, sum over q, then interleave the residues r.
+    let s = stride[0];
+    let q_max = kd.div_ceil(s);
+    let span = d + q_max - 1;
+    let mut residues = Vec::with_capacity(s);
+    for r in 0..s {
+        let mut acc: Option<Tensor> = None;
+        for q in 0..q_max {
+            let k = q * s + r;
+            if k >= kd {
+                break;
+            }
+            let t = y.narrow(2, k, 1)?.squeeze(2)?.pad_with_zeros(1, q, q_max - 1 - q)?;
+            acc = Some(match acc {
+                None => t,
+                Some(a) => (a + t)?,
+            });
+        }
+        let part = match acc {
+            Some(a) => a,
+            None => Tensor::zeros((n, span, co, fh, fw), y.dtype(), y.device())?,
+        };
+        residues.push(part);
+    }
+    let full = Tensor::stack(&residues, 2)?.reshape((n, span * s, co, fh, fw))?;
+    let out = |len: usize, k: usize, i: usize| (len - 1) * stride[i] + k + output_padding[i] - 2 * padding[i];
+    let full = crop(&full, 1, padding[0], out(d, kd, 0))?;
+    let full = crop(&full, 3, padding[1], out(h, kh, 1))?;
+    let full = crop(&full, 4, padding[2], out(wd, kw, 2))?;
+    full.permute((0, 2, 1, 3, 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Naive PyTorch-semantics Conv3d on flat row-major buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_conv3d(
+        x: &[f32],
+        xs: [usize; 5],
+        w: &[f32],
+        ws: [usize; 5],
+        s: [usize; 3],
+        p: [usize; 3],
+    ) -> (Vec<f32>, [usize; 5]) {
+        let [n, c, d, h, wd] = xs;
+        let [co, _, kd, kh, kw] = ws;
+        let o = [
+            (d + 2 * p[0] - kd) / s[0] + 1,
+            (h + 2 * p[1] - kh) / s[1] + 1,
+            (wd + 2 * p[2] - kw) / s[2] + 1,
+        ];
+        let mut y = vec![0f32; n * co * o[0] * o[1] * o[2]];
+        for b in 0..n {
+            for oc in 0..co {
+                for z in 0..o[0] {
+                    for yy in 0..o[1] {
+                        for xx in 0..o[2] {
+                            let mut acc = 0f64;
+                            for ic in 0..c {
+                                for a in 0..kd {
+                                    for bb in 0..kh {
+                                        for cc in 0..kw {
+                                            let iz = (z * s[0] + a) as isize - p[0] as isize;
+                                            let iy = (yy * s[1] + bb) as isize - p[1] as isize;
+                                            let ix = (xx * s[2] + cc) as isize - p[2] as isize;
+                                            if iz < 0
+                                                || iy < 0
+                                                || ix < 0
+                                                || iz >= d as isize
+                                                || iy >= h as isize
+                                                || ix >= wd as isize
+                                            {
+                                                continue;
+                                            }
+                                            let (iz, iy, ix) = (iz as usize, iy as usize, ix as usize);
+                                            let xv = x[(((b * c + ic) * d + iz) * h + iy) * wd + ix];
+                                            let wv = w[(((oc * c + ic) * kd + a) * kh + bb) * kw + cc];
+                                            acc += (xv * wv) as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            y[(((b * co + oc) * o[0] + z) * o[1] + yy) * o[2] + xx] = acc as f32;
+                        }
+                    }
+                }
+            }
+        }
+        (y, [n, co, o[0], o[1], o[2]])
+    }
+
+    /// Naive PyTorch-semantics ConvTranspose3d: scatter every input voxel through the kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_conv_transpose3d(
+        x: &[f32],
+        xs: [usize; 5],
+        w: &[f32],
+        ws: [usize; 5],
+        s: [usize; 3],
+        p: [usize; 3],
+        op: [usize; 3],
+    ) -> (Vec<f32>, [usize; 5]) {
+        let [n, c, d, h, wd] = xs;
+        let [_, co, kd, kh, kw] = ws;
+        let o = [
+            (d - 1) * s[0] + kd + op[0] - 2 * p[0],
+            (h - 1) * s[1] + kh + op[1] - 2 * p[1],
+            (wd - 1) * s[2] + kw + op[2] - 2 * p[2],
+        ];
+        let mut y = vec![0f32; n * co * o[0] * o[1] * o[2]];
+        for b in 0..n {
+            for ic in 0..c {
+                for z in 0..d {
+                    for yy in 0..h {
+                        for xx in 0..wd {
+                            let xv = x[(((b * c + ic) * d + z) * h + yy) * wd + xx];
+                            for oc in 0..co {
+                                for a in 0..kd {
+                                    for bb in 0..kh {
+                                        for cc in 0..kw {
+                                            let oz = (z * s[0] + a) as isize - p[0] as isize;
+                                            let oy = (yy * s[1] + bb) as isize - p[1] as isize;
+                                            let ox = (xx * s[2] + cc) as isize - p[2] as isize;
+                                            if oz < 0
+                                                || oy < 0
+                                                || ox < 0
+                                                || oz >= o[0] as isize
+                                                || oy >= o[1] as isize
+                                                || ox >= o[2] as isize
+                                            {
+                                                continue;
+                                            }
+                                            let wv = w[(((ic * co + oc) * kd + a) * kh + bb) * kw + cc];
+                                            let idx = (((b * co + oc) * o[0] + oz as usize) * o[1]
+                                                + oy as usize)
+                                                * o[2]
+                                                + ox as usize;
+                                            y[idx] += xv * wv;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, [n, co, o[0], o[1], o[2]])
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: element {i}: {x} vs {y}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        xs: [usize; 5],
+        co: usize,
+        k: [usize; 3],
+        s: [usize; 3],
+        p: [usize; 3],
+        op: [usize; 3],
+        seed: u64,
+    }
+
+    fn check_conv(case: &Case) {
+        let dev = Device::Cpu;
+        let [n, c, d, h, wd] = case.xs;
+        let ws = [case.co, c, case.k[0], case.k[1], case.k[2]];
+        let x = random(n * c * d * h * wd, case.seed);
+        let w = random(ws.iter().product(), case.seed + 1);
+        let (want, oshape) = naive_conv3d(&x, case.xs, &w, ws, case.s, case.p);
+        let xt = Tensor::from_vec(x, case.xs.to_vec(), &dev).unwrap();
+        let wt = Tensor::from_vec(w, ws.to_vec(), &dev).unwrap();
+        let got = conv3d_forward(&xt, &wt, case.s, case.p).unwrap();
+        assert_eq!(got.dims(), &oshape[..], "{case:?}");
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_close(&got, &want, 1e-4, &format!("conv3d {case:?}"));
+    }
+
+    fn check_conv_transpose(case: &Case) {
+        let dev = Device::Cpu;
+        let [n, c, d, h, wd] = case.xs;
+        let ws = [c, case.co, case.k[0], case.k[1], case.k[2]];
+        let x = random(n * c * d * h * wd, case.seed);
+        let w = random(ws.iter().product(), case.seed + 1);
+        let (want, oshape) =
+            naive_conv_transpose3d(&x, case.xs, &w, ws, case.s, case.p, case.op);
+        let xt = Tensor::from_vec(x, case.xs.to_vec(), &dev).unwrap();
+        let wt = Tensor::from_vec(w, ws.to_vec(), &dev).unwrap();
+        let got = conv_transpose3d_forward(&xt, &wt, case.s, case.p, case.op).unwrap();
+        assert_eq!(got.dims(), &oshape[..], "{case:?}");
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_close(&got, &want, 1e-4, &format!("conv_transpose3d {case:?}"));
+    }
+
+    fn fixed_cases() -> Vec<Case> {
+        let c = |xs, co, k, s, p, op, seed| Case { xs, co, k, s, p, op, seed };
+        vec![
+            // BCAE++ / BCAE-HT encoder and decoder shapes (stride (1, 2, 2), padding 1).
+            c([2, 1, 4, 8, 8], 3, [3, 4, 4], [1, 2, 2], [1, 1, 1], [0, 0, 0], 1),
+            c([1, 3, 3, 6, 4], 2, [3, 3, 3], [1, 1, 1], [1, 1, 1], [0, 0, 0], 2),
+            // Original BCAE shapes (stride (2, 2, 1), padding (1, 0, 1) and (1, 1, 1)).
+            c([1, 2, 8, 9, 4], 3, [4, 3, 3], [2, 2, 1], [1, 0, 1], [0, 0, 0], 3),
+            c([2, 2, 6, 8, 3], 2, [4, 4, 3], [2, 2, 1], [1, 1, 1], [0, 0, 0], 4),
+            // Stride and padding differing on every axis, non-cubic kernel, output padding.
+            c([1, 2, 7, 8, 9], 2, [2, 3, 4], [3, 1, 2], [1, 2, 0], [1, 0, 1], 5),
+            c([2, 1, 5, 6, 7], 3, [3, 2, 3], [2, 3, 1], [0, 1, 2], [1, 2, 0], 6),
+        ]
+    }
+
+    #[test]
+    fn conv3d_matches_naive_fixed_cases() {
+        for case in fixed_cases() {
+            check_conv(&case);
+        }
+    }
+
+    #[test]
+    fn conv_transpose3d_matches_naive_fixed_cases() {
+        for case in fixed_cases() {
+            check_conv_transpose(&case);
+        }
+    }
+
+    fn case_strategy() -> impl Strategy<Value = Case> {
+        (
+            (1usize..3, 1usize..4, 2usize..7, 2usize..7, 2usize..7),
+            1usize..4,
+            ([1usize..5, 1usize..5, 1usize..5]),
+            ([1usize..4, 1usize..4, 1usize..4]),
+            ([0usize..3, 0usize..3, 0usize..3]),
+            ([0usize..3, 0usize..3, 0usize..3]),
+            any::<u64>(),
+        )
+            .prop_map(|((n, c, d, h, w), co, k, s, p, op, seed)| Case {
+                xs: [n, c, d, h, w],
+                co,
+                k,
+                s,
+                p,
+                op,
+                seed,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn conv3d_matches_naive(case in case_strategy()) {
+            let sizes = [case.xs[2], case.xs[3], case.xs[4]];
+            prop_assume!((0..3).all(|i| sizes[i] + 2 * case.p[i] >= case.k[i]));
+            check_conv(&case);
+        }
+
+        #[test]
+        fn conv_transpose3d_matches_naive(case in case_strategy()) {
+            let sizes = [case.xs[2], case.xs[3], case.xs[4]];
+            // PyTorch requires output_padding < stride and a non-empty output.
+            prop_assume!((0..3).all(|i| case.op[i] < case.s[i]
+                && (sizes[i] - 1) * case.s[i] + case.k[i] + case.op[i] > 2 * case.p[i]));
+            check_conv_transpose(&case);
+        }
+    }
+
+    /// Gradients: d/dx sum(conv3d(x, w) * g) is conv_transpose3d(g, w) (both checked against
+    /// the naive versions above) and d/dw is the correlation of g with the padded input.
+    #[test]
+    fn gradients_match_adjoint_and_naive() {
+        let dev = Device::Cpu;
+        for case in fixed_cases() {
+            let [n, c, d, h, wd] = case.xs;
+            let ws = [case.co, c, case.k[0], case.k[1], case.k[2]];
+            let xv = Var::from_vec(random(n * c * d * h * wd, case.seed), case.xs.to_vec(), &dev)
+                .unwrap();
+            let wv = Var::from_vec(random(ws.iter().product(), case.seed + 7), ws.to_vec(), &dev)
+                .unwrap();
+            let y = conv3d_forward(xv.as_tensor(), wv.as_tensor(), case.s, case.p).unwrap();
+            let g = Tensor::from_vec(random(y.elem_count(), case.seed + 9), y.dims(), &dev).unwrap();
+            let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = grads.get(xv.as_tensor()).unwrap();
+            let gw = grads.get(wv.as_tensor()).unwrap();
+            // Input gradient through the adjoint; output padding restores sizes lost to flooring.
+            let sizes = [d, h, wd];
+            let gdims = g.dims5().unwrap();
+            let go = [gdims.2, gdims.3, gdims.4];
+            let op: [usize; 3] = std::array::from_fn(|i| {
+                sizes[i] + 2 * case.p[i] - ((go[i] - 1) * case.s[i] + case.k[i])
+            });
+            let want_gx =
+                conv_transpose3d_forward(&g, wv.as_tensor(), case.s, case.p, op).unwrap();
+            let a = gx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = want_gx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_close(&a, &b, 1e-4, &format!("grad x {case:?}"));
+            // Weight gradient, naively.
+            let x = xv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let gflat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut want_gw = vec![0f64; ws.iter().product()];
+            let (on, oc_n, o0, o1, o2) = gdims;
+            for b in 0..on {
+                for oc in 0..oc_n {
+                    for z in 0..o0 {
+                        for yy in 0..o1 {
+                            for xx in 0..o2 {
+                                let gv = gflat[(((b * oc_n + oc) * o0 + z) * o1 + yy) * o2 + xx];
+                                for ic in 0..c {
+                                    for a in 0..case.k[0] {
+                                        for bb in 0..case.k[1] {
+                                            for cc in 0..case.k[2] {
+                                                let iz = (z * case.s[0] + a) as isize - case.p[0] as isize;
+                                                let iy = (yy * case.s[1] + bb) as isize - case.p[1] as isize;
+                                                let ix = (xx * case.s[2] + cc) as isize - case.p[2] as isize;
+                                                if iz < 0 || iy < 0 || ix < 0 || iz >= d as isize || iy >= h as isize || ix >= wd as isize {
+                                                    continue;
+                                                }
+                                                let xvv = x[(((b * c + ic) * d + iz as usize) * h + iy as usize) * wd + ix as usize];
+                                                let wi = (((oc * c + ic) * case.k[0] + a) * case.k[1] + bb) * case.k[2] + cc;
+                                                want_gw[wi] += (gv * xvv) as f64;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let want_gw: Vec<f32> = want_gw.into_iter().map(|v| v as f32).collect();
+            let got_gw = gw.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_close(&got_gw, &want_gw, 1e-4, &format!("grad w {case:?}"));
+        }
+    }
+
+    #[test]
+    fn transposed_gradient_flows_to_weights_and_input() {
+        let dev = Device::Cpu;
+        let xv = Var::from_vec(random(2 * 3 * 3 * 4, 11), (1, 2, 3, 3, 4), &dev).unwrap();
+        let wv = Var::from_vec(random(2 * 2 * 3 * 4 * 4, 12), (2, 2, 3, 4, 4), &dev).unwrap();
+        let y = conv_transpose3d_forward(xv.as_tensor(), wv.as_tensor(), [1, 2, 2], [1; 3], [0; 3])
+            .unwrap();
+        assert_eq!(y.dims(), &[1, 2, 3, 6, 8]);
+        // d/dx sum(convT(x, w) * g) = conv3d(g, w).
+        let g = Tensor::from_vec(random(y.elem_count(), 13), y.dims(), &dev).unwrap();
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(xv.as_tensor()).unwrap();
+        let want = conv3d_forward(&g, wv.as_tensor(), [1, 2, 2], [1; 3]).unwrap();
+        let a = gx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_close(&a, &b, 1e-4, "transposed grad x");
+        assert!(grads.get(wv.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn instance_norm_normalises_each_channel() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(random(2 * 3 * 4 * 5 * 2, 3), (2, 3, 4, 5, 2), &dev).unwrap();
+        let x = ((x * 5.0).unwrap() + 2.0).unwrap();
+        let y = instance_norm(&x, 1e-5).unwrap().reshape((6, 40)).unwrap();
+        let mean = y.mean(1).unwrap().to_vec1::<f32>().unwrap();
+        let var = y.sqr().unwrap().mean(1).unwrap().to_vec1::<f32>().unwrap();
+        for (m, v) in mean.iter().zip(&var) {
+            assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-3, "mean {m} var {v}");
+        }
+    }
+
+    #[test]
+    fn layers_have_pytorch_shapes() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let cfg = Conv3dConfig { stride: [1, 2, 2], padding: [1; 3] };
+        let conv = conv3d(1, 8, [3, 4, 4], cfg, vb.pp("c")).unwrap();
+        assert_eq!(conv.weight().dims(), &[8, 1, 3, 4, 4]);
+        let x = Tensor::ones((1, 1, 16, 32, 32), candle_core::DType::F32, &dev).unwrap();
+        assert_eq!(conv.forward(&x).unwrap().dims(), &[1, 8, 16, 16, 16]);
+        let tcfg = ConvTranspose3dConfig { stride: [1, 2, 2], padding: [1; 3], output_padding: [0; 3] };
+        let deconv = conv_transpose3d(8, 4, [3, 4, 4], tcfg, vb.pp("t")).unwrap();
+        assert_eq!(deconv.weight().dims(), &[8, 4, 3, 4, 4]);
+        let y = deconv.forward(&conv.forward(&x).unwrap()).unwrap();
+        assert_eq!(y.dims(), &[1, 4, 16, 32, 32]);
+        let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+        for n in ["c.weight", "c.bias", "t.weight", "t.bias"] {
+            assert!(names.iter().any(|k| k == n), "{n} missing from {names:?}");
+        }
+    }
+}
