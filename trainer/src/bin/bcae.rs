@@ -20,6 +20,12 @@ enum Command {
     Show(trainer::cli::data::ShowArgs),
     /// Rate-distortion table and plot: the sparse codec, zstd and BCAE models on the same wedges.
     Compare(trainer::cli::compare::CompareArgs),
+    /// Train a BCAE (bcae-2d, bcae-ht, bcae++) into a run directory; --resume continues exactly.
+    Train(trainer::cli::train::TrainArgs),
+    /// Evaluate runs on whole wedges (MAE, PSNR, precision, recall, ratio; f32 / f16 / bf16).
+    Eval(trainer::cli::train::EvalArgs),
+    /// Plot a run's per-epoch log (losses, test MAE, precision / recall) into a PNG.
+    PlotLog(trainer::cli::train::PlotLogArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +35,8 @@ fn main() -> anyhow::Result<()> {
         Command::Stats(args) => trainer::cli::data::run_stats(args),
         Command::Show(args) => trainer::cli::data::run_show(args),
         Command::Compare(args) => trainer::cli::compare::run_compare(args),
+        Command::Train(args) => trainer::cli::train::run_train(args),
+        Command::Eval(args) => trainer::cli::train::run_eval(args),
+        Command::PlotLog(args) => trainer::cli::train::run_plot_log(args),
     }
 }

@@ -1,1 +1,507 @@
-//! `bcae train`, `bcae eval`, `bcae plot-log`: training and the Table-1 evaluation.
+//! `bcae train`, `bcae eval`, `bcae plot-log`, and the reconstruction mode of `bcae show --run`.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use plotters::prelude::*;
+
+use crate::checkpoint::{self, TrainSettings};
+use crate::data::{read_wedge, DataError, Dataset, Split, Wedge, AZIMUTH, LAYERS, Z_BINS};
+use crate::device::{self, DeviceChoice};
+use crate::eval::{self, EvalModel, EvalReport, Precision};
+use crate::metrics::WedgeMetrics;
+use crate::models::ModelConfig;
+use crate::train::{RunOptions, Trainer};
+
+/// Train a BCAE on wedge data (CPU by default; CUDA with a `--features cuda` build).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    bcae train --model bcae-ht --data data/synth --out runs/ht --crop 64x64 --epochs 20 --batches-per-epoch 50\n  \
+    bcae train --model bcae-2d --m 3 --n 3 --d 3 --data data/synth --out runs/2d --crop 64x64\n  \
+    bcae train --out runs/ht --resume --epochs 40")]
+pub struct TrainArgs {
+    /// Model: bcae-2d, bcae-ht or bcae++.
+    #[arg(long, default_value = "bcae-2d")]
+    pub model: String,
+    /// BCAE-2D encoder blocks.
+    #[arg(long, default_value_t = 4)]
+    pub m: usize,
+    /// BCAE-2D decoder blocks per head.
+    #[arg(long, default_value_t = 8)]
+    pub n: usize,
+    /// BCAE-2D down-sampling blocks (code (32, 192/2^d, 256/2^d)).
+    #[arg(long, default_value_t = 3)]
+    pub d: usize,
+    /// Data root (train.txt / test.txt, as `bcae synth` writes). Needed for a new run; on
+    /// --resume the run's own data path is used unless given.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory (config.json, model.safetensors, state.json, log.csv).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+    /// Total epochs (default 200; on --resume, extends or shortens the run).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batches per epoch (default: the whole training split).
+    #[arg(long)]
+    pub batches_per_epoch: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Train on random AxZ crops (azimuth x z, multiples of 8 for BCAE-2D with d=3, of 16 for
+    /// the 3D models); evaluation always uses whole wedges.
+    #[arg(long, value_parser = parse_crop)]
+    pub crop: Option<(usize, usize)>,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Epochs at the initial learning rate (default: 50 for BCAE-2D, 100 for the 3D models).
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Then x0.95 every this many epochs (default: 10 for BCAE-2D, 20 for the 3D models).
+    #[arg(long)]
+    pub decay_every: Option<usize>,
+    /// Seed of the initialisation, data order and crops.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Whole test wedges evaluated after every epoch (0: none).
+    #[arg(long, default_value_t = 8)]
+    pub eval_wedges: usize,
+    /// Continue the run in --out exactly where its last checkpoint left it.
+    #[arg(long)]
+    pub resume: bool,
+    /// Consecutive NaN roll-backs tolerated before giving up.
+    #[arg(long, default_value_t = 3)]
+    pub max_rollbacks: usize,
+}
+
+fn parse_crop(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (a, z) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("--crop {s}: expected AZIMUTHxZ, e.g. 64x64"))?;
+    let a = a.trim().parse().map_err(|_| format!("--crop {s}: {a} is not a number"))?;
+    let z = z.trim().parse().map_err(|_| format!("--crop {s}: {z} is not a number"))?;
+    Ok((a, z))
+}
+
+fn model_config(name: &str, m: usize, n: usize, d: usize) -> Result<ModelConfig> {
+    let cfg = ModelConfig::from_name(name)?;
+    Ok(match cfg {
+        ModelConfig::Bcae2d { .. } => ModelConfig::bcae_2d(m, n, d)?,
+        other => other,
+    })
+}
+
+/// Open a split, falling back to every wedge of a plain folder / single file (with a note).
+fn open_split(root: &Path, split: Split) -> Result<Dataset> {
+    match Dataset::open(root, split) {
+        Ok(ds) => Ok(ds),
+        Err(DataError::MissingListFile { .. }) => {
+            eprintln!(
+                "note: {} has no train.txt/test.txt; using all of its wedges for the {split:?} split",
+                root.display()
+            );
+            Ok(Dataset::open(root, Split::All)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let device = device::open(args.device)?;
+    let mut trainer = if args.resume {
+        let mut t = Trainer::resume(&args.out, &device)
+            .with_context(|| format!("resuming {}", args.out.display()))?;
+        if let Some(e) = args.epochs {
+            t.set_epochs(e)?;
+        }
+        eprintln!(
+            "resuming {} ({}) after epoch {} of {}, step {}, coefficient {:.2}",
+            args.out.display(),
+            t.model_config.label(),
+            t.epoch,
+            t.settings.epochs,
+            t.step,
+            t.coefficient.value
+        );
+        t
+    } else {
+        let cfg = model_config(&args.model, args.m, args.n, args.d)?;
+        let data = args.data.clone().context("--data DIR is required for a new run")?;
+        let mut s = TrainSettings::paper_defaults(&cfg, data);
+        if let Some(e) = args.epochs {
+            s.epochs = e;
+        }
+        s.batches_per_epoch = args.batches_per_epoch;
+        s.batch_size = args.batch_size;
+        s.crop = args.crop;
+        s.lr = args.lr;
+        s.warmup_epochs = args.warmup_epochs.unwrap_or(s.warmup_epochs);
+        s.decay_every = args.decay_every.unwrap_or(s.decay_every);
+        s.seed = args.seed;
+        s.eval_wedges = args.eval_wedges;
+        let t = Trainer::create(&args.out, cfg, s, &device)?;
+        eprintln!(
+            "training {} ({} encoder + {} decoder parameters) into {}",
+            cfg.label(),
+            crate::models::encoder_param_count(&cfg),
+            crate::models::decoder_param_count(&cfg),
+            args.out.display()
+        );
+        t
+    };
+    let data = args.data.clone().unwrap_or_else(|| trainer.settings.data.clone());
+    let train = open_split(&data, Split::Train)?;
+    let test = if trainer.settings.eval_wedges > 0 { Some(open_split(&data, Split::Test)?) } else { None };
+    let s = &trainer.settings;
+    eprintln!(
+        "{} training wedges, batch {}, {} batches/epoch, crop {}, lr {:.1e} held {} epochs then x{} every {}",
+        train.len(),
+        s.batch_size,
+        trainer.batches_per_epoch(train.len()),
+        s.crop.map_or("none (whole wedges)".to_string(), |(a, z)| format!("{a}x{z}")),
+        s.lr,
+        s.warmup_epochs,
+        s.decay_factor,
+        s.decay_every
+    );
+    let opts = RunOptions { progress: true, max_rollbacks: args.max_rollbacks, stop_after: None };
+    trainer.run(&train, test.as_ref(), &opts)?;
+    if let Some(last) = trainer.log.last() {
+        eprintln!(
+            "done: {} epochs, {} steps; last epoch loss {:.4}, test MAE {:.4}, {:.2} wedges/s; run in {}",
+            trainer.epoch,
+            trainer.step,
+            last.loss,
+            last.val_mae,
+            last.wedges_per_s,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Evaluate runs on whole wedges: MAE, MSE, PSNR, precision, recall, occupancy, compression
+/// ratio, encoder parameters and throughput; a Table-1 style table over all runs.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    bcae eval --run runs/ht --run runs/2d --data data/synth --max-wedges 16\n  \
+    bcae eval --run runs/ht --data data/synth --precision f32,f16 --json")]
+pub struct EvalArgs {
+    /// Run directories (repeat for a table across runs).
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Data root, plain folder of .npy wedges, or one .npy file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split of a data root: train, test or all.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Precisions to evaluate (comma-separated): f32; f16 = encoder and code in f16, decoders
+    /// in f32 (the paper's Table 2); bf16 likewise.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Precision::F32])]
+    pub precision: Vec<Precision>,
+    /// Print JSON (per-wedge and mean metrics) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate at most this many wedges.
+    #[arg(long)]
+    pub max_wedges: Option<usize>,
+    /// Also print every wedge's metrics.
+    #[arg(long)]
+    pub per_wedge: bool,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let device = device::open(args.device)?;
+    let data = open_split(&args.data, args.split)?;
+    let n = args.max_wedges.map_or(data.len(), |m| m.min(data.len()));
+    let mut reports: Vec<EvalReport> = Vec::new();
+    for run in &args.runs {
+        for &precision in &args.precision {
+            let model = EvalModel::load(run, &device, precision).with_context(|| format!("loading {}", run.display()))?;
+            let bar = indicatif::ProgressBar::new(n as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
+                    .expect("valid progress template"),
+            );
+            bar.set_message(format!("{} {}", run.display(), precision.name()));
+            let mut report = eval::evaluate(&model, &data, args.max_wedges, args.batch_size, Some(&bar))
+                .with_context(|| format!("evaluating {} in {}", run.display(), precision.name()))?;
+            bar.finish_and_clear();
+            report.run = run.display().to_string();
+            reports.push(report);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    if args.per_wedge {
+        for r in &reports {
+            println!("{} ({}):", r.run, r.precision.name());
+            println!("  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}", "wedge", "MAE", "MSE", "PSNR dB", "precision", "recall", "occ");
+            for w in &r.wedges {
+                let m = &w.metrics;
+                println!(
+                    "  {:<60} {:>8.4} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>7.4}",
+                    w.path.display(),
+                    m.mae,
+                    m.mse,
+                    m.psnr_db,
+                    m.precision,
+                    m.recall,
+                    m.occupancy
+                );
+            }
+        }
+        println!();
+    }
+    println!("{} wedges of {} ({:?} split), device {}", n, args.data.display(), args.split, reports[0].device);
+    print!("{}", eval::table(&reports));
+    Ok(())
+}
+
+/// Plot a run's log.csv: losses and test metrics per epoch.
+#[derive(Debug, clap::Args)]
+pub struct PlotLogArgs {
+    /// Run directory.
+    pub run: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run_plot_log(args: PlotLogArgs) -> Result<()> {
+    let rows = checkpoint::read_log(&args.run)?;
+    if rows.is_empty() {
+        bail!("{}: log.csv has no epochs yet; train at least one epoch first", args.run.display());
+    }
+    plot_log(&args.out, &rows, &args.run.display().to_string())?;
+    println!("{} epochs plotted to {}", rows.len(), args.out.display());
+    Ok(())
+}
+
+type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
+fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<()> {
+    let root = BitMapBackend::new(path, (1500, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(36);
+    top.titled(title, ("sans-serif", 22))?;
+    let panels = body.split_evenly((1, 3));
+    let pts = |f: &dyn Fn(&checkpoint::EpochLog) -> f64| -> Vec<(f64, f64)> {
+        rows.iter().map(|r| (r.epoch as f64, f(r))).filter(|(_, y)| y.is_finite() && *y > 0.0).collect()
+    };
+    let groups: Vec<(&str, bool, Vec<Series>)> = vec![
+        (
+            "regression loss / MAE",
+            true,
+            vec![("train L_reg", pts(&|r| r.reg_loss), BLUE), ("test MAE", pts(&|r| r.val_mae), RED)],
+        ),
+        (
+            "segmentation (focal) loss",
+            true,
+            vec![("train L_seg", pts(&|r| r.seg_loss), BLUE), ("c * L_seg", pts(&|r| r.coefficient * r.seg_loss), GREEN)],
+        ),
+        (
+            "precision / recall",
+            false,
+            vec![
+                ("train precision", pts(&|r| r.train_precision), BLUE),
+                ("train recall", pts(&|r| r.train_recall), CYAN),
+                ("test precision", pts(&|r| r.val_precision), RED),
+                ("test recall", pts(&|r| r.val_recall), MAGENTA),
+            ],
+        ),
+    ];
+    let x_max = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(2) as f64;
+    for (area, (caption, log_y, series)) in panels.iter().zip(groups) {
+        let ys: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).collect();
+        if ys.is_empty() {
+            continue;
+        }
+        let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+        let x_range = 1f64..x_max;
+        if log_y {
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range, (lo * 0.8..hi * 1.25).log_scale())?;
+            chart.configure_mesh().x_desc("epoch").draw()?;
+            for (name, data, color) in series {
+                chart
+                    .draw_series(LineSeries::new(data, color.stroke_width(2)))?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            }
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        } else {
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range, (lo - 0.05).max(0.0)..(hi + 0.05).min(1.0))?;
+            chart.configure_mesh().x_desc("epoch").draw()?;
+            for (name, data, color) in series {
+                chart
+                    .draw_series(LineSeries::new(data, color.stroke_width(2)))?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// `bcae show WEDGE --run R --out recon.png`: input, reconstruction and difference panels of
+/// one wedge (the paper's Figure 5), summed over the 16 layers in the log2(ADC+1) domain, plus
+/// the wedge's metrics in the title.
+pub fn show_reconstruction(run: &Path, wedge_path: &Path, out: &Path, device: DeviceChoice) -> Result<()> {
+    let device: Device = device::open(device)?;
+    let wedge: Wedge = read_wedge(wedge_path).with_context(|| format!("reading {}", wedge_path.display()))?;
+    let model = EvalModel::load(run, &device, Precision::F32).with_context(|| format!("loading {}", run.display()))?;
+    let x = model.input(std::slice::from_ref(&wedge))?;
+    let recon = model.decode_log2(&model.encode(&x)?)?;
+    let truth: Vec<f32> = x.narrow(3, 0, Z_BINS)?.flatten_all()?.to_vec1()?;
+    let recon: Vec<f32> = recon.flatten_all()?.to_vec1()?;
+    let metrics = WedgeMetrics::compute(&truth, &recon);
+    // (layer, azimuth, z) -> sum over layers, (azimuth, z).
+    let plane = |v: &[f32]| -> Vec<f64> {
+        let mut s = vec![0f64; AZIMUTH * Z_BINS];
+        for l in 0..LAYERS {
+            for (i, acc) in s.iter_mut().enumerate() {
+                *acc += v[l * AZIMUTH * Z_BINS + i] as f64;
+            }
+        }
+        s
+    };
+    let (pin, prec) = (plane(&truth), plane(&recon));
+    let diff: Vec<f64> = prec.iter().zip(&pin).map(|(r, i)| r - i).collect();
+    let title = format!(
+        "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}",
+        wedge_path.file_name().map_or_else(|| wedge_path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        model.config.label(),
+        run.display(),
+        metrics.mae,
+        metrics.psnr_db,
+        metrics.precision,
+        metrics.recall
+    );
+    draw_panels(out, &title, &pin, &prec, &diff)?;
+    println!("{title}\ndrawn to {}", out.display());
+    Ok(())
+}
+
+fn sequential(t: f64) -> RGBColor {
+    // white -> blue -> red -> yellow
+    const A: [(f64, (f64, f64, f64)); 4] =
+        [(0.0, (255.0, 255.0, 255.0)), (0.35, (40.0, 80.0, 200.0)), (0.7, (210.0, 40.0, 40.0)), (1.0, (250.0, 220.0, 40.0))];
+    let t = t.clamp(0.0, 1.0);
+    let i = A.iter().rposition(|(p, _)| *p <= t).unwrap_or(0).min(A.len() - 2);
+    let (p0, c0) = A[i];
+    let (p1, c1) = A[i + 1];
+    let f = (t - p0) / (p1 - p0);
+    let l = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
+    RGBColor(l(c0.0, c1.0), l(c0.1, c1.1), l(c0.2, c1.2))
+}
+
+fn diverging(t: f64) -> RGBColor {
+    // -1 blue, 0 white, +1 red
+    let t = t.clamp(-1.0, 1.0);
+    let w = (255.0 * (1.0 - t.abs())).round() as u8;
+    if t >= 0.0 {
+        RGBColor(255, w, w)
+    } else {
+        RGBColor(w, w, 255)
+    }
+}
+
+fn draw_panels(path: &Path, title: &str, input: &[f64], recon: &[f64], diff: &[f64]) -> Result<()> {
+    let (pw, ph) = (AZIMUTH as u32 * 2 + 90, Z_BINS as u32 * 2 + 90);
+    let root = BitMapBackend::new(path, (pw * 3, ph + 40)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(40);
+    top.titled(title, ("sans-serif", 18))?;
+    let areas = body.split_evenly((1, 3));
+    let vmax = input.iter().chain(recon).copied().fold(0.0, f64::max).max(1e-9);
+    let dmax = diff.iter().fold(0.0f64, |a, d| a.max(d.abs())).max(1e-9);
+    let panels: [(&str, &[f64], bool); 3] = [
+        ("input: sum over layers of log2(ADC+1)", input, false),
+        ("reconstruction", recon, false),
+        ("reconstruction - input (red +, blue -)", diff, true),
+    ];
+    for (area, (caption, values, signed)) in areas.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(35)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
+        chart.configure_mesh().disable_mesh().x_desc("azimuth").y_desc("z bin").draw()?;
+        chart.draw_series(values.iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, &v)| {
+            let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
+            let color = if signed { diverging(v / dmax) } else { sequential(v / vmax) };
+            Rectangle::new([(a, z), (a + 1, z + 1)], color.filled())
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_argument_parses() {
+        assert_eq!(parse_crop("64x128").unwrap(), (64, 128));
+        assert_eq!(parse_crop("32X32").unwrap(), (32, 32));
+        assert!(parse_crop("64").is_err());
+        assert!(parse_crop("ax8").is_err());
+    }
+
+    #[test]
+    fn plot_log_writes_a_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<checkpoint::EpochLog> = (1..=4)
+            .map(|e| checkpoint::EpochLog {
+                epoch: e,
+                step: 10 * e as u64,
+                lr: 1e-3,
+                loss: 2.0 / e as f64,
+                seg_loss: 0.01 / e as f64,
+                reg_loss: 1.0 / e as f64,
+                coefficient: 50.0,
+                train_precision: 0.5 + 0.1 * e as f64,
+                train_recall: 0.4 + 0.1 * e as f64,
+                val_mae: 1.2 / e as f64,
+                val_mse: 3.0,
+                val_psnr_db: 10.0,
+                val_precision: 0.6,
+                val_recall: 0.5,
+                wedges_per_s: 2.0,
+                seconds: 5.0,
+            })
+            .collect();
+        let png = dir.path().join("loss.png");
+        plot_log(&png, &rows, "test").unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+}
