@@ -1,0 +1,433 @@
+//! Robustness tests of the stream format: exhaustive bit flips, every truncation, header damage,
+//! and proptest fuzzing of the reader (`PROPTEST_CASES=N` raises the case count of each fuzz test).
+
+use std::io::Cursor;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Small int8 code shape so exhaustive tests stay fast.
+const CODE_SHAPE: [u32; 3] = [2, 3, 4];
+
+fn int8_header() -> StreamHeader {
+    StreamHeader::int8("bcae-ht", &[0xAB; 8], &CODE_SHAPE, 0.05, -2)
+}
+
+fn sample_frames(n: usize) -> Vec<(WedgeId, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let id = WedgeId {
+                event: Some(i as u64 / 2),
+                sector: Some(i as u8 % 12),
+                side: Some(i as u8 % 2),
+                path: format!("e{i}.npy"),
+            };
+            let payload = (0..24).map(|j| (i * 31 + j * 7) as u8).collect();
+            (id, payload)
+        })
+        .collect()
+}
+
+fn write_stream(header: StreamHeader, frames: &[(WedgeId, Vec<u8>)], finish: bool) -> Vec<u8> {
+    if !finish {
+        return unfinished_bytes(header, frames);
+    }
+    let mut w = StreamWriter::new(Vec::new(), header).unwrap();
+    for (id, p) in frames {
+        w.write_frame(id, p).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Bytes of a stream written without `finish` (what a crash leaves behind).
+fn unfinished_bytes(header: StreamHeader, frames: &[(WedgeId, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(&mut out, header).unwrap();
+    for (id, p) in frames {
+        w.write_frame(id, p).unwrap();
+    }
+    drop(w);
+    out
+}
+
+/// Open `bytes` and return, per readable frame, (identity, payload or None if its CRC failed),
+/// plus the problems found. Never panics for any input (that is what the fuzz tests check).
+type Readout = (Vec<(WedgeId, Option<Vec<u8>>)>, Vec<FrameProblem>);
+
+fn read_all(bytes: &[u8]) -> Result<Readout, StreamError> {
+    let mut r = StreamReader::new(Cursor::new(bytes))?;
+    let mut out = Vec::new();
+    for k in 0..r.frames().len() {
+        let id = r.frames()[k].id.clone();
+        out.push((id, r.read_payload(k).ok()));
+    }
+    Ok((out, r.problems().to_vec()))
+}
+
+/// Frame `k`'s byte range in a freshly written stream.
+fn frame_ranges(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let r = StreamReader::new(Cursor::new(bytes)).unwrap();
+    r.frames()
+        .iter()
+        .map(|f| (f.offset as usize, (f.offset + f.total_len()) as usize))
+        .collect()
+}
+
+#[test]
+fn round_trip_finished_and_unfinished() {
+    let frames = sample_frames(5);
+    for finish in [true, false] {
+        let bytes = write_stream(int8_header(), &frames, finish);
+        let r = StreamReader::new(Cursor::new(&bytes)).unwrap();
+        assert_eq!(r.header(), &int8_header());
+        let expected = if finish {
+            IndexStatus::Used
+        } else {
+            IndexStatus::Absent
+        };
+        assert_eq!(r.index_status(), &expected);
+        let (got, problems) = read_all(&bytes).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let want: Vec<_> = frames
+            .iter()
+            .map(|(i, p)| (i.clone(), Some(p.clone())))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn sparse_frames_carry_variable_sizes() {
+    let frames: Vec<_> = (0..4)
+        .map(|i| {
+            (
+                WedgeId {
+                    path: format!("w{i}"),
+                    ..Default::default()
+                },
+                vec![i as u8; i * 100],
+            )
+        })
+        .collect();
+    let bytes = write_stream(StreamHeader::sparse(3), &frames, true);
+    let (got, problems) = read_all(&bytes).unwrap();
+    assert!(problems.is_empty());
+    assert_eq!(got.len(), 4);
+    for ((id, p), (gid, gp)) in frames.iter().zip(&got) {
+        assert_eq!((id, Some(p)), (gid, gp.as_ref()));
+    }
+}
+
+#[test]
+fn writer_rejects_a_code_of_the_wrong_length() {
+    let mut w = StreamWriter::new(Vec::new(), int8_header()).unwrap();
+    assert!(matches!(
+        w.write_frame(&WedgeId::default(), &[0; 23]),
+        Err(StreamError::InvalidFrame(_))
+    ));
+    assert_eq!(w.frame_count(), 0);
+}
+
+/// Every single-bit flip in any frame is detected and confined to that frame, with and without
+/// the footer index.
+#[test]
+fn every_bit_flip_in_a_frame_is_confined_to_it() {
+    let frames = sample_frames(4);
+    for finish in [true, false] {
+        let clean = write_stream(int8_header(), &frames, finish);
+        let ranges = frame_ranges(&clean);
+        assert_eq!(ranges.len(), 4);
+        for (k, &(start, end)) in ranges.iter().enumerate() {
+            for bit in start * 8..end * 8 {
+                let mut bytes = clean.clone();
+                bytes[bit / 8] ^= 1 << (bit % 8);
+                let (got, problems) = read_all(&bytes).unwrap();
+                // Every other frame is read intact, in order.
+                let intact: Vec<_> = got
+                    .iter()
+                    .filter_map(|(id, p)| p.as_ref().map(|p| (id.clone(), p.clone())))
+                    .collect();
+                let want: Vec<_> = frames
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != k)
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                assert_eq!(intact, want, "finish={finish} frame {k} bit {bit}");
+                // ... and the damage to frame k is reported: either as a located frame whose
+                // payload fails its CRC, or as a problem found while locating frames.
+                let crc_failures = got.iter().filter(|(_, p)| p.is_none()).count();
+                let corruptions = problems.iter().filter(|p| p.is_corruption()).count();
+                assert_eq!(
+                    crc_failures + corruptions,
+                    1,
+                    "frame {k} bit {bit}: {problems:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bit_flips_in_index_or_trailer_lose_no_frame() {
+    let frames = sample_frames(3);
+    let clean = write_stream(int8_header(), &frames, true);
+    let end_of_frames = frame_ranges(&clean).last().unwrap().1;
+    for bit in end_of_frames * 8..clean.len() * 8 {
+        let mut bytes = clean.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        let r = StreamReader::new(Cursor::new(&bytes)).unwrap();
+        assert_ne!(r.index_status(), &IndexStatus::Used, "bit {bit}");
+        let (got, problems) = read_all(&bytes).unwrap();
+        assert_eq!(got.len(), 3, "bit {bit}");
+        assert!(got.iter().all(|(_, p)| p.is_some()));
+        assert!(
+            problems.iter().all(|p| !p.is_corruption()),
+            "bit {bit}: {problems:?}"
+        );
+    }
+}
+
+/// A file cut at any byte yields every whole frame before the cut and reports no corruption.
+#[test]
+fn truncation_at_every_offset_yields_every_whole_frame() {
+    let frames = sample_frames(4);
+    for header in [int8_header(), StreamHeader::sparse(0)] {
+        let clean = write_stream(header.clone(), &frames, true);
+        let header_len = header.encode().unwrap().len();
+        let ranges = frame_ranges(&clean);
+        for cut in 0..=clean.len() {
+            let bytes = &clean[..cut];
+            match read_all(bytes) {
+                Err(e) => {
+                    assert!(cut < header_len, "cut {cut}: {e}");
+                    assert!(matches!(
+                        e,
+                        StreamError::BadMagic | StreamError::TruncatedHeader { .. }
+                    ));
+                }
+                Ok((got, problems)) => {
+                    let whole = ranges.iter().filter(|&&(_, end)| end <= cut).count();
+                    let want: Vec<_> = frames[..whole]
+                        .iter()
+                        .map(|(i, p)| (i.clone(), Some(p.clone())))
+                        .collect();
+                    assert_eq!(got, want, "cut {cut}");
+                    assert!(
+                        problems.iter().all(|p| !p.is_corruption()),
+                        "cut {cut}: {problems:?}"
+                    );
+                    let in_frame = ranges.iter().any(|&(s, e)| s < cut && cut < e);
+                    assert_eq!(
+                        in_frame,
+                        problems
+                            .iter()
+                            .any(|p| matches!(p, FrameProblem::Truncated { .. })),
+                        "cut {cut}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every single-bit flip in the header is rejected with an error (never a silent misread).
+#[test]
+fn every_bit_flip_in_the_header_is_rejected() {
+    let clean = write_stream(int8_header(), &sample_frames(2), true);
+    let header_len = int8_header().encode().unwrap().len();
+    for bit in 0..header_len * 8 {
+        let mut bytes = clean.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        let err = StreamReader::new(Cursor::new(&bytes))
+            .err()
+            .expect("flipped header accepted");
+        let msg = err.to_string();
+        assert!(!msg.is_empty());
+        if bit < 64 {
+            assert!(matches!(err, StreamError::BadMagic), "bit {bit}: {msg}");
+        }
+    }
+}
+
+#[test]
+fn foreign_files_get_a_clear_error() {
+    let npy = b"\x93NUMPY\x01\x00v\x00{'descr': '<u2'";
+    assert!(matches!(
+        StreamReader::new(Cursor::new(&npy[..])),
+        Err(StreamError::BadMagic)
+    ));
+    assert!(matches!(
+        StreamReader::new(Cursor::new(&[][..])),
+        Err(StreamError::BadMagic)
+    ));
+    let mut future = int8_header().encode().unwrap();
+    future[8] = 2;
+    let n = future.len();
+    let crc = encoder_nostd::checksum::crc32(&future[..n - 4]);
+    future[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        StreamReader::new(Cursor::new(&future)),
+        Err(StreamError::UnsupportedVersion {
+            found: 2,
+            supported: 1
+        })
+    ));
+}
+
+#[test]
+fn shifted_frames_are_found_by_scanning_when_the_index_is_stale() {
+    let frames = sample_frames(4);
+    let mut bytes = write_stream(int8_header(), &frames, true);
+    let (start, _) = frame_ranges(&bytes)[1];
+    // Delete 5 bytes inside frame 1: the index now points past frames 2 and 3.
+    bytes.drain(start + 10..start + 15);
+    let r = StreamReader::new(Cursor::new(&bytes)).unwrap();
+    assert!(matches!(r.index_status(), IndexStatus::Invalid(_)));
+    let (got, problems) = read_all(&bytes).unwrap();
+    let ids: Vec<_> = got.iter().map(|(i, _)| i.path.clone()).collect();
+    assert_eq!(ids, ["e0.npy", "e2.npy", "e3.npy"]);
+    assert_eq!(problems.len(), 1);
+    assert!(matches!(
+        problems[0],
+        FrameProblem::CorruptRegion {
+            frames_lost: Some(1),
+            ..
+        }
+    ));
+}
+
+/// Originals that a fuzzed file may legitimately yield.
+fn is_original(frames: &[(WedgeId, Vec<u8>)], id: &WedgeId, p: &[u8]) -> bool {
+    frames.iter().any(|(i, q)| i == id && q == p)
+}
+
+fn fuzz_base(finish: bool, sparse: bool) -> (Vec<u8>, Vec<(WedgeId, Vec<u8>)>) {
+    let frames = sample_frames(3);
+    let header = if sparse {
+        StreamHeader::sparse(1)
+    } else {
+        int8_header()
+    };
+    (write_stream(header, &frames, finish), frames)
+}
+
+proptest! {
+    /// Arbitrary bytes, with or without a valid stream header in front: never a panic.
+    #[test]
+    fn fuzz_random_bytes(
+        tail in proptest::collection::vec(any::<u8>(), 0..600),
+        with_header in any::<bool>(),
+        sprinkle_markers in any::<bool>(),
+    ) {
+        let mut bytes = if with_header { int8_header().encode().unwrap() } else { Vec::new() };
+        let mut tail = tail;
+        if sprinkle_markers && tail.len() > 40 {
+            tail[3..7].copy_from_slice(&FRAME_MARKER);
+            tail[30..34].copy_from_slice(&INDEX_MARKER);
+            let n = tail.len();
+            tail[n - 4..].copy_from_slice(&TRAILER_MAGIC);
+        }
+        bytes.extend_from_slice(&tail);
+        if let Ok((got, _)) = read_all(&bytes) {
+            // A CRC-checked frame made of random bytes would be a 2^-64 event.
+            prop_assert!(got.iter().all(|(_, p)| p.is_none()) || !with_header || got.is_empty());
+        }
+    }
+
+    /// A valid stream with one span overwritten by random bytes: never a panic; every frame
+    /// entirely outside the span is recovered intact; nothing but original frames is ever
+    /// returned.
+    #[test]
+    fn fuzz_overwritten_span(
+        finish in any::<bool>(),
+        sparse in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        junk in proptest::collection::vec(any::<u8>(), 1..48),
+    ) {
+        let (clean, frames) = fuzz_base(finish, sparse);
+        let header_len = frame_ranges(&clean).first().map_or(clean.len(), |r| r.0);
+        let start = header_len + at.index(clean.len() - header_len);
+        let end = (start + junk.len()).min(clean.len());
+        let mut bytes = clean.clone();
+        bytes[start..end].copy_from_slice(&junk[..end - start]);
+        let (got, _) = read_all(&bytes).unwrap();
+        for (id, p) in &got {
+            if let Some(p) = p {
+                prop_assert!(is_original(&frames, id, p));
+            }
+        }
+        for (k, &(s, e)) in frame_ranges(&clean).iter().enumerate() {
+            if e <= start || s >= end {
+                let (id, p) = &frames[k];
+                prop_assert!(
+                    got.iter().any(|(i, q)| i == id && q.as_ref() == Some(p)),
+                    "frame {} lost", k
+                );
+            }
+        }
+    }
+
+    /// Random edits anywhere (flips, insertions, deletions, truncation): never a panic, and only
+    /// original frames come out.
+    #[test]
+    fn fuzz_mutated_stream(
+        finish in any::<bool>(),
+        sparse in any::<bool>(),
+        edits in proptest::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let (mut bytes, frames) = fuzz_base(finish, sparse);
+        for (kind, at, value) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let i = at.index(bytes.len());
+            match kind {
+                0 => bytes[i] ^= value | 1,
+                1 => bytes.insert(i, value),
+                2 => { bytes.remove(i); }
+                _ => bytes.truncate(i),
+            }
+        }
+        if let Ok((got, problems)) = read_all(&bytes) {
+            for (id, p) in &got {
+                if let Some(p) = p {
+                    prop_assert!(is_original(&frames, id, p));
+                }
+            }
+            for p in &problems {
+                prop_assert!(!p.to_string().is_empty());
+            }
+        }
+    }
+
+    /// Writer and reader agree on arbitrary identities and payloads.
+    #[test]
+    fn round_trip_arbitrary_frames(
+        frames in proptest::collection::vec(
+            (any::<Option<u64>>(), any::<Option<u8>>(), "[a-z0-9_/.-]{0,20}",
+             proptest::collection::vec(any::<u8>(), 0..200)),
+            0..6),
+        finish in any::<bool>(),
+    ) {
+        let frames: Vec<_> = frames
+            .into_iter()
+            .map(|(event, sector, path, payload)| {
+                // 255 / u64::MAX encode "unknown"; keep generated values in the known range.
+                let event = event.map(|e| e.min(u64::MAX - 1));
+                let sector = sector.map(|s| s.min(254));
+                (WedgeId { event, sector, side: sector.map(|s| s % 2), path }, payload)
+            })
+            .collect();
+        let bytes = if finish {
+            write_stream(StreamHeader::sparse(9), &frames, true)
+        } else {
+            unfinished_bytes(StreamHeader::sparse(9), &frames)
+        };
+        let (got, problems) = read_all(&bytes).unwrap();
+        prop_assert!(problems.is_empty());
+        let want: Vec<_> = frames.into_iter().map(|(i, p)| (i, Some(p))).collect();
+        prop_assert_eq!(got, want);
+    }
+}
