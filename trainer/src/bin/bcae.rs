@@ -26,6 +26,8 @@ enum Command {
     Eval(trainer::cli::train::EvalArgs),
     /// Plot a run's per-epoch log (losses, test MAE, precision / recall) into a PNG.
     PlotLog(trainer::cli::train::PlotLogArgs),
+    /// int8 post-training quantization into a .bcae.postcard weights file for encoder-nostd.
+    Quantize(trainer::cli::quantize::QuantizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => trainer::cli::train::run_train(args),
         Command::Eval(args) => trainer::cli::train::run_eval(args),
         Command::PlotLog(args) => trainer::cli::train::run_plot_log(args),
+        Command::Quantize(args) => trainer::cli::quantize::run_quantize(args),
     }
 }
