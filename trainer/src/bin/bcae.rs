@@ -24,6 +24,12 @@ enum Command {
     Train(trainer::cli::train::TrainArgs),
     /// Evaluate runs on whole wedges (MAE, PSNR, precision, recall, ratio; f32 / f16 / bf16).
     Eval(trainer::cli::train::EvalArgs),
+    /// Compress wedges into a .bcae stream (int8 BCAE codes, or --codec sparse[:QUALITY]).
+    Compress(trainer::cli::stream::CompressArgs),
+    /// Decompress a .bcae stream into uint16 .npy wedges (int8 codes: with a run's float decoders).
+    Decompress(trainer::cli::stream::DecompressArgs),
+    /// Show a .bcae stream's header, frames, CRC status and ratio on disk.
+    Inspect(trainer::cli::stream::InspectArgs),
     /// Plot a run's per-epoch log (losses, test MAE, precision / recall) into a PNG.
     PlotLog(trainer::cli::train::PlotLogArgs),
     /// int8 post-training quantization into a .bcae.postcard weights file for encoder-nostd.
@@ -39,6 +45,9 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => trainer::cli::compare::run_compare(args),
         Command::Train(args) => trainer::cli::train::run_train(args),
         Command::Eval(args) => trainer::cli::train::run_eval(args),
+        Command::Compress(args) => trainer::cli::stream::run_compress(args),
+        Command::Decompress(args) => trainer::cli::stream::run_decompress(args),
+        Command::Inspect(args) => trainer::cli::stream::run_inspect(args),
         Command::PlotLog(args) => trainer::cli::train::run_plot_log(args),
         Command::Quantize(args) => trainer::cli::quantize::run_quantize(args),
     }
