@@ -632,10 +632,18 @@ fn decode_stream<R: std::io::Read + std::io::Seek>(
                     payloads.push(p);
                     results.push(None);
                 }
-                Err(e) => results.push(Some(Decoded {
-                    info: frames[k].clone(),
-                    wedge: Err(anyhow!(e)),
-                })),
+                Err(e) => {
+                    let e = match e {
+                        crate::stream::StreamError::PayloadCrc { stored, computed, .. } => anyhow!(
+                            "CRC mismatch in its path and payload (stored {stored:#010x}, computed {computed:#010x}); wedge lost"
+                        ),
+                        other => anyhow!(other),
+                    };
+                    results.push(Some(Decoded {
+                        info: frames[k].clone(),
+                        wedge: Err(e),
+                    }))
+                }
             }
         }
         if !payloads.is_empty() {
@@ -1032,6 +1040,35 @@ pub struct StreamEvalOptions<'a> {
     pub batch_size: usize,
     pub json: bool,
     pub per_wedge: bool,
+}
+
+/// `bcae eval --stream S --truth DIR [--run R]`: TRAIN's `bcae eval` arguments, forwarded.
+pub fn run_eval_stream_args(stream: &Path, args: &crate::cli::train::EvalArgs) -> Result<()> {
+    use crate::eval::Precision;
+    if args.runs.len() > 1 {
+        bail!("eval --stream decodes with one run; pass a single --run");
+    }
+    let precision = match args.precision.as_slice() {
+        [Precision::F32] => DecoderPrecision::F32,
+        [Precision::F16] => DecoderPrecision::F16,
+        _ => {
+            bail!("eval --stream decodes in one precision: pass --precision f32 or --precision f16")
+        }
+    };
+    if args.max_wedges.is_some() {
+        eprintln!("note: --max-wedges is ignored with --stream (every frame is scored)");
+    }
+    run_eval_stream(StreamEvalOptions {
+        stream,
+        truth: &args.data,
+        run: args.runs.first().map(PathBuf::as_path),
+        device: args.device,
+        precision,
+        force: args.force,
+        batch_size: args.batch_size,
+        json: args.json,
+        per_wedge: args.per_wedge,
+    })
 }
 
 #[derive(Serialize)]

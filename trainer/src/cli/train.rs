@@ -190,11 +190,19 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     bcae eval --run runs/ht --data data/synth --precision f32,f16 --json")]
 pub struct EvalArgs {
     /// Run directories (repeat for a table across runs).
-    #[arg(long = "run", required = true)]
+    #[arg(long = "run", required_unless_present = "stream")]
     pub runs: Vec<PathBuf>,
-    /// Data root, plain folder of .npy wedges, or one .npy file.
-    #[arg(long)]
+    /// Data root, plain folder of .npy wedges, or one .npy file (with --stream: the originals,
+    /// also spelled --truth).
+    #[arg(long, visible_alias = "truth")]
     pub data: PathBuf,
+    /// Score a .bcae stream (decoded as `bcae decompress` would) against the originals in
+    /// --truth DIR; int8 streams need the --run their weights came from.
+    #[arg(long)]
+    pub stream: Option<PathBuf>,
+    /// With --stream: decode even if the run does not match the stream's weights fingerprint.
+    #[arg(long, requires = "stream")]
+    pub force: bool,
     /// Which split of a data root: train, test or all.
     #[arg(long, default_value = "test")]
     pub split: Split,
@@ -218,6 +226,9 @@ pub struct EvalArgs {
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
+    if let Some(stream) = &args.stream {
+        return crate::cli::stream::run_eval_stream_args(stream, &args);
+    }
     let device = device::open(args.device)?;
     let data = open_split(&args.data, args.split)?;
     let n = args.max_wedges.map_or(data.len(), |m| m.min(data.len()));
