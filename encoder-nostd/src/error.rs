@@ -31,6 +31,22 @@ pub enum Error {
     SparseVersion { found: u8, supported: u8 },
     /// A sparse payload is corrupt (the reason says how it was detected).
     SparseCorrupt { reason: &'static str },
+    /// Firmware: the front-end link failed while an input frame was being received.
+    LinkReceive(embedded_hal::spi::ErrorKind),
+    /// Firmware: the outgoing link failed while a code frame was being sent.
+    LinkSend(embedded_hal::spi::ErrorKind),
+    /// Firmware: a busy / code-ready pin could not be driven.
+    Pin(embedded_hal::digital::ErrorKind),
+    /// Firmware: no frame start (magic) within the bytes searched.
+    FrameNotFound { skipped: usize },
+    /// Firmware: a frame of a frame-format version this build cannot read.
+    FrameVersion { found: u8, supported: u8 },
+    /// Firmware: an input frame whose sample count is not one wedge's.
+    FrameSampleCount { found: u32, expected: u32 },
+    /// Firmware: a frame whose CRC-32 does not match its contents.
+    FrameCrc { stored: u32, computed: u32 },
+    /// Firmware: a frame shorter than its header says, or a field out of range.
+    FrameMalformed { reason: &'static str },
 }
 
 impl core::fmt::Display for Error {
@@ -70,6 +86,25 @@ impl core::fmt::Display for Error {
                 "sparse payload version {found} is not supported (this build reads version {supported})"
             ),
             Error::SparseCorrupt { reason } => write!(f, "sparse payload is corrupt: {reason}"),
+            Error::LinkReceive(kind) => write!(f, "front-end link error while receiving a wedge: {kind}"),
+            Error::LinkSend(kind) => write!(f, "outgoing link error while sending a code frame: {kind}"),
+            Error::Pin(kind) => write!(f, "could not drive a busy / code-ready pin: {kind}"),
+            Error::FrameNotFound { skipped } => {
+                write!(f, "no frame start found in {skipped} bytes (link idle or out of sync)")
+            }
+            Error::FrameVersion { found, supported } => write!(
+                f,
+                "frame format version {found} is not supported (this build reads version {supported})"
+            ),
+            Error::FrameSampleCount { found, expected } => write!(
+                f,
+                "input frame announces {found} ADC samples, one wedge has {expected}"
+            ),
+            Error::FrameCrc { stored, computed } => write!(
+                f,
+                "frame CRC mismatch: stored {stored:#010x}, computed {computed:#010x} (corrupted on the link)"
+            ),
+            Error::FrameMalformed { reason } => write!(f, "malformed frame: {reason}"),
         }
     }
 }

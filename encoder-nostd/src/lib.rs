@@ -9,12 +9,14 @@
 //! - [`kernels`]: integer convolution, pooling, activation and requantization kernels.
 //! - [`encoder`]: BCAE-HT and BCAE-2D int8 encoders over caller-provided scratch memory.
 //! - [`sparse`]: a classical sparse codec (zero-run mask + log-quantized values, entropy coded).
+//! - [`firmware`]: the board's loop over embedded-hal links and pins (input / code frame formats).
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod encoder;
 pub mod error;
+pub mod firmware;
 pub mod geometry;
 pub mod kernels;
 pub mod sparse;

@@ -1,0 +1,756 @@
+//! The firmware loop a front-end board runs: receive one wedge's ADC stream from the front-end
+//! link, encode it (int8 BCAE or the sparse codec), and send the result as a framed message on the
+//! outgoing link, signalling busy / code-ready on two pins. Generic over embedded-hal 1.0:
+//!
+//! - front-end link: [`SpiBus`] (the board clocks a continuous byte stream in; frames are found by
+//!   their magic, so the link needs no chip select and can be a DMA'd stream);
+//! - outgoing link: [`SpiDevice`] (one code frame per transaction, chip select framing it);
+//! - `busy` and `code_ready`: [`OutputPin`]s.
+//!
+//! No heap, no `unsafe`, no panics: every buffer is the caller's (statics on a board), every
+//! failure is a typed [`Error`], counted in [`Stats`], and the loop goes on with the next wedge.
+//!
+//! ```ignore
+//! let codec = Codec::bcae(WEIGHTS)?;                                  // or Codec::sparse(q, &mut state)
+//! let buffers = Buffers { adc: &mut ADC, scratch: &mut SCRATCH, frame: &mut FRAME };
+//! let mut fw = Firmware::new(Peripherals { rx, tx, busy, code_ready }, codec, buffers)?;
+//! loop {
+//!     let _ = fw.step(); // one wedge; errors are already counted in fw.stats()
+//! }
+//! ```
+//!
+//! # Input frame (front end -> board), little-endian
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `b"BCWI"` |
+//! | 4 | 1 | frame-format version ([`FRAME_VERSION`] = 1) |
+//! | 5 | 3 | reserved: written 0, ignored |
+//! | 8 | 4 | wedge id (u32) |
+//! | 12 | 4 | sample count (u32): must be 764,928 = 192 x 249 x 16 |
+//! | 16 | 2 x count | ADC samples (u16), on-disk order (azimuth, z, layer; layer fastest) |
+//! | 16 + 2 x count | 4 | CRC-32/ISO-HDLC ([`crate::checksum`]) of every byte before it |
+//!
+//! # Code frame (board -> DAQ), little-endian
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `b"BCWO"` |
+//! | 4 | 1 | frame-format version (1) |
+//! | 5 | 1 | codec ([`CodecKind`]): 1 = int8 BCAE code, 2 = sparse payload |
+//! | 6 | 2 | reserved: written 0 |
+//! | 8 | 4 | wedge id (copied from the input frame) |
+//! | 12 | 4 | payload length n (u32) |
+//! | 16 | 4 | codec tag: BCAE: the weights file's CRC-32 (its last 4 bytes: which model made the code); sparse: the quality code (0 = lossless, else log2 step in 1/1024) |
+//! | 20 | n | payload: BCAE: the int8 code, (c, d, h, w), one byte each; sparse: a [`crate::sparse`] payload (its own header) |
+//! | 20 + n | 4 | CRC-32 of every byte before it |
+//!
+//! # One step ([`Firmware::step`])
+//!
+//! 1. Read 16 header bytes. If they do not start with the magic (idle line, a dropped or corrupted
+//!    byte earlier), slide to the next possible magic position and read more, for at most
+//!    [`MAX_HUNT`] bytes (one frame and a header: a good frame after a damaged one is always found),
+//!    else [`Error::FrameNotFound`].
+//! 2. Check version and sample count ([`Error::FrameVersion`], [`Error::FrameSampleCount`]); raise
+//!    `busy`.
+//! 3. Stream the samples into the ADC buffer in 512-byte reads, with a running CRC; compare it with
+//!    the trailer ([`Error::FrameCrc`]): a corrupted wedge is never encoded.
+//! 4. Encode (ADC above 1023 etc. are the encoder's typed errors), build the code frame, raise
+//!    `code_ready`, send it in one transaction, lower `code_ready` and `busy`.
+//!
+//! Link errors ([`Error::LinkReceive`], [`Error::LinkSend`]) end the step; the next one resynchronises
+//! on the next magic. A pin that cannot be driven is counted ([`Error::Pin`]) but does not drop the
+//! wedge. Both pins are low between steps, whatever happened.
+use embedded_hal::digital::{Error as _, OutputPin};
+use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
+
+use crate::checksum::{crc32, Crc32};
+use crate::encoder::Encoder;
+use crate::geometry::WEDGE_VOXELS;
+use crate::sparse::{self, Dims, Quality, SparseScratch, MAX_WEDGE_ENCODED_LEN};
+use crate::Error;
+
+/// First bytes of every input frame.
+pub const INPUT_MAGIC: [u8; 4] = *b"BCWI";
+/// First bytes of every code frame.
+pub const CODE_MAGIC: [u8; 4] = *b"BCWO";
+/// Frame-format version of both frames.
+pub const FRAME_VERSION: u8 = 1;
+/// Bytes of the input frame's header.
+pub const INPUT_HEADER_LEN: usize = 16;
+/// Bytes of the code frame's header.
+pub const CODE_HEADER_LEN: usize = 20;
+/// Bytes of the CRC trailer of both frames.
+pub const CRC_LEN: usize = 4;
+/// ADC samples in one input frame.
+pub const WEDGE_SAMPLES: u32 = WEDGE_VOXELS as u32;
+/// Bytes of a whole input frame (1,529,876).
+pub const INPUT_FRAME_LEN: usize = INPUT_HEADER_LEN + 2 * WEDGE_VOXELS + CRC_LEN;
+/// Most bytes one step searches for a frame start.
+pub const MAX_HUNT: usize = INPUT_FRAME_LEN + INPUT_HEADER_LEN;
+/// Bytes per front-end read while streaming samples (even, so samples never straddle reads).
+const RX_CHUNK: usize = 512;
+
+/// What a code frame's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CodecKind {
+    /// The int8 BCAE code.
+    Bcae = 1,
+    /// A sparse-codec payload.
+    Sparse = 2,
+}
+
+impl CodecKind {
+    pub fn from_u8(byte: u8) -> Option<CodecKind> {
+        match byte {
+            1 => Some(CodecKind::Bcae),
+            2 => Some(CodecKind::Sparse),
+            _ => None,
+        }
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn put_u32(bytes: &mut [u8], at: usize, value: u32) -> Result<(), Error> {
+    let end = at.checked_add(4).ok_or(Error::Overflow)?;
+    let got = bytes.len();
+    bytes
+        .get_mut(at..end)
+        .ok_or(Error::BufferTooSmall { needed: end, got })?
+        .copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
+/// The header of an input frame for `samples` ADC values.
+pub fn input_header(wedge_id: u32, samples: u32) -> [u8; INPUT_HEADER_LEN] {
+    let mut h = [0u8; INPUT_HEADER_LEN];
+    h[..4].copy_from_slice(&INPUT_MAGIC);
+    h[4] = FRAME_VERSION;
+    h[8..12].copy_from_slice(&wedge_id.to_le_bytes());
+    h[12..16].copy_from_slice(&samples.to_le_bytes());
+    h
+}
+
+/// A decoded input-frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputHeader {
+    pub wedge_id: u32,
+    pub samples: u32,
+}
+
+/// Checks an input header (magic, version, one wedge's sample count).
+pub fn parse_input_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<InputHeader, Error> {
+    if h[..4] != INPUT_MAGIC {
+        return Err(Error::FrameMalformed {
+            reason: "input frame magic missing",
+        });
+    }
+    if h[4] != FRAME_VERSION {
+        return Err(Error::FrameVersion {
+            found: h[4],
+            supported: FRAME_VERSION,
+        });
+    }
+    let wedge_id = u32_at(h, 8).ok_or(Error::Overflow)?;
+    let samples = u32_at(h, 12).ok_or(Error::Overflow)?;
+    if samples != WEDGE_SAMPLES {
+        return Err(Error::FrameSampleCount {
+            found: samples,
+            expected: WEDGE_SAMPLES,
+        });
+    }
+    Ok(InputHeader { wedge_id, samples })
+}
+
+/// The front end's side of the input frame: produces one frame's bytes on demand, computing the
+/// CRC as it goes (no frame-sized buffer needed). Used by simulators and test benches.
+#[derive(Clone)]
+pub struct InputFrameStream<'w> {
+    header: [u8; INPUT_HEADER_LEN],
+    adc: &'w [u16],
+    pos: usize,
+    crc: Crc32,
+    trailer: [u8; CRC_LEN],
+}
+
+impl<'w> InputFrameStream<'w> {
+    /// A frame carrying `adc` (any length up to `u32::MAX` samples; the board accepts one wedge).
+    pub fn new(wedge_id: u32, adc: &'w [u16]) -> Self {
+        let samples = u32::try_from(adc.len()).unwrap_or(u32::MAX);
+        let adc = adc.get(..samples as usize).unwrap_or(adc);
+        InputFrameStream {
+            header: input_header(wedge_id, samples),
+            adc,
+            pos: 0,
+            crc: Crc32::new(),
+            trailer: [0; 4],
+        }
+    }
+
+    /// Replaces the header (e.g. to send a wrong version or count in tests); call before `fill`.
+    pub fn with_header(mut self, header: [u8; INPUT_HEADER_LEN]) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Total bytes of the frame.
+    pub fn len(&self) -> usize {
+        INPUT_HEADER_LEN + 2 * self.adc.len() + CRC_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Bytes not yet produced.
+    pub fn remaining(&self) -> usize {
+        self.len().saturating_sub(self.pos)
+    }
+
+    /// Writes the next bytes of the frame into `out`; returns how many (less than `out.len()`
+    /// only at the end of the frame).
+    pub fn fill(&mut self, out: &mut [u8]) -> usize {
+        let samples_end = INPUT_HEADER_LEN + 2 * self.adc.len();
+        let mut written = 0;
+        while written < out.len() && self.pos < self.len() {
+            let dst = match out.get_mut(written..) {
+                Some(d) => d,
+                None => break,
+            };
+            let n = if self.pos < INPUT_HEADER_LEN {
+                let src = self.header.get(self.pos..).unwrap_or(&[]);
+                let n = src.len().min(dst.len());
+                dst[..n].copy_from_slice(&src[..n]);
+                self.crc.update(&dst[..n]);
+                n
+            } else if self.pos < samples_end {
+                let first = self.pos - INPUT_HEADER_LEN;
+                let n = (samples_end - self.pos).min(dst.len());
+                for (i, d) in dst[..n].iter_mut().enumerate() {
+                    let byte = first + i;
+                    let sample = self.adc.get(byte / 2).copied().unwrap_or(0);
+                    *d = if byte.is_multiple_of(2) {
+                        sample as u8
+                    } else {
+                        (sample >> 8) as u8
+                    };
+                }
+                self.crc.update(&dst[..n]);
+                n
+            } else {
+                if self.pos == samples_end {
+                    self.trailer = self.crc.clone().finalize().to_le_bytes();
+                }
+                let src = self.trailer.get(self.pos - samples_end..).unwrap_or(&[]);
+                let n = src.len().min(dst.len());
+                dst[..n].copy_from_slice(&src[..n]);
+                n
+            };
+            if n == 0 {
+                break;
+            }
+            self.pos += n;
+            written += n;
+        }
+        written
+    }
+}
+
+/// A parsed code frame (the DAQ's side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeFrame<'f> {
+    pub codec: CodecKind,
+    pub wedge_id: u32,
+    /// BCAE: the weights' CRC-32; sparse: the quality code.
+    pub tag: u32,
+    pub payload: &'f [u8],
+}
+
+impl CodeFrame<'_> {
+    /// Bytes of the whole frame.
+    pub fn frame_len(&self) -> usize {
+        CODE_HEADER_LEN + self.payload.len() + CRC_LEN
+    }
+}
+
+/// Parses and checks (magic, version, codec, length, CRC) the code frame at the start of `bytes`.
+pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, Error> {
+    let header = bytes.get(..CODE_HEADER_LEN).ok_or(Error::FrameMalformed {
+        reason: "shorter than a code frame header",
+    })?;
+    if header[..4] != CODE_MAGIC {
+        return Err(Error::FrameMalformed {
+            reason: "code frame magic missing",
+        });
+    }
+    if header[4] != FRAME_VERSION {
+        return Err(Error::FrameVersion {
+            found: header[4],
+            supported: FRAME_VERSION,
+        });
+    }
+    let codec = CodecKind::from_u8(header[5]).ok_or(Error::FrameMalformed {
+        reason: "unknown codec kind",
+    })?;
+    let wedge_id = u32_at(header, 8).ok_or(Error::Overflow)?;
+    let len = u32_at(header, 12).ok_or(Error::Overflow)? as usize;
+    let tag = u32_at(header, 16).ok_or(Error::Overflow)?;
+    let body_end = CODE_HEADER_LEN.checked_add(len).ok_or(Error::Overflow)?;
+    let stored = u32_at(bytes, body_end).ok_or(Error::FrameMalformed {
+        reason: "code frame shorter than its length field",
+    })?;
+    let body = bytes.get(..body_end).ok_or(Error::Overflow)?;
+    let computed = crc32(body);
+    if stored != computed {
+        return Err(Error::FrameCrc { stored, computed });
+    }
+    let payload = body.get(CODE_HEADER_LEN..).ok_or(Error::Overflow)?;
+    Ok(CodeFrame {
+        codec,
+        wedge_id,
+        tag,
+        payload,
+    })
+}
+
+/// What the board encodes with. (One per board, never moved around: the size difference between
+/// the variants costs nothing, and there is no heap to box into.)
+#[allow(clippy::large_enum_variant)]
+pub enum Codec<'a> {
+    /// The int8 BCAE encoder; `weights_crc` goes into each frame's tag.
+    Bcae {
+        encoder: Encoder<'a>,
+        weights_crc: u32,
+    },
+    /// The sparse codec at `quality`, with its working memory.
+    Sparse {
+        quality: Quality,
+        state: &'a mut SparseScratch,
+    },
+}
+
+impl<'a> Codec<'a> {
+    /// Parses and validates a weights file (see [`Encoder::parse`]).
+    pub fn bcae(weights: &'a [u8]) -> Result<Self, Error> {
+        let encoder = Encoder::parse(weights)?;
+        let weights_crc = weights
+            .len()
+            .checked_sub(CRC_LEN)
+            .and_then(|at| u32_at(weights, at))
+            .ok_or(Error::TruncatedWeights)?;
+        Ok(Codec::Bcae {
+            encoder,
+            weights_crc,
+        })
+    }
+
+    /// The sparse codec.
+    pub fn sparse(quality: Quality, state: &'a mut SparseScratch) -> Self {
+        Codec::Sparse { quality, state }
+    }
+
+    pub fn kind(&self) -> CodecKind {
+        match self {
+            Codec::Bcae { .. } => CodecKind::Bcae,
+            Codec::Sparse { .. } => CodecKind::Sparse,
+        }
+    }
+
+    /// The tag written into each code frame.
+    pub fn tag(&self) -> u32 {
+        match self {
+            Codec::Bcae { weights_crc, .. } => *weights_crc,
+            Codec::Sparse { quality, .. } => u32::from(quality.code()),
+        }
+    }
+
+    /// The largest payload one wedge can produce.
+    pub fn max_payload_len(&self) -> usize {
+        match self {
+            Codec::Bcae { encoder, .. } => encoder.code_len(),
+            Codec::Sparse { .. } => MAX_WEDGE_ENCODED_LEN,
+        }
+    }
+
+    /// Bytes of [`Buffers::scratch`] needed: the encoder's scratch then the code (BCAE), 0 (sparse).
+    pub fn scratch_len(&self) -> usize {
+        match self {
+            Codec::Bcae { encoder, .. } => encoder.scratch_len() + encoder.code_len(),
+            Codec::Sparse { .. } => 0,
+        }
+    }
+
+    /// Bytes of [`Buffers::frame`] needed: the largest code frame.
+    pub fn frame_len(&self) -> usize {
+        CODE_HEADER_LEN + self.max_payload_len() + CRC_LEN
+    }
+}
+
+/// The caller's memory (statics on a board). Sizes: `adc` 764,928 samples, `scratch`
+/// [`Codec::scratch_len`], `frame` [`Codec::frame_len`].
+pub struct Buffers<'a> {
+    pub adc: &'a mut [u16],
+    pub scratch: &'a mut [i8],
+    pub frame: &'a mut [u8],
+}
+
+/// The board's peripherals.
+pub struct Peripherals<RX, TX, BUSY, READY> {
+    /// Front-end link (input frames in).
+    pub rx: RX,
+    /// Outgoing link (code frames out).
+    pub tx: TX,
+    /// High while a wedge is being received, encoded and sent.
+    pub busy: BUSY,
+    /// High while a code frame is on the outgoing link.
+    pub code_ready: READY,
+}
+
+/// Counters since start-up. Every failed step increments exactly one of the error counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Input frames received whole (header and CRC good).
+    pub frames_received: u32,
+    /// Code frames sent.
+    pub codes_sent: u32,
+    /// Payload bytes sent (code frames' payloads).
+    pub payload_bytes_sent: u64,
+    /// Bytes discarded while looking for a frame start.
+    pub bytes_skipped: u64,
+    /// Times the stream had to be resynchronised (a frame start found after skipping bytes).
+    pub resyncs: u32,
+    /// Steps that found no frame start within [`MAX_HUNT`] bytes.
+    pub frames_not_found: u32,
+    /// Input headers with a wrong version or sample count.
+    pub bad_headers: u32,
+    /// Input frames whose CRC did not match.
+    pub crc_errors: u32,
+    /// Wedges the encoder refused (e.g. ADC above 1023).
+    pub encode_errors: u32,
+    /// Front-end link errors.
+    pub rx_link_errors: u32,
+    /// Outgoing link errors.
+    pub tx_link_errors: u32,
+    /// Pin errors (counted; the wedge is not dropped for them).
+    pub pin_errors: u32,
+    /// The most recent error.
+    pub last_error: Option<Error>,
+}
+
+impl Stats {
+    /// Steps that lost a wedge (or found none).
+    pub fn failed_steps(&self) -> u32 {
+        self.frames_not_found
+            + self.bad_headers
+            + self.crc_errors
+            + self.encode_errors
+            + self.rx_link_errors
+            + self.tx_link_errors
+    }
+
+    fn count(&mut self, error: Error) {
+        let counter = match error {
+            Error::LinkReceive(_) => &mut self.rx_link_errors,
+            Error::LinkSend(_) => &mut self.tx_link_errors,
+            Error::Pin(_) => &mut self.pin_errors,
+            Error::FrameNotFound { .. } => &mut self.frames_not_found,
+            Error::FrameVersion { .. }
+            | Error::FrameSampleCount { .. }
+            | Error::FrameMalformed { .. } => &mut self.bad_headers,
+            Error::FrameCrc { .. } => &mut self.crc_errors,
+            _ => &mut self.encode_errors,
+        };
+        *counter = counter.saturating_add(1);
+        self.last_error = Some(error);
+    }
+}
+
+/// One wedge done: what was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub wedge_id: u32,
+    pub codec: CodecKind,
+    pub payload_len: usize,
+    pub frame_len: usize,
+}
+
+fn drive<P: OutputPin>(pin: &mut P, high: bool, stats: &mut Stats) {
+    let result = if high { pin.set_high() } else { pin.set_low() };
+    if let Err(e) = result {
+        stats.count(Error::Pin(e.kind()));
+    }
+}
+
+/// The firmware: peripherals, codec, buffers and counters.
+pub struct Firmware<'a, RX, TX, BUSY, READY> {
+    io: Peripherals<RX, TX, BUSY, READY>,
+    codec: Codec<'a>,
+    buffers: Buffers<'a>,
+    stats: Stats,
+}
+
+impl<'a, RX, TX, BUSY, READY> Firmware<'a, RX, TX, BUSY, READY>
+where
+    RX: SpiBus<u8>,
+    TX: SpiDevice<u8>,
+    BUSY: OutputPin,
+    READY: OutputPin,
+{
+    /// Checks the buffers against the codec ([`Error::BufferTooSmall`]) and drives both pins low.
+    pub fn new(
+        io: Peripherals<RX, TX, BUSY, READY>,
+        codec: Codec<'a>,
+        buffers: Buffers<'a>,
+    ) -> Result<Self, Error> {
+        let need = [
+            (WEDGE_VOXELS, buffers.adc.len()),
+            (codec.scratch_len(), buffers.scratch.len()),
+            (codec.frame_len(), buffers.frame.len()),
+        ];
+        for (needed, got) in need {
+            if got < needed {
+                return Err(Error::BufferTooSmall { needed, got });
+            }
+        }
+        let mut fw = Firmware {
+            io,
+            codec,
+            buffers,
+            stats: Stats::default(),
+        };
+        drive(&mut fw.io.busy, false, &mut fw.stats);
+        drive(&mut fw.io.code_ready, false, &mut fw.stats);
+        Ok(fw)
+    }
+
+    /// Counters since start-up.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn codec(&self) -> &Codec<'a> {
+        &self.codec
+    }
+
+    pub fn peripherals(&self) -> &Peripherals<RX, TX, BUSY, READY> {
+        &self.io
+    }
+
+    pub fn peripherals_mut(&mut self) -> &mut Peripherals<RX, TX, BUSY, READY> {
+        &mut self.io
+    }
+
+    /// The last wedge received (valid after a successful step).
+    pub fn adc(&self) -> &[u16] {
+        self.buffers.adc
+    }
+
+    /// Gives the peripherals back.
+    pub fn release(self) -> Peripherals<RX, TX, BUSY, READY> {
+        self.io
+    }
+
+    /// Processes one wedge: receive, check, encode, send. On error the wedge is dropped, the error
+    /// is counted in [`Firmware::stats`] and returned; call `step` again for the next wedge.
+    pub fn step(&mut self) -> Result<Sent, Error> {
+        let result = self.process();
+        // Both pins low between steps, whatever happened (no-ops if already low on real GPIO).
+        drive(&mut self.io.code_ready, false, &mut self.stats);
+        drive(&mut self.io.busy, false, &mut self.stats);
+        match result {
+            Ok(sent) => {
+                self.stats.codes_sent = self.stats.codes_sent.saturating_add(1);
+                self.stats.payload_bytes_sent = self
+                    .stats
+                    .payload_bytes_sent
+                    .saturating_add(sent.payload_len as u64);
+            }
+            Err(e) => self.stats.count(e),
+        }
+        result
+    }
+
+    fn process(&mut self) -> Result<Sent, Error> {
+        let (header, raw) = self.receive_header()?;
+        drive(&mut self.io.busy, true, &mut self.stats);
+        self.receive_samples(&raw)?;
+        self.stats.frames_received = self.stats.frames_received.saturating_add(1);
+        let payload_len = self.encode()?;
+        let frame_len = self.seal(header.wedge_id, payload_len)?;
+        drive(&mut self.io.code_ready, true, &mut self.stats);
+        let frame = self.buffers.frame.get(..frame_len).ok_or(Error::Overflow)?;
+        self.io
+            .tx
+            .write(frame)
+            .map_err(|e| Error::LinkSend(e.kind()))?;
+        Ok(Sent {
+            wedge_id: header.wedge_id,
+            codec: self.codec.kind(),
+            payload_len,
+            frame_len,
+        })
+    }
+
+    /// Reads until a header with the magic is found (at most [`MAX_HUNT`] bytes skipped).
+    fn receive_header(&mut self) -> Result<(InputHeader, [u8; INPUT_HEADER_LEN]), Error> {
+        let mut h = [0u8; INPUT_HEADER_LEN];
+        let mut skipped = 0usize;
+        let found = self.hunt(&mut h, &mut skipped);
+        self.stats.bytes_skipped = self.stats.bytes_skipped.saturating_add(skipped as u64);
+        found?;
+        if skipped > 0 {
+            self.stats.resyncs = self.stats.resyncs.saturating_add(1);
+        }
+        Ok((parse_input_header(&h)?, h))
+    }
+
+    fn hunt(&mut self, h: &mut [u8; INPUT_HEADER_LEN], skipped: &mut usize) -> Result<(), Error> {
+        self.io
+            .rx
+            .read(h)
+            .map_err(|e| Error::LinkReceive(e.kind()))?;
+        while h[..4] != INPUT_MAGIC {
+            // The next offset whose bytes could begin the magic; 16 if none.
+            let shift = (1..INPUT_HEADER_LEN)
+                .find(|&k| {
+                    h.iter()
+                        .skip(k)
+                        .zip(INPUT_MAGIC.iter())
+                        .all(|(a, b)| a == b)
+                })
+                .unwrap_or(INPUT_HEADER_LEN);
+            if *skipped + shift > MAX_HUNT {
+                return Err(Error::FrameNotFound { skipped: *skipped });
+            }
+            h.copy_within(shift.., 0);
+            let tail = h
+                .get_mut(INPUT_HEADER_LEN - shift..)
+                .ok_or(Error::Overflow)?;
+            *skipped += shift;
+            self.io
+                .rx
+                .read(tail)
+                .map_err(|e| Error::LinkReceive(e.kind()))?;
+        }
+        Ok(())
+    }
+
+    fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), Error> {
+        let mut crc = Crc32::new();
+        crc.update(header);
+        let mut chunk = [0u8; RX_CHUNK];
+        let got = self.buffers.adc.len();
+        let adc = self
+            .buffers
+            .adc
+            .get_mut(..WEDGE_VOXELS)
+            .ok_or(Error::BufferTooSmall {
+                needed: WEDGE_VOXELS,
+                got,
+            })?;
+        for samples in adc.chunks_mut(RX_CHUNK / 2) {
+            let bytes = chunk.get_mut(..2 * samples.len()).ok_or(Error::Overflow)?;
+            self.io
+                .rx
+                .read(bytes)
+                .map_err(|e| Error::LinkReceive(e.kind()))?;
+            crc.update(bytes);
+            for (sample, pair) in samples.iter_mut().zip(bytes.chunks_exact(2)) {
+                if let [lo, hi] = *pair {
+                    *sample = u16::from_le_bytes([lo, hi]);
+                }
+            }
+        }
+        let mut trailer = [0u8; CRC_LEN];
+        self.io
+            .rx
+            .read(&mut trailer)
+            .map_err(|e| Error::LinkReceive(e.kind()))?;
+        let (stored, computed) = (u32::from_le_bytes(trailer), crc.finalize());
+        if stored != computed {
+            return Err(Error::FrameCrc { stored, computed });
+        }
+        Ok(())
+    }
+
+    /// Encodes the received wedge into the frame's payload area; returns the payload length.
+    fn encode(&mut self) -> Result<usize, Error> {
+        let adc = self
+            .buffers
+            .adc
+            .get(..WEDGE_VOXELS)
+            .ok_or(Error::Overflow)?;
+        let frame_len = self.buffers.frame.len();
+        let payload_area = self
+            .buffers
+            .frame
+            .get_mut(CODE_HEADER_LEN..frame_len.saturating_sub(CRC_LEN))
+            .ok_or(Error::BufferTooSmall {
+                needed: CODE_HEADER_LEN + CRC_LEN,
+                got: frame_len,
+            })?;
+        match &mut self.codec {
+            Codec::Bcae { encoder, .. } => {
+                let (scratch, code) =
+                    split_at_checked(self.buffers.scratch, encoder.scratch_len())?;
+                let code_len = encoder.code_len();
+                let got = code.len();
+                let code = code.get_mut(..code_len).ok_or(Error::BufferTooSmall {
+                    needed: code_len,
+                    got,
+                })?;
+                encoder.encode(adc, scratch, code)?;
+                let out = payload_area
+                    .get_mut(..code_len)
+                    .ok_or(Error::BufferTooSmall {
+                        needed: code_len,
+                        got: 0,
+                    })?;
+                for (o, &c) in out.iter_mut().zip(code.iter()) {
+                    *o = c as u8;
+                }
+                Ok(code_len)
+            }
+            Codec::Sparse { quality, state } => {
+                sparse::encode_with(state, adc, Dims::WEDGE, *quality, payload_area)
+            }
+        }
+    }
+
+    /// Writes the code frame's header and CRC around a payload of `payload_len`; returns the frame length.
+    fn seal(&mut self, wedge_id: u32, payload_len: usize) -> Result<usize, Error> {
+        let frame = &mut *self.buffers.frame;
+        let len = u32::try_from(payload_len).map_err(|_| Error::Overflow)?;
+        let header = frame.get_mut(..CODE_HEADER_LEN).ok_or(Error::Overflow)?;
+        header[..4].copy_from_slice(&CODE_MAGIC);
+        header[4] = FRAME_VERSION;
+        header[5] = self.codec.kind() as u8;
+        header[6] = 0;
+        header[7] = 0;
+        put_u32(header, 8, wedge_id)?;
+        put_u32(header, 12, len)?;
+        put_u32(header, 16, self.codec.tag())?;
+        let body_end = CODE_HEADER_LEN + payload_len;
+        let crc = crc32(frame.get(..body_end).ok_or(Error::Overflow)?);
+        put_u32(frame, body_end, crc)?;
+        Ok(body_end + CRC_LEN)
+    }
+}
+
+fn split_at_checked(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), Error> {
+    if at > buf.len() {
+        return Err(Error::BufferTooSmall {
+            needed: at,
+            got: buf.len(),
+        });
+    }
+    Ok(buf.split_at_mut(at))
+}
+
+#[cfg(test)]
+mod tests;
