@@ -811,3 +811,43 @@ mod tests {
         }
     }
 }
+
+/// Per-layer timing on whole-wedge shapes: `cargo test -p trainer --lib nn::timing -- --ignored
+/// --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::time::Instant;
+
+    fn time_layer(name: &str, x: (usize, usize, usize, usize, usize), w: (usize, usize, usize, usize, usize), transposed: bool, s: [usize; 3], p: [usize; 3]) {
+        let dev = Device::Cpu;
+        let xv = Var::randn(0f32, 1.0, x, &dev).unwrap();
+        let wv = Var::randn(0f32, 0.1, w, &dev).unwrap();
+        let t = Instant::now();
+        let y = if transposed {
+            conv_transpose3d_forward(xv.as_tensor(), wv.as_tensor(), s, p, [0; 3]).unwrap()
+        } else {
+            conv3d_forward(xv.as_tensor(), wv.as_tensor(), s, p).unwrap()
+        };
+        let fwd = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _ = y.sum_all().unwrap().backward().unwrap();
+        let bwd = t.elapsed().as_secs_f64();
+        println!("{name:>28}: out {:?} forward {fwd:.3} s, backward {bwd:.3} s", y.dims());
+    }
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        let (s, p) = ([1, 2, 2], [1; 3]);
+        time_layer("HT enc block0 conv 1->2", (1, 1, 16, 192, 256), (2, 1, 3, 4, 4), false, s, p);
+        time_layer("++ enc block0 conv 1->8", (1, 1, 16, 192, 256), (8, 1, 3, 4, 4), false, s, p);
+        time_layer("++ enc block0 conv3 8->8", (1, 8, 16, 96, 128), (8, 8, 3, 3, 3), false, [1; 3], p);
+        time_layer("dec block3 convT 4->2", (1, 4, 16, 96, 128), (4, 2, 3, 4, 4), true, s, p);
+        time_layer("dec block3 conv3 2->2", (1, 2, 16, 192, 256), (2, 2, 3, 3, 3), false, [1; 3], p);
+        time_layer("dec output conv 2->1", (1, 2, 16, 192, 256), (1, 2, 3, 3, 3), false, [1; 3], p);
+        time_layer("v1 enc block0 1->8", (1, 1, 192, 249, 16), (8, 1, 4, 3, 3), false, [2, 2, 1], [1, 0, 1]);
+        time_layer("v1 dec block3 convT 4->2", (1, 4, 96, 124, 16), (4, 2, 4, 3, 3), true, [2, 2, 1], [1, 0, 1]);
+    }
+}

@@ -34,6 +34,10 @@ enum Command {
     PlotLog(trainer::cli::train::PlotLogArgs),
     /// int8 post-training quantization into a .bcae.postcard weights file for encoder-nostd.
     Quantize(trainer::cli::quantize::QuantizeArgs),
+    /// Import PyTorch state_dicts of the reference models (bcae-2d, bcae-ht, bcae++, bcae-v1) into a run.
+    ImportTorch(trainer::cli::import::ImportTorchArgs),
+    /// Decode the original BCAE's released codes (or re-encode its samples) against its published metrics.
+    DecodeCode(trainer::cli::decode_code::DecodeCodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => trainer::cli::stream::run_inspect(args),
         Command::PlotLog(args) => trainer::cli::train::run_plot_log(args),
         Command::Quantize(args) => trainer::cli::quantize::run_quantize(args),
+        Command::ImportTorch(args) => trainer::cli::import::run_import_torch(args),
+        Command::DecodeCode(args) => trainer::cli::decode_code::run_decode_code(args),
     }
 }

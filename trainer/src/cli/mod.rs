@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod data;
+pub mod decode_code;
 pub mod import;
 pub mod quantize;
 pub mod stream;

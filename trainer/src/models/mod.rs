@@ -345,3 +345,47 @@ mod tests {
         }
     }
 }
+
+/// Timing of whole-wedge forward (and backward) passes: `cargo test -p trainer --release --lib
+/// models::timing -- --ignored --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::time::Instant;
+
+    fn time_model(cfg: ModelConfig, batch: usize) {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let model = build(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let wedges = crate::data::synth::generate_wedges(1, batch);
+        let x = model.input(&wedges, &dev).unwrap();
+        let t = Instant::now();
+        let code = model.encode(&x).unwrap();
+        let t_enc = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (seg, reg) = model.decode(&code).unwrap();
+        let t_dec = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let rec = model.reconstruct_log2(&seg, &reg, 0.5).unwrap();
+        let loss = (rec.sum_all().unwrap() + seg.sum_all().unwrap()).unwrap();
+        loss.backward().unwrap();
+        let t_bwd = t.elapsed().as_secs_f64();
+        println!(
+            "{:>16} batch {batch}: encode {:.2} s, decode {:.2} s, backward {:.2} s ({:.2} wedges/s train)",
+            cfg.label(),
+            t_enc,
+            t_dec,
+            t_bwd,
+            batch as f64 / (t_enc + t_dec + t_bwd)
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        time_model(ModelConfig::BcaeHt, 2);
+        time_model(ModelConfig::BcaePlusPlus, 2);
+        time_model(ModelConfig::BcaeV1, 2);
+        time_model(ModelConfig::from_name("bcae-2d").unwrap(), 2);
+    }
+}
