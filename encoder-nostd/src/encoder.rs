@@ -19,10 +19,12 @@
 //!
 //! [`Encoder::scratch_len`] gives the exact figure for any weights.
 use crate::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
-use crate::kernels::{add_in_place, avg_pool_2x2, conv, conv_output_shape, conv_rows, input_from_adc};
+use crate::kernels::{
+    add_in_place, avg_pool_2x2, conv, conv_output_shape, conv_rows, input_from_adc,
+};
 use crate::weights::{
-    self, Conv, Fingerprint, HtNetwork, ModelFamily, ModelKind, Network, Network2d, QuantizedModel, Shape, HT_INPUT,
-    INPUT_2D,
+    self, Conv, Fingerprint, HtNetwork, ModelFamily, ModelKind, Network, Network2d, QuantizedModel,
+    Shape, HT_INPUT, INPUT_2D,
 };
 use crate::Error;
 
@@ -68,7 +70,15 @@ fn plan_ht(net: &HtNetwork<'_>) -> Result<Plan, Error> {
     let code = conv_output_shape(&net.output, shape)?;
     macs += conv_macs(&net.output, code);
     let first = HT_INPUT.len().max(largest);
-    Ok(Plan { first, slot: largest, middle: 0, strip: 0, scratch: first + 2 * largest, code, macs })
+    Ok(Plan {
+        first,
+        slot: largest,
+        middle: 0,
+        strip: 0,
+        scratch: first + 2 * largest,
+        code,
+        macs,
+    })
 }
 
 fn plan_2d(net: &Network2d<'_>) -> Result<Plan, Error> {
@@ -79,7 +89,11 @@ fn plan_2d(net: &Network2d<'_>) -> Result<Plan, Error> {
     let mut shape = full;
     for block in &net.blocks {
         if block.pool {
-            shape = Shape { h: shape.h / 2, w: shape.w / 2, ..shape };
+            shape = Shape {
+                h: shape.h / 2,
+                w: shape.w / 2,
+                ..shape
+            };
         }
         largest = largest.max(shape.len());
         for res in &block.res {
@@ -89,13 +103,29 @@ fn plan_2d(net: &Network2d<'_>) -> Result<Plan, Error> {
             largest = largest.max(h.len()).max(m.len());
         }
     }
-    let strip = if fused { full.c * 2 * full.w + full.c * (full.w / 2) } else { 0 };
+    let strip = if fused {
+        full.c * 2 * full.w + full.c * (full.w / 2)
+    } else {
+        0
+    };
     let middle = (2 * largest).max(INPUT_2D.len());
-    Ok(Plan { first: largest, slot: largest, middle, strip, scratch: largest + middle + strip, code: shape, macs })
+    Ok(Plan {
+        first: largest,
+        slot: largest,
+        middle,
+        strip,
+        scratch: largest + middle + strip,
+        code: shape,
+        macs,
+    })
 }
 
 /// Two distinct slots out of three: `src` shared, `dst` mutable.
-fn pick<'s>(slots: &'s mut [&mut [i8]; 3], src: usize, dst: usize) -> Result<(&'s [i8], &'s mut [i8]), Error> {
+fn pick<'s>(
+    slots: &'s mut [&mut [i8]; 3],
+    src: usize,
+    dst: usize,
+) -> Result<(&'s [i8], &'s mut [i8]), Error> {
     let [a, b, c] = slots;
     Ok(match (src, dst) {
         (0, 1) => (&**a, &mut **b),
@@ -110,17 +140,24 @@ fn pick<'s>(slots: &'s mut [&mut [i8]; 3], src: usize, dst: usize) -> Result<(&'
 
 /// The first `len` elements of a slot.
 fn head(slot: &[i8], len: usize) -> Result<&[i8], Error> {
-    slot.get(..len).ok_or(Error::BufferTooSmall { needed: len, got: slot.len() })
+    slot.get(..len).ok_or(Error::BufferTooSmall {
+        needed: len,
+        got: slot.len(),
+    })
 }
 
 fn head_mut(slot: &mut [i8], len: usize) -> Result<&mut [i8], Error> {
     let got = slot.len();
-    slot.get_mut(..len).ok_or(Error::BufferTooSmall { needed: len, got })
+    slot.get_mut(..len)
+        .ok_or(Error::BufferTooSmall { needed: len, got })
 }
 
 fn split(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), Error> {
     if at > buf.len() {
-        return Err(Error::BufferTooSmall { needed: at, got: buf.len() });
+        return Err(Error::BufferTooSmall {
+            needed: at,
+            got: buf.len(),
+        });
     }
     Ok(buf.split_at_mut(at))
 }
@@ -205,14 +242,23 @@ impl<'a> Encoder<'a> {
     /// are overwritten); `code` at least [`Encoder::code_len`] bytes, laid out (c, d, h, w).
     pub fn encode(&self, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), Error> {
         if adc.len() != WEDGE_VOXELS {
-            return Err(Error::WrongShape { expected: WEDGE_VOXELS, got: adc.len() });
+            return Err(Error::WrongShape {
+                expected: WEDGE_VOXELS,
+                got: adc.len(),
+            });
         }
         if scratch.len() < self.plan.scratch {
-            return Err(Error::BufferTooSmall { needed: self.plan.scratch, got: scratch.len() });
+            return Err(Error::BufferTooSmall {
+                needed: self.plan.scratch,
+                got: scratch.len(),
+            });
         }
         let code_len = self.code_len();
         if code.len() < code_len {
-            return Err(Error::BufferTooSmall { needed: code_len, got: code.len() });
+            return Err(Error::BufferTooSmall {
+                needed: code_len,
+                got: code.len(),
+            });
         }
         let code = head_mut(code, code_len)?;
         match &self.model.network {
@@ -221,12 +267,26 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    fn encode_ht(&self, net: &HtNetwork<'_>, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), Error> {
+    fn encode_ht(
+        &self,
+        net: &HtNetwork<'_>,
+        adc: &[u16],
+        scratch: &mut [i8],
+        code: &mut [i8],
+    ) -> Result<(), Error> {
         let plan = &self.plan;
         let (s0, rest) = split(scratch, plan.first)?;
         let (s1, rest) = split(rest, plan.slot)?;
         let (s2, _) = split(rest, plan.slot)?;
-        input_from_adc(self.model.input_table, adc, LAYERS, AZIMUTH, Z_BINS, Z_PADDED, head_mut(s0, HT_INPUT.len())?)?;
+        input_from_adc(
+            self.model.input_table,
+            adc,
+            LAYERS,
+            AZIMUTH,
+            Z_BINS,
+            Z_PADDED,
+            head_mut(s0, HT_INPUT.len())?,
+        )?;
         let mut slots = [s0, s1, s2];
         let (mut x, mut shape) = (0usize, HT_INPUT);
         for block in &net.blocks {
@@ -243,7 +303,11 @@ impl<'a> Encoder<'a> {
                 return Err(Error::CorruptWeights);
             }
             let (main, skip) = pick(&mut slots, x, s)?;
-            add_in_place(&block.add, head(main, m_shape.len())?, head_mut(skip, s_shape.len())?)?;
+            add_in_place(
+                &block.add,
+                head(main, m_shape.len())?,
+                head_mut(skip, s_shape.len())?,
+            )?;
             x = s;
             shape = s_shape;
         }
@@ -257,13 +321,27 @@ impl<'a> Encoder<'a> {
         Ok(())
     }
 
-    fn encode_2d(&self, net: &Network2d<'_>, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), Error> {
+    fn encode_2d(
+        &self,
+        net: &Network2d<'_>,
+        adc: &[u16],
+        scratch: &mut [i8],
+        code: &mut [i8],
+    ) -> Result<(), Error> {
         let plan = &self.plan;
         let (s0, rest) = split(scratch, plan.first)?;
         let (middle, rest) = split(rest, plan.middle)?;
         let (strip, _) = split(rest, plan.strip)?;
         let input = head_mut(middle, INPUT_2D.len())?;
-        input_from_adc(self.model.input_table, adc, LAYERS, AZIMUTH, Z_BINS, Z_PADDED, input)?;
+        input_from_adc(
+            self.model.input_table,
+            adc,
+            LAYERS,
+            AZIMUTH,
+            Z_BINS,
+            Z_PADDED,
+            input,
+        )?;
         let full = conv_output_shape(&net.input, INPUT_2D)?;
         let mut shape = if net.d >= 1 {
             fused_conv_pool(&net.input, input, full, strip, s0)?
@@ -290,7 +368,11 @@ impl<'a> Encoder<'a> {
                     return Err(Error::CorruptWeights);
                 }
                 let (main, skip) = pick(&mut slots, m, x)?;
-                add_in_place(&res.add, head(main, shape.len())?, head_mut(skip, shape.len())?)?;
+                add_in_place(
+                    &res.add,
+                    head(main, shape.len())?,
+                    head_mut(skip, shape.len())?,
+                )?;
             }
         }
         let [a, b, c] = &slots;
@@ -306,13 +388,26 @@ impl<'a> Encoder<'a> {
 
 /// The input conv followed by 2x2 average pooling, two conv rows at a time, so the
 /// full-resolution conv output (32x192x256 for BCAE-2D) never exists.
-fn fused_conv_pool(layer: &Conv<'_>, input: &[i8], full: Shape, strip: &mut [i8], out: &mut [i8]) -> Result<Shape, Error> {
-    let pooled = Shape { h: full.h / 2, w: full.w / 2, ..full };
-    if full.h % 2 != 0 || full.w % 2 != 0 || full.d != 1 {
+fn fused_conv_pool(
+    layer: &Conv<'_>,
+    input: &[i8],
+    full: Shape,
+    strip: &mut [i8],
+    out: &mut [i8],
+) -> Result<Shape, Error> {
+    let pooled = Shape {
+        h: full.h / 2,
+        w: full.w / 2,
+        ..full
+    };
+    if (full.h | full.w) & 1 != 0 || full.d != 1 {
         return Err(Error::CorruptWeights);
     }
     if out.len() < pooled.len() {
-        return Err(Error::BufferTooSmall { needed: pooled.len(), got: out.len() });
+        return Err(Error::BufferTooSmall {
+            needed: pooled.len(),
+            got: out.len(),
+        });
     }
     let rows_len = full.c * 2 * full.w;
     let (rows, row_out) = split(strip, rows_len)?;
@@ -323,7 +418,9 @@ fn fused_conv_pool(layer: &Conv<'_>, input: &[i8], full: Shape, strip: &mut [i8]
         avg_pool_2x2(rows, Shape { h: 2, ..full }, row_out)?;
         for (c, pooled_row) in row_out.chunks_exact(pooled.w).enumerate() {
             let start = c * plane + r * pooled.w;
-            out.get_mut(start..start + pooled.w).ok_or(Error::CorruptWeights)?.copy_from_slice(pooled_row);
+            out.get_mut(start..start + pooled.w)
+                .ok_or(Error::CorruptWeights)?
+                .copy_from_slice(pooled_row);
         }
     }
     Ok(pooled)
@@ -343,7 +440,13 @@ mod tests {
     fn wedge(seed: u64) -> Vec<u16> {
         let mut rng = SplitMix(seed);
         (0..WEDGE_VOXELS)
-            .map(|_| if rng.range(0, 9) == 0 { rng.range(64, 1023) as u16 } else { 0 })
+            .map(|_| {
+                if rng.range(0, 9) == 0 {
+                    rng.range(64, 1023) as u16
+                } else {
+                    0
+                }
+            })
             .collect()
     }
 
@@ -357,12 +460,28 @@ mod tests {
 
     #[test]
     fn bcae_ht_shapes_memory_and_determinism() {
-        let bytes = OwnedModel::random_ht(1, [2, 4, 4, 8], 8).to_bytes().unwrap();
+        let bytes = OwnedModel::random_ht(1, [2, 4, 4, 8], 8)
+            .to_bytes()
+            .unwrap();
         let enc = Encoder::parse(&bytes).unwrap();
-        assert_eq!(enc.code_shape(), Shape { c: 8, d: 16, h: 12, w: 16 });
+        assert_eq!(
+            enc.code_shape(),
+            Shape {
+                c: 8,
+                d: 16,
+                h: 12,
+                w: 16
+            }
+        );
         assert_eq!(enc.code_len(), 24_576);
         assert_eq!(enc.scratch_len(), 1_572_864);
-        assert_eq!(enc.kind(), ModelKind::BcaeHt { channels: [2, 4, 4, 8], code_channels: 8 });
+        assert_eq!(
+            enc.kind(),
+            ModelKind::BcaeHt {
+                channels: [2, 4, 4, 8],
+                code_channels: 8
+            }
+        );
         let adc = wedge(7);
         let code = encode(&bytes, &adc);
         // A real encoding: the code varies, and it is deterministic (scratch contents do not leak).
@@ -379,9 +498,24 @@ mod tests {
     fn bcae_2d_shapes_memory_and_determinism() {
         let full = OwnedModel::random_2d(2, 4, 3, 32).to_bytes().unwrap();
         let enc = Encoder::parse(&full).unwrap();
-        assert_eq!(enc.code_shape(), Shape { c: 32, d: 1, h: 24, w: 32 });
+        assert_eq!(
+            enc.code_shape(),
+            Shape {
+                c: 32,
+                d: 1,
+                h: 24,
+                w: 32
+            }
+        );
         assert_eq!(enc.scratch_len(), 1_200_128);
-        assert_eq!(enc.kind(), ModelKind::Bcae2d { m: 4, d: 3, channels: 32 });
+        assert_eq!(
+            enc.kind(),
+            ModelKind::Bcae2d {
+                m: 4,
+                d: 3,
+                channels: 32
+            }
+        );
         // Encoding in tests with a narrower network keeps them fast.
         let bytes = OwnedModel::random_2d(3, 2, 1, 4).to_bytes().unwrap();
         let adc = wedge(9);
@@ -396,49 +530,94 @@ mod tests {
     fn bcae_2d_without_pooling_runs_unfused() {
         let bytes = OwnedModel::random_2d(4, 1, 0, 2).to_bytes().unwrap();
         let enc = Encoder::parse(&bytes).unwrap();
-        assert_eq!(enc.code_shape(), Shape { c: 2, d: 1, h: 192, w: 256 });
+        assert_eq!(
+            enc.code_shape(),
+            Shape {
+                c: 2,
+                d: 1,
+                h: 192,
+                w: 256
+            }
+        );
         let code = encode(&bytes, &wedge(1));
         assert_eq!(code.len(), 2 * 192 * 256);
     }
 
     #[test]
     fn every_misuse_is_a_typed_error() {
-        let bytes = OwnedModel::random_ht(5, [2, 4, 4, 8], 8).to_bytes().unwrap();
+        let bytes = OwnedModel::random_ht(5, [2, 4, 4, 8], 8)
+            .to_bytes()
+            .unwrap();
         let enc = Encoder::parse(&bytes).unwrap();
         let adc = wedge(3);
         let mut scratch = vec![0i8; enc.scratch_len()];
         let mut code = vec![0i8; enc.code_len()];
         assert_eq!(
             enc.encode(&adc, &mut scratch[1..], &mut code),
-            Err(Error::BufferTooSmall { needed: enc.scratch_len(), got: enc.scratch_len() - 1 })
+            Err(Error::BufferTooSmall {
+                needed: enc.scratch_len(),
+                got: enc.scratch_len() - 1
+            })
         );
         assert_eq!(
             enc.encode(&adc, &mut scratch, &mut code[1..]),
-            Err(Error::BufferTooSmall { needed: enc.code_len(), got: enc.code_len() - 1 })
+            Err(Error::BufferTooSmall {
+                needed: enc.code_len(),
+                got: enc.code_len() - 1
+            })
         );
         assert_eq!(
             enc.encode(&adc[1..], &mut scratch, &mut code),
-            Err(Error::WrongShape { expected: WEDGE_VOXELS, got: WEDGE_VOXELS - 1 })
+            Err(Error::WrongShape {
+                expected: WEDGE_VOXELS,
+                got: WEDGE_VOXELS - 1
+            })
         );
         let mut bad = adc.clone();
         bad[12_345] = 1024;
-        assert_eq!(enc.encode(&bad, &mut scratch, &mut code), Err(Error::AdcOutOfRange { index: 12_345, value: 1024 }));
-        assert_eq!(Encoder::parse_expecting(&bytes, ModelFamily::Bcae2d).err(), Some(Error::WrongModel));
+        assert_eq!(
+            enc.encode(&bad, &mut scratch, &mut code),
+            Err(Error::AdcOutOfRange {
+                index: 12_345,
+                value: 1024
+            })
+        );
+        assert_eq!(
+            Encoder::parse_expecting(&bytes, ModelFamily::Bcae2d).err(),
+            Some(Error::WrongModel)
+        );
         assert!(Encoder::parse_expecting(&bytes, ModelFamily::BcaeHt).is_ok());
 
         // Truncated, corrupted, foreign and future files.
-        assert_eq!(Encoder::parse(&bytes[..bytes.len() - 1]).err().map(|e| matches!(e, Error::CrcMismatch { .. })), Some(true));
-        assert_eq!(Encoder::parse(&bytes[..3]).err(), Some(Error::TruncatedWeights));
+        assert_eq!(
+            Encoder::parse(&bytes[..bytes.len() - 1])
+                .err()
+                .map(|e| matches!(e, Error::CrcMismatch { .. })),
+            Some(true)
+        );
+        assert_eq!(
+            Encoder::parse(&bytes[..3]).err(),
+            Some(Error::TruncatedWeights)
+        );
         assert_eq!(Encoder::parse(&[]).err(), Some(Error::TruncatedWeights));
         let mut flipped = bytes.clone();
         flipped[bytes.len() / 2] ^= 0x10;
-        assert!(matches!(Encoder::parse(&flipped).err(), Some(Error::CrcMismatch { .. })));
+        assert!(matches!(
+            Encoder::parse(&flipped).err(),
+            Some(Error::CrcMismatch { .. })
+        ));
         let mut magic = bytes.clone();
         magic[0] = b'X';
         assert_eq!(Encoder::parse(&magic).err(), Some(Error::BadMagic));
         let mut version = bytes.clone();
         version[8] = 2; // the version varint follows the 8 magic bytes
-        assert_eq!(Encoder::parse(&version).err(), Some(Error::UnsupportedVersion { found: 2, supported: 1 }));
+        assert_eq!(
+            Encoder::parse(&version).err(),
+            Some(Error::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
     }
 
     #[test]

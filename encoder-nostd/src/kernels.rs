@@ -14,8 +14,18 @@ use crate::Error;
 /// `M = multiplier` where `acc >= 0` and `M = negative_multiplier` where `acc < 0` (a fused
 /// LeakyReLU). `shift` is clamped into `1..=MAX_SHIFT` (the format guarantees that range).
 #[inline(always)]
-pub fn requantize(acc: i32, multiplier: i32, negative_multiplier: i32, shift: u8, zero_point: i8) -> i8 {
-    let m = if acc >= 0 { multiplier } else { negative_multiplier };
+pub fn requantize(
+    acc: i32,
+    multiplier: i32,
+    negative_multiplier: i32,
+    shift: u8,
+    zero_point: i8,
+) -> i8 {
+    let m = if acc >= 0 {
+        multiplier
+    } else {
+        negative_multiplier
+    };
     let s = shift.clamp(1, MAX_SHIFT) as u32;
     // Cannot overflow for any i32 inputs: |acc * m| <= 2^62, plus 2^45.
     let v = ((acc as i64 * m as i64) + (1i64 << (s - 1))) >> s;
@@ -34,7 +44,8 @@ fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, Error> {
     Ok(Channel {
         bias: le_i32(conv.bias, co).ok_or(Error::CorruptWeights)?,
         multiplier: le_i32(conv.requant.multiplier, co).ok_or(Error::CorruptWeights)?,
-        negative_multiplier: le_i32(conv.requant.negative_multiplier, co).ok_or(Error::CorruptWeights)?,
+        negative_multiplier: le_i32(conv.requant.negative_multiplier, co)
+            .ok_or(Error::CorruptWeights)?,
         shift: *conv.requant.shift.get(co).ok_or(Error::CorruptWeights)?,
     })
 }
@@ -44,7 +55,11 @@ fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, Error> {
 #[inline]
 fn valid_range(output: usize, input: usize, k: usize, stride: usize, pad: usize) -> Range<usize> {
     // o * stride + k >= pad  <=>  o >= ceil((pad - k) / stride)
-    let lo = if pad > k { (pad - k).div_ceil(stride) } else { 0 };
+    let lo = if pad > k {
+        (pad - k).div_ceil(stride)
+    } else {
+        0
+    };
     // o * stride + k - pad <= input - 1  <=>  o <= (input - 1 + pad - k) / stride
     let hi = match (input + pad).checked_sub(k + 1) {
         Some(v) => (v / stride + 1).min(output),
@@ -72,7 +87,12 @@ pub fn conv_output_shape(conv: &Conv<'_>, input: Shape) -> Result<Shape, Error> 
 
 /// Convolution with fused bias, requantization and (through `negative_multiplier`) LeakyReLU.
 /// `input` is [c][d][h][w] of shape `in_shape`; `output` receives the full output, [c][d][h][w].
-pub fn conv(conv: &Conv<'_>, input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<Shape, Error> {
+pub fn conv(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    output: &mut [i8],
+) -> Result<Shape, Error> {
     let out_shape = conv_output_shape(conv, in_shape)?;
     conv_rows(conv, input, in_shape, 0..out_shape.h, output)?;
     Ok(out_shape)
@@ -96,12 +116,18 @@ pub fn conv_rows(
         return Err(Error::CorruptWeights);
     }
     if input.len() < in_shape.len() {
-        return Err(Error::BufferTooSmall { needed: in_shape.len(), got: input.len() });
+        return Err(Error::BufferTooSmall {
+            needed: in_shape.len(),
+            got: input.len(),
+        });
     }
     let n_rows = rows.end - rows.start;
     let needed = out.c * out.d * n_rows * out.w;
     if output.len() < needed {
-        return Err(Error::BufferTooSmall { needed, got: output.len() });
+        return Err(Error::BufferTooSmall {
+            needed,
+            got: output.len(),
+        });
     }
     let [kd, kh, kw] = conv.kernel.map(usize::from);
     let [sd, sh, sw] = conv.stride.map(usize::from);
@@ -120,33 +146,47 @@ pub fn conv_rows(
     let mut out_rows = output.chunks_exact_mut(out.w);
     for co in 0..out.c {
         let ch = channel(conv, co)?;
-        let w_co = conv.weights.get(co * terms..(co + 1) * terms).ok_or(Error::CorruptWeights)?;
+        let w_co = conv
+            .weights
+            .get(co * terms..(co + 1) * terms)
+            .ok_or(Error::CorruptWeights)?;
         for od in 0..out.d {
             for oy in rows.clone() {
                 acc.fill(ch.bias);
                 for ci in 0..in_shape.c {
                     for z in 0..kd {
-                        let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d) else {
+                        let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
+                        else {
                             continue;
                         };
                         for y in 0..kh {
-                            let Some(iy) = (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h) else {
+                            let Some(iy) =
+                                (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h)
+                            else {
                                 continue;
                             };
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
-                            let in_row = input.get(row_start..row_start + in_shape.w).ok_or(Error::CorruptWeights)?;
+                            let in_row = input
+                                .get(row_start..row_start + in_shape.w)
+                                .ok_or(Error::CorruptWeights)?;
                             let w_base = ((ci * kd + z) * kh + y) * kw;
-                            let w_row = w_co.get(w_base..w_base + kw).ok_or(Error::CorruptWeights)?;
-                            for (x, (&w, &(lo, hi))) in w_row.iter().zip(col_ranges.iter()).enumerate() {
+                            let w_row =
+                                w_co.get(w_base..w_base + kw).ok_or(Error::CorruptWeights)?;
+                            for (x, (&w, &(lo, hi))) in
+                                w_row.iter().zip(col_ranges.iter()).enumerate()
+                            {
                                 let w = w as i8 as i32;
                                 if w == 0 || lo >= hi {
                                     continue;
                                 }
                                 let acc_part = acc.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
                                 // First input column: lo * sw + x - pw (>= 0 by construction).
-                                let first = (lo * sw + x).checked_sub(pw).ok_or(Error::CorruptWeights)?;
+                                let first =
+                                    (lo * sw + x).checked_sub(pw).ok_or(Error::CorruptWeights)?;
                                 if sw == 1 {
-                                    let src = in_row.get(first..first + acc_part.len()).ok_or(Error::CorruptWeights)?;
+                                    let src = in_row
+                                        .get(first..first + acc_part.len())
+                                        .ok_or(Error::CorruptWeights)?;
                                     for (a, &v) in acc_part.iter_mut().zip(src) {
                                         *a = a.wrapping_add(w * (v as i32 - zp));
                                     }
@@ -162,7 +202,13 @@ pub fn conv_rows(
                 }
                 let dst = out_rows.next().ok_or(Error::CorruptWeights)?;
                 for (o, &a) in dst.iter_mut().zip(acc.iter()) {
-                    *o = requantize(a, ch.multiplier, ch.negative_multiplier, ch.shift, conv.requant.output_zero_point);
+                    *o = requantize(
+                        a,
+                        ch.multiplier,
+                        ch.negative_multiplier,
+                        ch.shift,
+                        conv.requant.output_zero_point,
+                    );
                 }
             }
         }
@@ -173,23 +219,39 @@ pub fn conv_rows(
 /// 2x2 average pooling (stride 2) over each [h][w] plane of `input` (shape `in_shape`, even h and
 /// w), keeping the input's scale and zero point: `y = (q00 + q01 + q10 + q11 + 2) >> 2`.
 pub fn avg_pool_2x2(input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<Shape, Error> {
-    if in_shape.h % 2 != 0 || in_shape.w % 2 != 0 {
+    if (in_shape.h | in_shape.w) & 1 != 0 {
         return Err(Error::CorruptWeights);
     }
-    let out = Shape { h: in_shape.h / 2, w: in_shape.w / 2, ..in_shape };
+    let out = Shape {
+        h: in_shape.h / 2,
+        w: in_shape.w / 2,
+        ..in_shape
+    };
     if input.len() < in_shape.len() {
-        return Err(Error::BufferTooSmall { needed: in_shape.len(), got: input.len() });
+        return Err(Error::BufferTooSmall {
+            needed: in_shape.len(),
+            got: input.len(),
+        });
     }
     if output.len() < out.len() {
-        return Err(Error::BufferTooSmall { needed: out.len(), got: output.len() });
+        return Err(Error::BufferTooSmall {
+            needed: out.len(),
+            got: output.len(),
+        });
     }
     if out.w == 0 {
         return Ok(out);
     }
-    let row_pairs = input.chunks_exact(2 * in_shape.w).take(in_shape.c * in_shape.d * out.h);
+    let row_pairs = input
+        .chunks_exact(2 * in_shape.w)
+        .take(in_shape.c * in_shape.d * out.h);
     for (pair, dst) in row_pairs.zip(output.chunks_exact_mut(out.w)) {
         let (top, bottom) = pair.split_at(in_shape.w);
-        for ((o, t), b) in dst.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+        for ((o, t), b) in dst
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
             let sum = t.iter().chain(b.iter()).map(|&v| v as i32).sum::<i32>();
             *o = ((sum + 2) >> 2).clamp(-128, 127) as i8;
         }
@@ -201,13 +263,25 @@ pub fn avg_pool_2x2(input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<
 /// `b = requant(a_multiplier * (a - a_zp) + b_multiplier * (b - b_zp))`.
 pub fn add_in_place(add: &Add, a: &[i8], b: &mut [i8]) -> Result<(), Error> {
     if a.len() != b.len() {
-        return Err(Error::WrongShape { expected: b.len(), got: a.len() });
+        return Err(Error::WrongShape {
+            expected: b.len(),
+            got: a.len(),
+        });
     }
     let (za, zb) = (add.a_zero_point as i32, add.b_zero_point as i32);
     for (y, &x) in b.iter_mut().zip(a) {
         // Validated multipliers (< 2^16) keep this exact; wrapping only guards unvalidated use.
-        let acc = add.a_multiplier.wrapping_mul(x as i32 - za).wrapping_add(add.b_multiplier.wrapping_mul(*y as i32 - zb));
-        *y = requantize(acc, add.multiplier, add.negative_multiplier, add.shift, add.output_zero_point);
+        let acc = add
+            .a_multiplier
+            .wrapping_mul(x as i32 - za)
+            .wrapping_add(add.b_multiplier.wrapping_mul(*y as i32 - zb));
+        *y = requantize(
+            acc,
+            add.multiplier,
+            add.negative_multiplier,
+            add.shift,
+            add.output_zero_point,
+        );
     }
     Ok(())
 }
@@ -226,14 +300,20 @@ pub fn input_from_adc(
 ) -> Result<(), Error> {
     let expected = layers * azimuth * z_bins;
     if adc.len() != expected {
-        return Err(Error::WrongShape { expected, got: adc.len() });
+        return Err(Error::WrongShape {
+            expected,
+            got: adc.len(),
+        });
     }
     if table.len() != 1024 || z_bins > w_padded {
         return Err(Error::CorruptWeights);
     }
     let needed = layers * azimuth * w_padded;
     if output.len() < needed {
-        return Err(Error::BufferTooSmall { needed, got: output.len() });
+        return Err(Error::BufferTooSmall {
+            needed,
+            got: output.len(),
+        });
     }
     if let Some((index, &value)) = adc.iter().enumerate().find(|(_, &v)| v > 1023) {
         return Err(Error::AdcOutOfRange { index, value });
@@ -243,7 +323,10 @@ pub fn input_from_adc(
     for (a, az_block) in adc.chunks_exact(z_bins * layers).enumerate() {
         for (z, voxel) in az_block.chunks_exact(layers).enumerate() {
             for (l, &v) in voxel.iter().enumerate() {
-                if let (Some(o), Some(&t)) = (output.get_mut(l * plane + a * w_padded + z), table.get(v as usize)) {
+                if let (Some(o), Some(&t)) = (
+                    output.get_mut(l * plane + a * w_padded + z),
+                    table.get(v as usize),
+                ) {
                     *o = t as i8;
                 }
             }
@@ -360,7 +443,8 @@ mod tests {
         let ow = (s.w as i64 + 2 * p[2] - k[2]) / st[2] + 1;
         let mut out = vec![];
         for co in 0..c.co as i64 {
-            let bias = i32::from_le_bytes(c.bias[co as usize * 4..][..4].try_into().unwrap()) as i64;
+            let bias =
+                i32::from_le_bytes(c.bias[co as usize * 4..][..4].try_into().unwrap()) as i64;
             let mp = i32::from_le_bytes(c.mult[co as usize * 4..][..4].try_into().unwrap()) as i64;
             let mn = i32::from_le_bytes(c.neg[co as usize * 4..][..4].try_into().unwrap()) as i64;
             for z in 0..od {
@@ -371,64 +455,138 @@ mod tests {
                             for a in 0..k[0] {
                                 for b in 0..k[1] {
                                     for e in 0..k[2] {
-                                        let (iz, iy, ix) = (z * st[0] + a - p[0], y * st[1] + b - p[1], x * st[2] + e - p[2]);
-                                        let v = if iz < 0 || iy < 0 || ix < 0 || iz >= s.d as i64 || iy >= s.h as i64 || ix >= s.w as i64 {
+                                        let (iz, iy, ix) = (
+                                            z * st[0] + a - p[0],
+                                            y * st[1] + b - p[1],
+                                            x * st[2] + e - p[2],
+                                        );
+                                        let v = if iz < 0
+                                            || iy < 0
+                                            || ix < 0
+                                            || iz >= s.d as i64
+                                            || iy >= s.h as i64
+                                            || ix >= s.w as i64
+                                        {
                                             c.zp_in as i64
                                         } else {
-                                            input[(((ci * s.d as i64 + iz) * s.h as i64 + iy) * s.w as i64 + ix) as usize] as i64
+                                            input[(((ci * s.d as i64 + iz) * s.h as i64 + iy)
+                                                * s.w as i64
+                                                + ix)
+                                                as usize]
+                                                as i64
                                         };
-                                        let widx = ((((co * c.ci as i64 + ci) * k[0] + a) * k[1] + b) * k[2] + e) as usize;
-                                        acc += (c.weights[widx] as i8 as i64) * (v - c.zp_in as i64);
+                                        let widx = ((((co * c.ci as i64 + ci) * k[0] + a) * k[1]
+                                            + b)
+                                            * k[2]
+                                            + e)
+                                            as usize;
+                                        acc +=
+                                            (c.weights[widx] as i8 as i64) * (v - c.zp_in as i64);
                                     }
                                 }
                             }
                         }
-                        out.push(reference_requant(acc, mp, mn, c.shift[co as usize], c.zp_out));
+                        out.push(reference_requant(
+                            acc,
+                            mp,
+                            mn,
+                            c.shift[co as usize],
+                            c.zp_out,
+                        ));
                     }
                 }
             }
         }
-        (out, Shape { c: c.co as usize, d: od as usize, h: oh as usize, w: ow as usize })
+        (
+            out,
+            Shape {
+                c: c.co as usize,
+                d: od as usize,
+                h: oh as usize,
+                w: ow as usize,
+            },
+        )
     }
 
     fn conv_case() -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
-        (1u16..4, 1u16..4, 1u8..4, 1u8..5, 1u8..5, 1u8..3, 1u8..3, 1u8..4, any::<i8>(), any::<i8>())
+        (
+            1u16..4,
+            1u16..4,
+            1u8..4,
+            1u8..5,
+            1u8..5,
+            1u8..3,
+            1u8..3,
+            1u8..4,
+            any::<i8>(),
+            any::<i8>(),
+        )
             .prop_flat_map(|(ci, co, kd, kh, kw, sh, sw, d, zp_in, zp_out)| {
                 let pads = (0..kd, 0..kh, 0..kw);
                 let dims = (Just(d as usize), (kh as usize)..10, (kw as usize)..14);
-                (Just((ci, co, kd, kh, kw, sh, sw, zp_in, zp_out)), pads, dims)
-            })
-            .prop_flat_map(|((ci, co, kd, kh, kw, sh, sw, zp_in, zp_out), (pd, ph, pw), (d, h, w))| {
-                let d = d.max(kd as usize);
-                let terms = ci as usize * kd as usize * kh as usize * kw as usize;
-                let shape = Shape { c: ci as usize, d, h, w };
                 (
-                    Just((ci, co, [kd, kh, kw], [1, sh, sw], [pd, ph, pw], zp_in, zp_out, shape)),
-                    proptest::collection::vec(-127i8..=127, terms * co as usize),
-                    proptest::collection::vec(-100_000i32..100_000, co as usize),
-                    proptest::collection::vec(0i32..65536, co as usize),
-                    proptest::collection::vec(0i32..65536, co as usize),
-                    proptest::collection::vec(1u8..=24, co as usize),
-                    proptest::collection::vec(any::<i8>(), shape.len()),
+                    Just((ci, co, kd, kh, kw, sh, sw, zp_in, zp_out)),
+                    pads,
+                    dims,
                 )
             })
-            .prop_map(|((ci, co, kernel, stride, padding, zp_in, zp_out, shape), w, b, m, n, s, input)| {
-                let conv = OwnedConv {
-                    ci,
-                    co,
-                    kernel,
-                    stride,
-                    padding,
-                    zp_in,
-                    zp_out,
-                    weights: w.iter().map(|&v| v as u8).collect(),
-                    bias: le(&b),
-                    mult: le(&m),
-                    neg: le(&n),
-                    shift: s,
-                };
-                (conv, shape, input)
-            })
+            .prop_flat_map(
+                |((ci, co, kd, kh, kw, sh, sw, zp_in, zp_out), (pd, ph, pw), (d, h, w))| {
+                    let d = d.max(kd as usize);
+                    let terms = ci as usize * kd as usize * kh as usize * kw as usize;
+                    let shape = Shape {
+                        c: ci as usize,
+                        d,
+                        h,
+                        w,
+                    };
+                    (
+                        Just((
+                            ci,
+                            co,
+                            [kd, kh, kw],
+                            [1, sh, sw],
+                            [pd, ph, pw],
+                            zp_in,
+                            zp_out,
+                            shape,
+                        )),
+                        proptest::collection::vec(-127i8..=127, terms * co as usize),
+                        proptest::collection::vec(-100_000i32..100_000, co as usize),
+                        proptest::collection::vec(0i32..65536, co as usize),
+                        proptest::collection::vec(0i32..65536, co as usize),
+                        proptest::collection::vec(1u8..=24, co as usize),
+                        proptest::collection::vec(any::<i8>(), shape.len()),
+                    )
+                },
+            )
+            .prop_map(
+                |(
+                    (ci, co, kernel, stride, padding, zp_in, zp_out, shape),
+                    w,
+                    b,
+                    m,
+                    n,
+                    s,
+                    input,
+                )| {
+                    let conv = OwnedConv {
+                        ci,
+                        co,
+                        kernel,
+                        stride,
+                        padding,
+                        zp_in,
+                        zp_out,
+                        weights: w.iter().map(|&v| v as u8).collect(),
+                        bias: le(&b),
+                        mult: le(&m),
+                        neg: le(&n),
+                        shift: s,
+                    };
+                    (conv, shape, input)
+                },
+            )
     }
 
     proptest! {
@@ -494,14 +652,20 @@ mod tests {
     fn input_from_adc_transposes_pads_and_checks() {
         let (layers, az, z, w) = (3, 2, 5, 8);
         let table: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
-        let adc: Vec<u16> = (0..layers * az * z).map(|i| (i * 37 % 1024) as u16).collect();
+        let adc: Vec<u16> = (0..layers * az * z)
+            .map(|i| (i * 37 % 1024) as u16)
+            .collect();
         let mut out = vec![99i8; layers * az * w];
         input_from_adc(&table, &adc, layers, az, z, w, &mut out).unwrap();
         for a in 0..az {
             for zz in 0..w {
                 for l in 0..layers {
                     let got = out[(l * az + a) * w + zz];
-                    let expected = if zz < z { table[adc[(a * z + zz) * layers + l] as usize] as i8 } else { table[0] as i8 };
+                    let expected = if zz < z {
+                        table[adc[(a * z + zz) * layers + l] as usize] as i8
+                    } else {
+                        table[0] as i8
+                    };
                     assert_eq!(got, expected);
                 }
             }
@@ -510,9 +674,18 @@ mod tests {
         bad[7] = 1024;
         assert_eq!(
             input_from_adc(&table, &bad, layers, az, z, w, &mut out),
-            Err(Error::AdcOutOfRange { index: 7, value: 1024 })
+            Err(Error::AdcOutOfRange {
+                index: 7,
+                value: 1024
+            })
         );
-        assert!(matches!(input_from_adc(&table, &adc[1..], layers, az, z, w, &mut out), Err(Error::WrongShape { .. })));
-        assert!(matches!(input_from_adc(&table, &adc, layers, az, z, w, &mut out[1..]), Err(Error::BufferTooSmall { .. })));
+        assert!(matches!(
+            input_from_adc(&table, &adc[1..], layers, az, z, w, &mut out),
+            Err(Error::WrongShape { .. })
+        ));
+        assert!(matches!(
+            input_from_adc(&table, &adc, layers, az, z, w, &mut out[1..]),
+            Err(Error::BufferTooSmall { .. })
+        ));
     }
 }

@@ -193,6 +193,8 @@ pub struct Network2d<'a> {
 }
 
 /// The encoder network, one variant per model family.
+// No heap to box the larger variant into; the size difference is a few KiB, once per encoder.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Network<'a> {
     #[serde(borrow)]
@@ -205,7 +207,10 @@ pub enum Network<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     /// BCAE-HT (channels 2,4,4,8) or any network of the same shape (BCAE++: 8,16,32,32).
-    BcaeHt { channels: [u16; 4], code_channels: u16 },
+    BcaeHt {
+        channels: [u16; 4],
+        code_channels: u16,
+    },
     /// BCAE-2D(m, n, d) encoder (n is the decoders' depth and not part of the encoder).
     Bcae2d { m: u8, d: u8, channels: u16 },
 }
@@ -270,7 +275,10 @@ pub fn parse(bytes: &[u8]) -> Result<QuantizedModel<'_>, Error> {
         return Err(Error::BadMagic);
     }
     if header.version != FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion { found: header.version, supported: FORMAT_VERSION });
+        return Err(Error::UnsupportedVersion {
+            found: header.version,
+            supported: FORMAT_VERSION,
+        });
     }
     let body_end = bytes.len().checked_sub(4).ok_or(Error::TruncatedWeights)?;
     let header_len = bytes.len() - rest.len();
@@ -287,7 +295,8 @@ pub fn parse(bytes: &[u8]) -> Result<QuantizedModel<'_>, Error> {
         return Err(Error::CrcMismatch { stored, computed });
     }
     let body = covered.get(header_len..).ok_or(Error::TruncatedWeights)?;
-    let (model, left) = postcard::take_from_bytes::<QuantizedModel<'_>>(body).map_err(map_postcard)?;
+    let (model, left) =
+        postcard::take_from_bytes::<QuantizedModel<'_>>(body).map_err(map_postcard)?;
     if !left.is_empty() {
         return Err(Error::CorruptWeights);
     }
@@ -297,7 +306,10 @@ pub fn parse(bytes: &[u8]) -> Result<QuantizedModel<'_>, Error> {
 
 /// Bytes [`write`] needs for `model`.
 pub fn serialized_len(model: &QuantizedModel<'_>) -> Result<usize, Error> {
-    let header = Header { magic: MAGIC, version: FORMAT_VERSION };
+    let header = Header {
+        magic: MAGIC,
+        version: FORMAT_VERSION,
+    };
     let h = postcard::experimental::serialized_size(&header).map_err(|_| Error::CorruptWeights)?;
     let b = postcard::experimental::serialized_size(model).map_err(|_| Error::CorruptWeights)?;
     Ok(h + b + 4)
@@ -309,16 +321,31 @@ pub fn write(model: &QuantizedModel<'_>, out: &mut [u8]) -> Result<usize, Error>
     model.validate()?;
     let needed = serialized_len(model)?;
     if out.len() < needed {
-        return Err(Error::BufferTooSmall { needed, got: out.len() });
+        return Err(Error::BufferTooSmall {
+            needed,
+            got: out.len(),
+        });
     }
-    let header = Header { magic: MAGIC, version: FORMAT_VERSION };
-    let h = postcard::to_slice(&header, out).map_err(|_| Error::CorruptWeights)?.len();
-    let tail = out.get_mut(h..).ok_or(Error::BufferTooSmall { needed, got: h })?;
-    let b = postcard::to_slice(model, tail).map_err(|_| Error::CorruptWeights)?.len();
+    let header = Header {
+        magic: MAGIC,
+        version: FORMAT_VERSION,
+    };
+    let h = postcard::to_slice(&header, out)
+        .map_err(|_| Error::CorruptWeights)?
+        .len();
+    let tail = out
+        .get_mut(h..)
+        .ok_or(Error::BufferTooSmall { needed, got: h })?;
+    let b = postcard::to_slice(model, tail)
+        .map_err(|_| Error::CorruptWeights)?
+        .len();
     let body_end = h + b;
     let crc = crc32(out.get(..body_end).ok_or(Error::CorruptWeights)?);
     out.get_mut(body_end..body_end + 4)
-        .ok_or(Error::BufferTooSmall { needed, got: body_end })?
+        .ok_or(Error::BufferTooSmall {
+            needed,
+            got: body_end,
+        })?
         .copy_from_slice(&crc.to_le_bytes());
     Ok(body_end + 4)
 }
@@ -342,9 +369,19 @@ impl Shape {
 }
 
 /// The input of BCAE-HT: (1, 16, 192, 256).
-pub const HT_INPUT: Shape = Shape { c: 1, d: LAYERS, h: crate::geometry::AZIMUTH, w: Z_PADDED };
+pub const HT_INPUT: Shape = Shape {
+    c: 1,
+    d: LAYERS,
+    h: crate::geometry::AZIMUTH,
+    w: Z_PADDED,
+};
 /// The input of BCAE-2D: (16, 1, 192, 256).
-pub const INPUT_2D: Shape = Shape { c: LAYERS, d: 1, h: crate::geometry::AZIMUTH, w: Z_PADDED };
+pub const INPUT_2D: Shape = Shape {
+    c: LAYERS,
+    d: 1,
+    h: crate::geometry::AZIMUTH,
+    w: Z_PADDED,
+};
 
 fn out_dim(input: usize, kernel: u8, stride: u8, pad: u8) -> Result<usize, Error> {
     let (k, s, p) = (kernel as usize, stride as usize, pad as usize);
@@ -377,7 +414,10 @@ fn check_shift(s: u8) -> Result<(), Error> {
 impl Conv<'_> {
     /// Multiply-accumulate terms per output value (in_channels x kernel volume).
     pub fn terms(&self) -> usize {
-        self.in_channels as usize * self.kernel[0] as usize * self.kernel[1] as usize * self.kernel[2] as usize
+        self.in_channels as usize
+            * self.kernel[0] as usize
+            * self.kernel[1] as usize
+            * self.kernel[2] as usize
     }
 
     /// Checks this layer against its input shape and returns its output shape.
@@ -412,7 +452,9 @@ impl Conv<'_> {
                 return Err(Error::CorruptWeights);
             }
             check_multiplier(le_i32(self.requant.multiplier, c).ok_or(Error::CorruptWeights)?)?;
-            check_multiplier(le_i32(self.requant.negative_multiplier, c).ok_or(Error::CorruptWeights)?)?;
+            check_multiplier(
+                le_i32(self.requant.negative_multiplier, c).ok_or(Error::CorruptWeights)?,
+            )?;
         }
         for &s in self.requant.shift {
             check_shift(s)?;
@@ -461,7 +503,10 @@ impl HtNetwork<'_> {
             if m != s {
                 return Err(Error::CorruptWeights);
             }
-            block.add.validate(block.main2.output_zero_point(), block.skip.output_zero_point())?;
+            block.add.validate(
+                block.main2.output_zero_point(),
+                block.skip.output_zero_point(),
+            )?;
             shape = s;
             zp = block.add.output_zero_point;
         }
@@ -486,10 +531,14 @@ impl Network2d<'_> {
                 return Err(Error::CorruptWeights);
             }
             if block.pool {
-                if shape.h % 2 != 0 || shape.w % 2 != 0 {
+                if (shape.h | shape.w) & 1 != 0 {
                     return Err(Error::CorruptWeights);
                 }
-                shape = Shape { h: shape.h / 2, w: shape.w / 2, ..shape };
+                shape = Shape {
+                    h: shape.h / 2,
+                    w: shape.w / 2,
+                    ..shape
+                };
             }
             for res in &block.res {
                 if !is_2d(&res.conv1) || !is_2d(&res.conv2) {
@@ -521,7 +570,11 @@ impl QuantizedModel<'_> {
                 ],
                 code_channels: ht.output.out_channels,
             },
-            Network::Bcae2d(n) => ModelKind::Bcae2d { m: n.m, d: n.d, channels: n.input.out_channels },
+            Network::Bcae2d(n) => ModelKind::Bcae2d {
+                m: n.m,
+                d: n.d,
+                channels: n.input.out_channels,
+            },
         }
     }
 
@@ -536,7 +589,10 @@ impl QuantizedModel<'_> {
             return Err(Error::CorruptWeights);
         }
         let (code, code_zp) = match &self.network {
-            Network::BcaeHt(ht) => (ht.validate(self.input_zero_point)?, ht.output.output_zero_point()),
+            Network::BcaeHt(ht) => (
+                ht.validate(self.input_zero_point)?,
+                ht.output.output_zero_point(),
+            ),
             Network::Bcae2d(n) => {
                 let shape = n.validate(self.input_zero_point)?;
                 let zp = n
@@ -548,7 +604,9 @@ impl QuantizedModel<'_> {
                 (shape, zp)
             }
         };
-        if code_zp != self.code_zero_point || !(self.code_scale.is_finite() && self.code_scale > 0.0) {
+        if code_zp != self.code_zero_point
+            || !(self.code_scale.is_finite() && self.code_scale > 0.0)
+        {
             return Err(Error::CorruptWeights);
         }
         Ok(code)

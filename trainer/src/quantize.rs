@@ -22,7 +22,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use encoder_nostd::weights::owned::{
-    quantize_multiplier, OwnedBlock2d, OwnedConv, OwnedHtBlock, OwnedModel, OwnedNetwork, OwnedResBlock2d,
+    quantize_multiplier, OwnedBlock2d, OwnedConv, OwnedHtBlock, OwnedModel, OwnedNetwork,
+    OwnedResBlock2d,
 };
 use encoder_nostd::weights::{Add, MAX_ABS_BIAS, MAX_SHIFT};
 use serde::Serialize;
@@ -46,7 +47,11 @@ pub enum QuantizeError {
     #[error("the float checkpoint has no variable {0:?}; is it really a {1} run? (names: trainer/src/models/mod.rs)")]
     MissingVariable(String, String),
     #[error("variable {name} has shape {got:?}, expected {expected:?}")]
-    BadShape { name: String, got: Vec<usize>, expected: Vec<usize> },
+    BadShape {
+        name: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("{0} has no int8 encoder: quantize a bcae-ht or bcae-2d run")]
     Unsupported(String),
     #[error("layer {layer}: requantization ratio {ratio:e} cannot be represented (multiplier < 2^15, shift <= {MAX_SHIFT})")]
@@ -116,12 +121,22 @@ pub struct FloatRes {
 /// The float encoder as the quantizer sees it: explicit layers, every activation observable.
 #[derive(Debug, Clone)]
 pub enum FloatEncoder {
-    Ht { blocks: Vec<FloatHtBlock>, output: FloatConv },
-    Twod { m: usize, d: usize, input: FloatConv, blocks: Vec<(bool, Vec<FloatRes>)> },
+    Ht {
+        blocks: Vec<FloatHtBlock>,
+        output: FloatConv,
+    },
+    Twod {
+        m: usize,
+        d: usize,
+        input: FloatConv,
+        blocks: Vec<(bool, Vec<FloatRes>)>,
+    },
 }
 
 fn var(tensors: &HashMap<String, Tensor>, name: &str, model: &str) -> Result<Tensor> {
-    let t = tensors.get(name).ok_or_else(|| QuantizeError::MissingVariable(name.to_string(), model.to_string()))?;
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| QuantizeError::MissingVariable(name.to_string(), model.to_string()))?;
     Ok(t.to_dtype(DType::F32)?)
 }
 
@@ -148,7 +163,9 @@ fn conv_from(
         });
     }
     if let Some(alpha) = alpha {
-        let a = var(tensors, alpha, model)?.flatten_all()?.to_vec1::<f32>()?;
+        let a = var(tensors, alpha, model)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let a = *a.first().ok_or_else(|| QuantizeError::BadShape {
             name: alpha.to_string(),
             got: vec![0],
@@ -157,7 +174,14 @@ fn conv_from(
         weight = weight.affine(a, 0.0)?;
         bias = bias.affine(a, 0.0)?;
     }
-    Ok(FloatConv { name: prefix.to_string(), weight, bias, stride, padding, leaky })
+    Ok(FloatConv {
+        name: prefix.to_string(),
+        weight,
+        bias,
+        stride,
+        padding,
+        leaky,
+    })
 }
 
 impl FloatEncoder {
@@ -171,17 +195,57 @@ impl FloatEncoder {
                         let p = format!("encoder.layers.encoder_block_{b}");
                         let alpha = format!("{p}.rezero_alpha");
                         Ok(FloatHtBlock {
-                            main1: conv_from(tensors, &format!("{p}.main_block.0"), model, [1, 2, 2], [1, 1, 1], true, None)?,
-                            main2: conv_from(tensors, &format!("{p}.main_block.3"), model, [1, 1, 1], [1, 1, 1], false, Some(&alpha))?,
-                            skip: conv_from(tensors, &format!("{p}.side_block.0"), model, [1, 2, 2], [1, 1, 1], true, None)?,
+                            main1: conv_from(
+                                tensors,
+                                &format!("{p}.main_block.0"),
+                                model,
+                                [1, 2, 2],
+                                [1, 1, 1],
+                                true,
+                                None,
+                            )?,
+                            main2: conv_from(
+                                tensors,
+                                &format!("{p}.main_block.3"),
+                                model,
+                                [1, 1, 1],
+                                [1, 1, 1],
+                                false,
+                                Some(&alpha),
+                            )?,
+                            skip: conv_from(
+                                tensors,
+                                &format!("{p}.side_block.0"),
+                                model,
+                                [1, 2, 2],
+                                [1, 1, 1],
+                                true,
+                                None,
+                            )?,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let output = conv_from(tensors, "encoder.layers.encoder_output.0", model, [1, 1, 1], [1, 1, 1], false, None)?;
+                let output = conv_from(
+                    tensors,
+                    "encoder.layers.encoder_output.0",
+                    model,
+                    [1, 1, 1],
+                    [1, 1, 1],
+                    false,
+                    None,
+                )?;
                 Ok(FloatEncoder::Ht { blocks, output })
             }
             ModelConfig::Bcae2d { m, d, .. } => {
-                let input = conv_from(tensors, "encoder.init_conv", model, [1, 1, 1], [0, 3, 3], false, None)?;
+                let input = conv_from(
+                    tensors,
+                    "encoder.init_conv",
+                    model,
+                    [1, 1, 1],
+                    [0, 3, 3],
+                    false,
+                    None,
+                )?;
                 let mut index = 0usize;
                 let mut blocks = vec![];
                 for b in 0..m {
@@ -194,14 +258,35 @@ impl FloatEncoder {
                         let p = format!("encoder.layers.{index}");
                         let alpha = format!("{p}.rezero_alpha");
                         res.push(FloatRes {
-                            conv1: conv_from(tensors, &format!("{p}.conv1.0"), model, [1, 1, 1], [0, 1, 1], true, None)?,
-                            conv2: conv_from(tensors, &format!("{p}.conv2.0"), model, [1, 1, 1], [0, 1, 1], false, Some(&alpha))?,
+                            conv1: conv_from(
+                                tensors,
+                                &format!("{p}.conv1.0"),
+                                model,
+                                [1, 1, 1],
+                                [0, 1, 1],
+                                true,
+                                None,
+                            )?,
+                            conv2: conv_from(
+                                tensors,
+                                &format!("{p}.conv2.0"),
+                                model,
+                                [1, 1, 1],
+                                [0, 1, 1],
+                                false,
+                                Some(&alpha),
+                            )?,
                         });
                         index += 1;
                     }
                     blocks.push((pool, res));
                 }
-                Ok(FloatEncoder::Twod { m, d, input, blocks })
+                Ok(FloatEncoder::Twod {
+                    m,
+                    d,
+                    input,
+                    blocks,
+                })
             }
             ModelConfig::BcaeV1 => Err(QuantizeError::Unsupported(cfg.label())),
         }
@@ -236,7 +321,13 @@ impl FloatEncoder {
                 for (pool, res) in blocks {
                     if *pool {
                         let (n, c, _, h, w) = x.dims5()?;
-                        x = x.reshape((n, c, h, w))?.avg_pool2d(2)?.reshape((n, c, 1, h / 2, w / 2))?;
+                        x = x.reshape((n, c, h, w))?.avg_pool2d(2)?.reshape((
+                            n,
+                            c,
+                            1,
+                            h / 2,
+                            w / 2,
+                        ))?;
                     }
                     for r in res {
                         let hh = r.conv1.forward(&x)?;
@@ -253,7 +344,10 @@ impl FloatEncoder {
 
     /// The float code in the model's layout ((N, C, D, H, W) for BCAE-HT, (N, C, H, W) for BCAE-2D).
     pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let code = self.activations(x)?.pop().ok_or_else(|| candle_core::Error::Msg("no layers".into()))?;
+        let code = self
+            .activations(x)?
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("no layers".into()))?;
         match self {
             FloatEncoder::Ht { .. } => Ok(code),
             FloatEncoder::Twod { .. } => code.squeeze(2),
@@ -268,7 +362,11 @@ impl FloatEncoder {
                 .chain(std::iter::once(output))
                 .collect(),
             FloatEncoder::Twod { input, blocks, .. } => std::iter::once(input)
-                .chain(blocks.iter().flat_map(|(_, r)| r.iter().flat_map(|r| [&r.conv1, &r.conv2])))
+                .chain(
+                    blocks
+                        .iter()
+                        .flat_map(|(_, r)| r.iter().flat_map(|r| [&r.conv1, &r.conv2])),
+                )
                 .collect(),
         }
     }
@@ -339,7 +437,11 @@ impl QParams {
 
 fn quantize_conv(fc: &FloatConv, input: QParams, output: QParams) -> Result<OwnedConv> {
     let (co, ci, kd, kh, kw) = fc.weight.dims5()?;
-    let w = fc.weight.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let w = fc
+        .weight
+        .flatten_all()?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     let b = fc.bias.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     let terms = ci * kd * kh * kw;
     let mut conv = OwnedConv {
@@ -361,9 +463,14 @@ fn quantize_conv(fc: &FloatConv, input: QParams, output: QParams) -> Result<Owne
         let max_abs = wc.iter().fold(0f64, |m, v| m.max(v.abs()));
         // An all-zero channel (e.g. alpha = 0) keeps scale 1: its weights quantize to 0.
         let w_scale = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
-        conv.weights.extend(wc.iter().map(|v| (v / w_scale).round().clamp(-127.0, 127.0) as i8));
+        conv.weights.extend(
+            wc.iter()
+                .map(|v| (v / w_scale).round().clamp(-127.0, 127.0) as i8),
+        );
         let acc_scale = input.scale * w_scale;
-        let bias = (b[c] / acc_scale).round().clamp(-(MAX_ABS_BIAS as f64), MAX_ABS_BIAS as f64);
+        let bias = (b[c] / acc_scale)
+            .round()
+            .clamp(-(MAX_ABS_BIAS as f64), MAX_ABS_BIAS as f64);
         conv.bias.push(bias as i32);
         let ratio = acc_scale / output.scale;
         let (m, s, neg) = multipliers(&fc.name, ratio, fc.leaky)?;
@@ -380,8 +487,15 @@ fn multipliers(layer: &str, ratio: f64, leaky: bool) -> Result<(i32, u8, i32)> {
     if ratio.is_finite() && ratio > 0.0 && ratio < 2f64.powi(-(MAX_SHIFT as i32 - 15)) {
         return Ok((0, MAX_SHIFT, 0));
     }
-    let (m, s) = quantize_multiplier(ratio).ok_or_else(|| QuantizeError::Ratio { layer: layer.to_string(), ratio })?;
-    let neg = if leaky { (LEAKY_SLOPE * ratio * 2f64.powi(s as i32)).round() as i32 } else { m };
+    let (m, s) = quantize_multiplier(ratio).ok_or_else(|| QuantizeError::Ratio {
+        layer: layer.to_string(),
+        ratio,
+    })?;
+    let neg = if leaky {
+        (LEAKY_SLOPE * ratio * 2f64.powi(s as i32)).round() as i32
+    } else {
+        m
+    };
     Ok((m, s, neg))
 }
 
@@ -389,7 +503,10 @@ fn quantize_add(layer: &str, a: QParams, b: QParams, out: QParams) -> Result<Add
     // Bring both operands to a common scale with 15-bit multipliers, then one requantization.
     let common = a.scale.max(b.scale);
     let unit = (1 << 14) as f64;
-    let (a_multiplier, b_multiplier) = ((a.scale / common * unit).round() as i32, (b.scale / common * unit).round() as i32);
+    let (a_multiplier, b_multiplier) = (
+        (a.scale / common * unit).round() as i32,
+        (b.scale / common * unit).round() as i32,
+    );
     let ratio = common / (unit * out.scale);
     let (multiplier, shift, negative_multiplier) = multipliers(layer, ratio, true)?;
     Ok(Add {
@@ -408,7 +525,10 @@ fn quantize_add(layer: &str, a: QParams, b: QParams, out: QParams) -> Result<Add
 pub fn input_table() -> (Vec<i8>, QParams) {
     let q = QParams::from_range(0.0, INPUT_MAX);
     let table = (0..1024u32)
-        .map(|adc| (((adc as f64 + 1.0).log2() / q.scale).round() + q.zero_point as f64).clamp(-128.0, 127.0) as i8)
+        .map(|adc| {
+            (((adc as f64 + 1.0).log2() / q.scale).round() + q.zero_point as f64)
+                .clamp(-128.0, 127.0) as i8
+        })
         .collect();
     (table, q)
 }
@@ -422,7 +542,12 @@ pub struct Calibration {
 
 impl Calibration {
     /// Observes one batch of network inputs (N, 16, 192, 256). `total_wedges` sizes the sample.
-    pub fn observe(&mut self, encoder: &FloatEncoder, x: &Tensor, total_wedges: usize) -> Result<()> {
+    pub fn observe(
+        &mut self,
+        encoder: &FloatEncoder,
+        x: &Tensor,
+        total_wedges: usize,
+    ) -> Result<()> {
         let acts = encoder.activations(x)?;
         if self.stats.is_empty() {
             self.stats = vec![ActivationStats::default(); acts.len()];
@@ -446,7 +571,12 @@ pub struct Source {
 }
 
 /// Builds the int8 model from a float encoder and its calibration.
-pub fn quantize(encoder: &FloatEncoder, calib: &Calibration, percentile: f64, source: &Source) -> Result<OwnedModel> {
+pub fn quantize(
+    encoder: &FloatEncoder,
+    calib: &Calibration,
+    percentile: f64,
+    source: &Source,
+) -> Result<OwnedModel> {
     if calib.wedges == 0 || calib.stats.is_empty() {
         return Err(QuantizeError::NoCalibration);
     }
@@ -458,7 +588,14 @@ pub fn quantize(encoder: &FloatEncoder, calib: &Calibration, percentile: f64, so
         .stats
         .iter()
         .enumerate()
-        .map(|(i, s)| if i == 0 { input_q } else { let (lo, hi) = s.range(percentile); QParams::from_range(lo, hi) })
+        .map(|(i, s)| {
+            if i == 0 {
+                input_q
+            } else {
+                let (lo, hi) = s.range(percentile);
+                QParams::from_range(lo, hi)
+            }
+        })
         .collect();
     let qp = |i: usize| q.get(i).copied().ok_or(QuantizeError::NoCalibration);
     let (network, code_q) = match encoder {
@@ -466,7 +603,12 @@ pub fn quantize(encoder: &FloatEncoder, calib: &Calibration, percentile: f64, so
             let mut x = qp(0)?;
             let mut owned = vec![];
             for (b, blk) in blocks.iter().enumerate() {
-                let (h, s, m, y) = (qp(1 + 4 * b)?, qp(2 + 4 * b)?, qp(3 + 4 * b)?, qp(4 + 4 * b)?);
+                let (h, s, m, y) = (
+                    qp(1 + 4 * b)?,
+                    qp(2 + 4 * b)?,
+                    qp(3 + 4 * b)?,
+                    qp(4 + 4 * b)?,
+                );
                 owned.push(OwnedHtBlock {
                     main1: quantize_conv(&blk.main1, x, h)?,
                     main2: quantize_conv(&blk.main2, h, m)?,
@@ -477,11 +619,17 @@ pub fn quantize(encoder: &FloatEncoder, calib: &Calibration, percentile: f64, so
             }
             let code = qp(1 + 4 * blocks.len())?;
             let output = quantize_conv(output, x, code)?;
-            let blocks: [OwnedHtBlock; 4] =
-                owned.try_into().map_err(|_| QuantizeError::Unsupported("BCAE-HT with other than 4 blocks".into()))?;
+            let blocks: [OwnedHtBlock; 4] = owned.try_into().map_err(|_| {
+                QuantizeError::Unsupported("BCAE-HT with other than 4 blocks".into())
+            })?;
             (OwnedNetwork::BcaeHt { blocks, output }, code)
         }
-        FloatEncoder::Twod { m, d, input, blocks } => {
+        FloatEncoder::Twod {
+            m,
+            d,
+            input,
+            blocks,
+        } => {
             let c0 = qp(1)?;
             let conv_in = quantize_conv(input, qp(0)?, c0)?;
             let mut x = c0;
@@ -499,11 +647,20 @@ pub fn quantize(encoder: &FloatEncoder, calib: &Calibration, percentile: f64, so
                     x = y;
                     i += 3;
                 }
-                let res: [OwnedResBlock2d; 2] =
-                    rs.try_into().map_err(|_| QuantizeError::Unsupported("BCAE-2D blocks need 2 residual blocks".into()))?;
+                let res: [OwnedResBlock2d; 2] = rs.try_into().map_err(|_| {
+                    QuantizeError::Unsupported("BCAE-2D blocks need 2 residual blocks".into())
+                })?;
                 owned.push(OwnedBlock2d { pool: *pool, res });
             }
-            (OwnedNetwork::Bcae2d { m: *m as u8, d: *d as u8, input: conv_in, blocks: owned }, x)
+            (
+                OwnedNetwork::Bcae2d {
+                    m: *m as u8,
+                    d: *d as u8,
+                    input: conv_in,
+                    blocks: owned,
+                },
+                x,
+            )
         }
     };
     let model = OwnedModel {
@@ -537,7 +694,11 @@ pub fn layer_bounds(bytes: &[u8]) -> Result<Vec<LayerBound>> {
     let model = encoder_nostd::weights::parse(bytes)?;
     Ok(quantized::named_convs(&model)
         .into_iter()
-        .map(|(layer, c)| LayerBound { layer, terms: c.terms(), worst_case_sum: quantized::worst_case_sum(c.terms()) })
+        .map(|(layer, c)| LayerBound {
+            layer,
+            terms: c.terms(),
+            worst_case_sum: quantized::worst_case_sum(c.terms()),
+        })
         .collect())
 }
 
@@ -575,8 +736,16 @@ pub fn evaluate(
         let refs: Vec<&[u16]> = chunk.iter().map(|w| w.adc.as_slice()).collect();
         let q = int8.encode_adc(&refs)?;
         let deq = int8.dequantize(&q)?;
-        code_err += (&deq - &float_code)?.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        code_abs += float_code.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        code_err += (&deq - &float_code)?
+            .abs()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        code_abs += float_code
+            .abs()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
         code_n += float_code.elem_count();
         for (code, out) in [(&f16_code, &mut f16_metrics), (&deq, &mut int8_metrics)] {
             let (seg, reg) = model.decode(code)?;
@@ -596,8 +765,18 @@ pub fn evaluate(
         int8_code: MeanMetrics::of(&int8_metrics),
         code_mae: code_err / code_n.max(1) as f64,
         code_mean_abs: code_abs / code_n.max(1) as f64,
-        ratio_f16: crate::metrics::compression_ratio_bits(crate::data::WEDGE_VOXELS, 16, code_len, 16),
-        ratio_int8: crate::metrics::compression_ratio_bits(crate::data::WEDGE_VOXELS, 16, code_len, 8),
+        ratio_f16: crate::metrics::compression_ratio_bits(
+            crate::data::WEDGE_VOXELS,
+            16,
+            code_len,
+            16,
+        ),
+        ratio_int8: crate::metrics::compression_ratio_bits(
+            crate::data::WEDGE_VOXELS,
+            16,
+            code_len,
+            8,
+        ),
     })
 }
 
@@ -605,7 +784,10 @@ pub fn evaluate(
 pub fn source_of(run: &Path, checkpoint: &Path) -> std::io::Result<Source> {
     let bytes = std::fs::read(checkpoint)?;
     Ok(Source {
-        name: run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: run
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         checkpoint_crc32: encoder_nostd::checksum::crc32(&bytes),
         checkpoint_len: bytes.len() as u64,
     })
@@ -613,7 +795,11 @@ pub fn source_of(run: &Path, checkpoint: &Path) -> std::io::Result<Source> {
 
 /// The float convs (for reports): name and weight shape.
 pub fn float_layers(encoder: &FloatEncoder) -> Vec<(String, Vec<usize>)> {
-    encoder.convs().iter().map(|c| (c.name.clone(), c.weight.dims().to_vec())).collect()
+    encoder
+        .convs()
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.dims().to_vec()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -630,7 +816,8 @@ mod tests {
             let data = varmap.data().lock().unwrap();
             for (name, v) in data.iter() {
                 if name.ends_with("rezero_alpha") {
-                    v.set(&Tensor::full(0.7f32, v.dims(), &Device::Cpu).unwrap()).unwrap();
+                    v.set(&Tensor::full(0.7f32, v.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
                 }
             }
         }
@@ -641,30 +828,57 @@ mod tests {
     fn small_input(n: usize, h: usize, w: usize) -> Tensor {
         // log2-domain-like values: sparse, 6..10 where non-zero.
         let v: Vec<f32> = (0..n * 16 * h * w)
-            .map(|i| if (i * 2_654_435_761usize) % 10 == 0 { 6.0 + (i % 40) as f32 / 10.0 } else { 0.0 })
+            .map(|i| {
+                if (i * 2_654_435_761usize) % 10 == 0 {
+                    6.0 + (i % 40) as f32 / 10.0
+                } else {
+                    0.0
+                }
+            })
             .collect();
         Tensor::from_vec(v, (n, 16, h, w), &Device::Cpu).unwrap()
     }
 
     #[test]
     fn float_encoder_matches_the_models_encoder() {
-        for cfg in [ModelConfig::BcaeHt, ModelConfig::Bcae2d { m: 2, n: 1, d: 1 }] {
+        for cfg in [
+            ModelConfig::BcaeHt,
+            ModelConfig::Bcae2d { m: 2, n: 1, d: 1 },
+        ] {
             let (model, tensors) = random_model(&cfg);
             let fe = FloatEncoder::from_tensors(&cfg, &tensors).unwrap();
             let x = small_input(1, 32, 48);
             let ours = fe.encode(&x).unwrap();
             let theirs = model.encode(&x).unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "{cfg}");
-            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff <= 1e-4 * scale.max(1.0), "{cfg}: max diff {diff} (scale {scale})");
+            let diff = (&ours - &theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = theirs
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "{cfg}: max diff {diff} (scale {scale})"
+            );
         }
     }
 
     #[test]
     fn percentile_ranges_clip_outliers_and_contain_zero() {
         let mut s = ActivationStats::default();
-        let mut v: Vec<f32> = (0..10_000).map(|i| 1.0 + (i % 100) as f32 / 100.0).collect();
+        let mut v: Vec<f32> = (0..10_000)
+            .map(|i| 1.0 + (i % 100) as f32 / 100.0)
+            .collect();
         v[17] = 1000.0;
         s.observe(&v, 1 << 20);
         assert_eq!(s.range(100.0), (0.0, 1000.0));
@@ -703,9 +917,25 @@ mod tests {
         let refs: Vec<&[u16]> = wedges.iter().map(|w| w.adc.as_slice()).collect();
         let deq = q.dequantize(&q.encode_adc(&refs).unwrap()).unwrap();
         let float = fe.encode(&x).unwrap();
-        let err = (&deq - &float).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-        let spread = float.abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(err < 0.1 * spread, "int8 code error {err} vs mean |code| {spread}");
+        let err = (&deq - &float)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let spread = float
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            err < 0.1 * spread,
+            "int8 code error {err} vs mean |code| {spread}"
+        );
         // And the board agrees with the candle path on these wedges.
         let enc = encoder_nostd::encoder::Encoder::parse(&bytes).unwrap();
         let mut scratch = vec![0i8; enc.scratch_len()];

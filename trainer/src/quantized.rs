@@ -16,7 +16,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use encoder_nostd::weights::{
-    self, le_i32, Add, Conv, HtNetwork, Network, Network2d, QuantizedModel, Shape, HT_INPUT, INPUT_2D,
+    self, le_i32, Add, Conv, HtNetwork, Network, Network2d, QuantizedModel, Shape, HT_INPUT,
+    INPUT_2D,
 };
 
 use crate::data::{Wedge, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
@@ -36,11 +37,21 @@ pub enum QuantizedError {
          2^24 that f32 sums hold exactly; this model cannot run bit-exactly on the candle path \
          (use fewer input channels or smaller kernels)"
     )]
-    NotExact { layer: String, terms: usize, bound: i64 },
+    NotExact {
+        layer: String,
+        terms: usize,
+        bound: i64,
+    },
     #[error("layer {0} uses a stride or padding the candle path does not support (depth stride must be 1, height and width strides equal)")]
     Unsupported(String),
-    #[error("wedge {wedge}: ADC value {value} at index {index} exceeds the 10-bit range (max 1023)")]
-    AdcOutOfRange { wedge: usize, index: usize, value: u16 },
+    #[error(
+        "wedge {wedge}: ADC value {value} at index {index} exceeds the 10-bit range (max 1023)"
+    )]
+    AdcOutOfRange {
+        wedge: usize,
+        index: usize,
+        value: u16,
+    },
     #[error("wedge {wedge} has {got} voxels, expected {WEDGE_VOXELS} (192 x 249 x 16)")]
     WrongShape { wedge: usize, got: usize },
 }
@@ -64,7 +75,11 @@ pub fn check_exactness(model: &QuantizedModel<'_>) -> Result<()> {
     for (name, conv) in named_convs(model) {
         let bound = worst_case_sum(conv.terms());
         if bound >= F32_EXACT {
-            return Err(QuantizedError::NotExact { layer: name, terms: conv.terms(), bound });
+            return Err(QuantizedError::NotExact {
+                layer: name,
+                terms: conv.terms(),
+                bound,
+            });
         }
     }
     Ok(())
@@ -139,12 +154,21 @@ impl ConvT {
         let mut offset = vec![];
         let (mut m_neg, mut m_diff, mut half, mut inv) = (vec![], vec![], vec![], vec![]);
         for c in 0..co {
-            let wsum: i64 = conv.weights[c * terms..(c + 1) * terms].iter().map(|&b| b as i8 as i64).sum();
+            let wsum: i64 = conv.weights[c * terms..(c + 1) * terms]
+                .iter()
+                .map(|&b| b as i8 as i64)
+                .sum();
             let bias = le_i32(conv.bias, c).ok_or(encoder_nostd::Error::CorruptWeights)? as i64;
             offset.push((bias - conv.input_zero_point as i64 * wsum) as f64);
-            let mp = le_i32(conv.requant.multiplier, c).ok_or(encoder_nostd::Error::CorruptWeights)? as f64;
-            let mn = le_i32(conv.requant.negative_multiplier, c).ok_or(encoder_nostd::Error::CorruptWeights)? as f64;
-            let s = *conv.requant.shift.get(c).ok_or(encoder_nostd::Error::CorruptWeights)? as i32;
+            let mp = le_i32(conv.requant.multiplier, c)
+                .ok_or(encoder_nostd::Error::CorruptWeights)? as f64;
+            let mn = le_i32(conv.requant.negative_multiplier, c)
+                .ok_or(encoder_nostd::Error::CorruptWeights)? as f64;
+            let s = *conv
+                .requant
+                .shift
+                .get(c)
+                .ok_or(encoder_nostd::Error::CorruptWeights)? as i32;
             m_neg.push(mn);
             m_diff.push(mp - mn);
             half.push(2f64.powi(s - 1));
@@ -180,7 +204,10 @@ impl ConvT {
         let d_out = dp + 1 - self.kernel[0];
         let mut acc: Option<Tensor> = None;
         for (z, k) in self.kernels.iter().enumerate() {
-            let slab = xp.narrow(1, z, d_out)?.contiguous()?.reshape((n * d_out, c, hp, wp))?;
+            let slab = xp
+                .narrow(1, z, d_out)?
+                .contiguous()?
+                .reshape((n * d_out, c, hp, wp))?;
             let part = slab.conv2d(k, 0, self.stride, 1, 1)?;
             acc = Some(match acc {
                 None => part,
@@ -189,30 +216,52 @@ impl ConvT {
         }
         let acc = acc.ok_or_else(|| candle_core::Error::Msg("empty kernel".into()))?;
         let (_, co, ho, wo) = acc.dims4()?;
-        let acc = acc.reshape((n, d_out, co, ho, wo))?.to_dtype(DType::F64)?.broadcast_add(&self.offset)?;
+        let acc = acc
+            .reshape((n, d_out, co, ho, wo))?
+            .to_dtype(DType::F64)?
+            .broadcast_add(&self.offset)?;
         let positive = acc.ge(0f64)?.to_dtype(DType::F64)?;
-        let m = positive.broadcast_mul(&self.m_diff)?.broadcast_add(&self.m_neg)?;
-        let y = (acc * m)?.broadcast_add(&self.half)?.broadcast_mul(&self.inv)?.floor()?;
-        y.affine(1.0, self.zp_out)?.clamp(-128f64, 127f64)?.to_dtype(DType::F32)
+        let m = positive
+            .broadcast_mul(&self.m_diff)?
+            .broadcast_add(&self.m_neg)?;
+        let y = (acc * m)?
+            .broadcast_add(&self.half)?
+            .broadcast_mul(&self.inv)?
+            .floor()?;
+        y.affine(1.0, self.zp_out)?
+            .clamp(-128f64, 127f64)?
+            .to_dtype(DType::F32)
     }
 }
 
 /// The residual add with requantization.
 fn add(p: &Add, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let a = a.to_dtype(DType::F64)?.affine(p.a_multiplier as f64, -(p.a_multiplier as f64) * p.a_zero_point as f64)?;
-    let b = b.to_dtype(DType::F64)?.affine(p.b_multiplier as f64, -(p.b_multiplier as f64) * p.b_zero_point as f64)?;
+    let a = a.to_dtype(DType::F64)?.affine(
+        p.a_multiplier as f64,
+        -(p.a_multiplier as f64) * p.a_zero_point as f64,
+    )?;
+    let b = b.to_dtype(DType::F64)?.affine(
+        p.b_multiplier as f64,
+        -(p.b_multiplier as f64) * p.b_zero_point as f64,
+    )?;
     let acc = (a + b)?;
     let (mp, mn) = (p.multiplier as f64, p.negative_multiplier as f64);
     let m = acc.ge(0f64)?.to_dtype(DType::F64)?.affine(mp - mn, mn)?;
     let s = p.shift as i32;
     let y = (acc * m)?.affine(2f64.powi(-s), 2f64.powi(-1))?.floor()?;
-    y.affine(1.0, p.output_zero_point as f64)?.clamp(-128f64, 127f64)?.to_dtype(DType::F32)
+    y.affine(1.0, p.output_zero_point as f64)?
+        .clamp(-128f64, 127f64)?
+        .to_dtype(DType::F32)
 }
 
 /// 2x2 average pooling: `(q00 + q01 + q10 + q11 + 2) >> 2` = floor(mean + 1/2), exact in f32.
 fn pool(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, d, c, h, w) = x.dims5()?;
-    let y = x.reshape((n * d, c, h, w))?.avg_pool2d(2)?.affine(1.0, 0.5)?.floor()?;
+    let y = x
+        .reshape((n * d, c, h, w))?
+        .avg_pool2d(2)?
+        .affine(1.0, 0.5)?
+        .floor()?;
     y.reshape((n, d, c, h / 2, w / 2))
 }
 
@@ -233,8 +282,14 @@ struct ResT {
 
 #[derive(Debug, Clone)]
 enum NetT {
-    Ht { blocks: Vec<HtBlockT>, output: ConvT },
-    Twod { input: ConvT, blocks: Vec<(bool, Vec<ResT>)> },
+    Ht {
+        blocks: Vec<HtBlockT>,
+        output: ConvT,
+    },
+    Twod {
+        input: ConvT,
+        blocks: Vec<(bool, Vec<ResT>)>,
+    },
 }
 
 /// A quantized encoder on a candle device, bit-exact with `encoder_nostd::encoder::Encoder`.
@@ -292,8 +347,16 @@ impl QuantizedEncoder {
                             .enumerate()
                             .map(|(r, res)| {
                                 Ok(ResT {
-                                    conv1: ConvT::new(&format!("block{b}.res{r}.conv1"), &res.conv1, device)?,
-                                    conv2: ConvT::new(&format!("block{b}.res{r}.conv2"), &res.conv2, device)?,
+                                    conv1: ConvT::new(
+                                        &format!("block{b}.res{r}.conv1"),
+                                        &res.conv1,
+                                        device,
+                                    )?,
+                                    conv2: ConvT::new(
+                                        &format!("block{b}.res{r}.conv2"),
+                                        &res.conv2,
+                                        device,
+                                    )?,
                                     add: res.add,
                                 })
                             })
@@ -347,16 +410,26 @@ impl QuantizedEncoder {
         let mut idx = Vec::with_capacity(wedges.len() * WEDGE_VOXELS);
         for (w, adc) in wedges.iter().enumerate() {
             if adc.len() != WEDGE_VOXELS {
-                return Err(QuantizedError::WrongShape { wedge: w, got: adc.len() });
+                return Err(QuantizedError::WrongShape {
+                    wedge: w,
+                    got: adc.len(),
+                });
             }
             if let Some((index, &value)) = adc.iter().enumerate().find(|(_, &v)| v > 1023) {
-                return Err(QuantizedError::AdcOutOfRange { wedge: w, index, value });
+                return Err(QuantizedError::AdcOutOfRange {
+                    wedge: w,
+                    index,
+                    value,
+                });
             }
             idx.extend(adc.iter().map(|&v| v as u32));
         }
         let n = wedges.len();
         let idx = Tensor::from_vec(idx, n * WEDGE_VOXELS, &self.device)?;
-        let x = self.table.index_select(&idx, 0)?.reshape((n, crate::data::AZIMUTH, Z_BINS, LAYERS))?;
+        let x =
+            self.table
+                .index_select(&idx, 0)?
+                .reshape((n, crate::data::AZIMUTH, Z_BINS, LAYERS))?;
         let x = x
             .permute((0, 3, 1, 2))?
             .affine(1.0, -self.pad_value)?
@@ -367,7 +440,8 @@ impl QuantizedEncoder {
             NetT::Twod { .. } => INPUT_2D,
         };
         // (N, D, C, H, W): BCAE-HT sees the layers as depth, BCAE-2D as channels.
-        Ok(x.contiguous()?.reshape((n, shape.d, shape.c, shape.h, shape.w))?)
+        Ok(x.contiguous()?
+            .reshape((n, shape.d, shape.c, shape.h, shape.w))?)
     }
 
     /// Encodes wedges (raw ADC, on-disk order) into int8-valued f32 codes, shape (N, code_len),
@@ -402,14 +476,22 @@ impl QuantizedEncoder {
         };
         // (N, D, C, H, W) -> (N, C, D, H, W) -> (N, code_len)
         let n = wedges.len();
-        Ok(y.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((n, self.code.len()))?)
+        Ok(y.permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((n, self.code.len()))?)
     }
 
     /// Encodes wedges into int8 codes (one `Vec<i8>` per wedge).
     pub fn encode_wedges(&self, wedges: &[Wedge]) -> Result<Vec<Vec<i8>>> {
         let refs: Vec<&[u16]> = wedges.iter().map(|w| w.adc.as_slice()).collect();
-        let codes = self.encode_adc(&refs)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        Ok(codes.into_iter().map(|c| c.into_iter().map(|v| v as i8).collect()).collect())
+        let codes = self
+            .encode_adc(&refs)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        Ok(codes
+            .into_iter()
+            .map(|c| c.into_iter().map(|v| v as i8).collect())
+            .collect())
     }
 
     /// Dequantized codes `scale * (q - zp)` in the float model's code layout:
@@ -417,7 +499,10 @@ impl QuantizedEncoder {
     pub fn dequantize(&self, codes: &Tensor) -> Result<Tensor> {
         let n = codes.dim(0)?;
         let s = self.code;
-        let v = codes.affine(self.code_scale as f64, -(self.code_scale as f64) * self.code_zero_point as f64)?;
+        let v = codes.affine(
+            self.code_scale as f64,
+            -(self.code_scale as f64) * self.code_zero_point as f64,
+        )?;
         Ok(match self.net {
             NetT::Ht { .. } => v.reshape((n, s.c, s.d, s.h, s.w))?,
             NetT::Twod { .. } => v.reshape((n, s.c, s.h, s.w))?,
@@ -451,7 +536,10 @@ mod tests {
         let board = nostd_codes(bytes, wedges);
         for (i, (a, b)) in candle.iter().zip(&board).enumerate() {
             if let Some(pos) = a.iter().zip(b).position(|(x, y)| x != y) {
-                panic!("wedge {i}: first mismatch at code index {pos}: candle {} vs no_std {}", a[pos], b[pos]);
+                panic!(
+                    "wedge {i}: first mismatch at code index {pos}: candle {} vs no_std {}",
+                    a[pos], b[pos]
+                );
             }
         }
         // Not a degenerate code.
@@ -462,7 +550,9 @@ mod tests {
     #[test]
     fn bcae_ht_codes_are_bit_exact_on_synthetic_wedges() {
         let wedges = crate::data::synth::generate_wedges(3, 3);
-        let bytes = OwnedModel::random_ht(21, [2, 4, 4, 8], 8).to_bytes().unwrap();
+        let bytes = OwnedModel::random_ht(21, [2, 4, 4, 8], 8)
+            .to_bytes()
+            .unwrap();
         assert_bit_exact(&bytes, &wedges);
     }
 
@@ -479,21 +569,38 @@ mod tests {
     #[test]
     fn the_exactness_bound_refuses_wide_layers() {
         // BCAE++ channels: block 3 sums 32 x 48 = 1536 terms > 1032.
-        let bytes = OwnedModel::random_ht(1, [8, 16, 32, 32], 8).to_bytes().unwrap();
+        let bytes = OwnedModel::random_ht(1, [8, 16, 32, 32], 8)
+            .to_bytes()
+            .unwrap();
         let err = QuantizedEncoder::from_bytes(&bytes, &Device::Cpu).unwrap_err();
-        assert!(matches!(err, QuantizedError::NotExact { terms: 1536, .. }), "{err}");
+        assert!(
+            matches!(err, QuantizedError::NotExact { terms: 1536, .. }),
+            "{err}"
+        );
         assert!(worst_case_sum(1032) < F32_EXACT && worst_case_sum(1033) >= F32_EXACT);
     }
 
     #[test]
     fn bad_input_is_a_clear_error() {
-        let bytes = OwnedModel::random_ht(2, [2, 4, 4, 8], 8).to_bytes().unwrap();
+        let bytes = OwnedModel::random_ht(2, [2, 4, 4, 8], 8)
+            .to_bytes()
+            .unwrap();
         let q = QuantizedEncoder::from_bytes(&bytes, &Device::Cpu).unwrap();
         let mut w = Wedge::zeros();
         w.adc[5] = 4000;
-        assert!(matches!(q.encode_wedges(&[w]), Err(QuantizedError::AdcOutOfRange { index: 5, value: 4000, .. })));
+        assert!(matches!(
+            q.encode_wedges(&[w]),
+            Err(QuantizedError::AdcOutOfRange {
+                index: 5,
+                value: 4000,
+                ..
+            })
+        ));
         let short = vec![0u16; 10];
-        assert!(matches!(q.encode_adc(&[&short]), Err(QuantizedError::WrongShape { got: 10, .. })));
+        assert!(matches!(
+            q.encode_adc(&[&short]),
+            Err(QuantizedError::WrongShape { got: 10, .. })
+        ));
     }
 
     fn random_wedge(seed: u64) -> Wedge {

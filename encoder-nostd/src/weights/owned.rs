@@ -7,8 +7,8 @@ use std::vec;
 use std::vec::Vec;
 
 use super::{
-    write, Add, Block2d, Conv, Fingerprint, HtBlock, HtNetwork, Network, Network2d, QuantizedModel, Requant,
-    MAX_2D_BLOCKS,
+    write, Add, Block2d, Conv, Fingerprint, HtBlock, HtNetwork, Network, Network2d, QuantizedModel,
+    Requant, MAX_2D_BLOCKS,
 };
 use crate::Error;
 
@@ -74,7 +74,11 @@ impl OwnedConv {
 
     /// Copies a borrowed layer.
     pub fn from_view(c: &Conv<'_>) -> Self {
-        let ints = |b: &[u8]| b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let ints = |b: &[u8]| {
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
         OwnedConv {
             in_channels: c.in_channels,
             out_channels: c.out_channels,
@@ -117,10 +121,19 @@ pub struct OwnedBlock2d {
 }
 
 /// An owned encoder network (see [`Network`]).
+#[allow(clippy::large_enum_variant)] // mirrors `Network`; built once per model
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnedNetwork {
-    BcaeHt { blocks: [OwnedHtBlock; 4], output: OwnedConv },
-    Bcae2d { m: u8, d: u8, input: OwnedConv, blocks: Vec<OwnedBlock2d> },
+    BcaeHt {
+        blocks: [OwnedHtBlock; 4],
+        output: OwnedConv,
+    },
+    Bcae2d {
+        m: u8,
+        d: u8,
+        input: OwnedConv,
+        blocks: Vec<OwnedBlock2d>,
+    },
 }
 
 /// An owned weights file (see [`QuantizedModel`]).
@@ -148,7 +161,11 @@ impl OwnedModel {
                 .chain(core::iter::once(output))
                 .collect(),
             OwnedNetwork::Bcae2d { input, blocks, .. } => core::iter::once(input)
-                .chain(blocks.iter().flat_map(|b| b.res.iter().flat_map(|r| [&r.conv1, &r.conv2])))
+                .chain(
+                    blocks
+                        .iter()
+                        .flat_map(|b| b.res.iter().flat_map(|r| [&r.conv1, &r.conv2])),
+                )
                 .collect(),
         }
     }
@@ -163,25 +180,50 @@ impl OwnedModel {
         let network = match &self.network {
             OwnedNetwork::BcaeHt { blocks, .. } => {
                 let mut ht = |b: &OwnedHtBlock| -> Result<HtBlock<'_>, Error> {
-                    Ok(HtBlock { main1: next()?, skip: next()?, main2: next()?, add: b.add })
+                    Ok(HtBlock {
+                        main1: next()?,
+                        skip: next()?,
+                        main2: next()?,
+                        add: b.add,
+                    })
                 };
                 let b0 = ht(&blocks[0])?;
                 let b1 = ht(&blocks[1])?;
                 let b2 = ht(&blocks[2])?;
                 let b3 = ht(&blocks[3])?;
-                Network::BcaeHt(HtNetwork { blocks: [b0, b1, b2, b3], output: next()? })
+                Network::BcaeHt(HtNetwork {
+                    blocks: [b0, b1, b2, b3],
+                    output: next()?,
+                })
             }
             OwnedNetwork::Bcae2d { m, d, blocks, .. } => {
                 let input = next()?;
                 let mut out = heapless::Vec::<Block2d<'_>, MAX_2D_BLOCKS>::new();
                 for b in blocks {
                     let (c1, c2) = (next()?, next()?);
-                    let r0 = super::ResBlock2d { conv1: c1, conv2: c2, add: b.res[0].add };
+                    let r0 = super::ResBlock2d {
+                        conv1: c1,
+                        conv2: c2,
+                        add: b.res[0].add,
+                    };
                     let (c1, c2) = (next()?, next()?);
-                    let r1 = super::ResBlock2d { conv1: c1, conv2: c2, add: b.res[1].add };
-                    out.push(Block2d { pool: b.pool, res: [r0, r1] }).map_err(|_| Error::CorruptWeights)?;
+                    let r1 = super::ResBlock2d {
+                        conv1: c1,
+                        conv2: c2,
+                        add: b.res[1].add,
+                    };
+                    out.push(Block2d {
+                        pool: b.pool,
+                        res: [r0, r1],
+                    })
+                    .map_err(|_| Error::CorruptWeights)?;
                 }
-                Network::Bcae2d(Network2d { m: *m, d: *d, input, blocks: out })
+                Network::Bcae2d(Network2d {
+                    m: *m,
+                    d: *d,
+                    input,
+                    blocks: out,
+                })
             }
         };
         let model = QuantizedModel {
@@ -241,9 +283,21 @@ pub fn quantize_multiplier(ratio: f64) -> Option<(i32, u8)> {
     Some((m as i32, shift as u8))
 }
 
-fn random_conv(rng: &mut SplitMix, ci: u16, co: u16, k: [u8; 3], s: [u8; 3], p: [u8; 3], zp_in: i8, leaky: bool) -> OwnedConv {
+#[allow(clippy::too_many_arguments)] // one argument per conv hyper-parameter
+fn random_conv(
+    rng: &mut SplitMix,
+    ci: u16,
+    co: u16,
+    k: [u8; 3],
+    s: [u8; 3],
+    p: [u8; 3],
+    zp_in: i8,
+    leaky: bool,
+) -> OwnedConv {
     let terms = ci as usize * k.iter().map(|&v| v as usize).product::<usize>();
-    let weights = (0..terms * co as usize).map(|_| rng.range(-127, 127) as i8).collect();
+    let weights = (0..terms * co as usize)
+        .map(|_| rng.range(-127, 127) as i8)
+        .collect();
     // Output spread ~ 40 for inputs spread ~ 74 and weights ~ 73: ratio ~ 40 / (sqrt(terms) * 5400).
     let ratio = 40.0 / ((terms as f64).sqrt() * 5400.0);
     let mut multiplier = vec![];
@@ -253,7 +307,11 @@ fn random_conv(rng: &mut SplitMix, ci: u16, co: u16, k: [u8; 3], s: [u8; 3], p: 
         let jitter = 0.5 + rng.range(0, 1000) as f64 / 1000.0;
         let (m, sh) = quantize_multiplier(ratio * jitter).unwrap_or((1 << 14, 20));
         multiplier.push(m);
-        negative.push(if leaky { (m as f64 * 0.2).round() as i32 } else { m });
+        negative.push(if leaky {
+            (m as f64 * 0.2).round() as i32
+        } else {
+            m
+        });
         shift.push(sh);
     }
     OwnedConv {
@@ -291,7 +349,9 @@ fn random_table(rng: &mut SplitMix) -> (Vec<i8>, f32, i8) {
     let zp = -128i8 + rng.range(0, 20) as i8;
     let scale = 10.0 / (127.0 - zp as f64);
     let table = (0..1024u32)
-        .map(|adc| (((adc as f64 + 1.0).log2() / scale).round() as i64 + zp as i64).clamp(-128, 127) as i8)
+        .map(|adc| {
+            (((adc as f64 + 1.0).log2() / scale).round() as i64 + zp as i64).clamp(-128, 127) as i8
+        })
         .collect();
     (table, scale as f32, zp)
 }
@@ -311,7 +371,12 @@ impl OwnedModel {
             let add = random_add(&mut rng, main2.output_zero_point, skip.output_zero_point);
             zp = add.output_zero_point;
             ci = co;
-            OwnedHtBlock { main1, main2, skip, add }
+            OwnedHtBlock {
+                main1,
+                main2,
+                skip,
+                add,
+            }
         });
         let output = random_conv(&mut rng, ci, code_channels, k3, s1, p1, zp, false);
         OwnedModel {
@@ -332,11 +397,29 @@ impl OwnedModel {
         let mut rng = SplitMix(seed);
         let (input_table, input_scale, input_zero_point) = random_table(&mut rng);
         let (k7, k3, s1) = ([1, 7, 7], [1, 3, 3], [1, 1, 1]);
-        let input = random_conv(&mut rng, 16, channels, k7, s1, [0, 3, 3], input_zero_point, false);
+        let input = random_conv(
+            &mut rng,
+            16,
+            channels,
+            k7,
+            s1,
+            [0, 3, 3],
+            input_zero_point,
+            false,
+        );
         let mut zp = input.output_zero_point;
         let mut res = |rng: &mut SplitMix| {
             let conv1 = random_conv(rng, channels, channels, k3, s1, [0, 1, 1], zp, true);
-            let conv2 = random_conv(rng, channels, channels, k3, s1, [0, 1, 1], conv1.output_zero_point, false);
+            let conv2 = random_conv(
+                rng,
+                channels,
+                channels,
+                k3,
+                s1,
+                [0, 1, 1],
+                conv1.output_zero_point,
+                false,
+            );
             let add = random_add(rng, conv2.output_zero_point, zp);
             zp = add.output_zero_point;
             OwnedResBlock2d { conv1, conv2, add }
@@ -345,7 +428,10 @@ impl OwnedModel {
             .map(|i| {
                 let r0 = res(&mut rng);
                 let r1 = res(&mut rng);
-                OwnedBlock2d { pool: i < d, res: [r0, r1] }
+                OwnedBlock2d {
+                    pool: i < d,
+                    res: [r0, r1],
+                }
             })
             .collect();
         OwnedModel {
@@ -357,7 +443,12 @@ impl OwnedModel {
             input_zero_point,
             code_scale: 0.05,
             code_zero_point: zp,
-            network: OwnedNetwork::Bcae2d { m, d, input, blocks },
+            network: OwnedNetwork::Bcae2d {
+                m,
+                d,
+                input,
+                blocks,
+            },
         }
     }
 }

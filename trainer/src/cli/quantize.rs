@@ -82,32 +82,45 @@ pub struct QuantizeReport {
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} wedges ({{per_sec}}, eta {{eta}})"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} wedges ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar
 }
 
 fn open_data(root: &Path, split: Split, n: usize) -> Result<Dataset> {
-    let mut ds = Dataset::open(root, split).with_context(|| format!("opening data {}", root.display()))?;
+    let mut ds =
+        Dataset::open(root, split).with_context(|| format!("opening data {}", root.display()))?;
     if ds.is_empty() {
-        ds = Dataset::open(root, Split::All).with_context(|| format!("opening data {}", root.display()))?;
+        ds = Dataset::open(root, Split::All)
+            .with_context(|| format!("opening data {}", root.display()))?;
     }
     if ds.is_empty() {
-        bail!("{} holds no wedges (.npy files or train.txt / test.txt lists)", root.display());
+        bail!(
+            "{} holds no wedges (.npy files or train.txt / test.txt lists)",
+            root.display()
+        );
     }
     ds.truncate(n);
     Ok(ds)
 }
 
 fn load(ds: &Dataset, range: std::ops::Range<usize>) -> Result<Vec<Wedge>> {
-    range.map(|i| ds.load(i).with_context(|| format!("reading wedge {i} of {}", ds.root().display()))).collect()
+    range
+        .map(|i| {
+            ds.load(i)
+                .with_context(|| format!("reading wedge {i} of {}", ds.root().display()))
+        })
+        .collect()
 }
 
 pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let device = device::open(args.device)?;
-    let (cfg, varmap) = checkpoint::load_run(&args.run, &device).with_context(|| format!("loading run {}", args.run.display()))?;
+    let (cfg, varmap) = checkpoint::load_run(&args.run, &device)
+        .with_context(|| format!("loading run {}", args.run.display()))?;
     let tensors = checkpoint::varmap_tensors(&varmap);
     let float = FloatEncoder::from_tensors(&cfg, &tensors)?;
     let source = quantize::source_of(&args.run, &args.run.join("model.safetensors"))
@@ -120,7 +133,10 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let started = Instant::now();
     let mut calib = Calibration::default();
     for start in (0..total).step_by(args.batch_size.max(1)) {
-        let wedges = load(&calib_set, start..(start + args.batch_size.max(1)).min(total))?;
+        let wedges = load(
+            &calib_set,
+            start..(start + args.batch_size.max(1)).min(total),
+        )?;
         let x = crate::data::batch_tensor(&wedges, &device)?;
         calib.observe(&float, &x, total)?;
         progress.inc(wedges.len() as u64);
@@ -129,14 +145,18 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let calib_secs = started.elapsed().as_secs_f64();
 
     let model = quantize::quantize(&float, &calib, args.percentile, &source)?;
-    let bytes = model.to_bytes().map_err(|e| anyhow::anyhow!("serializing the int8 model: {e}"))?;
+    let bytes = model
+        .to_bytes()
+        .map_err(|e| anyhow::anyhow!("serializing the int8 model: {e}"))?;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    checkpoint::write_atomic(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    checkpoint::write_atomic(&args.out, &bytes)
+        .with_context(|| format!("writing {}", args.out.display()))?;
 
     let int8 = QuantizedEncoder::from_bytes(&bytes, &device)?;
-    let board = encoder_nostd::encoder::Encoder::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let board =
+        encoder_nostd::encoder::Encoder::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let eval_root = args.eval.clone().unwrap_or_else(|| args.calib.clone());
 
     // Board (encoder-nostd) against the candle integer path, bit for bit.
@@ -148,7 +168,9 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
         let mut scratch = vec![0i8; board.scratch_len()];
         let mut code = vec![0i8; board.code_len()];
         for (i, (w, expected)) in wedges.iter().zip(&candle_codes).enumerate() {
-            board.encode(&w.adc, &mut scratch, &mut code).map_err(|e| anyhow::anyhow!("encoder-nostd: {e}"))?;
+            board
+                .encode(&w.adc, &mut scratch, &mut code)
+                .map_err(|e| anyhow::anyhow!("encoder-nostd: {e}"))?;
             if let Some(pos) = code.iter().zip(expected).position(|(a, b)| a != b) {
                 bail!(
                     "int8 self-check failed: wedge {i}, code index {pos}: encoder-nostd {} vs candle {} \
@@ -169,16 +191,23 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
         let progress = bar(ds.len(), "evaluate");
         let mut all = vec![];
         for start in (0..ds.len()).step_by(args.batch_size.max(1)) {
-            all.extend(load(&ds, start..(start + args.batch_size.max(1)).min(ds.len()))?);
+            all.extend(load(
+                &ds,
+                start..(start + args.batch_size.max(1)).min(ds.len()),
+            )?);
         }
-        let report = quantize::evaluate(net.as_ref(), &int8, &all, args.batch_size, &device, |n| progress.inc(n as u64))?;
+        let report =
+            quantize::evaluate(net.as_ref(), &int8, &all, args.batch_size, &device, |n| {
+                progress.inc(n as u64)
+            })?;
         progress.finish_and_clear();
         Some(report)
     } else {
         None
     };
-    let mae_loss_percent =
-        accuracy.as_ref().map(|a| 100.0 * (a.int8_code.mae - a.float_f16_code.mae) / a.float_f16_code.mae);
+    let mae_loss_percent = accuracy
+        .as_ref()
+        .map(|a| 100.0 * (a.int8_code.mae - a.float_f16_code.mae) / a.float_f16_code.mae);
     let shape = int8.code_shape();
     let report = QuantizeReport {
         weights: args.out.clone(),
@@ -206,12 +235,21 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
 }
 
 fn print_report(r: &QuantizeReport, calib_secs: f64) {
-    println!("wrote {} ({} bytes): {} int8 encoder", r.weights.display(), r.bytes, r.model);
+    println!(
+        "wrote {} ({} bytes): {} int8 encoder",
+        r.weights.display(),
+        r.bytes,
+        r.model
+    );
     println!(
         "calibration: {} wedges in {:.1} s, range estimator: {}",
         r.calibration_wedges,
         calib_secs,
-        if r.percentile >= 100.0 { "min/max".to_string() } else { format!("percentile {}", r.percentile) }
+        if r.percentile >= 100.0 {
+            "min/max".to_string()
+        } else {
+            format!("percentile {}", r.percentile)
+        }
     );
     println!(
         "code {:?} (c, d, h, w), scale {:.6}, zero point {}; board scratch {} bytes; {:.3} GMAC per wedge",
@@ -238,8 +276,14 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
         );
     }
     if let Some(a) = &r.accuracy {
-        println!("\naccuracy on {} wedges (log2(ADC+1) domain, z cropped to 249):", a.wedges);
-        println!("{:<34} {:>8} {:>10} {:>10} {:>10} {:>8}", "mode", "MAE", "PSNR(dB)", "precision", "recall", "ratio");
+        println!(
+            "\naccuracy on {} wedges (log2(ADC+1) domain, z cropped to 249):",
+            a.wedges
+        );
+        println!(
+            "{:<34} {:>8} {:>10} {:>10} {:>10} {:>8}",
+            "mode", "MAE", "PSNR(dB)", "precision", "recall", "ratio"
+        );
         for (name, m, ratio) in [
             ("float encoder, f16 code", &a.float_f16_code, a.ratio_f16),
             ("int8 encoder, int8 code", &a.int8_code, a.ratio_int8),
@@ -254,7 +298,14 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
             a.code_mae, a.code_mean_abs
         );
         if let Some(loss) = r.mae_loss_percent {
-            println!("int8 MAE vs float: {loss:+.2} %{}", if loss > 5.0 { "  (more than 5 %: consider decoder fine-tuning on int8 codes)" } else { "" });
+            println!(
+                "int8 MAE vs float: {loss:+.2} %{}",
+                if loss > 5.0 {
+                    "  (more than 5 %: consider decoder fine-tuning on int8 codes)"
+                } else {
+                    ""
+                }
+            );
         }
         println!("(ratio: the int8 code is 8-bit, so it counts 2x the paper's 16-bit code ratio)");
     }
