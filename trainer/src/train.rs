@@ -375,6 +375,15 @@ pub struct Trainer {
     pub log: Vec<EpochLog>,
 }
 
+/// Print a line above the progress bar, or plainly to stderr when the bar is hidden (no TTY).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn adamw_params(s: &TrainSettings) -> AdamWParams {
     AdamWParams { lr: s.lr, beta1: s.beta1, beta2: s.beta2, eps: s.eps, weight_decay: s.weight_decay }
 }
@@ -614,7 +623,7 @@ impl Trainer {
                             bar.abandon();
                             return Err(TrainError::Diverged { rollbacks: consecutive_rollbacks - 1 });
                         }
-                        bar.println(format!(
+                        say(&bar, format!(
                             "epoch {}: loss {loss} at step {}: rolling back to the checkpoint of epoch {}",
                             self.epoch + 1,
                             self.step + 1,
@@ -660,7 +669,7 @@ impl Trainer {
                 row.val_precision = report.mean.precision;
                 row.val_recall = report.mean.recall;
             }
-            bar.println(format!(
+            say(&bar, format!(
                 "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3}  test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3}  {:.2} wedges/s",
                 row.epoch, row.lr, row.loss, row.seg_loss, row.reg_loss, row.coefficient, row.train_precision,
                 row.train_recall, row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall, row.wedges_per_s
@@ -829,3 +838,50 @@ mod tests {
         assert!(matches!(tr.train_step(&x, valid).unwrap(), StepOutcome::Applied(_)));
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::data::synth;
+
+    /// Manual timing probe: `cargo test -p trainer --lib train::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn step_phases() {
+        let spec = std::env::var("BCAE_SPEED").unwrap_or_else(|_| "bcae-ht:64x64".into());
+        let (name, crop) = spec.split_once(':').unwrap();
+        let cfg = match name {
+            "bcae-2d-small" => ModelConfig::Bcae2d { m: 3, n: 3, d: 3 },
+            other => ModelConfig::from_name(other).unwrap(),
+        };
+        let (a, z) = crop.split_once('x').unwrap();
+        let crop = CropSpec { azimuth: a.parse().unwrap(), z: z.parse().unwrap() };
+        let (_vm, model) = init_model(&cfg, 0, &Device::Cpu).unwrap();
+        let wedges = synth::generate_wedges(1, 4);
+        let x = crate::data::batch_tensor(&wedges, &Device::Cpu).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (x, valid) = random_crop(&x, crop, &mut rng).unwrap();
+        for _ in 0..2 {
+            let t0 = Instant::now();
+            let code = model.encode(&x).unwrap();
+            let t1 = Instant::now();
+            let (seg, reg) = model.decode(&code).unwrap();
+            let t2 = Instant::now();
+            let mut c = Coefficient::default();
+            let parts = bicephalous_loss(&seg, &reg, &x, valid, &mut c).unwrap();
+            let t3 = Instant::now();
+            let _g = parts.total.backward().unwrap();
+            let t4 = Instant::now();
+            println!(
+                "{spec}: encode {:.2}s decode {:.2}s loss {:.2}s backward {:.2}s total {:.2}s = {:.2} wedges/s",
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+                (t4 - t3).as_secs_f64(),
+                (t4 - t0).as_secs_f64(),
+                4.0 / (t4 - t0).as_secs_f64()
+            );
+        }
+    }
+}
+

@@ -68,6 +68,12 @@ pub struct ShowArgs {
     /// Single layers to draw next to the sum (0 = innermost).
     #[arg(long, value_delimiter = ',', default_values_t = vec![0usize, 7, 15])]
     pub layers: Vec<usize>,
+    /// Draw the input, this run's reconstruction and their difference instead (the paper's Figure 5).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Device for --run.
+    #[arg(long, value_enum, default_value_t = crate::device::DeviceChoice::Cpu)]
+    pub device: crate::device::DeviceChoice,
 }
 
 pub fn run_synth(args: SynthArgs) -> Result<()> {
@@ -358,6 +364,9 @@ fn colormap(t: f64) -> RGBColor {
 }
 
 pub fn run_show(args: ShowArgs) -> Result<()> {
+    if let Some(run) = &args.run {
+        return crate::cli::train::show_reconstruction(run, &args.wedge, &args.out, args.device);
+    }
     let wedge = read_wedge(&args.wedge).with_context(|| format!("reading {}", args.wedge.display()))?;
     if let Some(&bad) = args.layers.iter().find(|&&l| l >= LAYERS) {
         bail!("--layers: layer {bad} does not exist (0..{})", LAYERS - 1);
