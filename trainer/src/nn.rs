@@ -14,7 +14,7 @@
 //!
 //! Weight layouts are PyTorch's: (C_out, C_in, kD, kH, kW) for Conv3d and
 //! (C_in, C_out, kD, kH, kW) for ConvTranspose3d, so state_dicts load unchanged.
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// Stride and zero padding of a [`Conv3d`], per axis (D, H, W).
@@ -341,9 +341,9 @@ fn conv3d_fold_first(
     let cols = Tensor::stack(&taps, 2)?.reshape((n * od, kd * c, hp, wp))?;
     let w2 = w.permute((0, 2, 1, 3, 4))?.reshape((co, kd * c, kh, kw))?;
     let y = if stride[1] == stride[2] {
-        cols.conv2d(&w2, 0, stride[1], 1, 1)?
+        conv2d_strided(&cols, &w2, stride[1])?
     } else {
-        let y = cols.conv2d(&w2, 0, 1, 1, 1)?;
+        let y = conv2d_strided(&cols, &w2, 1)?;
         let (oh, ow) = ((hp - kh) / stride[1] + 1, (wp - kw) / stride[2] + 1);
         let y = strided_narrow(&y, 2, 0, oh, stride[1])?;
         strided_narrow(&y, 3, 0, ow, stride[2])?
@@ -403,11 +403,11 @@ fn conv_transpose3d_fold_first(
     // (C_in, kD C_out, kH, kW): output channel block k holds depth tap k.
     let w2 = w.permute((0, 2, 1, 3, 4))?.reshape((ci, kd * co, kh, kw))?;
     let y = if stride[1] == stride[2] {
-        x2.conv_transpose2d(&w2, 0, 0, stride[1], 1)?
+        conv_transpose2d_strided(&x2, &w2, stride[1])?
     } else {
         // A stride-s transposed conv is a stride-1 one over the zero-interleaved input.
         let xi = zero_interleave(&zero_interleave(&x2, 2, stride[1])?, 3, stride[2])?;
-        xi.conv_transpose2d(&w2, 0, 0, 1, 1)?
+        conv_transpose2d_strided(&xi, &w2, 1)?
     };
     let (_, _, fh, fw) = y.dims4()?;
     let y = y.reshape((n, d, kd, co, fh, fw))?;
@@ -442,6 +442,229 @@ fn conv_transpose3d_fold_first(
     let full = crop(&full, 3, padding[1], out(h, kh, 1))?;
     let full = crop(&full, 4, padding[2], out(wd, kw, 2))?;
     full.permute((0, 2, 1, 3, 4))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2D building blocks on the CPU: candle's CPU conv2d forward is fine, but its backward pass (and
+// its conv_transpose2d) run a direct kernel that is 10-50x slower than GEMM on these shapes. The
+// two custom ops below keep every pass in im2col / col2im (strided views, pads, adds) plus one
+// GEMM. Other devices use candle's own ops.
+
+/// Upper bound on the floats of one im2col buffer; larger batches are processed in chunks.
+const IM2COL_CHUNK: usize = 1 << 25;
+
+/// im2col of an unpadded (B, C, H, W) input for a kh x kw kernel at stride s:
+/// (C kh kw, B Ho Wo), rows ordered (c, kernel row, kernel column) as PyTorch weights flatten.
+fn im2col(x: &Tensor, kh: usize, kw: usize, s: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (ho, wo) = ((h - kh) / s + 1, (w - kw) / s + 1);
+    let (hq, wq) = (h.div_ceil(s), w.div_ceil(s));
+    // Polyphase view: (B, C, Hq, s, Wq, s); tap (i, j) = phase (i % s, j % s) shifted by (i / s, j / s).
+    let phases = x
+        .pad_with_zeros(2, 0, hq * s - h)?
+        .pad_with_zeros(3, 0, wq * s - w)?
+        .contiguous()?
+        .reshape((b, c, hq, s, wq, s))?;
+    let mut taps = Vec::with_capacity(kh * kw);
+    for i in 0..kh {
+        for j in 0..kw {
+            let t = phases
+                .narrow(3, i % s, 1)?
+                .narrow(5, j % s, 1)?
+                .narrow(2, i / s, ho)?
+                .narrow(4, j / s, wo)?
+                .reshape((b, c, ho, wo))?
+                .transpose(0, 1)?;
+            taps.push(t);
+        }
+    }
+    // (C, kh kw, B, Ho, Wo)
+    Tensor::stack(&taps, 1)?.reshape((c * kh * kw, b * ho * wo))
+}
+
+/// The adjoint of [`im2col`]: scatter-add (C kh kw, B Ho Wo) columns into a (B, C, H, W) image.
+#[allow(clippy::too_many_arguments)]
+fn col2im(
+    cols: &Tensor,
+    (b, c): (usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    (ho, wo): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let cols = cols.reshape((c, kh * kw, b, ho, wo))?;
+    let hq = h.div_ceil(s).max(ho + (kh - 1) / s);
+    let wq = w.div_ceil(s).max(wo + (kw - 1) / s);
+    let mut rows = Vec::with_capacity(s);
+    for ri in 0..s {
+        let mut row = Vec::with_capacity(s);
+        for rj in 0..s {
+            let mut acc: Option<Tensor> = None;
+            for i in (ri..kh).step_by(s) {
+                for j in (rj..kw).step_by(s) {
+                    let (qi, qj) = (i / s, j / s);
+                    let t = cols
+                        .narrow(1, i * kw + j, 1)?
+                        .squeeze(1)?
+                        .pad_with_zeros(2, qi, hq - ho - qi)?
+                        .pad_with_zeros(3, qj, wq - wo - qj)?;
+                    acc = Some(match acc {
+                        None => t,
+                        Some(a) => (a + t)?,
+                    });
+                }
+            }
+            row.push(match acc {
+                Some(a) => a,
+                None => Tensor::zeros((c, b, hq, wq), cols.dtype(), cols.device())?,
+            });
+        }
+        // (C, B, Hq, Wq, s) -> (C, B, Hq, Wq s)
+        rows.push(Tensor::stack(&row, 4)?.reshape((c, b, hq, wq * s))?);
+    }
+    // (C, B, Hq, s, Wq s) -> (C, B, Hq s, Wq s)
+    let full = Tensor::stack(&rows, 3)?.reshape((c, b, hq * s, wq * s))?;
+    full.narrow(2, 0, h)?.narrow(3, 0, w)?.transpose(0, 1)?.contiguous()
+}
+
+/// Batch chunks so that one im2col buffer of `per_item` floats per batch item stays bounded.
+fn batch_chunks(b: usize, per_item: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = (IM2COL_CHUNK / per_item.max(1)).clamp(1, b.max(1));
+    (0..b).step_by(step).map(move |start| (start, step.min(b - start)))
+}
+
+/// Transposed 2D convolution, padding 0: x (B, Cin, h, w), w (Cin, Cout, kh, kw) ->
+/// (B, Cout, (h-1)s+kh, (w-1)s+kw), as one GEMM and a col2im per chunk.
+fn conv_transpose2d_gemm(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
+    let (b, ci, h, wd) = x.dims4()?;
+    let (_, co, kh, kw) = w.dims4()?;
+    let wt = w.reshape((ci, co * kh * kw))?.t()?;
+    let (oh, ow) = ((h - 1) * s + kh, (wd - 1) * s + kw);
+    let mut outs = Vec::new();
+    for (start, len) in batch_chunks(b, co * kh * kw * h * wd) {
+        let xc = x.narrow(0, start, len)?.transpose(0, 1)?.reshape((ci, len * h * wd))?;
+        let cols = wt.matmul(&xc)?;
+        outs.push(col2im(&cols, (len, co), (kh, kw), s, (h, wd), (oh, ow))?);
+    }
+    Tensor::cat(&outs, 0)
+}
+
+/// Gradient of a stride-s, padding-0 conv2d's weight: x (B, Cin, H, W), g (B, Cout, Ho, Wo) ->
+/// (Cout, Cin, kh, kw).
+fn conv2d_weight_grad(x: &Tensor, g: &Tensor, kh: usize, kw: usize, s: usize) -> Result<Tensor> {
+    let (b, ci, _, _) = x.dims4()?;
+    let (_, co, ho, wo) = g.dims4()?;
+    let mut acc: Option<Tensor> = None;
+    for (start, len) in batch_chunks(b, ci * kh * kw * ho * wo) {
+        let cols = im2col(&x.narrow(0, start, len)?, kh, kw, s)?;
+        let gc = g.narrow(0, start, len)?.transpose(0, 1)?.reshape((co, len * ho * wo))?;
+        let part = gc.matmul(&cols.t()?)?;
+        acc = Some(match acc {
+            None => part,
+            Some(a) => (a + part)?,
+        });
+    }
+    acc.expect("a batch has at least one item").reshape((co, ci, kh, kw))
+}
+
+fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("internal: custom conv op expects contiguous inputs")
+    };
+    let dev = Device::Cpu;
+    let shape = l.shape().clone();
+    match s {
+        CpuStorage::F32(d) => Tensor::from_slice(&d[a..b], shape, &dev),
+        CpuStorage::F64(d) => Tensor::from_slice(&d[a..b], shape, &dev),
+        CpuStorage::F16(d) => Tensor::from_slice(&d[a..b], shape, &dev),
+        CpuStorage::BF16(d) => Tensor::from_slice(&d[a..b], shape, &dev),
+        _ => candle_core::bail!("convolutions need a float dtype (f32, f64, f16, bf16)"),
+    }
+}
+
+fn cpu_storage(t: &Tensor) -> Result<(CpuStorage, Shape)> {
+    let flat = t.flatten_all()?;
+    let storage = match t.dtype() {
+        DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+        DType::F64 => CpuStorage::F64(flat.to_vec1()?),
+        DType::F16 => CpuStorage::F16(flat.to_vec1()?),
+        DType::BF16 => CpuStorage::BF16(flat.to_vec1()?),
+        other => candle_core::bail!("convolutions need a float dtype, got {other:?}"),
+    };
+    Ok((storage, t.shape().clone()))
+}
+
+/// conv2d, padding 0, stride s: candle's forward, a GEMM backward.
+struct Conv2dOp {
+    stride: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "bcae-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = cpu_tensor(s1, l1)?.conv2d(&cpu_tensor(s2, l2)?, 0, self.stride, 1, 1)?;
+        cpu_storage(&y)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, g) = (x.detach(), w.detach(), g.detach());
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let (_, _, ho, wo) = g.dims4()?;
+        // d/dx: the transposed conv of g, zero where the strided windows never reached.
+        let gx = conv_transpose2d_gemm(&g, &w, self.stride)?;
+        let (fh, fw) = ((ho - 1) * self.stride + kh, (wo - 1) * self.stride + kw);
+        let gx = gx.pad_with_zeros(2, 0, h - fh)?.pad_with_zeros(3, 0, wd - fw)?;
+        let gw = conv2d_weight_grad(&x, &g, kh, kw, self.stride)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// conv_transpose2d, padding 0, stride s: GEMM + col2im forward, conv2d / GEMM backward.
+struct ConvTranspose2dOp {
+    stride: usize,
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "bcae-conv-transpose2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = conv_transpose2d_gemm(&cpu_tensor(s1, l1)?, &cpu_tensor(s2, l2)?, self.stride)?;
+        cpu_storage(&y)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, g) = (x.detach(), w.detach(), g.detach());
+        let (_, _, kh, kw) = w.dims4()?;
+        // The adjoint of a transposed conv is the conv with the same weight.
+        let gx = g.conv2d(&w, 0, self.stride, 1, 1)?;
+        // Its weight gradient is the conv weight gradient with the roles of x and g swapped.
+        let gw = conv2d_weight_grad(&g, &x, kh, kw, self.stride)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// conv2d without padding at stride s (GEMM-backed backward on the CPU).
+fn conv2d_strided(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride: s })
+    } else {
+        x.conv2d(w, 0, s, 1, 1)
+    }
+}
+
+/// conv_transpose2d without padding at stride s (GEMM-backed on the CPU).
+fn conv_transpose2d_strided(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { stride: s })
+    } else {
+        x.conv_transpose2d(w, 0, 0, s, 1)
+    }
 }
 
 #[cfg(test)]
