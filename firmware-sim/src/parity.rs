@@ -1,0 +1,379 @@
+//! Parity: every wedge through the firmware loop (simulated peripherals, `encoder-nostd`) and
+//! through the reference (the candle integer path for BCAE codes, on any candle device; the host's
+//! own call of the sparse encoder plus a decode check for sparse payloads), compared byte for byte.
+use std::time::Instant;
+
+use candle_core::Device;
+use encoder_nostd::firmware::{Codec, CodecKind};
+use encoder_nostd::geometry::WEDGE_VOXELS;
+use encoder_nostd::sparse::{self, MAX_WEDGE_ENCODED_LEN};
+use encoder_nostd::weights::Shape;
+use trainer::data::Wedge;
+use trainer::quantized::QuantizedEncoder;
+
+use crate::peripherals::{CaptureLink, FaultRates, Injected, SimFrontEnd};
+use crate::sim::{self, CodecChoice, Counters, Outcome, SimMemory};
+use crate::source::WedgeSource;
+use crate::SimError;
+
+/// The first differing byte.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mismatch {
+    /// Index of the wedge in the run.
+    pub wedge: usize,
+    /// Its file or synthetic event.
+    pub label: String,
+    /// Byte index in the code / payload.
+    pub index: usize,
+    /// BCAE: the code position "(c, d, h, w)"; sparse: "byte N".
+    pub position: String,
+    pub firmware: i16,
+    pub reference: i16,
+}
+
+/// The result of a parity run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParityReport {
+    pub codec: String,
+    pub model: Option<String>,
+    pub source: String,
+    /// What the firmware's bytes were compared with.
+    pub reference: String,
+    pub wedges: usize,
+    /// Wedges whose code came back through the loop and was compared.
+    pub wedges_compared: usize,
+    pub bytes_compared: u64,
+    pub mismatches: u64,
+    pub mismatched_wedges: usize,
+    pub first_mismatch: Option<Mismatch>,
+    /// Wedges the firmware dropped (only expected with injected faults).
+    pub dropped: usize,
+    /// Frames that left the board but failed the DAQ's check (injected link faults).
+    pub corrupted_on_link: usize,
+    /// Steps whose busy / code-ready edges broke the documented order.
+    pub pin_violations: usize,
+    /// Sparse: payloads that failed to decode back to the wedge (lossless) / its quantization.
+    pub decode_failures: usize,
+    pub payload_bytes: u64,
+    pub firmware: Counters,
+    pub injected: Injected,
+    pub seconds: f64,
+}
+
+impl ParityReport {
+    /// Parity holds: nothing mismatched, every wedge compared unless faults were injected, pins
+    /// in order, payloads decode.
+    pub fn passed(&self, faults_injected: bool) -> bool {
+        self.mismatches == 0
+            && self.pin_violations == 0
+            && self.decode_failures == 0
+            && self.wedges_compared > 0
+            && (faults_injected || self.wedges_compared == self.wedges)
+    }
+
+    /// The human-readable summary.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let model = self.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+        s += &format!("codec            {}{model}\n", self.codec);
+        s += &format!("wedges           {} from {}\n", self.wedges, self.source);
+        s += &format!("reference        {}\n", self.reference);
+        s += &format!("wedges compared  {}\n", self.wedges_compared);
+        s += &format!("bytes compared   {}\n", self.bytes_compared);
+        s += &format!("mismatches       {} (in {} wedges)\n", self.mismatches, self.mismatched_wedges);
+        match &self.first_mismatch {
+            Some(m) => {
+                s += &format!(
+                    "first mismatch   wedge {} ({}), byte {} at {}: firmware {} vs reference {}\n",
+                    m.wedge, m.label, m.index, m.position, m.firmware, m.reference
+                )
+            }
+            None => s += "first mismatch   none\n",
+        }
+        if self.dropped + self.corrupted_on_link > 0 || self.injected != Injected::default() {
+            s += &format!(
+                "faults injected  {} dropped bytes, {} flipped bits, {} failed reads, {} failed sends\n",
+                self.injected.dropped_bytes, self.injected.flipped_bits, self.injected.failed_reads, self.injected.failed_sends
+            );
+            s += &format!("wedges dropped   {} by the firmware, {} corrupted on the outgoing link\n", self.dropped, self.corrupted_on_link);
+        }
+        let c = &self.firmware;
+        s += &format!(
+            "firmware         {} frames in, {} codes out, {} resyncs ({} bytes skipped), {} CRC errors, {} bad headers, {} link errors, {} pin errors\n",
+            c.frames_received, c.codes_sent, c.resyncs, c.bytes_skipped, c.crc_errors, c.bad_headers, c.rx_link_errors + c.tx_link_errors, c.pin_errors
+        );
+        s += &format!("pin protocol     {}\n", if self.pin_violations == 0 { "ok".to_string() } else { format!("{} violations", self.pin_violations) });
+        if self.codec.starts_with("sparse") {
+            s += &format!(
+                "payload          {} bytes ({:.1} per wedge, ratio {:.2}); {} decode failures\n",
+                self.payload_bytes,
+                self.payload_bytes as f64 / self.wedges_compared.max(1) as f64,
+                (2 * WEDGE_VOXELS * self.wedges_compared) as f64 / self.payload_bytes.max(1) as f64,
+                self.decode_failures
+            );
+        }
+        s += &format!("time             {:.1} s\n", self.seconds);
+        s
+    }
+}
+
+/// Options of a parity run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParityOptions {
+    /// Wedges per candle batch.
+    pub batch: usize,
+    /// Faults on the front-end and outgoing links (none by default).
+    pub faults: FaultRates,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+fn code_position(shape: Shape, index: usize) -> String {
+    let w = index % shape.w;
+    let h = index / shape.w % shape.h;
+    let d = index / (shape.w * shape.h) % shape.d;
+    let c = index / (shape.w * shape.h * shape.d);
+    format!("(c {c}, d {d}, h {h}, w {w})")
+}
+
+/// The reference implementation's bytes for a batch.
+enum Reference {
+    Candle(Box<QuantizedEncoder>),
+    HostSparse(sparse::Quality),
+}
+
+impl Reference {
+    fn describe(&self) -> String {
+        match self {
+            Reference::Candle(q) => format!("candle integer path on {}", device_label(q.device())),
+            Reference::HostSparse(_) => "host sparse encoder (encoder_nostd::sparse::encode_wedge), and decode".into(),
+        }
+    }
+
+    fn encode(&self, wedges: &[Wedge], first: usize) -> Result<Vec<Vec<u8>>, SimError> {
+        match self {
+            Reference::Candle(q) => Ok(q.encode_wedges(wedges)?.into_iter().map(|c| c.into_iter().map(|v| v as u8).collect()).collect()),
+            Reference::HostSparse(quality) => {
+                let mut out = vec![0u8; MAX_WEDGE_ENCODED_LEN];
+                wedges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        let n = sparse::encode_wedge(&w.adc, *quality, &mut out).map_err(|error| SimError::Sparse { wedge: first + i, error })?;
+                        Ok(out[..n].to_vec())
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A device's name for reports.
+pub fn device_label(device: &Device) -> String {
+    match device {
+        Device::Cpu => "CPU".into(),
+        Device::Cuda(_) => "CUDA".into(),
+        Device::Metal(_) => "Metal".into(),
+    }
+}
+
+/// Sparse payloads must decode to the wedge (lossless) or to its quantization (lossy: every
+/// voxel's hit / no-hit kept, values within the quantizer's reconstruction).
+fn sparse_decodes(payload: &[u8], wedge: &Wedge, quality: sparse::Quality) -> bool {
+    let mut out = vec![0u16; WEDGE_VOXELS];
+    if sparse::decode(payload, &mut out).is_err() {
+        return false;
+    }
+    if quality.is_lossless() {
+        return out == wedge.adc;
+    }
+    let q = sparse::Quantizer::new(quality.code());
+    out.iter().zip(&wedge.adc).all(|(&got, &adc)| if adc == 0 { got == 0 } else { q.adc(q.symbol(adc)) == Some(got) })
+}
+
+/// Runs every wedge of `source` through the firmware loop and the reference, comparing bytes.
+pub fn run(weights: &[u8], choice: CodecChoice, source: &mut WedgeSource, device: &Device, opts: ParityOptions) -> Result<ParityReport, SimError> {
+    let start = Instant::now();
+    let faults_injected = !opts.faults.is_none();
+    let batch = opts.batch.max(1);
+    let mut mem = SimMemory::for_choice(choice, weights)?;
+    let codec = sim::codec(choice, weights, &mut mem.sparse)?;
+    let (model, code_shape) = match &codec {
+        Codec::Bcae { encoder, .. } => (Some(crate::model_name(encoder.kind())), Some(encoder.code_shape())),
+        Codec::Sparse { .. } => (None, None),
+    };
+    let reference = match choice {
+        CodecChoice::Bcae => Reference::Candle(Box::new(QuantizedEncoder::from_bytes(weights, device)?)),
+        CodecChoice::Sparse(q) => Reference::HostSparse(q),
+    };
+    let io = sim::peripherals(SimFrontEnd::new().with_rates(opts.faults), CaptureLink::new().with_rates(FaultRates { drop_byte: 0.0, fail_read: 0.0, ..opts.faults }));
+    let buffers = encoder_nostd::firmware::Buffers { adc: &mut mem.adc, scratch: &mut mem.scratch, frame: &mut mem.frame };
+    let mut fw = encoder_nostd::firmware::Firmware::new(io, codec, buffers).map_err(SimError::Firmware)?;
+
+    let mut report = ParityReport {
+        codec: choice.name(),
+        model,
+        source: source.describe(),
+        reference: reference.describe(),
+        wedges: source.len(),
+        wedges_compared: 0,
+        bytes_compared: 0,
+        mismatches: 0,
+        mismatched_wedges: 0,
+        first_mismatch: None,
+        dropped: 0,
+        corrupted_on_link: 0,
+        pin_violations: 0,
+        decode_failures: 0,
+        payload_bytes: 0,
+        firmware: Counters::default(),
+        injected: Injected::default(),
+        seconds: 0.0,
+    };
+    let bar = progress_bar(opts.progress, source.len() as u64, "parity");
+    let mut first = 0;
+    while first < source.len() {
+        let end = (first + batch).min(source.len());
+        let wedges = (first..end).map(|i| source.load(i)).collect::<Result<Vec<_>, _>>()?;
+        let expected = reference.encode(&wedges, first)?;
+        for (k, (wedge, expected)) in wedges.iter().zip(&expected).enumerate() {
+            let index = first + k;
+            let (outcome, pins) = sim::run_wedge(&mut fw, index as u32, &wedge.adc);
+            if !pins.ok {
+                report.pin_violations += 1;
+            }
+            let code = match outcome {
+                Outcome::Received(code) => code,
+                Outcome::Dropped(e) => {
+                    if !faults_injected {
+                        return Err(SimError::Input(format!("the firmware dropped wedge {index} ({}): {e}", source.label(index))));
+                    }
+                    report.dropped += 1;
+                    continue;
+                }
+                Outcome::CorruptedOnLink(_) => {
+                    report.corrupted_on_link += 1;
+                    continue;
+                }
+            };
+            let expected_kind = match choice {
+                CodecChoice::Bcae => CodecKind::Bcae,
+                CodecChoice::Sparse(_) => CodecKind::Sparse,
+            };
+            if code.wedge_id != index as u32 || code.codec != expected_kind {
+                return Err(SimError::Input(format!(
+                    "wedge {index}: the code frame says wedge {} codec {:?}; the firmware lost track of its input",
+                    code.wedge_id, code.codec
+                )));
+            }
+            report.wedges_compared += 1;
+            report.payload_bytes += code.payload.len() as u64;
+            let compared = code.payload.len().max(expected.len());
+            report.bytes_compared += compared as u64;
+            let mut wedge_mismatches = 0u64;
+            for i in 0..compared {
+                let (a, b) = (code.payload.get(i), expected.get(i));
+                if a != b {
+                    wedge_mismatches += 1;
+                    if report.first_mismatch.is_none() {
+                        let as_value = |v: Option<&u8>| match (v, choice) {
+                            (Some(&v), CodecChoice::Bcae) => v as i8 as i16,
+                            (Some(&v), _) => v as i16,
+                            (None, _) => -1,
+                        };
+                        report.first_mismatch = Some(Mismatch {
+                            wedge: index,
+                            label: source.label(index),
+                            index: i,
+                            position: code_shape.map_or_else(|| format!("byte {i}"), |s| code_position(s, i)),
+                            firmware: as_value(a),
+                            reference: as_value(b),
+                        });
+                    }
+                }
+            }
+            if wedge_mismatches > 0 {
+                report.mismatches += wedge_mismatches;
+                report.mismatched_wedges += 1;
+            }
+            if let CodecChoice::Sparse(q) = choice {
+                if !sparse_decodes(&code.payload, wedge, q) {
+                    report.decode_failures += 1;
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
+        }
+        first = end;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let io = fw.peripherals();
+    let mut injected = io.rx.injected();
+    let tx = io.tx.injected();
+    injected.flipped_bits += tx.flipped_bits;
+    injected.failed_sends += tx.failed_sends;
+    report.injected = injected;
+    report.firmware = Counters::from(fw.stats());
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A progress bar on stderr, or none.
+pub fn progress_bar(show: bool, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} wedges ({eta} left)") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use encoder_nostd::weights::owned::OwnedModel;
+
+    #[test]
+    fn code_positions_decompose_the_index() {
+        let s = Shape { c: 8, d: 16, h: 12, w: 16 };
+        assert_eq!(code_position(s, 0), "(c 0, d 0, h 0, w 0)");
+        assert_eq!(code_position(s, 16 * 12 * 16 + 12 * 16 + 16 + 3), "(c 1, d 1, h 1, w 3)");
+    }
+
+    #[test]
+    fn a_small_bcae_model_is_bit_exact_through_the_loop() {
+        let weights = OwnedModel::random_ht(4, [1, 2, 1, 2], 2).to_bytes().unwrap();
+        let mut src = WedgeSource::synth(1, 2);
+        let r = run(&weights, CodecChoice::Bcae, &mut src, &Device::Cpu, ParityOptions { batch: 2, ..Default::default() }).unwrap();
+        assert!(r.passed(false), "{}", r.text());
+        assert_eq!((r.wedges_compared, r.bytes_compared), (2, 2 * 2 * 16 * 12 * 16));
+        assert_eq!(r.firmware.codes_sent, 2);
+    }
+
+    #[test]
+    fn sparse_parity_and_decode_checks_pass() {
+        let mut src = WedgeSource::synth(2, 2);
+        let q = sparse::Quality::parse("0.05").unwrap();
+        let r = run(&[], CodecChoice::Sparse(q), &mut src, &Device::Cpu, ParityOptions::default()).unwrap();
+        assert!(r.passed(false), "{}", r.text());
+        assert!(r.payload_bytes > 1000);
+    }
+
+    #[test]
+    fn injected_faults_drop_wedges_but_never_pass_a_wrong_code() {
+        let mut src = WedgeSource::synth(3, 6);
+        let faults = FaultRates { flip_bit: 2e-7, drop_byte: 2e-7, fail_read: 1e-4, fail_send: 0.1, seed: 11 };
+        let r = run(&[], CodecChoice::Sparse(sparse::Quality::LOSSLESS), &mut src, &Device::Cpu, ParityOptions { faults, ..Default::default() }).unwrap();
+        assert_eq!(r.mismatches, 0, "{}", r.text());
+        assert_eq!(r.decode_failures, 0, "{}", r.text());
+        assert_eq!(r.wedges_compared + r.dropped + r.corrupted_on_link, 6, "{}", r.text());
+        assert!(r.injected != Injected::default(), "{}", r.text());
+        assert!(r.passed(true), "{}", r.text());
+    }
+}

@@ -1,0 +1,441 @@
+//! The encoder on an emulated Cortex-M4F: prepares the image's inputs (weights, wedges as
+//! sparse-lossless payloads), builds `firmware-sim/cortex-m-image` for `thumbv7em-none-eabihf`,
+//! runs it on `qemu-system-arm -M mps2-an386`, and compares the CRC-32 of every code it prints
+//! with the host's: the candle integer path for the BCAE code, the host sparse encoder for the
+//! sparse payload. Also reports the image's flash and RAM use (from its ELF section headers) and
+//! the encoder's peak scratch memory per model.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use encoder_nostd::checksum::crc32;
+use encoder_nostd::encoder::Encoder;
+use encoder_nostd::sparse::{self, Quality, MAX_WEDGE_ENCODED_LEN};
+use encoder_nostd::weights::owned::OwnedModel;
+use object::{Object, ObjectSection, SectionKind};
+use trainer::quantized::QuantizedEncoder;
+
+use crate::source::WedgeSource;
+use crate::SimError;
+
+/// Where the image crate lives in this repository.
+pub fn default_image_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cortex-m-image")
+}
+
+/// The image's code memory (SSRAM1 at 0x0) and its static-data memory (PSRAM).
+pub const FLASH_BYTES: u64 = 4 << 20;
+pub const PSRAM_BYTES: u64 = 16 << 20;
+/// The stack region (SSRAM2/3 at 0x2000_0000).
+pub const STACK_REGION_BYTES: u64 = 4 << 20;
+
+/// Options of a QEMU run.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    pub weights: PathBuf,
+    /// Wedges to embed.
+    pub wedges: usize,
+    /// The image crate.
+    pub image_dir: PathBuf,
+    /// Inputs and the image's target dir go here (kept apart from the host's target dir).
+    pub build_dir: PathBuf,
+    pub qemu: String,
+    pub timeout: Duration,
+    /// Show cargo's build output.
+    pub verbose: bool,
+}
+
+/// Flash and RAM use of the image, from its ELF sections.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ImageSize {
+    pub text: u64,
+    pub rodata: u64,
+    pub data: u64,
+    pub bss: u64,
+    /// Code memory used: vector table + text + rodata + .data's load image.
+    pub flash: u64,
+    /// Static RAM: .data + .bss (+ .uninit).
+    pub ram: u64,
+    /// Of the flash: the embedded weights and wedges.
+    pub embedded_inputs: u64,
+}
+
+/// Reads section sizes from an ELF file.
+pub fn image_size(elf: &Path, embedded_inputs: u64) -> Result<ImageSize, SimError> {
+    let bytes = std::fs::read(elf).map_err(|source| SimError::Io { what: format!("reading {}", elf.display()), source })?;
+    let file = object::File::parse(&*bytes).map_err(|e| SimError::Qemu(format!("{}: not an ELF file: {e}", elf.display())))?;
+    let mut size = ImageSize { embedded_inputs, ..Default::default() };
+    for section in file.sections() {
+        let name = section.name().unwrap_or("");
+        let len = section.size();
+        match (name, section.kind()) {
+            (".vector_table", _) | (".text", _) => {
+                size.text += len;
+                size.flash += len;
+            }
+            (".rodata", _) => {
+                size.rodata += len;
+                size.flash += len;
+            }
+            (".data", _) => {
+                size.data += len;
+                size.flash += len;
+                size.ram += len;
+            }
+            (".bss", _) | (".uninit", _) | (_, SectionKind::UninitializedData) => {
+                size.bss += len;
+                size.ram += len;
+            }
+            _ => {}
+        }
+    }
+    Ok(size)
+}
+
+/// Peak scratch of the int8 encoder for the shipped model shapes (from the encoder's own plan).
+pub fn scratch_per_model() -> Vec<(String, usize, usize)> {
+    let models = [
+        ("BCAE-HT", OwnedModel::random_ht(1, [2, 4, 4, 8], 8)),
+        ("BCAE++", OwnedModel::random_ht(1, [8, 16, 32, 32], 8)),
+        ("BCAE-2D(4,8,3)", OwnedModel::random_2d(1, 4, 3, 32)),
+    ];
+    models
+        .into_iter()
+        .filter_map(|(name, m)| {
+            let bytes = m.to_bytes().ok()?;
+            let e = Encoder::parse(&bytes).ok()?;
+            Some((name.to_string(), e.scratch_len(), e.code_len()))
+        })
+        .collect()
+}
+
+/// One wedge's CRCs, from the board and from the host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WedgeCrcs {
+    pub id: u32,
+    pub label: String,
+    pub host_bcae_crc: u32,
+    pub board_bcae_crc: Option<u32>,
+    pub host_sparse_crc: u32,
+    pub host_sparse_len: usize,
+    pub board_sparse_crc: Option<u32>,
+    pub board_sparse_len: Option<usize>,
+}
+
+impl WedgeCrcs {
+    pub fn matches(&self) -> bool {
+        self.board_bcae_crc == Some(self.host_bcae_crc)
+            && self.board_sparse_crc == Some(self.host_sparse_crc)
+            && self.board_sparse_len == Some(self.host_sparse_len)
+    }
+}
+
+/// The result of a QEMU run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QemuReport {
+    pub model: String,
+    pub reference: String,
+    pub wedges: Vec<WedgeCrcs>,
+    pub all_match: bool,
+    pub board_failures: u32,
+    pub image: ImageSize,
+    pub elf: PathBuf,
+    pub scratch_bytes: usize,
+    pub code_bytes: usize,
+    /// Peak int8-encoder scratch per model shape: (model, scratch bytes, code bytes).
+    pub scratch_per_model: Vec<(String, usize, usize)>,
+    pub build_seconds: f64,
+    pub qemu_seconds: f64,
+    pub board_output: String,
+}
+
+impl QemuReport {
+    pub fn text(&self) -> String {
+        let mut s = format!("model {} on an emulated Cortex-M4F (qemu-system-arm -M mps2-an386)\n", self.model);
+        s += &format!("reference: {}\n\n", self.reference);
+        s += &format!("{:<6} {:<10} {:<10} {:<10} {:<10} {:>10} {:<6}\n", "wedge", "bcae host", "bcae board", "sparse host", "sparse brd", "sparse len", "match");
+        let hex = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| format!("{v:08x}"));
+        for w in &self.wedges {
+            s += &format!(
+                "{:<6} {:<10} {:<10} {:<10} {:<10} {:>10} {:<6}\n",
+                w.id,
+                format!("{:08x}", w.host_bcae_crc),
+                hex(w.board_bcae_crc),
+                format!("{:08x}", w.host_sparse_crc),
+                hex(w.board_sparse_crc),
+                w.host_sparse_len,
+                if w.matches() { "yes" } else { "NO" }
+            );
+        }
+        s += &format!(
+            "\nresult: {} ({} of {} wedges match, {} board failures)\n",
+            if self.all_match { "all CRCs match" } else { "MISMATCH" },
+            self.wedges.iter().filter(|w| w.matches()).count(),
+            self.wedges.len(),
+            self.board_failures
+        );
+        let i = &self.image;
+        s += &format!(
+            "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; stack: 4 MiB region at 0x2000_0000\n",
+            self.elf.display(),
+            i.flash,
+            i.text,
+            i.rodata,
+            i.data,
+            i.embedded_inputs,
+            i.flash.saturating_sub(i.embedded_inputs),
+            i.ram,
+            i.data,
+            i.bss
+        );
+        s += &format!("  this model: encoder scratch {} B, code {} B\n", self.scratch_bytes, self.code_bytes);
+        s += "peak int8-encoder scratch per model (plus the 1,529,856 B ADC buffer and the code frame):\n";
+        for (name, scratch, code) in &self.scratch_per_model {
+            s += &format!("  {name:<16} scratch {scratch:>9} B  code {code:>6} B\n");
+        }
+        s += &format!("time: build {:.1} s, emulation {:.1} s\n", self.build_seconds, self.qemu_seconds);
+        s
+    }
+}
+
+/// `b"BCQW"`, count, then (id, length, sparse-lossless payload) per wedge: the image's input.
+fn wedges_blob(payloads: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mut out = b"BCQW".to_vec();
+    out.extend((payloads.len() as u32).to_le_bytes());
+    for (id, p) in payloads {
+        out.extend(id.to_le_bytes());
+        out.extend((p.len() as u32).to_le_bytes());
+        out.extend(p);
+    }
+    out
+}
+
+/// Parses the board's output lines.
+fn parse_board_output(text: &str) -> (Vec<(u32, u32, u32, usize)>, u32, bool) {
+    let mut wedges = vec![];
+    let mut failures = 0;
+    let mut done = false;
+    for line in text.lines() {
+        let fields: std::collections::HashMap<&str, &str> = line.split_whitespace().filter_map(|f| f.split_once('=')).collect();
+        if line.starts_with("wedge ") {
+            let hex = |k: &str| fields.get(k).and_then(|v| u32::from_str_radix(v, 16).ok());
+            if let (Some(id), Some(b), Some(s), Some(len)) = (
+                fields.get("id").and_then(|v| v.parse().ok()),
+                hex("bcae_crc"),
+                hex("sparse_crc"),
+                fields.get("sparse_len").and_then(|v| v.parse().ok()),
+            ) {
+                wedges.push((id, b, s, len));
+            }
+        } else if line.starts_with("stats ") {
+            failures = fields.get("failed").and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+        } else if line.starts_with("error") || line.starts_with("panic") {
+            failures = failures.max(1);
+        } else if line.trim() == "done" {
+            done = true;
+        }
+    }
+    (wedges, failures, done)
+}
+
+fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Result<(bool, String), SimError> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SimError::Io { what: format!("starting {what}"), source })?;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = stdout.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|source| SimError::Io { what: format!("waiting for {what}"), source })? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = out_reader.join().unwrap_or_default();
+    text += &err_reader.join().unwrap_or_default();
+    match status {
+        None => Err(SimError::Qemu(format!("{what} did not finish within {} s; output so far:\n{text}", timeout.as_secs()))),
+        Some(s) => Ok((s.success(), text)),
+    }
+}
+
+/// Builds the image for `inputs` and returns the ELF path.
+pub fn build_image(image_dir: &Path, build_dir: &Path, inputs: &Path, verbose: bool) -> Result<PathBuf, SimError> {
+    let target_dir = build_dir.join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(image_dir)
+        .args(["build", "--release", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("BCAE_IMAGE_INPUTS", inputs)
+        // Host flags (e.g. -C target-cpu=native) must not leak into the thumbv7em build, and
+        // RUSTFLAGS would replace the image's own linker flags from its .cargo/config.toml.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_BUILD_RUSTFLAGS");
+    let (ok, text) = run_with_timeout(cmd, Duration::from_secs(1800), "cargo build of the Cortex-M image")?;
+    if verbose || !ok {
+        eprint!("{text}");
+    }
+    if !ok {
+        return Err(SimError::Qemu(format!(
+            "building {} failed (see above); it needs `rustup target add thumbv7em-none-eabihf`",
+            image_dir.display()
+        )));
+    }
+    Ok(target_dir.join("thumbv7em-none-eabihf/release/bcae-cortex-m-image"))
+}
+
+/// Prepares, builds, emulates and compares.
+pub fn run(opts: &QemuOptions, source: &mut WedgeSource, device: &Device) -> Result<QemuReport, SimError> {
+    let weights = crate::read_weights(&opts.weights)?;
+    let encoder = Encoder::parse(&weights).map_err(SimError::Firmware)?;
+    let n = opts.wedges.min(source.len());
+    if n == 0 {
+        return Err(SimError::Input("no wedges to embed: use --wedges 1 or more".into()));
+    }
+    // Host side: candle integer path and the host sparse encoder.
+    let q = QuantizedEncoder::from_bytes(&weights, device)?;
+    let mut rows = vec![];
+    let mut payloads = vec![];
+    let mut buf = vec![0u8; MAX_WEDGE_ENCODED_LEN];
+    for i in 0..n {
+        let wedge = source.load(i)?;
+        let code: Vec<u8> = q.encode_wedges(std::slice::from_ref(&wedge))?.remove(0).into_iter().map(|v| v as u8).collect();
+        let len = sparse::encode_wedge(&wedge.adc, Quality::LOSSLESS, &mut buf).map_err(|error| SimError::Sparse { wedge: i, error })?;
+        rows.push(WedgeCrcs {
+            id: i as u32,
+            label: source.label(i),
+            host_bcae_crc: crc32(&code),
+            board_bcae_crc: None,
+            host_sparse_crc: crc32(&buf[..len]),
+            host_sparse_len: len,
+            board_sparse_crc: None,
+            board_sparse_len: None,
+        });
+        payloads.push((i as u32, buf[..len].to_vec()));
+    }
+    let blob = wedges_blob(&payloads);
+    let embedded = (blob.len() + weights.len()) as u64;
+    // The firmware itself is well under 200 KiB; refuse inputs that cannot fit the code memory.
+    if embedded > FLASH_BYTES - (256 << 10) {
+        return Err(SimError::Input(format!(
+            "{n} wedges ({} B as sparse payloads) and the weights ({} B) do not fit the board's 4 MiB code memory; use fewer --wedges",
+            blob.len(),
+            weights.len()
+        )));
+    }
+    let inputs = opts.build_dir.join("inputs");
+    std::fs::create_dir_all(&inputs).map_err(|source| SimError::Io { what: format!("creating {}", inputs.display()), source })?;
+    let inputs = inputs.canonicalize().map_err(|source| SimError::Io { what: format!("resolving {}", inputs.display()), source })?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = inputs.join(name);
+        // Rewrite only on change, so cargo does not rebuild needlessly.
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            std::fs::write(&path, bytes).map_err(|source| SimError::Io { what: format!("writing {}", path.display()), source })?;
+        }
+        Ok::<_, SimError>(())
+    };
+    write("weights.bcae.postcard", &weights)?;
+    write("wedges.bin", &blob)?;
+
+    let build_start = Instant::now();
+    let elf = build_image(&opts.image_dir, &opts.build_dir, &inputs, opts.verbose)?;
+    let build_seconds = build_start.elapsed().as_secs_f64();
+    let image = image_size(&elf, embedded)?;
+
+    let mut cmd = Command::new(&opts.qemu);
+    cmd.args(["-M", "mps2-an386", "-nographic", "-semihosting", "-kernel"]).arg(&elf);
+    let qemu_start = Instant::now();
+    let (exit_ok, output) = match run_with_timeout(cmd, opts.timeout, "qemu-system-arm") {
+        Err(SimError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SimError::Qemu(format!(
+                "{} not found: install it (Debian / Ubuntu: `apt-get install -y qemu-system-arm`) or pass --qemu PATH",
+                opts.qemu
+            )))
+        }
+        other => other?,
+    };
+    let qemu_seconds = qemu_start.elapsed().as_secs_f64();
+    let (board, mut failures, done) = parse_board_output(&output);
+    if !exit_ok || !done {
+        failures = failures.max(1);
+    }
+    for (id, bcae, sparse_crc, len) in board {
+        if let Some(row) = rows.iter_mut().find(|r| r.id == id) {
+            row.board_bcae_crc = Some(bcae);
+            row.board_sparse_crc = Some(sparse_crc);
+            row.board_sparse_len = Some(len);
+        }
+    }
+    let all_match = failures == 0 && rows.iter().all(|r| r.matches());
+    Ok(QemuReport {
+        model: crate::model_name(encoder.kind()),
+        reference: format!("candle integer path on {} (BCAE code); host sparse encoder, lossless (sparse payload)", crate::parity::device_label(device)),
+        wedges: rows,
+        all_match,
+        board_failures: failures,
+        image,
+        elf,
+        scratch_bytes: encoder.scratch_len(),
+        code_bytes: encoder.code_len(),
+        scratch_per_model: scratch_per_model(),
+        build_seconds,
+        qemu_seconds,
+        board_output: output,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_output_is_parsed() {
+        let text = "image model=BcaeHt scratch=1 code=2 wedges=2\nwedge id=0 bcae_crc=0000abcd bcae_len=24576 sparse_crc=ffffffff sparse_len=12\nwedge id=1 bcae_crc=zz\nstats codes=2 failed=0\ndone\n";
+        let (w, failures, done) = parse_board_output(text);
+        assert_eq!(w, vec![(0, 0xabcd, 0xffff_ffff, 12)]);
+        assert_eq!((failures, done), (0, true));
+        let (_, failures, done) = parse_board_output("error wedge 3: frame CRC mismatch\n");
+        assert_eq!((failures, done), (1, false));
+    }
+
+    #[test]
+    fn blob_layout() {
+        let blob = wedges_blob(&[(7, vec![1, 2, 3])]);
+        assert_eq!(blob, [b'B', b'C', b'Q', b'W', 1, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn scratch_is_reported_for_every_shipped_shape() {
+        let models = scratch_per_model();
+        let ht = models.iter().find(|m| m.0 == "BCAE-HT").unwrap();
+        // At least the int8 input (16 x 192 x 256), and the 24,576-value code.
+        assert!(ht.1 >= 786_432 && ht.2 == 24_576, "{ht:?}");
+        assert!(models.iter().any(|m| m.0.starts_with("BCAE-2D")));
+    }
+}

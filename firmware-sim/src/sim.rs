@@ -1,0 +1,180 @@
+//! The firmware loop (`encoder_nostd::firmware`) wired to the simulated peripherals: the board's
+//! memory as host buffers, one wedge in, one code frame out.
+use encoder_nostd::firmware::{parse_code_frame, Codec, CodecKind, Firmware, Peripherals, Stats};
+use encoder_nostd::geometry::WEDGE_VOXELS;
+use encoder_nostd::sparse::{Quality, SparseScratch};
+
+use crate::peripherals::{CaptureLink, Edge, EventClock, RecordingPin, SimFrontEnd};
+use crate::SimError;
+
+/// The firmware over simulated peripherals.
+pub type SimFirmware<'a> = Firmware<'a, SimFrontEnd, CaptureLink, RecordingPin, RecordingPin>;
+
+/// Which codec the simulated board runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecChoice {
+    /// The int8 BCAE encoder of the weights file.
+    Bcae,
+    /// The sparse codec at a quality.
+    Sparse(Quality),
+}
+
+impl CodecChoice {
+    /// `bcae`, `sparse` (lossless) or `sparse:QUALITY` (`lossless` or a log2 step, e.g. `0.05`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            None if text == "bcae" => Ok(CodecChoice::Bcae),
+            None if text == "sparse" => Ok(CodecChoice::Sparse(Quality::LOSSLESS)),
+            Some(("sparse", q)) => Quality::parse(q).map(CodecChoice::Sparse).map_err(|e| e.to_string()),
+            _ => Err(format!("unknown codec '{text}': use bcae, sparse or sparse:QUALITY (e.g. sparse:0.05)")),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            CodecChoice::Bcae => "bcae-int8".into(),
+            CodecChoice::Sparse(q) => format!("sparse:{q}"),
+        }
+    }
+}
+
+/// The board's memory, as a board would hold it in statics.
+pub struct SimMemory {
+    pub adc: Vec<u16>,
+    pub scratch: Vec<i8>,
+    pub frame: Vec<u8>,
+    pub sparse: Box<SparseScratch>,
+}
+
+impl SimMemory {
+    /// Exactly the memory the codec needs (what a board would reserve).
+    pub fn for_choice(choice: CodecChoice, weights: &[u8]) -> Result<Self, SimError> {
+        let mut probe = SparseScratch::new();
+        let (scratch, frame) = {
+            let c = codec(choice, weights, &mut probe)?;
+            (c.scratch_len(), c.frame_len())
+        };
+        Ok(SimMemory { adc: vec![0; WEDGE_VOXELS], scratch: vec![0; scratch], frame: vec![0; frame], sparse: Box::new(probe) })
+    }
+
+    /// Bytes of board memory in use (ADC buffer, scratch, frame, and the sparse state if used).
+    pub fn bytes(&self, with_sparse: bool) -> usize {
+        2 * self.adc.len() + self.scratch.len() + self.frame.len() + if with_sparse { std::mem::size_of::<SparseScratch>() } else { 0 }
+    }
+}
+
+/// Builds the codec the board would run.
+pub fn codec<'a>(choice: CodecChoice, weights: &'a [u8], sparse: &'a mut SparseScratch) -> Result<Codec<'a>, SimError> {
+    match choice {
+        CodecChoice::Bcae => Codec::bcae(weights).map_err(SimError::Firmware),
+        CodecChoice::Sparse(q) => Ok(Codec::sparse(q, sparse)),
+    }
+}
+
+/// Simulated peripherals sharing one event clock.
+pub fn peripherals(front_end: SimFrontEnd, link: CaptureLink) -> Peripherals<SimFrontEnd, CaptureLink, RecordingPin, RecordingPin> {
+    let clock = EventClock::default();
+    Peripherals { rx: front_end, tx: link, busy: RecordingPin::new("busy", &clock), code_ready: RecordingPin::new("code-ready", &clock) }
+}
+
+/// A code frame as the DAQ received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedCode {
+    pub codec: CodecKind,
+    pub wedge_id: u32,
+    pub tag: u32,
+    pub payload: Vec<u8>,
+}
+
+/// What became of one wedge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A code frame arrived intact.
+    Received(ReceivedCode),
+    /// The firmware dropped the wedge (the error it reported and counted).
+    Dropped(encoder_nostd::Error),
+    /// The firmware sent a frame, but it arrived corrupted (the DAQ's check failed).
+    CorruptedOnLink(encoder_nostd::Error),
+}
+
+/// Pushes one wedge into the front end and runs one firmware step; checks the pin protocol.
+pub fn run_wedge(fw: &mut SimFirmware<'_>, wedge_id: u32, adc: &[u16]) -> (Outcome, PinCheck) {
+    let io = fw.peripherals_mut();
+    io.rx.push_wedge(wedge_id, adc);
+    let (busy_before, ready_before) = (io.busy.edges().len(), io.code_ready.edges().len());
+    let step = fw.step();
+    let io = fw.peripherals_mut();
+    let pins = PinCheck::new(&io.busy.edges()[busy_before..], &io.code_ready.edges()[ready_before..], step.is_ok());
+    let outcome = match step {
+        Err(e) => Outcome::Dropped(e),
+        Ok(_) => match io.tx.take_frame() {
+            None => Outcome::CorruptedOnLink(encoder_nostd::Error::FrameMalformed { reason: "no frame captured" }),
+            Some(bytes) => match parse_code_frame(&bytes) {
+                Ok(f) => Outcome::Received(ReceivedCode { codec: f.codec, wedge_id: f.wedge_id, tag: f.tag, payload: f.payload.to_vec() }),
+                Err(e) => Outcome::CorruptedOnLink(e),
+            },
+        },
+    };
+    (outcome, pins)
+}
+
+/// Whether one step drove the pins as documented: busy rises, code-ready rises and falls inside
+/// it, busy falls; nothing on code-ready if no frame was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinCheck {
+    pub ok: bool,
+}
+
+impl PinCheck {
+    fn new(busy: &[Edge], ready: &[Edge], sent: bool) -> Self {
+        let ok = if sent {
+            match (busy, ready) {
+                ([b_up, b_down], [r_up, r_down]) => {
+                    b_up.high && r_up.high && !r_down.high && !b_down.high && b_up.at < r_up.at && r_up.at < r_down.at && r_down.at < b_down.at
+                }
+                _ => false,
+            }
+        } else {
+            // A dropped wedge: busy may have pulsed, code-ready only if the send itself failed;
+            // both end low.
+            busy.last().is_none_or(|e| !e.high) && ready.last().is_none_or(|e| !e.high)
+        };
+        PinCheck { ok }
+    }
+}
+
+/// The firmware's counters in a serializable form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub frames_received: u32,
+    pub codes_sent: u32,
+    pub payload_bytes_sent: u64,
+    pub bytes_skipped: u64,
+    pub resyncs: u32,
+    pub frames_not_found: u32,
+    pub bad_headers: u32,
+    pub crc_errors: u32,
+    pub encode_errors: u32,
+    pub rx_link_errors: u32,
+    pub tx_link_errors: u32,
+    pub pin_errors: u32,
+}
+
+impl From<&Stats> for Counters {
+    fn from(s: &Stats) -> Self {
+        Counters {
+            frames_received: s.frames_received,
+            codes_sent: s.codes_sent,
+            payload_bytes_sent: s.payload_bytes_sent,
+            bytes_skipped: s.bytes_skipped,
+            resyncs: s.resyncs,
+            frames_not_found: s.frames_not_found,
+            bad_headers: s.bad_headers,
+            crc_errors: s.crc_errors,
+            encode_errors: s.encode_errors,
+            rx_link_errors: s.rx_link_errors,
+            tx_link_errors: s.tx_link_errors,
+            pin_errors: s.pin_errors,
+        }
+    }
+}
