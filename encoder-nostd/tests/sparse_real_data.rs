@@ -13,7 +13,10 @@ fn data_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("skipping: no real wedges at {} (team data folder absent)", dir.display());
+        println!(
+            "skipping: no real wedges at {} (team data folder absent)",
+            dir.display()
+        );
         None
     }
 }
@@ -21,28 +24,57 @@ fn data_dir() -> Option<PathBuf> {
 /// Read a `<u2` `.npy` of shape (192, 249, 16), C order (the reference data set's wedges).
 fn read_npy_wedge(path: &Path) -> Vec<u16> {
     let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not a .npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not a .npy file",
+        path.display()
+    );
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(header.contains("'<u2'"), "{}: dtype {header}", path.display());
-    assert!(header.contains("'fortran_order': False"), "{}: {header}", path.display());
-    assert!(header.contains("(192, 249, 16)"), "{}: shape {header}", path.display());
+    assert!(
+        header.contains("'<u2'"),
+        "{}: dtype {header}",
+        path.display()
+    );
+    assert!(
+        header.contains("'fortran_order': False"),
+        "{}: {header}",
+        path.display()
+    );
+    assert!(
+        header.contains("(192, 249, 16)"),
+        "{}: shape {header}",
+        path.display()
+    );
     let data = &bytes[start + header_len..];
     assert_eq!(data.len(), WEDGE_VOXELS * 2);
-    data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+    data.chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 fn real_wedges() -> Vec<(String, Vec<u16>)> {
-    let Some(dir) = data_dir() else { return Vec::new() };
+    let Some(dir) = data_dir() else {
+        return Vec::new();
+    };
     let mut paths = vec![dir.join("auau_sample.npy")];
     paths.extend((0..8).map(|i| dir.join(format!("bcae-v1/sample_{i}.npy"))));
     paths
         .into_iter()
         .filter(|p| p.is_file())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), read_npy_wedge(&p)))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                read_npy_wedge(&p),
+            )
+        })
         .collect()
 }
 
@@ -58,7 +90,10 @@ fn every_real_wedge_round_trips_losslessly() {
         assert!(back == *adc, "{name}: lossless round trip differs");
         let ratio = (WEDGE_VOXELS * 2) as f64 / n as f64;
         println!("{name}: lossless {n} bytes, ratio {ratio:.2}");
-        assert!(ratio > 12.0, "{name}: lossless ratio {ratio:.2} is worse than zstd -19 (12.6)");
+        assert!(
+            ratio > 12.0,
+            "{name}: lossless ratio {ratio:.2} is worse than zstd -19 (12.6)"
+        );
     }
 }
 
@@ -78,9 +113,27 @@ fn rate_distortion_sweep() {
     let raw = (WEDGE_VOXELS * 2) as f64;
     println!("quality   mean_bytes  ratio(mean) ratio(worst)  MAE_log2   precision recall  enc_wedges/s dec_wedges/s");
     let mut qualities = vec![Quality::LOSSLESS];
-    qualities.extend([8u16, 16, 32, 43, 64, 96, 128, 192, 256, 384, 512, 1024, u16::MAX].map(Quality::log2_step_q10));
+    qualities.extend(
+        [
+            8u16,
+            16,
+            32,
+            43,
+            64,
+            96,
+            128,
+            192,
+            256,
+            384,
+            512,
+            1024,
+            u16::MAX,
+        ]
+        .map(Quality::log2_step_q10),
+    );
     for quality in qualities {
-        let (mut bytes, mut worst, mut abs_err, mut tp, mut fp, mut fneg) = (0usize, 0usize, 0.0f64, 0u64, 0u64, 0u64);
+        let (mut bytes, mut worst, mut abs_err, mut tp, mut fp, mut fneg) =
+            (0usize, 0usize, 0.0f64, 0u64, 0u64, 0u64);
         let (mut enc_s, mut dec_s) = (0.0, 0.0);
         for (_, adc) in &wedges {
             let t = Instant::now();

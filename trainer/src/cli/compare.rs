@@ -19,8 +19,10 @@ use plotters::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::{adc_to_log, disk_index, Dataset, Split, Wedge};
-use crate::metrics::{MeanMetrics, WedgeMetrics};
+use crate::data::{adc_to_log, disk_index, to_network, Dataset, Split, Wedge};
+use crate::device::{self, DeviceChoice};
+use crate::eval::{EvalModel, Precision};
+use crate::metrics::{crop_padded, MeanMetrics, WedgeMetrics};
 
 /// Bytes of one raw wedge at 16 bits per voxel: the numerator of every ratio.
 pub const RAW_WEDGE_BYTES: usize = WEDGE_VOXELS * 2;
@@ -56,9 +58,16 @@ pub struct CompareArgs {
     /// BCAE run directories (runs/NAME: config.json + model.safetensors).
     #[arg(long = "run")]
     pub runs: Vec<PathBuf>,
-    /// int8 encoder weights (.bcae.postcard) exported by `bcae quantize`.
+    /// int8 encoder weights (.bcae.postcard) exported by `bcae quantize`, decoded by the `--run`
+    /// whose checkpoint they were quantized from (matched by the weights' fingerprint).
     #[arg(long = "weights")]
     pub weights: Vec<PathBuf>,
+    /// Device for the BCAE models' float encoders and decoders.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+    /// Wedges per batch for the BCAE models.
+    #[arg(long, default_value_t = 2)]
+    pub batch_size: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -108,7 +117,12 @@ struct WedgeResult {
     exact: bool,
 }
 
-fn summarize(codec: &str, setting: String, size: &'static str, results: &[WedgeResult]) -> CompareRow {
+fn summarize(
+    codec: &str,
+    setting: String,
+    size: &'static str,
+    results: &[WedgeResult],
+) -> CompareRow {
     let n = results.len().max(1) as f64;
     let total: usize = results.iter().map(|r| r.bytes).sum();
     let worst = results.iter().map(|r| r.bytes).max().unwrap_or(0);
@@ -136,23 +150,35 @@ fn log_domain(adc: &[u16]) -> Vec<f32> {
 
 /// Metrics of a reconstruction after re-thresholding (ADC < 64 -> 0), as `bcae eval` scores.
 fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool) {
-    let rethresholded: Vec<u16> = recon.iter().map(|&v| if v < ZERO_SUPPRESSION { 0 } else { v }).collect();
+    let rethresholded: Vec<u16> = recon
+        .iter()
+        .map(|&v| if v < ZERO_SUPPRESSION { 0 } else { v })
+        .collect();
     let exact = recon == truth;
-    (WedgeMetrics::compute(truth_log, &log_domain(&rethresholded)), exact)
+    (
+        WedgeMetrics::compute(truth_log, &log_domain(&rethresholded)),
+        exact,
+    )
 }
 
 /// Encode and decode one wedge with the sparse codec; returns the payload and its decoded wedge.
 pub fn sparse_round_trip(adc: &[u16], quality: Quality) -> Result<(usize, f64, Vec<u16>)> {
     let mut buf = vec![0u8; MAX_WEDGE_ENCODED_LEN];
     let start = Instant::now();
-    let n = sparse::encode_wedge(adc, quality, &mut buf).map_err(|e| anyhow::anyhow!("sparse encode: {e}"))?;
+    let n = sparse::encode_wedge(adc, quality, &mut buf)
+        .map_err(|e| anyhow::anyhow!("sparse encode: {e}"))?;
     let seconds = start.elapsed().as_secs_f64();
     let mut back = vec![0u16; WEDGE_VOXELS];
     sparse::decode(&buf[..n], &mut back).map_err(|e| anyhow::anyhow!("sparse decode: {e}"))?;
     Ok((n, seconds, back))
 }
 
-fn sparse_row(wedges: &[Wedge], logs: &[Vec<f32>], quality: Quality, bar: &ProgressBar) -> Result<CompareRow> {
+fn sparse_row(
+    wedges: &[Wedge],
+    logs: &[Vec<f32>],
+    quality: Quality,
+    bar: &ProgressBar,
+) -> Result<CompareRow> {
     let results = wedges
         .par_iter()
         .zip(logs)
@@ -160,10 +186,19 @@ fn sparse_row(wedges: &[Wedge], logs: &[Vec<f32>], quality: Quality, bar: &Progr
             let (bytes, encode_s, back) = sparse_round_trip(&w.adc, quality)?;
             let (metrics, exact) = score(log, &w.adc, &back);
             bar.inc(1);
-            Ok(WedgeResult { bytes, encode_s, metrics, exact })
+            Ok(WedgeResult {
+                bytes,
+                encode_s,
+                metrics,
+                exact,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let setting = if quality.is_lossless() { "lossless".to_string() } else { format!("step {quality}") };
+    let setting = if quality.is_lossless() {
+        "lossless".to_string()
+    } else {
+        format!("step {quality}")
+    };
     Ok(summarize("sparse", setting, "variable", &results))
 }
 
@@ -173,7 +208,8 @@ fn sparse_mean_bytes(wedges: &[Wedge], quality: Quality) -> Result<f64> {
         .par_iter()
         .map(|w| {
             let mut buf = vec![0u8; MAX_WEDGE_ENCODED_LEN];
-            sparse::encode_wedge(&w.adc, quality, &mut buf).map_err(|e| anyhow::anyhow!("sparse encode: {e}"))
+            sparse::encode_wedge(&w.adc, quality, &mut buf)
+                .map_err(|e| anyhow::anyhow!("sparse encode: {e}"))
         })
         .collect::<Result<Vec<usize>>>()?;
     Ok(sizes.iter().sum::<usize>() as f64 / wedges.len().max(1) as f64)
@@ -183,7 +219,10 @@ fn sparse_mean_bytes(wedges: &[Wedge], quality: Quality) -> Result<f64> {
 /// bisection (the size falls as the step grows). `None` if even the coarsest step does not.
 fn search_step(wedges: &[Wedge], target: f64) -> Result<Option<Quality>> {
     let reaches = |step: u16| -> Result<bool> {
-        Ok(RAW_WEDGE_BYTES as f64 / sparse_mean_bytes(wedges, Quality::log2_step_q10(step))? >= target)
+        Ok(
+            RAW_WEDGE_BYTES as f64 / sparse_mean_bytes(wedges, Quality::log2_step_q10(step))?
+                >= target,
+        )
     };
     let (mut lo, mut hi) = (1u16, 8192u16);
     if !reaches(hi)? {
@@ -220,7 +259,13 @@ fn raw_bytes(adc: &[u16], layer_major: bool) -> Vec<u8> {
     out
 }
 
-fn zstd_row(wedges: &[Wedge], logs: &[Vec<f32>], level: i32, layer_major: bool, bar: &ProgressBar) -> Result<CompareRow> {
+fn zstd_row(
+    wedges: &[Wedge],
+    logs: &[Vec<f32>],
+    level: i32,
+    layer_major: bool,
+    bar: &ProgressBar,
+) -> Result<CompareRow> {
     let results = wedges
         .par_iter()
         .zip(logs)
@@ -236,20 +281,38 @@ fn zstd_row(wedges: &[Wedge], logs: &[Vec<f32>], level: i32, layer_major: bool, 
             // The decoder knows the shape and order; only the zstd frame travels.
             let (metrics, _) = score(log, &w.adc, &w.adc);
             bar.inc(1);
-            Ok(WedgeResult { bytes: packed.len(), encode_s, metrics, exact: true })
+            Ok(WedgeResult {
+                bytes: packed.len(),
+                encode_s,
+                metrics,
+                exact: true,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let order = if layer_major { "layer-major" } else { "disk order" };
-    Ok(summarize("zstd", format!("-{level}, {order}"), "variable", &results))
+    let order = if layer_major {
+        "layer-major"
+    } else {
+        "disk order"
+    };
+    Ok(summarize(
+        "zstd",
+        format!("-{level}, {order}"),
+        "variable",
+        &results,
+    ))
 }
 
 pub fn run_compare(args: CompareArgs) -> Result<()> {
-    let mut ds = Dataset::open(&args.data, args.split).with_context(|| format!("opening {}", args.data.display()))?;
+    let mut ds = Dataset::open(&args.data, args.split)
+        .with_context(|| format!("opening {}", args.data.display()))?;
     if let Some(limit) = args.limit {
         ds.truncate(limit);
     }
     if ds.is_empty() {
-        bail!("{}: no wedges found (give a data root, a folder of .npy files or one .npy)", args.data.display());
+        bail!(
+            "{}: no wedges found (give a data root, a folder of .npy files or one .npy)",
+            args.data.display()
+        );
     }
     let mut qualities = vec![Quality::LOSSLESS];
     for q in &args.qualities {
@@ -262,22 +325,20 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
         bail!("--ratios: {bad} is not a compression ratio above 1");
     }
     let mut notes = Vec::new();
-    if !args.runs.is_empty() || !args.weights.is_empty() {
-        // The float evaluator (trainer::eval) and the int8 stream path are not part of this build
-        // of `compare` yet: say so rather than print a row we did not measure.
-        notes.push(format!(
-            "BCAE rows not measured: --run / --weights given ({} runs, {} weights) but `bcae compare` \
-             does not evaluate models yet; use `bcae eval` for their metrics at ratio 31.125 (f16 code) / 62.25 (int8)",
-            args.runs.len(),
-            args.weights.len()
-        ));
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if !args.weights.is_empty() && args.runs.is_empty() {
+        bail!("--weights needs the --run it was quantized from: the int8 code is decoded by that run's float decoders");
     }
 
     let load_bar = progress(ds.len() as u64, "reading");
     let wedges = (0..ds.len())
         .into_par_iter()
         .map(|i| {
-            let w = ds.load(i).with_context(|| format!("reading {}", ds.paths()[i].display()));
+            let w = ds
+                .load(i)
+                .with_context(|| format!("reading {}", ds.paths()[i].display()));
             load_bar.inc(1);
             w
         })
@@ -286,7 +347,10 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     let logs: Vec<Vec<f32>> = wedges.par_iter().map(|w| log_domain(&w.adc)).collect();
 
     let zstd_runs = if args.no_zstd { 0 } else { 2 };
-    let bar = progress((wedges.len() * (qualities.len() + zstd_runs)) as u64, "measuring");
+    let bar = progress(
+        (wedges.len() * (qualities.len() + zstd_runs)) as u64,
+        "measuring",
+    );
     let mut rows = Vec::new();
     for &quality in &qualities {
         rows.push(sparse_row(&wedges, &logs, quality, &bar)?);
@@ -302,7 +366,9 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
                 row.setting = format!("step {quality} (for ratio {target})");
                 rows.push(row);
             }
-            None => notes.push(format!("sparse: no step reaches ratio {target} on this data")),
+            None => notes.push(format!(
+                "sparse: no step reaches ratio {target} on this data"
+            )),
         }
     }
     if !args.no_zstd {
@@ -311,7 +377,35 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
         rows.push(zstd_row(&wedges, &logs, args.zstd_level, true, &bar)?);
     }
     bar.finish_and_clear();
-    rows.sort_by(|a, b| (a.codec != "sparse", a.codec.clone()).cmp(&(b.codec != "sparse", b.codec.clone())).then(a.ratio.total_cmp(&b.ratio)));
+    if !args.runs.is_empty() {
+        let device = device::open(args.device)?;
+        let bar = progress(
+            (wedges.len() * (args.runs.len() + args.weights.len())) as u64,
+            "BCAE",
+        );
+        let mut models = Vec::new();
+        for run in &args.runs {
+            bar.set_message(run.display().to_string());
+            let model = EvalModel::load(run, &device, Precision::F32)
+                .with_context(|| format!("loading run {}", run.display()))?;
+            let (row, code_dims) = bcae_float_row(run, &model, &wedges, args.batch_size, &bar)?;
+            rows.push(row);
+            models.push((run.clone(), model, code_dims));
+        }
+        for weights in &args.weights {
+            bar.set_message(weights.display().to_string());
+            match bcae_int8_row(weights, &models, &wedges, &bar)? {
+                Ok(row) => rows.push(row),
+                Err(note) => notes.push(note),
+            }
+        }
+        bar.finish_and_clear();
+    }
+    rows.sort_by(|a, b| {
+        (a.codec != "sparse", a.codec.clone())
+            .cmp(&(b.codec != "sparse", b.codec.clone()))
+            .then(a.ratio.total_cmp(&b.ratio))
+    });
 
     let comparison = Comparison {
         data: args.data.display().to_string(),
@@ -321,7 +415,8 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
         notes,
     };
     if let Some(path) = &args.plot {
-        draw_rate_distortion(path, &comparison).with_context(|| format!("drawing {}", path.display()))?;
+        draw_rate_distortion(path, &comparison)
+            .with_context(|| format!("drawing {}", path.display()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&comparison)?);
@@ -334,11 +429,166 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// log2(ADC+1) of the threshold the decompressed ADC is cut at: round(2^x - 1) < 64 <=> x < log2(64.5).
+const RETHRESHOLD_LOG2: f32 = 6.011_227;
+
+/// Truth in the decoders' layout (16, 192, 249), log2(ADC+1).
+fn truth_layer_major(w: &Wedge) -> Vec<f32> {
+    crop_padded(&to_network(w))
+}
+
+/// Metrics of a BCAE reconstruction (16, 192, 249) after re-thresholding.
+fn score_log2(w: &Wedge, recon: &[f32]) -> WedgeMetrics {
+    let recon: Vec<f32> = recon
+        .iter()
+        .map(|&x| if x < RETHRESHOLD_LOG2 { 0.0 } else { x })
+        .collect();
+    WedgeMetrics::compute(&truth_layer_major(w), &recon)
+}
+
+fn run_name(run: &Path) -> String {
+    run.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| run.display().to_string())
+}
+
+/// A run's float model: f32 encoder, the code stored as f16 (2 bytes a value), f32 decoders.
+/// Returns the row and the code's dims for one wedge.
+fn bcae_float_row(
+    run: &Path,
+    model: &EvalModel,
+    wedges: &[Wedge],
+    batch_size: usize,
+    bar: &ProgressBar,
+) -> Result<(CompareRow, Vec<usize>)> {
+    let mut results = Vec::with_capacity(wedges.len());
+    let mut code_dims = Vec::new();
+    for batch in wedges.chunks(batch_size) {
+        let x = model.input(batch)?;
+        model.device().synchronize()?;
+        let start = Instant::now();
+        let code = model.encode(&x)?;
+        model.device().synchronize()?;
+        let encode_s = start.elapsed().as_secs_f64();
+        code_dims = code.dims().to_vec();
+        code_dims[0] = 1;
+        let code = code.to_dtype(candle_core::DType::F16)?;
+        let values_per_wedge: usize = code_dims.iter().product();
+        let recon = model
+            .decode_log2(&code)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let per = recon.len() / batch.len();
+        for (w, r) in batch.iter().zip(recon.chunks_exact(per)) {
+            results.push(WedgeResult {
+                bytes: values_per_wedge * 2,
+                encode_s: encode_s / batch.len() as f64,
+                metrics: score_log2(w, r),
+                exact: false,
+            });
+            bar.inc(1);
+        }
+    }
+    let device = if model.device().is_cpu() {
+        "cpu"
+    } else {
+        "gpu"
+    };
+    let row = summarize(
+        model.config.name(),
+        format!("run {}: f16 code, f32 encoder on {device}", run_name(run)),
+        "fixed",
+        &results,
+    );
+    Ok((row, code_dims))
+}
+
+/// int8 weights: the no_std encoder on one core, the code dequantized and decoded by the float
+/// decoders of the run the weights were quantized from. `Ok(Err(note))` when no run matches.
+fn bcae_int8_row(
+    weights: &Path,
+    models: &[(PathBuf, EvalModel, Vec<usize>)],
+    wedges: &[Wedge],
+    bar: &ProgressBar,
+) -> Result<std::result::Result<CompareRow, String>> {
+    let bytes = std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
+    let encoder = encoder_nostd::encoder::Encoder::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not usable int8 weights: {e}", weights.display()))?;
+    let fp = encoder.fingerprint();
+    let mut matched = None;
+    for (run, model, dims) in models {
+        let ckpt = run.join("model.safetensors");
+        let Ok(float) = std::fs::read(&ckpt) else {
+            continue;
+        };
+        if float.len() as u64 == fp.checkpoint_len
+            && encoder_nostd::checksum::crc32(&float) == fp.checkpoint_crc32
+        {
+            matched = Some((run, model, dims));
+            break;
+        }
+    }
+    let Some((run, model, dims)) = matched else {
+        return Ok(Err(format!(
+            "{}: no --run holds the checkpoint these weights were quantized from (run '{}', CRC {:#010x}); int8 row skipped",
+            weights.display(),
+            fp.name,
+            fp.checkpoint_crc32
+        )));
+    };
+    if dims.iter().product::<usize>() != encoder.code_len() {
+        bail!(
+            "{}: int8 code has {} values but run {} codes {:?}",
+            weights.display(),
+            encoder.code_len(),
+            run.display(),
+            dims
+        );
+    }
+    let (scale, zero_point) = (encoder.code_scale(), f32::from(encoder.code_zero_point()));
+    let mut scratch = vec![0i8; encoder.scratch_len()];
+    let mut code = vec![0i8; encoder.code_len()];
+    let mut results = Vec::with_capacity(wedges.len());
+    for w in wedges {
+        let start = Instant::now();
+        encoder
+            .encode(&w.adc, &mut scratch, &mut code)
+            .map_err(|e| anyhow::anyhow!("int8 encode: {e}"))?;
+        let encode_s = start.elapsed().as_secs_f64();
+        let values: Vec<f32> = code
+            .iter()
+            .map(|&c| scale * (f32::from(c) - zero_point))
+            .collect();
+        let tensor = candle_core::Tensor::from_vec(values, dims.as_slice(), model.device())?;
+        let recon = model
+            .decode_log2(&tensor)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        results.push(WedgeResult {
+            bytes: code.len(),
+            encode_s,
+            metrics: score_log2(w, &recon),
+            exact: false,
+        });
+        bar.inc(1);
+    }
+    Ok(Ok(summarize(
+        model.config.name(),
+        format!("run {}: int8 code, no_std encoder", run_name(run)),
+        "fixed",
+        &results,
+    )))
+}
+
 fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{{spinner}} {what} {{msg}} [{{bar:30}}] {{pos}}/{{len}} wedge codings (eta {{eta}})"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{msg}} [{{bar:30}}] {{pos}}/{{len}} wedge codings (eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -348,28 +598,69 @@ fn print_table(c: &Comparison) {
         "{} wedges from {}; raw = {} bytes per wedge (16 bits per voxel).",
         c.wedges, c.data, c.raw_bytes_per_wedge
     );
-    println!("ratio = raw / mean payload (every byte a decoder needs); worst = raw / largest payload.");
-    println!("MAE in log2(ADC+1) over all voxels after re-thresholding (ADC < 64 -> 0); precision/recall of hits.");
-    println!();
     println!(
-        "{:<8} {:<34} {:<8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>10} {:>6}",
-        "codec", "setting", "size", "bytes", "ratio", "worst", "MAE", "precision", "recall", "enc/s/core", "exact"
+        "ratio = raw / mean payload (every byte a decoder needs); worst = raw / largest payload."
     );
-    for r in &c.rows {
-        println!(
-            "{:<8} {:<34} {:<8} {:>10.0} {:>8.2} {:>8.2} {:>9.5} {:>9.4} {:>7.4} {:>10.1} {:>6}",
-            r.codec,
-            r.setting,
-            r.size,
-            r.mean_bytes,
-            r.ratio,
-            r.worst_ratio,
-            r.metrics.mae,
-            r.metrics.precision,
-            r.metrics.recall,
-            r.encode_per_s,
-            if r.exact { "yes" } else { "no" }
-        );
+    println!("MAE in log2(ADC+1) over all voxels after re-thresholding (ADC < 64 -> 0); precision/recall of hits.");
+    println!("enc/s: sparse, zstd and int8 encoders on one core; float BCAE encoders in candle (all threads).");
+    println!();
+    let header = [
+        "codec",
+        "setting",
+        "size",
+        "bytes",
+        "ratio",
+        "worst",
+        "MAE",
+        "precision",
+        "recall",
+        "enc/s",
+        "exact",
+    ];
+    let cells: Vec<Vec<String>> = c
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.codec.clone(),
+                r.setting.clone(),
+                r.size.to_string(),
+                format!("{:.0}", r.mean_bytes),
+                format!("{:.2}", r.ratio),
+                format!("{:.2}", r.worst_ratio),
+                format!("{:.5}", r.metrics.mae),
+                format!("{:.4}", r.metrics.precision),
+                format!("{:.4}", r.metrics.recall),
+                format!("{:.1}", r.encode_per_s),
+                if r.exact { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |row: &[String]| {
+        let mut out = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            // Text columns left-aligned, numbers right-aligned.
+            if i < 3 {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                out.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    println!("{}", line(&header.map(String::from)));
+    for row in &cells {
+        println!("{}", line(row));
     }
     for note in &c.notes {
         println!("note: {note}");
@@ -382,7 +673,16 @@ fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(700);
     let xmax = c.rows.iter().map(|r| r.ratio).fold(1.0f64, f64::max) * 1.1;
-    let mae_max = c.rows.iter().map(|r| r.metrics.mae).fold(0.0f64, f64::max).max(1e-3) * 1.15;
+    let mae_max = c
+        .rows
+        .iter()
+        .map(|r| r.metrics.mae)
+        .fold(0.0f64, f64::max)
+        .max(1e-2)
+        * 1.5;
+    // MAE on a log axis (sparse steps sit near 1e-3, BCAEs near 1e-1); exact codecs (MAE 0) are
+    // drawn on the floor.
+    let mae_floor = 1e-5;
     let pr_min = c
         .rows
         .iter()
@@ -395,43 +695,90 @@ fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
 
     let mut chart = ChartBuilder::on(&left)
-        .caption(format!("MAE vs ratio ({} wedges)", c.wedges), ("sans-serif", 22))
+        .caption(
+            format!(
+                "MAE vs ratio ({} wedges; exact codecs on the floor)",
+                c.wedges
+            ),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0f64..xmax, 0.0f64..mae_max)?;
-    chart.configure_mesh().x_desc("compression ratio (raw 16-bit / payload)").y_desc("MAE, log2(ADC+1)").draw()?;
+        .build_cartesian_2d(0.0f64..xmax, (mae_floor..mae_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("compression ratio (raw 16-bit / payload)")
+        .y_desc("MAE, log2(ADC+1)")
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .draw()?;
     for (k, (name, rows)) in families.iter().enumerate() {
         let color = colors[k % colors.len()];
-        let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.ratio, r.metrics.mae)).collect();
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.ratio, r.metrics.mae.max(mae_floor)))
+            .collect();
         chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?
             .label(name.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
 
     let mut chart = ChartBuilder::on(&right)
-        .caption("precision (solid) and recall (dashed) vs ratio", ("sans-serif", 22))
+        .caption(
+            "precision (solid) and recall (dashed) vs ratio",
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0f64..xmax, pr_min..1.01f64)?;
-    chart.configure_mesh().x_desc("compression ratio (raw 16-bit / payload)").y_desc("fraction of hits").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("compression ratio (raw 16-bit / payload)")
+        .y_desc("fraction of hits")
+        .draw()?;
     for (k, (name, rows)) in families.iter().enumerate() {
         let color = colors[k % colors.len()];
-        let prec: Vec<(f64, f64)> = rows.iter().map(|r| (r.ratio, r.metrics.precision)).filter(|p| p.1.is_finite()).collect();
-        let rec: Vec<(f64, f64)> = rows.iter().map(|r| (r.ratio, r.metrics.recall)).filter(|p| p.1.is_finite()).collect();
+        let prec: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.ratio, r.metrics.precision))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        let rec: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.ratio, r.metrics.recall))
+            .filter(|p| p.1.is_finite())
+            .collect();
         chart.draw_series(LineSeries::new(prec.clone(), color.stroke_width(2)))?;
-        chart.draw_series(DashedLineSeries::new(rec.clone(), 6, 4, color.stroke_width(2)))?;
+        chart.draw_series(DashedLineSeries::new(
+            rec.clone(),
+            6,
+            4,
+            color.stroke_width(2),
+        ))?;
         chart.draw_series(prec.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         chart
-            .draw_series(rec.iter().map(|&p| TriangleMarker::new(p, 5, color.filled())))?
+            .draw_series(
+                rec.iter()
+                    .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+            )?
             .label(name.clone())
             .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, color.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -475,13 +822,17 @@ mod tests {
         assert!(coarse.ratio > lossless.ratio);
         // Uniform log2 bins of 0.25: at most 0.25 off per hit, hits are kept.
         assert!(coarse.metrics.mae > 0.0 && coarse.metrics.mae < 0.25 * coarse.metrics.occupancy);
-        assert_eq!((coarse.metrics.precision, coarse.metrics.recall), (1.0, 1.0));
+        assert_eq!(
+            (coarse.metrics.precision, coarse.metrics.recall),
+            (1.0, 1.0)
+        );
     }
 
     #[test]
     fn step_search_reaches_the_target() {
         let wedges = synth::generate_wedges(3, 1);
-        let lossless = RAW_WEDGE_BYTES as f64 / sparse_mean_bytes(&wedges, Quality::LOSSLESS).unwrap();
+        let lossless =
+            RAW_WEDGE_BYTES as f64 / sparse_mean_bytes(&wedges, Quality::LOSSLESS).unwrap();
         let target = lossless * 1.5;
         let q = search_step(&wedges, target).unwrap().unwrap();
         let reached = RAW_WEDGE_BYTES as f64 / sparse_mean_bytes(&wedges, q).unwrap();
@@ -492,6 +843,77 @@ mod tests {
             assert!(RAW_WEDGE_BYTES as f64 / sparse_mean_bytes(&wedges, finer).unwrap() < target);
         }
         assert_eq!(search_step(&wedges, 1e9).unwrap(), None);
+    }
+
+    /// A tiny BCAE-2D run (random weights) and its int8 weights file.
+    fn tiny_run_and_weights(dir: &Path, wedges: &[Wedge]) -> (PathBuf, PathBuf) {
+        use crate::quantize::{self, Calibration, FloatEncoder};
+        let cfg = crate::models::ModelConfig::Bcae2d { m: 1, n: 1, d: 1 };
+        let run = dir.join("tiny");
+        let (varmap, _) = crate::train::init_model(&cfg, 5, &candle_core::Device::Cpu).unwrap();
+        crate::checkpoint::save_run(&run, &cfg, &varmap).unwrap();
+        let float =
+            FloatEncoder::from_tensors(&cfg, &crate::checkpoint::varmap_tensors(&varmap)).unwrap();
+        let mut calib = Calibration::default();
+        let x = crate::data::batch_tensor(wedges, &candle_core::Device::Cpu).unwrap();
+        calib.observe(&float, &x, wedges.len()).unwrap();
+        let source = quantize::source_of(&run, &run.join("model.safetensors")).unwrap();
+        let bytes = quantize::quantize(&float, &calib, 99.99, &source)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let weights = dir.join("tiny.bcae.postcard");
+        std::fs::write(&weights, bytes).unwrap();
+        (run, weights)
+    }
+
+    #[test]
+    fn bcae_rows_count_the_code_and_score_after_rethresholding() {
+        // One wedge: every decode of a full wedge costs seconds on the CPU.
+        let wedges = synth::generate_wedges(11, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let (run, weights) = tiny_run_and_weights(dir.path(), &wedges);
+        let device = candle_core::Device::Cpu;
+        let model = EvalModel::load(&run, &device, Precision::F32).unwrap();
+        let bar = ProgressBar::hidden();
+        let (row, dims) = bcae_float_row(&run, &model, &wedges, 2, &bar).unwrap();
+        let values: usize = dims.iter().product();
+        assert_eq!(dims[0], 1);
+        assert_eq!((row.size, row.worst_bytes), ("fixed", values * 2));
+        assert_eq!(row.ratio, RAW_WEDGE_BYTES as f64 / (values * 2) as f64);
+        assert_eq!(row.ratio, row.worst_ratio);
+        // The row's metrics are those of the model's own reconstruction from the f16 code.
+        let x = model.input(&wedges).unwrap();
+        let code = model
+            .encode(&x)
+            .unwrap()
+            .to_dtype(candle_core::DType::F16)
+            .unwrap();
+        let recon = model
+            .decode_log2(&code)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            row.metrics,
+            MeanMetrics::of(&[score_log2(&wedges[0], &recon)])
+        );
+
+        let models = vec![(run.clone(), model, dims)];
+        let int8 = bcae_int8_row(&weights, &models, &wedges, &bar)
+            .unwrap()
+            .unwrap();
+        assert_eq!(int8.worst_bytes, values);
+        assert_eq!(int8.ratio, 2.0 * row.ratio);
+        assert!(int8.metrics.mae.is_finite());
+        // Weights whose checkpoint is not among the runs are reported, not decoded by a stranger.
+        std::fs::write(run.join("model.safetensors"), b"changed").unwrap();
+        let note = bcae_int8_row(&weights, &models, &wedges, &bar)
+            .unwrap()
+            .unwrap_err();
+        assert!(note.contains("no --run holds the checkpoint"), "{note}");
     }
 
     #[test]
