@@ -14,7 +14,7 @@ use encoder_nostd::checksum::crc32;
 use encoder_nostd::encoder::Encoder;
 use encoder_nostd::sparse::{self, Quality, MAX_WEDGE_ENCODED_LEN};
 use encoder_nostd::weights::owned::OwnedModel;
-use object::{Object, ObjectSection, SectionKind};
+use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use trainer::quantized::QuantizedEncoder;
 
 use crate::source::WedgeSource;
@@ -60,6 +60,16 @@ pub struct ImageSize {
     pub ram: u64,
     /// Of the flash: the embedded weights and wedges.
     pub embedded_inputs: u64,
+    /// Of the static RAM: the test bench's buffers (the simulated front end's wedge and the
+    /// captured output frame), which a board's firmware does not have.
+    pub test_bench_ram: u64,
+}
+
+impl ImageSize {
+    /// Static RAM of the firmware itself: ADC buffer, encoder scratch + code, code frame, sparse state.
+    pub fn firmware_ram(&self) -> u64 {
+        self.ram.saturating_sub(self.test_bench_ram)
+    }
 }
 
 /// Reads section sizes from an ELF file.
@@ -89,6 +99,13 @@ pub fn image_size(elf: &Path, embedded_inputs: u64) -> Result<ImageSize, SimErro
                 size.ram += len;
             }
             _ => {}
+        }
+    }
+    // The image's test-bench statics (see cortex-m-image/src/main.rs), by their mangled names.
+    for symbol in file.symbols() {
+        let name = symbol.name().unwrap_or("");
+        if name.contains("bcae_cortex_m_image") && (name.contains("6SOURCE") || name.contains("8CAPTURED")) {
+            size.test_bench_ram += symbol.size();
         }
     }
     Ok(size)
@@ -178,7 +195,7 @@ impl QemuReport {
         );
         let i = &self.image;
         s += &format!(
-            "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; stack: 4 MiB region at 0x2000_0000\n",
+            "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; of which the firmware's own {} B (ADC buffer, scratch + code, code frame, sparse state) and the test bench's {} B (front-end wedge, captured frame)\n  stack: 4 MiB region at 0x2000_0000\n",
             self.elf.display(),
             i.flash,
             i.text,
@@ -188,7 +205,9 @@ impl QemuReport {
             i.flash.saturating_sub(i.embedded_inputs),
             i.ram,
             i.data,
-            i.bss
+            i.bss,
+            i.firmware_ram(),
+            i.test_bench_ram
         );
         s += &format!("  this model: encoder scratch {} B, code {} B\n", self.scratch_bytes, self.code_bytes);
         s += "peak int8-encoder scratch per model (plus the 1,529,856 B ADC buffer and the code frame):\n";

@@ -1,0 +1,267 @@
+//! bcae-rs on an emulated Cortex-M4F (QEMU `mps2-an386`).
+//!
+//! Embeds a weights file and a few wedges (sparse-lossless payloads, so several 1.5 MB wedges fit
+//! the 4 MiB code memory), and for each wedge:
+//! 1. decodes it into the front end's buffer (the sparse decoder, on the board);
+//! 2. runs the `encoder-nostd` firmware loop over in-memory peripherals: the input frame streams
+//!    from the front end (an `SpiBus`), the code frame goes to a capture buffer (an `SpiDevice`),
+//!    busy / code-ready are counted (`OutputPin`s);
+//! 3. checks the code frame (magic, length, CRC) and prints the code's CRC-32 over semihosting;
+//! 4. does the same with the sparse codec (lossless) in the loop.
+//!
+//! `firmware-sim qemu` prepares the inputs, builds this image, runs it and compares every CRC with
+//! the host's candle integer path. Output lines (parsed by `firmware-sim`):
+//!
+//! ```text
+//! image model=<kind> scratch=<bytes> code=<bytes> wedges=<n>
+//! wedge id=<id> bcae_crc=<hex> bcae_len=<n> sparse_crc=<hex> sparse_len=<n>
+//! stats codes=<n> failed=<n>
+//! done
+//! ```
+#![no_std]
+#![no_main]
+
+use core::convert::Infallible;
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
+use embedded_hal::spi::{self, ErrorType, Operation, SpiBus, SpiDevice};
+use encoder_nostd::checksum::crc32;
+use encoder_nostd::firmware::{
+    parse_code_frame, Buffers, Codec, Firmware, InputFrameStream, Peripherals, CODE_HEADER_LEN, CRC_LEN,
+};
+use encoder_nostd::geometry::WEDGE_VOXELS;
+use encoder_nostd::sparse::{self, Quality, SparseScratch, MAX_WEDGE_ENCODED_LEN};
+use static_cell::{ConstStaticCell, StaticCell};
+
+static WEIGHTS: &[u8] = include_bytes!(concat!(env!("BCAE_IMAGE_INPUTS"), "/weights.bcae.postcard"));
+/// `b"BCQW"`, u32 count, then per wedge: u32 id, u32 length, a sparse payload.
+static WEDGES: &[u8] = include_bytes!(concat!(env!("BCAE_IMAGE_INPUTS"), "/wedges.bin"));
+
+// SCRATCH_BYTES: the encoder's scratch + code for the embedded weights, exactly (build.rs).
+include!(concat!(env!("OUT_DIR"), "/sizes.rs"));
+const FRAME_BYTES: usize = CODE_HEADER_LEN + MAX_WEDGE_ENCODED_LEN + CRC_LEN;
+
+// Every big buffer is a zero-initialised static: .bss, which memory.x places in the 16 MiB PSRAM.
+static SOURCE: ConstStaticCell<[u16; WEDGE_VOXELS]> = ConstStaticCell::new([0; WEDGE_VOXELS]);
+static ADC: ConstStaticCell<[u16; WEDGE_VOXELS]> = ConstStaticCell::new([0; WEDGE_VOXELS]);
+static SCRATCH: ConstStaticCell<[i8; SCRATCH_BYTES]> = ConstStaticCell::new([0; SCRATCH_BYTES]);
+static FRAME: ConstStaticCell<[u8; FRAME_BYTES]> = ConstStaticCell::new([0; FRAME_BYTES]);
+static CAPTURED: ConstStaticCell<[u8; FRAME_BYTES]> = ConstStaticCell::new([0; FRAME_BYTES]);
+/// ~32 KiB, built once at start-up (its constructor is not `const`).
+static SPARSE_STATE: StaticCell<SparseScratch> = StaticCell::new();
+
+/// The front end: streams one input frame, then an idle line (0xFF).
+struct FrontEnd<'w>(InputFrameStream<'w>);
+
+impl ErrorType for FrontEnd<'_> {
+    type Error = Infallible;
+}
+
+impl SpiBus<u8> for FrontEnd<'_> {
+    fn read(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
+        let n = self.0.fill(words);
+        for w in words.iter_mut().skip(n) {
+            *w = 0xFF;
+        }
+        Ok(())
+    }
+    fn write(&mut self, _: &[u8]) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn transfer(&mut self, read: &mut [u8], _: &[u8]) -> Result<(), Infallible> {
+        self.read(read)
+    }
+    fn transfer_in_place(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
+        self.read(words)
+    }
+    fn flush(&mut self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// The outgoing link: captures one frame per transaction into a buffer.
+struct Capture<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl ErrorType for Capture<'_> {
+    type Error = spi::ErrorKind;
+}
+
+impl SpiDevice<u8> for Capture<'_> {
+    fn transaction(&mut self, operations: &mut [Operation<'_, u8>]) -> Result<(), spi::ErrorKind> {
+        self.len = 0;
+        for op in operations.iter() {
+            if let Operation::Write(bytes) = op {
+                let end = self.len + bytes.len();
+                self.buf.get_mut(self.len..end).ok_or(spi::ErrorKind::Overrun)?.copy_from_slice(bytes);
+                self.len = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pin that counts its rising edges.
+#[derive(Default)]
+struct CountingPin {
+    high: bool,
+    rising: u32,
+}
+
+impl PinErrorType for CountingPin {
+    type Error = Infallible;
+}
+
+impl OutputPin for CountingPin {
+    fn set_low(&mut self) -> Result<(), Infallible> {
+        self.high = false;
+        Ok(())
+    }
+    fn set_high(&mut self) -> Result<(), Infallible> {
+        if !self.high {
+            self.rising += 1;
+        }
+        self.high = true;
+        Ok(())
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Runs one wedge through the firmware loop with `codec`; returns (CRC-32 of the payload, length).
+fn run_loop(
+    codec: Codec<'_>,
+    id: u32,
+    source: &[u16],
+    adc: &mut [u16],
+    scratch: &mut [i8],
+    frame: &mut [u8],
+    captured: &mut [u8],
+    failed: &mut u32,
+) -> Option<(u32, usize)> {
+    let io = Peripherals {
+        rx: FrontEnd(InputFrameStream::new(id, source)),
+        tx: Capture { buf: captured, len: 0 },
+        busy: CountingPin::default(),
+        code_ready: CountingPin::default(),
+    };
+    let mut fw = match Firmware::new(io, codec, Buffers { adc, scratch, frame }) {
+        Ok(fw) => fw,
+        Err(e) => {
+            hprintln!("error firmware setup: {}", e);
+            *failed += 1;
+            return None;
+        }
+    };
+    if let Err(e) = fw.step() {
+        hprintln!("error wedge {}: {}", id, e);
+        *failed += 1;
+        return None;
+    }
+    let io = fw.release();
+    if io.busy.rising != 1 || io.code_ready.rising != 1 {
+        hprintln!("error wedge {}: busy rose {} times, code-ready {}", id, io.busy.rising, io.code_ready.rising);
+        *failed += 1;
+    }
+    match parse_code_frame(&io.tx.buf[..io.tx.len]) {
+        Ok(f) if f.wedge_id == id => Some((crc32(f.payload), f.payload.len())),
+        Ok(f) => {
+            hprintln!("error wedge {}: frame carries wedge id {}", id, f.wedge_id);
+            *failed += 1;
+            None
+        }
+        Err(e) => {
+            hprintln!("error wedge {}: code frame: {}", id, e);
+            *failed += 1;
+            None
+        }
+    }
+}
+
+fn run() -> Result<u32, encoder_nostd::Error> {
+    let source = SOURCE.take();
+    let adc = ADC.take();
+    let scratch = SCRATCH.take();
+    let frame = FRAME.take();
+    let captured = CAPTURED.take();
+    let sparse_state = SPARSE_STATE.init(SparseScratch::new());
+
+    let codec = Codec::bcae(WEIGHTS)?;
+    if let Codec::Bcae { encoder, .. } = &codec {
+        let kind = encoder.kind();
+        let count = if WEDGES.get(..4) == Some(b"BCQW") { u32_at(WEDGES, 4).unwrap_or(0) } else { 0 };
+        hprintln!(
+            "image model={:?} scratch={} code={} wedges={}",
+            kind,
+            encoder.scratch_len(),
+            encoder.code_len(),
+            count
+        );
+    }
+    if WEDGES.get(..4) != Some(b"BCQW") {
+        hprintln!("error wedges.bin: bad magic");
+        return Ok(1);
+    }
+    let count = u32_at(WEDGES, 4).unwrap_or(0);
+    let (mut at, mut failed, mut codes) = (8usize, 0u32, 0u32);
+    for _ in 0..count {
+        let (Some(id), Some(len)) = (u32_at(WEDGES, at), u32_at(WEDGES, at + 4)) else {
+            hprintln!("error wedges.bin: truncated");
+            return Ok(failed + 1);
+        };
+        let Some(payload) = WEDGES.get(at + 8..at + 8 + len as usize) else {
+            hprintln!("error wedges.bin: truncated payload");
+            return Ok(failed + 1);
+        };
+        at += 8 + len as usize;
+        sparse::decode_with(sparse_state, payload, &mut source[..])?;
+
+        let bcae = run_loop(Codec::bcae(WEIGHTS)?, id, &source[..], adc, scratch, frame, captured, &mut failed);
+        let lossless = Codec::sparse(Quality::LOSSLESS, sparse_state);
+        let sparse = run_loop(lossless, id, &source[..], adc, &mut [], frame, captured, &mut failed);
+        if let (Some((bcae_crc, bcae_len)), Some((sparse_crc, sparse_len))) = (bcae, sparse) {
+            codes += 2;
+            hprintln!(
+                "wedge id={} bcae_crc={:08x} bcae_len={} sparse_crc={:08x} sparse_len={}",
+                id,
+                bcae_crc,
+                bcae_len,
+                sparse_crc,
+                sparse_len
+            );
+        }
+    }
+    hprintln!("stats codes={} failed={}", codes, failed);
+    Ok(failed)
+}
+
+#[entry]
+fn main() -> ! {
+    let status = match run() {
+        Ok(0) => debug::EXIT_SUCCESS,
+        Ok(_) => debug::EXIT_FAILURE,
+        Err(e) => {
+            hprintln!("error: {}", e);
+            debug::EXIT_FAILURE
+        }
+    };
+    hprintln!("done");
+    debug::exit(status);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
