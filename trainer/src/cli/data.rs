@@ -81,18 +81,28 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
         bail!("--events must be at least 1");
     }
     if args.out.join("train.txt").exists() && !args.overwrite {
-        bail!("{} already holds a data set (train.txt); choose another --out or pass --overwrite", args.out.display());
+        bail!(
+            "{} already holds a data set (train.txt); choose another --out or pass --overwrite",
+            args.out.display()
+        );
     }
     let bar = ProgressBar::new(args.events as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} synth [{bar:30}] {pos}/{len} events ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} synth [{bar:30}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let start = Instant::now();
-    let summary = synth::write_dataset_with(&SynthConfig::default(), &args.out, args.events, args.seed, args.test_fraction, |_| {
-        bar.inc(1)
-    })
+    let summary = synth::write_dataset_with(
+        &SynthConfig::default(),
+        &args.out,
+        args.events,
+        args.seed,
+        args.test_fraction,
+        |_| bar.inc(1),
+    )
     .with_context(|| format!("writing the synthetic data set to {}", args.out.display()))?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
@@ -117,7 +127,8 @@ struct Input {
 }
 
 fn load_stats(path: &Path, split: Split, limit: Option<usize>) -> Result<Stats> {
-    let mut ds = Dataset::open(path, split).with_context(|| format!("opening {}", path.display()))?;
+    let mut ds =
+        Dataset::open(path, split).with_context(|| format!("opening {}", path.display()))?;
     if let Some(n) = limit {
         ds.truncate(n);
     }
@@ -135,10 +146,13 @@ fn load_stats(path: &Path, split: Split, limit: Option<usize>) -> Result<Stats> 
             bar.inc(1);
             Ok(w)
         })
-        .try_fold(Accumulator::new, |mut acc, w: Result<Wedge, crate::data::DataError>| {
-            acc.add(&w?);
-            Ok::<_, crate::data::DataError>(acc)
-        })
+        .try_fold(
+            Accumulator::new,
+            |mut acc, w: Result<Wedge, crate::data::DataError>| {
+                acc.add(&w?);
+                Ok::<_, crate::data::DataError>(acc)
+            },
+        )
         .try_reduce(Accumulator::new, |a, b| Ok(a.merge(b)))?;
     bar.finish_and_clear();
     Ok(acc.finish())
@@ -150,7 +164,12 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
         let stats = load_stats(path, args.split, args.limit)?;
         let synthetic = path.is_dir() && path.join("synth.json").is_file();
         let checks = stats::check_targets(&stats);
-        inputs.push(Input { name: path.display().to_string(), synthetic: synthetic || args.check_all, stats, checks });
+        inputs.push(Input {
+            name: path.display().to_string(),
+            synthetic: synthetic || args.check_all,
+            stats,
+            checks,
+        });
     }
     if let Some(plot) = &args.plot {
         draw_histograms(plot, &inputs).with_context(|| format!("drawing {}", plot.display()))?;
@@ -184,27 +203,52 @@ struct Row {
 }
 
 fn rows(inputs: &[Input]) -> Vec<Row> {
-    let each = |f: &dyn Fn(&Stats) -> String| inputs.iter().map(|i| f(&i.stats)).collect::<Vec<_>>();
+    let each =
+        |f: &dyn Fn(&Stats) -> String| inputs.iter().map(|i| f(&i.stats)).collect::<Vec<_>>();
     let mut rows = Vec::new();
     let mut row = |name: &str, values: Vec<String>, check: Option<&str>| {
-        rows.push(Row { name: name.into(), values, check: check.map(String::from) });
+        rows.push(Row {
+            name: name.into(),
+            values,
+            check: check.map(String::from),
+        });
     };
     row("wedges", each(&|s| s.wedges.to_string()), None);
-    row("occupancy mean", each(&|s| format!("{:.2} %", 100.0 * s.occupancy_mean)), Some("occupancy mean"));
-    row("occupancy sd between wedges", each(&|s| format!("{:.2} %", 100.0 * s.occupancy_sd)), Some("occupancy sd between wedges"));
+    row(
+        "occupancy mean",
+        each(&|s| format!("{:.2} %", 100.0 * s.occupancy_mean)),
+        Some("occupancy mean"),
+    );
+    row(
+        "occupancy sd between wedges",
+        each(&|s| format!("{:.2} %", 100.0 * s.occupancy_sd)),
+        Some("occupancy sd between wedges"),
+    );
     row(
         "occupancy min / max",
         each(&|s| {
-            let min = s.occupancy_per_wedge.iter().copied().fold(f64::INFINITY, f64::min);
+            let min = s
+                .occupancy_per_wedge
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
             let max = s.occupancy_per_wedge.iter().copied().fold(0.0, f64::max);
             format!("{:.1} / {:.1} %", 100.0 * min, 100.0 * max)
         }),
         None,
     );
     for l in 0..LAYERS {
-        row(&format!("occupancy layer {l:2}"), each(&|s| format!("{:.3}", s.occupancy_per_layer[l])), None);
+        row(
+            &format!("occupancy layer {l:2}"),
+            each(&|s| format!("{:.3}", s.occupancy_per_layer[l])),
+            None,
+        );
     }
-    row("per-layer occupancy spread", each(&|_| String::new()), Some("per-layer occupancy"));
+    row(
+        "per-layer occupancy spread",
+        each(&|_| String::new()),
+        Some("per-layer occupancy"),
+    );
     for z in 0..stats::Z_SLICES {
         row(
             &format!("occupancy z {:3}-{:3}", 24 * z, 24 * z + 23),
@@ -212,34 +256,75 @@ fn rows(inputs: &[Input]) -> Vec<Row> {
             None,
         );
     }
-    row("z occupancy ends vs middle", each(&|_| String::new()), Some("z occupancy lower at both ends"));
-    row("smallest non-zero ADC", each(&|s| s.smallest_nonzero.to_string()), None);
     row(
-        "saturated (ADC 1023)",
-        each(&|s| format!("{} ({:.2} %)", s.saturated, 100.0 * s.saturated as f64 / s.nonzero.max(1) as f64)),
+        "z occupancy ends vs middle",
+        each(&|_| String::new()),
+        Some("z occupancy lower at both ends"),
+    );
+    row(
+        "smallest non-zero ADC",
+        each(&|s| s.smallest_nonzero.to_string()),
         None,
     );
-    row("log2(ADC+1) mean", each(&|s| format!("{:.3}", s.log_mean)), Some("log2(ADC+1) mean"));
-    row("log2(ADC+1) std", each(&|s| format!("{:.3}", s.log_std)), Some("log2(ADC+1) std"));
+    row(
+        "saturated (ADC 1023)",
+        each(&|s| {
+            format!(
+                "{} ({:.2} %)",
+                s.saturated,
+                100.0 * s.saturated as f64 / s.nonzero.max(1) as f64
+            )
+        }),
+        None,
+    );
+    row(
+        "log2(ADC+1) mean",
+        each(&|s| format!("{:.3}", s.log_mean)),
+        Some("log2(ADC+1) mean"),
+    );
+    row(
+        "log2(ADC+1) std",
+        each(&|s| format!("{:.3}", s.log_std)),
+        Some("log2(ADC+1) std"),
+    );
     row(
         "per-wedge log mean min / max",
-        each(&|s| format!("{:.2} / {:.2}", s.log_mean_per_wedge_min, s.log_mean_per_wedge_max)),
+        each(&|s| {
+            format!(
+                "{:.2} / {:.2}",
+                s.log_mean_per_wedge_min, s.log_mean_per_wedge_max
+            )
+        }),
         None,
     );
     for b in 0..stats::HIST_BINS {
         let lo = 6.0 + 0.25 * b as f64;
         let name = format!("log histogram {lo:.2}-{:.2}", lo + 0.25);
-        row(&name, each(&|s| format!("{:.1} %", s.log_histogram[b])), Some(&name));
+        row(
+            &name,
+            each(&|s| format!("{:.1} %", s.log_histogram[b])),
+            Some(&name),
+        );
     }
     for (name, check, get) in [
-        ("run azimuth mean/med/p90", "run median azimuth", (|s: &Stats| s.run_azimuth) as fn(&Stats) -> stats::RunSummary),
+        (
+            "run azimuth mean/med/p90",
+            "run median azimuth",
+            (|s: &Stats| s.run_azimuth) as fn(&Stats) -> stats::RunSummary,
+        ),
         ("run z mean/med/p90", "run median z", |s: &Stats| s.run_z),
-        ("run layer mean/med/p90", "run median layer", |s: &Stats| s.run_layer),
+        ("run layer mean/med/p90", "run median layer", |s: &Stats| {
+            s.run_layer
+        }),
     ] {
-        row(name, each(&|s| {
-            let r = get(s);
-            format!("{:.1} / {} / {}", r.mean, r.median, r.p90)
-        }), Some(check));
+        row(
+            name,
+            each(&|s| {
+                let r = get(s);
+                format!("{:.1} / {} / {}", r.mean, r.median, r.p90)
+            }),
+            Some(check),
+        );
     }
     rows
 }
@@ -247,12 +332,31 @@ fn rows(inputs: &[Input]) -> Vec<Row> {
 fn print_table(inputs: &[Input]) {
     let rows = rows(inputs);
     let judged: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].synthetic).collect();
-    let target_of = |name: &str| inputs[0].checks.iter().find(|c| c.name == name).map(|c| c.target.clone());
+    let target_of = |name: &str| {
+        inputs[0]
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.target.clone())
+    };
     let name_w = rows.iter().map(|r| r.name.len()).max().unwrap_or(10) + 2;
     let col_w: Vec<usize> = (0..inputs.len())
-        .map(|i| rows.iter().map(|r| r.values[i].len()).max().unwrap_or(0).max(short_name(&inputs[i].name).len()) + 2)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.values[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(short_name(&inputs[i].name).len())
+                + 2
+        })
         .collect();
-    let target_w = rows.iter().filter_map(|r| r.check.as_deref().and_then(target_of)).map(|t| t.len()).max().unwrap_or(6) + 2;
+    let target_w = rows
+        .iter()
+        .filter_map(|r| r.check.as_deref().and_then(target_of))
+        .map(|t| t.len())
+        .max()
+        .unwrap_or(6)
+        + 2;
     let mut header = format!("{:name_w$}", "statistic");
     for (i, input) in inputs.iter().enumerate() {
         header += &format!("{:>w$}", short_name(&input.name), w = col_w[i]);
@@ -284,14 +388,34 @@ fn print_table(inputs: &[Input]) {
         println!("{}", line.trim_end());
     }
     for (i, input) in inputs.iter().enumerate() {
-        println!("{} = {}{}", column_letter(i), input.name, if input.synthetic { " (synthetic)" } else { "" });
+        println!(
+            "{} = {}{}",
+            column_letter(i),
+            input.name,
+            if input.synthetic { " (synthetic)" } else { "" }
+        );
     }
     for &i in &judged {
-        let failed: Vec<&str> = inputs[i].checks.iter().filter(|c| !c.pass).map(|c| c.name.as_str()).collect();
+        let failed: Vec<&str> = inputs[i]
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name.as_str())
+            .collect();
         if failed.is_empty() {
-            println!("{}: meets every data-spec target ({} checks)", column_letter(i), inputs[i].checks.len());
+            println!(
+                "{}: meets every data-spec target ({} checks)",
+                column_letter(i),
+                inputs[i].checks.len()
+            );
         } else {
-            println!("{}: misses {} of {} data-spec targets: {}", column_letter(i), failed.len(), inputs[i].checks.len(), failed.join(", "));
+            println!(
+                "{}: misses {} of {} data-spec targets: {}",
+                column_letter(i),
+                failed.len(),
+                inputs[i].checks.len(),
+                failed.join(", ")
+            );
         }
     }
     if judged.iter().any(|&i| inputs[i].stats.wedges < 2) {
@@ -305,7 +429,9 @@ fn column_letter(i: usize) -> String {
 
 fn short_name(name: &str) -> String {
     let p = Path::new(name);
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_string())
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_string())
 }
 
 fn draw_histograms(path: &Path, inputs: &[Input]) -> Result<()> {
@@ -323,7 +449,11 @@ fn draw_histograms(path: &Path, inputs: &[Input]) -> Result<()> {
         .x_label_area_size(45)
         .y_label_area_size(60)
         .build_cartesian_2d(6.0f64..10.0f64, 0.0f64..ymax)?;
-    chart.configure_mesh().x_desc("log2(ADC+1)").y_desc("% of non-zero voxels per 0.25 bin").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("log2(ADC+1)")
+        .y_desc("% of non-zero voxels per 0.25 bin")
+        .draw()?;
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
     for (k, input) in inputs.iter().enumerate() {
         let color = colors[k % colors.len()];
@@ -335,8 +465,14 @@ fn draw_histograms(path: &Path, inputs: &[Input]) -> Result<()> {
         }
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(format!("{} ({} wedges)", short_name(&input.name), input.stats.wedges))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .label(format!(
+                "{} ({} wedges)",
+                short_name(&input.name),
+                input.stats.wedges
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .draw_series(
@@ -347,14 +483,24 @@ fn draw_histograms(path: &Path, inputs: &[Input]) -> Result<()> {
         )?
         .label("data-spec (9 real wedges)")
         .legend(|(x, y)| Circle::new((x + 10, y), 4, BLACK.filled()));
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }
 
 /// A perceptual colour scale (viridis anchors), t in [0, 1].
 fn colormap(t: f64) -> RGBColor {
-    const ANCHORS: [(u8, u8, u8); 5] = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)];
+    const ANCHORS: [(u8, u8, u8); 5] = [
+        (68, 1, 84),
+        (59, 82, 139),
+        (33, 145, 140),
+        (94, 201, 98),
+        (253, 231, 37),
+    ];
     let t = t.clamp(0.0, 1.0) * (ANCHORS.len() - 1) as f64;
     let i = (t.floor() as usize).min(ANCHORS.len() - 2);
     let f = t - i as f64;
@@ -367,11 +513,17 @@ pub fn run_show(args: ShowArgs) -> Result<()> {
     if let Some(run) = &args.run {
         return crate::cli::train::show_reconstruction(run, &args.wedge, &args.out, args.device);
     }
-    let wedge = read_wedge(&args.wedge).with_context(|| format!("reading {}", args.wedge.display()))?;
+    let wedge =
+        read_wedge(&args.wedge).with_context(|| format!("reading {}", args.wedge.display()))?;
     if let Some(&bad) = args.layers.iter().find(|&&l| l >= LAYERS) {
         bail!("--layers: layer {bad} does not exist (0..{})", LAYERS - 1);
     }
-    draw_wedge(&args.out, &wedge, &args.layers, &short_name(&args.wedge.display().to_string()))?;
+    draw_wedge(
+        &args.out,
+        &wedge,
+        &args.layers,
+        &short_name(&args.wedge.display().to_string()),
+    )?;
     println!(
         "{}: occupancy {:.2} %, drawn to {} (sum over layers + layers {:?})",
         args.wedge.display(),
@@ -390,7 +542,10 @@ pub fn draw_wedge(path: &Path, wedge: &Wedge, layers: &[usize], title: &str) -> 
     let root = BitMapBackend::new(path, (pw * panels as u32, ph + 40)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, body) = root.split_vertically(40);
-    top.titled(&format!("{title}: occupancy {:.2} %", 100.0 * wedge.occupancy()), ("sans-serif", 22))?;
+    top.titled(
+        &format!("{title}: occupancy {:.2} %", 100.0 * wedge.occupancy()),
+        ("sans-serif", 22),
+    )?;
     let areas = body.split_evenly((1, panels));
     for (k, area) in areas.iter().enumerate() {
         let (caption, values): (String, Vec<f64>) = if k == 0 {
@@ -418,14 +573,24 @@ pub fn draw_wedge(path: &Path, wedge: &Wedge, layers: &[usize], title: &str) -> 
             .x_label_area_size(35)
             .y_label_area_size(40)
             .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
-        chart.configure_mesh().disable_mesh().x_desc("azimuth pad").y_desc("z bin").draw()?;
-        chart.draw_series(values.iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(i, &v)| {
-            let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
-            let t = (v + 1.0).log2() / (vmax + 1.0).log2();
-            Rectangle::new([(a, z), (a + 1, z + 1)], colormap(t).filled())
-        }))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("azimuth pad")
+            .y_desc("z bin")
+            .draw()?;
+        chart.draw_series(
+            values
+                .iter()
+                .enumerate()
+                .filter(|(_, &v)| v > 0.0)
+                .map(|(i, &v)| {
+                    let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
+                    let t = (v + 1.0).log2() / (vmax + 1.0).log2();
+                    Rectangle::new([(a, z), (a + 1, z + 1)], colormap(t).filled())
+                }),
+        )?;
     }
     root.present()?;
     Ok(())
 }
-

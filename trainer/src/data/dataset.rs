@@ -49,11 +49,19 @@ impl Dataset {
     /// Open `root` (see the module doc for the three forms). A single `.npy` file is its own data
     /// set for every split. A plain folder (no list files) can only be opened with [`Split::All`].
     pub fn open(root: &Path, split: Split) -> Result<Dataset, DataError> {
-        let meta = std::fs::metadata(root).map_err(|source| DataError::Io { path: root.to_path_buf(), source })?;
+        let meta = std::fs::metadata(root).map_err(|source| DataError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
         if meta.is_file() {
-            return Ok(Dataset { root: root.to_path_buf(), paths: vec![root.to_path_buf()] });
+            return Ok(Dataset {
+                root: root.to_path_buf(),
+                paths: vec![root.to_path_buf()],
+            });
         }
-        let has_lists = ["train.txt", "test.txt"].iter().any(|l| root.join(l).is_file());
+        let has_lists = ["train.txt", "test.txt"]
+            .iter()
+            .any(|l| root.join(l).is_file());
         let paths = if has_lists {
             let mut paths = Vec::new();
             for list in split.list_names() {
@@ -67,12 +75,20 @@ impl Dataset {
             paths
         } else {
             let list = split.list_names()[0];
-            return Err(DataError::MissingListFile { path: root.to_path_buf(), list: list.into() });
+            return Err(DataError::MissingListFile {
+                path: root.to_path_buf(),
+                list: list.into(),
+            });
         };
         if paths.is_empty() {
-            return Err(DataError::Empty { path: root.to_path_buf() });
+            return Err(DataError::Empty {
+                path: root.to_path_buf(),
+            });
         }
-        Ok(Dataset { root: root.to_path_buf(), paths })
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            paths,
+        })
     }
 
     /// The root this data set was opened from.
@@ -97,11 +113,14 @@ impl Dataset {
 
     /// Read wedge `i`.
     pub fn load(&self, i: usize) -> Result<Wedge, DataError> {
-        let path = self.paths.get(i).ok_or_else(|| DataError::IndexOutOfRange {
-            path: self.root.clone(),
-            index: i,
-            len: self.paths.len(),
-        })?;
+        let path = self
+            .paths
+            .get(i)
+            .ok_or_else(|| DataError::IndexOutOfRange {
+                path: self.root.clone(),
+                index: i,
+                len: self.paths.len(),
+            })?;
         read_wedge(path)
     }
 
@@ -114,9 +133,15 @@ impl Dataset {
 fn read_list(root: &Path, list: &str) -> Result<Vec<PathBuf>, DataError> {
     let list_path = root.join(list);
     if !list_path.is_file() {
-        return Err(DataError::MissingListFile { path: root.to_path_buf(), list: list.into() });
+        return Err(DataError::MissingListFile {
+            path: root.to_path_buf(),
+            list: list.into(),
+        });
     }
-    let text = std::fs::read_to_string(&list_path).map_err(|source| DataError::Io { path: list_path.clone(), source })?;
+    let text = std::fs::read_to_string(&list_path).map_err(|source| DataError::Io {
+        path: list_path.clone(),
+        source,
+    })?;
     let mut paths = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let entry = line.trim();
@@ -138,9 +163,15 @@ fn read_list(root: &Path, list: &str) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn collect_npy(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries {
-        let entry = entry.map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let p = entry.path();
         if p.is_dir() {
             collect_npy(&p, out)?;
@@ -149,4 +180,90 @@ fn collect_npy(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::write_wedge;
+
+    fn make_root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("outer/12-2_0-0");
+        std::fs::create_dir_all(&sub).unwrap();
+        for i in 0..3 {
+            let mut w = Wedge::zeros();
+            w.set(i, 0, 0, 100 + i as u16);
+            write_wedge(&sub.join(format!("e_{i}.npy")), &w).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn data_root_with_lists() {
+        let dir = make_root();
+        std::fs::write(
+            dir.path().join("train.txt"),
+            "outer/12-2_0-0/e_0.npy\nouter/12-2_0-0/e_1.npy\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("test.txt"), "outer/12-2_0-0/e_2.npy\n\n").unwrap();
+        let train = Dataset::open(dir.path(), Split::Train).unwrap();
+        assert_eq!(train.len(), 2);
+        assert_eq!(train.load(1).unwrap().get(1, 0, 0), 101);
+        let test = Dataset::open(dir.path(), Split::Test).unwrap();
+        assert_eq!(test.len(), 1);
+        assert_eq!(Dataset::open(dir.path(), Split::All).unwrap().len(), 3);
+        assert!(matches!(
+            test.load(5),
+            Err(DataError::IndexOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_list_file_is_an_error() {
+        let dir = make_root();
+        std::fs::write(dir.path().join("train.txt"), "outer/12-2_0-0/e_0.npy\n").unwrap();
+        let err = Dataset::open(dir.path(), Split::Test).unwrap_err();
+        assert!(
+            matches!(err, DataError::MissingListFile { ref list, .. } if list == "test.txt"),
+            "{err}"
+        );
+        // A plain folder has no split.
+        let plain = make_root();
+        let err = Dataset::open(plain.path(), Split::Train).unwrap_err();
+        assert!(matches!(err, DataError::MissingListFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_listed_file_is_an_error() {
+        let dir = make_root();
+        std::fs::write(
+            dir.path().join("train.txt"),
+            "outer/12-2_0-0/e_0.npy\nouter/gone.npy\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("test.txt"), "").unwrap();
+        let err = Dataset::open(dir.path(), Split::Train).unwrap_err();
+        assert!(
+            matches!(err, DataError::MissingListedFile { line: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plain_folder_and_single_file() {
+        let dir = make_root();
+        let all = Dataset::open(dir.path(), Split::All).unwrap();
+        assert_eq!(all.len(), 3);
+        let one = Dataset::open(&all.paths()[2], Split::Test).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one.load(0).unwrap().get(2, 0, 0), 102);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Dataset::open(empty.path(), Split::All),
+            Err(DataError::Empty { .. })
+        ));
+        assert_eq!("TEST".parse::<Split>().unwrap(), Split::Test);
+    }
 }

@@ -42,8 +42,16 @@ pub fn log_to_adc(x: f32) -> u16 {
 
 /// Write one wedge in the network layout into `out` (length [`NETWORK_VOXELS`]).
 pub fn write_network(w: &Wedge, out: &mut [f32]) {
-    assert_eq!(w.adc.len(), WEDGE_VOXELS, "wedge must have {WEDGE_VOXELS} voxels");
-    assert_eq!(out.len(), NETWORK_VOXELS, "output must have {NETWORK_VOXELS} values");
+    assert_eq!(
+        w.adc.len(),
+        WEDGE_VOXELS,
+        "wedge must have {WEDGE_VOXELS} voxels"
+    );
+    assert_eq!(
+        out.len(),
+        NETWORK_VOXELS,
+        "output must have {NETWORK_VOXELS} values"
+    );
     let table = log_table();
     for (layer, plane) in out.chunks_exact_mut(AZIMUTH * Z_PADDED).enumerate() {
         for (azimuth, row) in plane.chunks_exact_mut(Z_PADDED).enumerate() {
@@ -108,4 +116,63 @@ pub fn wedges_from_tensor(t: &Tensor) -> candle_core::Result<Vec<Wedge>> {
     }
     let per = flat.len() / n;
     Ok(flat.par_chunks_exact(per).map(from_network).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wedge holding every ADC value 0..=1023 (repeated) at varied positions.
+    fn all_values_wedge() -> Wedge {
+        let mut w = Wedge::zeros();
+        for (i, v) in w.adc.iter_mut().enumerate() {
+            *v = ((i * 7919) % 1024) as u16;
+        }
+        w
+    }
+
+    #[test]
+    fn log_round_trip_is_exact_for_every_adc_value() {
+        for v in 0..=ADC_MAX {
+            assert_eq!(log_to_adc(adc_to_log(v)), v, "ADC {v}");
+        }
+        assert_eq!(adc_to_log(0), 0.0);
+        assert_eq!(adc_to_log(1023), 10.0);
+        // Out-of-range network outputs clamp.
+        assert_eq!(log_to_adc(-3.0), 0);
+        assert_eq!(log_to_adc(11.5), 1023);
+        assert_eq!(log_to_adc(f32::NAN), 0);
+    }
+
+    #[test]
+    fn network_layout_round_trip_is_exact_and_padded() {
+        let w = all_values_wedge();
+        let x = to_network(&w);
+        assert_eq!(x.len(), LAYERS * AZIMUTH * Z_PADDED);
+        // (layer, azimuth, z) indexing, z padded with zeros.
+        assert_eq!(
+            x[(3 * AZIMUTH + 17) * Z_PADDED + 42],
+            adc_to_log(w.get(17, 42, 3))
+        );
+        for row in x.chunks_exact(Z_PADDED) {
+            assert!(row[Z_BINS..].iter().all(|&v| v == 0.0));
+        }
+        assert_eq!(from_network(&x), w);
+        // The cropped layout works too.
+        let cropped: Vec<f32> = x
+            .chunks_exact(Z_PADDED)
+            .flat_map(|r| r[..Z_BINS].to_vec())
+            .collect();
+        assert_eq!(from_network(&cropped), w);
+    }
+
+    #[test]
+    fn batch_tensor_has_the_network_shape() {
+        let w = all_values_wedge();
+        let t = batch_tensor(&[Wedge::zeros(), w.clone()], &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[2, LAYERS, AZIMUTH, Z_PADDED]);
+        let back = wedges_from_tensor(&t).unwrap();
+        assert_eq!(back[0], Wedge::zeros());
+        assert_eq!(back[1], w);
+    }
 }

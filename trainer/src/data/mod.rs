@@ -22,8 +22,14 @@ pub use encoder_nostd::geometry::{
     disk_index, ADC_MAX, AZIMUTH, LAYERS, WEDGES_PER_EVENT, WEDGE_VOXELS, ZERO_SUPPRESSION, Z_BINS,
     Z_PADDED,
 };
-pub use layout::{adc_to_log, batch_tensor, from_network, log_to_adc, to_network, wedges_from_tensor, NETWORK_VOXELS};
-pub use npy::{parse_wedge, read_wedge, read_wedge_checked, wedge_to_npy_bytes, write_wedge, ReadReport, DISK_SHAPE};
+pub use layout::{
+    adc_to_log, batch_tensor, from_network, log_to_adc, to_network, wedges_from_tensor,
+    NETWORK_VOXELS,
+};
+pub use npy::{
+    parse_wedge, read_wedge, read_wedge_checked, wedge_to_npy_bytes, write_wedge, ReadReport,
+    DISK_SHAPE,
+};
 
 /// One TPC wedge: raw ADC values in the on-disk order (azimuth, z, layer), layer fastest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +41,9 @@ pub struct Wedge {
 impl Wedge {
     /// An empty wedge (all voxels zero).
     pub fn zeros() -> Self {
-        Wedge { adc: vec![0; WEDGE_VOXELS] }
+        Wedge {
+            adc: vec![0; WEDGE_VOXELS],
+        }
     }
 
     /// ADC at (azimuth, z, layer).
@@ -71,25 +79,50 @@ impl Default for Wedge {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid .npy file ({reason}); expected a NumPy array saved with np.save")]
     NotNpy { path: PathBuf, reason: String },
-    #[error("{path}: wrong dtype {found}; expected uint16 ('<u2'): save with arr.astype(np.uint16)")]
+    #[error(
+        "{path}: wrong dtype {found}; expected uint16 ('<u2'): save with arr.astype(np.uint16)"
+    )]
     WrongDtype { path: PathBuf, found: String },
     #[error("{path}: wrong shape {found:?}; expected (192, 249, 16) = (azimuth, z, layer) of one outer-layer wedge")]
     WrongShape { path: PathBuf, found: Vec<u64> },
     #[error("{path}: truncated: {found} data bytes, expected {expected}; the file is incomplete, copy it again")]
-    Truncated { path: PathBuf, found: u64, expected: u64 },
+    Truncated {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
     #[error("{path}: ADC value {value} at (azimuth {azimuth}, z {z}, layer {layer}) exceeds the 10-bit maximum 1023 ({count} such voxels); this is not raw TPC ADC data")]
-    AdcOutOfRange { path: PathBuf, value: u16, azimuth: usize, z: usize, layer: usize, count: usize },
+    AdcOutOfRange {
+        path: PathBuf,
+        value: u16,
+        azimuth: usize,
+        z: usize,
+        layer: usize,
+        count: usize,
+    },
     #[error("{path}: missing list file {list}; a data root needs train.txt and test.txt (one relative .npy path per line), or use split 'all' on a plain folder of .npy files")]
     MissingListFile { path: PathBuf, list: String },
     #[error("{path}: line {line} of {list} names {entry}, which does not exist")]
-    MissingListedFile { path: PathBuf, list: String, line: usize, entry: String },
+    MissingListedFile {
+        path: PathBuf,
+        list: String,
+        line: usize,
+        entry: String,
+    },
     #[error("{path}: no .npy wedge files found")]
     Empty { path: PathBuf },
     #[error("{path}: wedge index {index} out of range (data set has {len} wedges)")]
-    IndexOutOfRange { path: PathBuf, index: usize, len: usize },
+    IndexOutOfRange {
+        path: PathBuf,
+        index: usize,
+        len: usize,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -99,7 +132,11 @@ pub enum DataError {
 pub enum DataWarning {
     /// Non-zero ADC values below the zero-suppression threshold (64): the data was not
     /// zero-suppressed like the reference data set.
-    BelowZeroSuppression { path: PathBuf, count: usize, smallest: u16 },
+    BelowZeroSuppression {
+        path: PathBuf,
+        count: usize,
+        smallest: u16,
+    },
 }
 
 impl std::fmt::Display for DataWarning {

@@ -81,7 +81,11 @@ impl Default for Accumulator {
             log_sum: 0.0,
             log_sq: 0.0,
             hist: [0; HIST_BINS],
-            runs: [vec![0; MAX_RUN + 1], vec![0; MAX_RUN + 1], vec![0; MAX_RUN + 1]],
+            runs: [
+                vec![0; MAX_RUN + 1],
+                vec![0; MAX_RUN + 1],
+                vec![0; MAX_RUN + 1],
+            ],
         }
     }
 }
@@ -210,7 +214,13 @@ impl Accumulator {
         let nf = n.max(1) as f64;
         let occupancy_mean = self.occupancy.iter().sum::<f64>() / nf;
         let occupancy_sd = if n > 1 {
-            (self.occupancy.iter().map(|o| (o - occupancy_mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+            (self
+                .occupancy
+                .iter()
+                .map(|o| (o - occupancy_mean).powi(2))
+                .sum::<f64>()
+                / (n - 1) as f64)
+                .sqrt()
         } else {
             0.0
         };
@@ -224,7 +234,12 @@ impl Accumulator {
             if total == 0 {
                 return RunSummary::default();
             }
-            let mean = hist.iter().enumerate().map(|(l, &c)| l as f64 * c as f64).sum::<f64>() / total as f64;
+            let mean = hist
+                .iter()
+                .enumerate()
+                .map(|(l, &c)| l as f64 * c as f64)
+                .sum::<f64>()
+                / total as f64;
             let quantile = |q: f64| {
                 let target = (q * total as f64).ceil().max(1.0) as u64;
                 let mut acc = 0;
@@ -236,22 +251,38 @@ impl Accumulator {
                 }
                 MAX_RUN
             };
-            RunSummary { mean, median: quantile(0.5), p90: quantile(0.9) }
+            RunSummary {
+                mean,
+                median: quantile(0.5),
+                p90: quantile(0.9),
+            }
         };
         Stats {
             wedges: n,
             occupancy_per_wedge: self.occupancy.clone(),
             occupancy_mean,
             occupancy_sd,
-            occupancy_per_layer: self.layer_nonzero.iter().map(|&c| c as f64 / per_layer_voxels).collect(),
-            occupancy_per_z_slice: self.z_nonzero.iter().map(|&c| c as f64 / per_slice_voxels).collect(),
+            occupancy_per_layer: self
+                .layer_nonzero
+                .iter()
+                .map(|&c| c as f64 / per_layer_voxels)
+                .collect(),
+            occupancy_per_z_slice: self
+                .z_nonzero
+                .iter()
+                .map(|&c| c as f64 / per_slice_voxels)
+                .collect(),
             smallest_nonzero: if self.nonzero == 0 { 0 } else { self.smallest },
             saturated: self.saturated,
             nonzero: self.nonzero,
             log_mean,
             log_std,
             log_mean_per_wedge_min: self.log_means.iter().copied().fold(f64::INFINITY, f64::min),
-            log_mean_per_wedge_max: self.log_means.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            log_mean_per_wedge_max: self
+                .log_means
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max),
             log_histogram: self.hist.iter().map(|&c| 100.0 * c as f64 / nzf).collect(),
             run_azimuth: summary(&self.runs[0]),
             run_z: summary(&self.runs[1]),
@@ -282,17 +313,21 @@ pub mod spec {
     pub const LOG_MEAN: f64 = 6.53;
     pub const LOG_STD: f64 = 0.46;
     pub const LOG_TOLERANCE: f64 = 0.1;
-    pub const HISTOGRAM: [f64; 16] =
-        [20.7, 45.0, 18.2, 7.1, 3.2, 1.6, 1.1, 0.7, 0.6, 0.5, 0.3, 0.3, 0.2, 0.1, 0.1, 0.2];
+    pub const HISTOGRAM: [f64; 16] = [
+        20.7, 45.0, 18.2, 7.1, 3.2, 1.6, 1.1, 0.7, 0.6, 0.5, 0.3, 0.3, 0.2, 0.1, 0.1, 0.2,
+    ];
     pub const HISTOGRAM_TOLERANCE: f64 = 3.0;
     /// Medians along azimuth, z, layer.
     pub const RUN_MEDIANS: [usize; 3] = [3, 5, 1];
     pub const RUN_TOLERANCE: usize = 1;
     pub const LAYER_TOLERANCE: f64 = 0.25;
     pub const OCCUPANCY_PER_LAYER: [f64; 16] = [
-        0.110, 0.105, 0.106, 0.108, 0.107, 0.101, 0.103, 0.106, 0.105, 0.112, 0.107, 0.107, 0.107, 0.105, 0.099, 0.094,
+        0.110, 0.105, 0.106, 0.108, 0.107, 0.101, 0.103, 0.106, 0.105, 0.112, 0.107, 0.107, 0.107,
+        0.105, 0.099, 0.094,
     ];
-    pub const OCCUPANCY_PER_Z_SLICE: [f64; 10] = [0.081, 0.108, 0.116, 0.125, 0.115, 0.119, 0.107, 0.103, 0.105, 0.083];
+    pub const OCCUPANCY_PER_Z_SLICE: [f64; 10] = [
+        0.081, 0.108, 0.116, 0.125, 0.115, 0.119, 0.107, 0.103, 0.105, 0.083,
+    ];
 }
 
 /// One data-spec target and whether a set of statistics meets it.
@@ -310,17 +345,30 @@ pub fn check_targets(s: &Stats) -> Vec<TargetCheck> {
     use spec::*;
     let mut out = Vec::new();
     let mut push = |name: &str, target: String, value: String, pass: bool| {
-        out.push(TargetCheck { name: name.into(), target, value, pass });
+        out.push(TargetCheck {
+            name: name.into(),
+            target,
+            value,
+            pass,
+        });
     };
     push(
         "occupancy mean",
-        format!("{:.1} % +- {:.1}", 100.0 * OCCUPANCY_MEAN, 100.0 * OCCUPANCY_TOLERANCE),
+        format!(
+            "{:.1} % +- {:.1}",
+            100.0 * OCCUPANCY_MEAN,
+            100.0 * OCCUPANCY_TOLERANCE
+        ),
         format!("{:.2} %", 100.0 * s.occupancy_mean),
         (s.occupancy_mean - OCCUPANCY_MEAN).abs() <= OCCUPANCY_TOLERANCE,
     );
     push(
         "occupancy sd between wedges",
-        format!("{:.0}-{:.0} %", 100.0 * OCCUPANCY_SD_RANGE.0, 100.0 * OCCUPANCY_SD_RANGE.1),
+        format!(
+            "{:.0}-{:.0} %",
+            100.0 * OCCUPANCY_SD_RANGE.0,
+            100.0 * OCCUPANCY_SD_RANGE.1
+        ),
         format!("{:.2} %", 100.0 * s.occupancy_sd),
         (OCCUPANCY_SD_RANGE.0..=OCCUPANCY_SD_RANGE.1).contains(&s.occupancy_sd),
     );
@@ -350,9 +398,15 @@ pub fn check_targets(s: &Stats) -> Vec<TargetCheck> {
         ("run median z", s.run_z, RUN_MEDIANS[1]),
         ("run median layer", s.run_layer, RUN_MEDIANS[2]),
     ] {
-        push(name, format!("{target} +- {RUN_TOLERANCE}"), format!("{}", run.median), run.median.abs_diff(target) <= RUN_TOLERANCE);
+        push(
+            name,
+            format!("{target} +- {RUN_TOLERANCE}"),
+            format!("{}", run.median),
+            run.median.abs_diff(target) <= RUN_TOLERANCE,
+        );
     }
-    let layer_mean = s.occupancy_per_layer.iter().sum::<f64>() / s.occupancy_per_layer.len().max(1) as f64;
+    let layer_mean =
+        s.occupancy_per_layer.iter().sum::<f64>() / s.occupancy_per_layer.len().max(1) as f64;
     let layer_dev = s
         .occupancy_per_layer
         .iter()
@@ -373,4 +427,124 @@ pub fn check_targets(s: &Stats) -> Vec<TargetCheck> {
         z[0] < 0.9 * middle && z[Z_SLICES - 1] < 0.9 * middle,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::read_wedge;
+    use std::path::PathBuf;
+
+    /// `../shared/data` seen from the crate directory, if present.
+    fn shared_data() -> Option<PathBuf> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        if p.join("auau_sample.npy").is_file() {
+            Some(p)
+        } else {
+            eprintln!(
+                "skipping: {} is absent (the real wedges are not shipped)",
+                p.display()
+            );
+            None
+        }
+    }
+
+    /// The nine real wedges reproduce the data-spec table.
+    #[test]
+    fn real_wedges_match_the_data_spec_table() {
+        let Some(dir) = shared_data() else { return };
+        let mut paths = vec![dir.join("auau_sample.npy")];
+        paths.extend((0..8).map(|i| dir.join(format!("bcae-v1/sample_{i}.npy"))));
+        if !paths.iter().all(|p| p.is_file()) {
+            eprintln!("skipping: the bcae-v1 samples are absent");
+            return;
+        }
+        let wedges: Vec<Wedge> = paths.iter().map(|p| read_wedge(p).unwrap()).collect();
+        let s = compute(&wedges);
+        let table = [
+            0.1045, 0.1006, 0.1832, 0.1024, 0.0883, 0.0765, 0.1020, 0.0768, 0.1122,
+        ];
+        for (got, want) in s.occupancy_per_wedge.iter().zip(table) {
+            assert!((got - want).abs() < 6e-5, "occupancy {got} vs {want}");
+        }
+        assert_eq!(s.smallest_nonzero, 70);
+        assert_eq!((s.saturated, s.nonzero), (922, 723_954));
+        assert!(
+            (s.log_mean - 6.53).abs() < 0.005 && (s.log_std - 0.46).abs() < 0.005,
+            "{} {}",
+            s.log_mean,
+            s.log_std
+        );
+        assert!(
+            (s.log_mean_per_wedge_min - 6.49).abs() < 0.005
+                && (s.log_mean_per_wedge_max - 6.57).abs() < 0.005
+        );
+        for (got, want) in s.log_histogram.iter().zip(spec::HISTOGRAM) {
+            assert!(
+                (got - want).abs() <= 0.051,
+                "histogram {:?}",
+                s.log_histogram
+            );
+        }
+        for (got, want) in s.occupancy_per_layer.iter().zip(spec::OCCUPANCY_PER_LAYER) {
+            assert!(
+                (got - want).abs() <= 0.0006,
+                "layers {:?}",
+                s.occupancy_per_layer
+            );
+        }
+        for (got, want) in s
+            .occupancy_per_z_slice
+            .iter()
+            .zip(spec::OCCUPANCY_PER_Z_SLICE)
+        {
+            assert!(
+                (got - want).abs() <= 0.0006,
+                "z {:?}",
+                s.occupancy_per_z_slice
+            );
+        }
+        let runs = [
+            (s.run_azimuth, 4.4, 3, 9),
+            (s.run_z, 5.8, 5, 10),
+            (s.run_layer, 1.5, 1, 2),
+        ];
+        for (r, mean, median, p90) in runs {
+            assert!(
+                (r.mean - mean).abs() < 0.051 && r.median == median && r.p90 == p90,
+                "{r:?}"
+            );
+        }
+        // And the real data meets every target except the sd, which it defines.
+        assert!(
+            check_targets(&s).iter().all(|c| c.pass),
+            "{:?}",
+            check_targets(&s)
+        );
+    }
+
+    #[test]
+    fn runs_and_histogram_on_a_hand_made_wedge() {
+        let mut w = Wedge::zeros();
+        // A run of 3 along azimuth, 2 along z, 4 along layer at distinct places.
+        for a in 10..13 {
+            w.set(a, 50, 3, 100);
+        }
+        for z in 100..102 {
+            w.set(70, z, 8, 1023);
+        }
+        for l in 0..4 {
+            w.set(150, 200, l, 64);
+        }
+        let s = compute(&[w]);
+        assert_eq!(s.nonzero, 9);
+        assert_eq!(s.saturated, 2);
+        assert_eq!(s.smallest_nonzero, 64);
+        // Azimuth runs: one of 3, and 6 isolated voxels (the z and layer runs seen across).
+        assert_eq!(s.run_azimuth.median, 1);
+        assert!((s.run_azimuth.mean - 9.0 / 7.0).abs() < 1e-9);
+        assert!((s.run_layer.mean - 9.0 / 6.0).abs() < 1e-9);
+        assert!((s.log_histogram[HIST_BINS - 1] - 100.0 * 2.0 / 9.0).abs() < 1e-9);
+        assert!((s.log_histogram[0] - 100.0 * 4.0 / 9.0).abs() < 1e-9);
+    }
 }
