@@ -1071,30 +1071,34 @@ pub fn run_eval_stream_args(stream: &Path, args: &crate::cli::train::EvalArgs) -
     })
 }
 
-#[derive(Serialize)]
-struct StreamEvalRow {
-    path: String,
+/// One scored wedge of `eval --stream`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamEvalRow {
+    pub path: String,
     #[serde(flatten)]
-    metrics: WedgeMetrics,
+    pub metrics: WedgeMetrics,
 }
 
-#[derive(Serialize)]
-struct StreamEvalReport {
-    stream: PathBuf,
-    truth: PathBuf,
-    codec: String,
-    model: String,
-    file_bytes: u64,
-    wedges: usize,
-    ratio_on_disk: f64,
-    mean: MeanMetrics,
-    failed: Vec<String>,
-    per_wedge: Vec<StreamEvalRow>,
+/// What `eval --stream` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamEvalReport {
+    pub stream: PathBuf,
+    pub truth: PathBuf,
+    pub codec: String,
+    pub model: String,
+    pub file_bytes: u64,
+    pub wedges: usize,
+    /// Raw 16-bit bytes of every located frame over the file size (all overhead included).
+    pub ratio_on_disk: f64,
+    pub mean: MeanMetrics,
+    /// Frames that could not be scored (CRC failure, decode error, missing original).
+    pub failed: Vec<String>,
+    pub per_wedge: Vec<StreamEvalRow>,
 }
 
 /// Decode a stream as `decompress` writes it and score every wedge against the original of the
 /// same relative path under `truth`: MAE, MSE, PSNR, precision, recall in log2(ADC+1).
-pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
+pub fn eval_stream(o: &StreamEvalOptions<'_>) -> Result<StreamEvalReport> {
     let mut reader =
         StreamReader::open(o.stream).with_context(|| format!("opening {}", o.stream.display()))?;
     print_problems(&reader);
@@ -1135,7 +1139,7 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
     }
     let per: Vec<WedgeMetrics> = rows.iter().map(|r| r.metrics).collect();
     let file_bytes = reader.file_len();
-    let report = StreamEvalReport {
+    Ok(StreamEvalReport {
         stream: o.stream.to_path_buf(),
         truth: o.truth.to_path_buf(),
         codec: header.codec.name().into(),
@@ -1147,7 +1151,13 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
         mean: MeanMetrics::of(&per),
         failed,
         per_wedge: rows,
-    };
+    })
+}
+
+/// `eval --stream`: [`eval_stream`], printed as a table or JSON.
+pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
+    let report = eval_stream(&o)?;
+    let header = StreamReader::open(o.stream)?.header().clone();
     if o.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

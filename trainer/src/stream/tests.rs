@@ -313,95 +313,145 @@ fn fuzz_base(finish: bool, sparse: bool) -> (Vec<u8>, Vec<(WedgeId, Vec<u8>)>) {
     (write_stream(header, &frames, finish), frames)
 }
 
-proptest! {
-    /// Arbitrary bytes, with or without a valid stream header in front: never a panic.
-    #[test]
-    fn fuzz_random_bytes(
-        tail in proptest::collection::vec(any::<u8>(), 0..600),
-        with_header in any::<bool>(),
-        sprinkle_markers in any::<bool>(),
-    ) {
-        let mut bytes = if with_header { int8_header().encode().unwrap() } else { Vec::new() };
-        let mut tail = tail;
-        if sprinkle_markers && tail.len() > 40 {
-            tail[3..7].copy_from_slice(&FRAME_MARKER);
-            tail[30..34].copy_from_slice(&INDEX_MARKER);
-            let n = tail.len();
-            tail[n - 4..].copy_from_slice(&TRAILER_MAGIC);
-        }
-        bytes.extend_from_slice(&tail);
-        if let Ok((got, _)) = read_all(&bytes) {
-            // A CRC-checked frame made of random bytes would be a 2^-64 event.
-            prop_assert!(got.iter().all(|(_, p)| p.is_none()) || !with_header || got.is_empty());
-        }
+/// Run a fuzz property for `PROPTEST_CASES` cases (proptest's default config: 256 unless the
+/// variable says otherwise) and print how many passed, so a long run can be reported exactly.
+fn fuzz<S: Strategy>(
+    name: &str,
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
+    let config = ProptestConfig::default();
+    let cases = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&strategy, |v| {
+        cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        check(v)
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
     }
+    eprintln!("{name}: {} cases passed", cases.into_inner());
+}
 
-    /// A valid stream with one span overwritten by random bytes: never a panic; every frame
-    /// entirely outside the span is recovered intact; nothing but original frames is ever
-    /// returned.
-    #[test]
-    fn fuzz_overwritten_span(
-        finish in any::<bool>(),
-        sparse in any::<bool>(),
-        at in any::<prop::sample::Index>(),
-        junk in proptest::collection::vec(any::<u8>(), 1..48),
-    ) {
-        let (clean, frames) = fuzz_base(finish, sparse);
-        let header_len = frame_ranges(&clean).first().map_or(clean.len(), |r| r.0);
-        let start = header_len + at.index(clean.len() - header_len);
-        let end = (start + junk.len()).min(clean.len());
-        let mut bytes = clean.clone();
-        bytes[start..end].copy_from_slice(&junk[..end - start]);
-        let (got, _) = read_all(&bytes).unwrap();
-        for (id, p) in &got {
-            if let Some(p) = p {
-                prop_assert!(is_original(&frames, id, p));
+/// Arbitrary bytes, with or without a valid stream header in front: never a panic.
+#[test]
+fn fuzz_random_bytes() {
+    let strategy = (
+        proptest::collection::vec(any::<u8>(), 0..600),
+        any::<bool>(),
+        any::<bool>(),
+    );
+    fuzz(
+        "fuzz_random_bytes",
+        strategy,
+        |(mut tail, with_header, sprinkle_markers)| {
+            let mut bytes = if with_header {
+                int8_header().encode().unwrap()
+            } else {
+                Vec::new()
+            };
+            if sprinkle_markers && tail.len() > 40 {
+                tail[3..7].copy_from_slice(&FRAME_MARKER);
+                tail[30..34].copy_from_slice(&INDEX_MARKER);
+                let n = tail.len();
+                tail[n - 4..].copy_from_slice(&TRAILER_MAGIC);
             }
-        }
-        for (k, &(s, e)) in frame_ranges(&clean).iter().enumerate() {
-            if e <= start || s >= end {
-                let (id, p) = &frames[k];
-                prop_assert!(
-                    got.iter().any(|(i, q)| i == id && q.as_ref() == Some(p)),
-                    "frame {} lost", k
-                );
+            bytes.extend_from_slice(&tail);
+            if let Ok((got, _)) = read_all(&bytes) {
+                // A CRC-checked frame made of random bytes would be a 2^-64 event.
+                prop_assert!(got.iter().all(|(_, p)| p.is_none()));
             }
-        }
-    }
+            Ok(())
+        },
+    );
+}
 
-    /// Random edits anywhere (flips, insertions, deletions, truncation): never a panic, and only
-    /// original frames come out.
-    #[test]
-    fn fuzz_mutated_stream(
-        finish in any::<bool>(),
-        sparse in any::<bool>(),
-        edits in proptest::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..6),
-    ) {
-        let (mut bytes, frames) = fuzz_base(finish, sparse);
-        for (kind, at, value) in edits {
-            if bytes.is_empty() {
-                break;
-            }
-            let i = at.index(bytes.len());
-            match kind {
-                0 => bytes[i] ^= value | 1,
-                1 => bytes.insert(i, value),
-                2 => { bytes.remove(i); }
-                _ => bytes.truncate(i),
-            }
-        }
-        if let Ok((got, problems)) = read_all(&bytes) {
+/// A valid stream with one span overwritten by random bytes: never a panic; every frame
+/// entirely outside the span is recovered intact; nothing but original frames is returned.
+#[test]
+fn fuzz_overwritten_span() {
+    let strategy = (
+        any::<bool>(),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+        proptest::collection::vec(any::<u8>(), 1..48),
+    );
+    fuzz(
+        "fuzz_overwritten_span",
+        strategy,
+        |(finish, sparse, at, junk)| {
+            let (clean, frames) = fuzz_base(finish, sparse);
+            let ranges = frame_ranges(&clean);
+            let header_len = ranges.first().map_or(clean.len(), |r| r.0);
+            let start = header_len + at.index(clean.len() - header_len);
+            let end = (start + junk.len()).min(clean.len());
+            let mut bytes = clean.clone();
+            bytes[start..end].copy_from_slice(&junk[..end - start]);
+            let (got, _) = read_all(&bytes).unwrap();
             for (id, p) in &got {
                 if let Some(p) = p {
                     prop_assert!(is_original(&frames, id, p));
                 }
             }
-            for p in &problems {
-                prop_assert!(!p.to_string().is_empty());
+            for (k, &(s, e)) in ranges.iter().enumerate() {
+                if e <= start || s >= end {
+                    let (id, p) = &frames[k];
+                    prop_assert!(
+                        got.iter().any(|(i, q)| i == id && q.as_ref() == Some(p)),
+                        "frame {} lost",
+                        k
+                    );
+                }
             }
-        }
-    }
+            Ok(())
+        },
+    );
+}
 
+/// Random edits anywhere, header included (flips, insertions, deletions, truncation): never a
+/// panic, and only original frames come out.
+#[test]
+fn fuzz_mutated_stream() {
+    let strategy = (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    );
+    fuzz(
+        "fuzz_mutated_stream",
+        strategy,
+        |(finish, sparse, edits)| {
+            let (mut bytes, frames) = fuzz_base(finish, sparse);
+            for (kind, at, value) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let i = at.index(bytes.len());
+                match kind {
+                    0 => bytes[i] ^= value | 1,
+                    1 => bytes.insert(i, value),
+                    2 => {
+                        bytes.remove(i);
+                    }
+                    _ => bytes.truncate(i),
+                }
+            }
+            if let Ok((got, problems)) = read_all(&bytes) {
+                for (id, p) in &got {
+                    if let Some(p) = p {
+                        prop_assert!(is_original(&frames, id, p));
+                    }
+                }
+                for p in &problems {
+                    prop_assert!(!p.to_string().is_empty());
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+proptest! {
     /// Writer and reader agree on arbitrary identities and payloads.
     #[test]
     fn round_trip_arbitrary_frames(
