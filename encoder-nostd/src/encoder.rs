@@ -664,3 +664,44 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timing {
+    extern crate std;
+    use super::*;
+    use crate::weights::owned::OwnedModel;
+
+    /// `cargo test -p encoder-nostd --release -- --ignored --nocapture encode_speed`
+    #[test]
+    #[ignore]
+    fn encode_speed() {
+        for (name, bytes) in [
+            (
+                "bcae-ht",
+                OwnedModel::random_ht(1, [2, 4, 4, 8], 8)
+                    .to_bytes()
+                    .unwrap(),
+            ),
+            (
+                "bcae-2d",
+                OwnedModel::random_2d(2, 4, 3, 32).to_bytes().unwrap(),
+            ),
+        ] {
+            let enc = Encoder::parse(&bytes).unwrap();
+            let adc = std::vec![100u16; WEDGE_VOXELS];
+            let mut scratch = std::vec![0i8; enc.scratch_len()];
+            let mut code = std::vec![0i8; enc.code_len()];
+            let t = std::time::Instant::now();
+            let n = 3;
+            for _ in 0..n {
+                enc.encode(&adc, &mut scratch, &mut code).unwrap();
+            }
+            let s = t.elapsed().as_secs_f64() / n as f64;
+            std::println!(
+                "{name}: {:.3} s/wedge, {:.2} GMAC/s",
+                s,
+                enc.macs_per_wedge() as f64 / s / 1e9
+            );
+        }
+    }
+}

@@ -38,6 +38,8 @@ use crate::quantized::{self, QuantizedEncoder, QuantizedError};
 pub const LEAKY_SLOPE: f64 = 0.2;
 /// Upper end of the network input log2(ADC+1) (ADC 1023).
 pub const INPUT_MAX: f64 = 10.0;
+/// Narrowest activation range quantized (real units, log2 domain scale).
+pub const MIN_SPAN: f64 = 1e-2;
 /// Most sampled values per activation tensor for the percentile estimate.
 pub const MAX_SAMPLES: usize = 1 << 21;
 
@@ -426,9 +428,11 @@ pub struct QParams {
 }
 
 impl QParams {
-    /// Covers [lo, hi] (lo <= 0 <= hi) with 256 levels; 0 is exactly representable.
+    /// Covers [lo, hi] (lo <= 0 <= hi) with 256 levels; 0 is exactly representable. A range
+    /// narrower than [`MIN_SPAN`] (e.g. a branch that is identically 0 because its ReZero alpha is
+    /// still 0) gets that span, so requantization ratios stay representable.
     pub fn from_range(lo: f64, hi: f64) -> QParams {
-        let span = (hi - lo).max(1e-6);
+        let span = (hi - lo).max(MIN_SPAN);
         let scale = span / 255.0;
         let zero_point = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i8;
         QParams { scale, zero_point }

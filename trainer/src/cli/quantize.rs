@@ -40,9 +40,13 @@ pub struct QuantizeArgs {
     /// Evaluation wedges (0 skips the accuracy report).
     #[arg(long, default_value_t = 8)]
     pub eval_wedges: usize,
-    /// Wedges encoded by both the no_std encoder and the candle integer path, compared bit for bit.
-    #[arg(long, default_value_t = 2)]
+    /// Synthetic wedges encoded by both the no_std encoder and the candle integer path and
+    /// compared bit for bit (0 skips the check).
+    #[arg(long, default_value_t = 8)]
     pub check_wedges: usize,
+    /// Seed of the synthetic check wedges.
+    #[arg(long, default_value_t = 0)]
+    pub check_seed: u64,
     /// Range estimator percentile p in (50, 100]; 100 = min/max.
     #[arg(long, default_value_t = 99.99)]
     pub percentile: f64,
@@ -56,6 +60,14 @@ pub struct QuantizeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Encoding speed measured during the bit-exact check.
+#[derive(Debug, Serialize)]
+pub struct Speed {
+    pub board_wedges_per_s: f64,
+    pub board_gmac_per_s: f64,
+    pub candle_int_wedges_per_s: f64,
 }
 
 /// What `bcae quantize` measured.
@@ -74,6 +86,8 @@ pub struct QuantizeReport {
     pub layers: Vec<LayerBound>,
     pub board_check_wedges: usize,
     pub board_check_bytes: usize,
+    /// Timings of the check (this build, this machine, one thread for encoder-nostd).
+    pub speed: Speed,
     pub accuracy: Option<AccuracyReport>,
     /// (int8 MAE - float f16-code MAE) / float MAE, in percent.
     pub mae_loss_percent: Option<f64>,
@@ -159,29 +173,53 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
         encoder_nostd::encoder::Encoder::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let eval_root = args.eval.clone().unwrap_or_else(|| args.calib.clone());
 
-    // Board (encoder-nostd) against the candle integer path, bit for bit.
+    // Board (encoder-nostd) against the candle integer path, bit for bit, on synthetic wedges
+    // (always available, whatever --calib holds), in batches so memory stays flat.
     let mut checked = (0usize, 0usize);
+    let (mut board_secs, mut candle_secs) = (0f64, 0f64);
     if args.check_wedges > 0 {
-        let ds = open_data(&eval_root, Split::Test, args.check_wedges)?;
-        let wedges = load(&ds, 0..ds.len())?;
-        let candle_codes = int8.encode_wedges(&wedges)?;
+        let wedges = crate::data::synth::generate_wedges(args.check_seed, args.check_wedges);
+        let progress = bar(wedges.len(), "bit-exact check");
         let mut scratch = vec![0i8; board.scratch_len()];
         let mut code = vec![0i8; board.code_len()];
-        for (i, (w, expected)) in wedges.iter().zip(&candle_codes).enumerate() {
-            board
-                .encode(&w.adc, &mut scratch, &mut code)
-                .map_err(|e| anyhow::anyhow!("encoder-nostd: {e}"))?;
-            if let Some(pos) = code.iter().zip(expected).position(|(a, b)| a != b) {
-                bail!(
-                    "int8 self-check failed: wedge {i}, code index {pos}: encoder-nostd {} vs candle {} \
-                     (please report this as a bug)",
-                    code[pos],
-                    expected[pos]
-                );
+        for (b, chunk) in wedges.chunks(args.batch_size.max(1)).enumerate() {
+            let t = Instant::now();
+            let candle_codes = int8.encode_wedges(chunk)?;
+            candle_secs += t.elapsed().as_secs_f64();
+            for (j, (w, expected)) in chunk.iter().zip(&candle_codes).enumerate() {
+                let i = b * args.batch_size.max(1) + j;
+                let t = Instant::now();
+                board
+                    .encode(&w.adc, &mut scratch, &mut code)
+                    .map_err(|e| anyhow::anyhow!("encoder-nostd: {e}"))?;
+                board_secs += t.elapsed().as_secs_f64();
+                if let Some(pos) = code.iter().zip(expected).position(|(a, b)| a != b) {
+                    bail!(
+                        "int8 self-check failed: synthetic wedge {i} (seed {}), code index {pos}: \
+                         encoder-nostd {} vs candle {} (please report this as a bug)",
+                        args.check_seed,
+                        code[pos],
+                        expected[pos]
+                    );
+                }
+                checked = (checked.0 + 1, checked.1 + code.len());
+                progress.inc(1);
             }
-            checked = (checked.0 + 1, checked.1 + code.len());
         }
+        progress.finish_and_clear();
     }
+    let per_s = |secs: f64| {
+        if secs > 0.0 {
+            checked.0 as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    let speed = Speed {
+        board_wedges_per_s: per_s(board_secs),
+        board_gmac_per_s: per_s(board_secs) * board.macs_per_wedge() as f64 / 1e9,
+        candle_int_wedges_per_s: per_s(candle_secs),
+    };
 
     // Accuracy: float model with an f16 code vs int8 encoder + float decoders.
     let accuracy = if args.eval_wedges > 0 {
@@ -223,6 +261,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
         layers: quantize::layer_bounds(&bytes)?,
         board_check_wedges: checked.0,
         board_check_bytes: checked.1,
+        speed,
         accuracy,
         mae_loss_percent,
     };
@@ -271,8 +310,12 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
     }
     if r.board_check_wedges > 0 {
         println!(
-            "bit-exact: encoder-nostd == candle integer path on {} wedges ({} code bytes)",
+            "bit-exact: encoder-nostd == candle integer path on {} synthetic wedges ({} code bytes)",
             r.board_check_wedges, r.board_check_bytes
+        );
+        println!(
+            "speed (this build): encoder-nostd {:.2} wedges/s = {:.2} GMAC/s (1 thread); candle integer path {:.2} wedges/s",
+            r.speed.board_wedges_per_s, r.speed.board_gmac_per_s, r.speed.candle_int_wedges_per_s
         );
     }
     if let Some(a) = &r.accuracy {
