@@ -26,14 +26,20 @@ pub struct Conv3dConfig {
 
 impl Default for Conv3dConfig {
     fn default() -> Self {
-        Self { stride: [1; 3], padding: [0; 3] }
+        Self {
+            stride: [1; 3],
+            padding: [0; 3],
+        }
     }
 }
 
 impl Conv3dConfig {
     /// Stride 1 and the same padding `p` on every axis (`p = 1` with `k = 3` keeps the size).
     pub fn padded(p: usize) -> Self {
-        Self { stride: [1; 3], padding: [p; 3] }
+        Self {
+            stride: [1; 3],
+            padding: [p; 3],
+        }
     }
 }
 
@@ -47,7 +53,11 @@ pub struct ConvTranspose3dConfig {
 
 impl Default for ConvTranspose3dConfig {
     fn default() -> Self {
-        Self { stride: [1; 3], padding: [0; 3], output_padding: [0; 3] }
+        Self {
+            stride: [1; 3],
+            padding: [0; 3],
+            output_padding: [0; 3],
+        }
     }
 }
 
@@ -63,7 +73,11 @@ pub struct Conv3d {
 
 impl Conv3d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv3dConfig) -> Self {
-        Self { weight, bias, config }
+        Self {
+            weight,
+            bias,
+            config,
+        }
     }
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -94,7 +108,11 @@ pub struct ConvTranspose3d {
 
 impl ConvTranspose3d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: ConvTranspose3dConfig) -> Self {
-        Self { weight, bias, config }
+        Self {
+            weight,
+            bias,
+            config,
+        }
     }
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -119,7 +137,10 @@ impl Module for ConvTranspose3d {
 /// with a = sqrt(5) for the weight and the same bound for the bias).
 fn pytorch_uniform(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 /// A [`Conv3d`] with bias whose variables are `weight` and `bias` under `vb`, initialised as
@@ -185,7 +206,10 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
 pub fn instance_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     if dims.len() < 3 {
-        candle_core::bail!("instance_norm needs (N, C, spatial...), got shape {:?}", dims)
+        candle_core::bail!(
+            "instance_norm needs (N, C, spatial...), got shape {:?}",
+            dims
+        )
     }
     let spatial: usize = dims[2..].iter().product();
     let flat = x.reshape((dims[0], dims[1], spatial))?;
@@ -233,7 +257,9 @@ fn zero_interleave(t: &Tensor, dim: usize, step: usize) -> Result<Tensor> {
     parts.extend(std::iter::repeat_n(zeros, step - 1));
     let mut shape = t.dims().to_vec();
     shape[dim] = n * step;
-    Tensor::stack(&parts, dim + 1)?.reshape(shape)?.narrow(dim, 0, (n - 1) * step + 1)
+    Tensor::stack(&parts, dim + 1)?
+        .reshape(shape)?
+        .narrow(dim, 0, (n - 1) * step + 1)
 }
 
 /// Crop `dim` to `[start, start + len)`, zero-extending past the end if needed.
@@ -242,7 +268,8 @@ fn crop(t: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
     if start + len <= n {
         t.narrow(dim, start, len)
     } else {
-        t.narrow(dim, start, n - start)?.pad_with_zeros(dim, 0, start + len - n)
+        t.narrow(dim, start, n - start)?
+            .pad_with_zeros(dim, 0, start + len - n)
     }
 }
 
@@ -424,7 +451,10 @@ fn conv_transpose3d_fold_first(
             if k >= kd {
                 break;
             }
-            let t = y.narrow(2, k, 1)?.squeeze(2)?.pad_with_zeros(1, q, q_max - 1 - q)?;
+            let t = y
+                .narrow(2, k, 1)?
+                .squeeze(2)?
+                .pad_with_zeros(1, q, q_max - 1 - q)?;
             acc = Some(match acc {
                 None => t,
                 Some(a) => (a + t)?,
@@ -437,7 +467,9 @@ fn conv_transpose3d_fold_first(
         residues.push(part);
     }
     let full = Tensor::stack(&residues, 2)?.reshape((n, span * s, co, fh, fw))?;
-    let out = |len: usize, k: usize, i: usize| (len - 1) * stride[i] + k + output_padding[i] - 2 * padding[i];
+    let out = |len: usize, k: usize, i: usize| {
+        (len - 1) * stride[i] + k + output_padding[i] - 2 * padding[i]
+    };
     let full = crop(&full, 1, padding[0], out(d, kd, 0))?;
     let full = crop(&full, 3, padding[1], out(h, kh, 1))?;
     let full = crop(&full, 4, padding[2], out(wd, kw, 2))?;
@@ -453,9 +485,8 @@ fn conv_transpose3d_fold_first(
 /// Upper bound on the floats of one im2col buffer; larger batches are processed in chunks.
 const IM2COL_CHUNK: usize = 1 << 25;
 
-/// im2col of an unpadded (B, C, H, W) input for a kh x kw kernel at stride s:
-/// (C kh kw, B Ho Wo), rows ordered (c, kernel row, kernel column) as PyTorch weights flatten.
-fn im2col(x: &Tensor, kh: usize, kw: usize, s: usize) -> Result<Tensor> {
+/// [`im2col`] with tensor ops (any dtype, any device).
+fn im2col_ops(x: &Tensor, kh: usize, kw: usize, s: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (ho, wo) = ((h - kh) / s + 1, (w - kw) / s + 1);
     let (hq, wq) = (h.div_ceil(s), w.div_ceil(s));
@@ -482,9 +513,8 @@ fn im2col(x: &Tensor, kh: usize, kw: usize, s: usize) -> Result<Tensor> {
     Tensor::stack(&taps, 1)?.reshape((c * kh * kw, b * ho * wo))
 }
 
-/// The adjoint of [`im2col`]: scatter-add (C kh kw, B Ho Wo) columns into a (B, C, H, W) image.
-#[allow(clippy::too_many_arguments)]
-fn col2im(
+/// [`col2im`] with tensor ops (any dtype, any device).
+fn col2im_ops(
     cols: &Tensor,
     (b, c): (usize, usize),
     (kh, kw): (usize, usize),
@@ -524,13 +554,93 @@ fn col2im(
     }
     // (C, B, Hq, s, Wq s) -> (C, B, Hq s, Wq s)
     let full = Tensor::stack(&rows, 3)?.reshape((c, b, hq * s, wq * s))?;
-    full.narrow(2, 0, h)?.narrow(3, 0, w)?.transpose(0, 1)?.contiguous()
+    full.narrow(2, 0, h)?
+        .narrow(3, 0, w)?
+        .transpose(0, 1)?
+        .contiguous()
+}
+
+/// im2col of an unpadded (B, C, H, W) input for a kh x kw kernel at stride s:
+/// (C kh kw, B Ho Wo), rows ordered (c, kernel row, kernel column) as PyTorch weights flatten.
+/// f32 on the CPU runs a direct parallel loop; other cases use tensor ops.
+fn im2col(x: &Tensor, kh: usize, kw: usize, s: usize) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return im2col_ops(x, kh, kw, s);
+    }
+    use rayon::prelude::*;
+    let (b, c, h, w) = x.dims4()?;
+    let (ho, wo) = ((h - kh) / s + 1, (w - kw) / s + 1);
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let row_len = b * ho * wo;
+    let mut out = vec![0f32; c * kh * kw * row_len];
+    out.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (ci, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
+            for bb in 0..b {
+                let img = &xs[(bb * c + ci) * h * w..][..h * w];
+                for oy in 0..ho {
+                    let src = &img[(oy * s + i) * w + j..];
+                    let d = &mut dst[(bb * ho + oy) * wo..][..wo];
+                    for (ox, v) in d.iter_mut().enumerate() {
+                        *v = src[ox * s];
+                    }
+                }
+            }
+        });
+    Tensor::from_vec(out, (c * kh * kw, row_len), x.device())
+}
+
+/// The adjoint of [`im2col`]: scatter-add (C kh kw, B Ho Wo) columns into a (B, C, H, W) image.
+/// f32 on the CPU runs a direct parallel loop; other cases use tensor ops.
+fn col2im(
+    cols: &Tensor,
+    (b, c): (usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    (ho, wo): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    if cols.dtype() != DType::F32 || !cols.device().is_cpu() {
+        return col2im_ops(cols, (b, c), (kh, kw), s, (ho, wo), (h, w));
+    }
+    use rayon::prelude::*;
+    let cs = cols.flatten_all()?.to_vec1::<f32>()?;
+    let row_len = b * ho * wo;
+    let mut out = vec![0f32; b * c * h * w];
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(img_idx, img)| {
+            let (bb, ci) = (img_idx / c, img_idx % c);
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = &cs[((ci * kh + i) * kw + j) * row_len + bb * ho * wo..][..ho * wo];
+                    for oy in 0..ho {
+                        let y = oy * s + i;
+                        if y >= h {
+                            break;
+                        }
+                        let src = &row[oy * wo..][..wo];
+                        let dst = &mut img[y * w..][..w];
+                        for (ox, v) in src.iter().enumerate() {
+                            let x = ox * s + j;
+                            if x < w {
+                                dst[x] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    Tensor::from_vec(out, (b, c, h, w), cols.device())
 }
 
 /// Batch chunks so that one im2col buffer of `per_item` floats per batch item stays bounded.
 fn batch_chunks(b: usize, per_item: usize) -> impl Iterator<Item = (usize, usize)> {
     let step = (IM2COL_CHUNK / per_item.max(1)).clamp(1, b.max(1));
-    (0..b).step_by(step).map(move |start| (start, step.min(b - start)))
+    (0..b)
+        .step_by(step)
+        .map(move |start| (start, step.min(b - start)))
 }
 
 /// Transposed 2D convolution, padding 0: x (B, Cin, h, w), w (Cin, Cout, kh, kw) ->
@@ -542,7 +652,10 @@ fn conv_transpose2d_gemm(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
     let (oh, ow) = ((h - 1) * s + kh, (wd - 1) * s + kw);
     let mut outs = Vec::new();
     for (start, len) in batch_chunks(b, co * kh * kw * h * wd) {
-        let xc = x.narrow(0, start, len)?.transpose(0, 1)?.reshape((ci, len * h * wd))?;
+        let xc = x
+            .narrow(0, start, len)?
+            .transpose(0, 1)?
+            .reshape((ci, len * h * wd))?;
         let cols = wt.matmul(&xc)?;
         outs.push(col2im(&cols, (len, co), (kh, kw), s, (h, wd), (oh, ow))?);
     }
@@ -557,14 +670,18 @@ fn conv2d_weight_grad(x: &Tensor, g: &Tensor, kh: usize, kw: usize, s: usize) ->
     let mut acc: Option<Tensor> = None;
     for (start, len) in batch_chunks(b, ci * kh * kw * ho * wo) {
         let cols = im2col(&x.narrow(0, start, len)?, kh, kw, s)?;
-        let gc = g.narrow(0, start, len)?.transpose(0, 1)?.reshape((co, len * ho * wo))?;
+        let gc = g
+            .narrow(0, start, len)?
+            .transpose(0, 1)?
+            .reshape((co, len * ho * wo))?;
         let part = gc.matmul(&cols.t()?)?;
         acc = Some(match acc {
             None => part,
             Some(a) => (a + part)?,
         });
     }
-    acc.expect("a batch has at least one item").reshape((co, ci, kh, kw))
+    acc.expect("a batch has at least one item")
+        .reshape((co, ci, kh, kw))
 }
 
 fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
@@ -604,12 +721,24 @@ impl CustomOp2 for Conv2dOp {
         "bcae-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = cpu_tensor(s1, l1)?.conv2d(&cpu_tensor(s2, l2)?, 0, self.stride, 1, 1)?;
         cpu_storage(&y)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, g) = (x.detach(), w.detach(), g.detach());
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
@@ -617,7 +746,9 @@ impl CustomOp2 for Conv2dOp {
         // d/dx: the transposed conv of g, zero where the strided windows never reached.
         let gx = conv_transpose2d_gemm(&g, &w, self.stride)?;
         let (fh, fw) = ((ho - 1) * self.stride + kh, (wo - 1) * self.stride + kw);
-        let gx = gx.pad_with_zeros(2, 0, h - fh)?.pad_with_zeros(3, 0, wd - fw)?;
+        let gx = gx
+            .pad_with_zeros(2, 0, h - fh)?
+            .pad_with_zeros(3, 0, wd - fw)?;
         let gw = conv2d_weight_grad(&x, &g, kh, kw, self.stride)?;
         Ok((Some(gx), Some(gw)))
     }
@@ -633,12 +764,24 @@ impl CustomOp2 for ConvTranspose2dOp {
         "bcae-conv-transpose2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = conv_transpose2d_gemm(&cpu_tensor(s1, l1)?, &cpu_tensor(s2, l2)?, self.stride)?;
         cpu_storage(&y)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, g) = (x.detach(), w.detach(), g.detach());
         let (_, _, kh, kw) = w.dims4()?;
         // The adjoint of a transposed conv is the conv with the same weight.
@@ -652,7 +795,8 @@ impl CustomOp2 for ConvTranspose2dOp {
 /// conv2d without padding at stride s (GEMM-backed backward on the CPU).
 fn conv2d_strided(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
     if x.device().is_cpu() {
-        x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride: s })
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, Conv2dOp { stride: s })
     } else {
         x.conv2d(w, 0, s, 1, 1)
     }
@@ -661,7 +805,8 @@ fn conv2d_strided(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
 /// conv_transpose2d without padding at stride s (GEMM-backed on the CPU).
 fn conv_transpose2d_strided(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> {
     if x.device().is_cpu() {
-        x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { stride: s })
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, ConvTranspose2dOp { stride: s })
     } else {
         x.conv_transpose2d(w, 0, 0, s, 1)
     }
@@ -714,9 +859,12 @@ mod tests {
                                             {
                                                 continue;
                                             }
-                                            let (iz, iy, ix) = (iz as usize, iy as usize, ix as usize);
-                                            let xv = x[(((b * c + ic) * d + iz) * h + iy) * wd + ix];
-                                            let wv = w[(((oc * c + ic) * kd + a) * kh + bb) * kw + cc];
+                                            let (iz, iy, ix) =
+                                                (iz as usize, iy as usize, ix as usize);
+                                            let xv =
+                                                x[(((b * c + ic) * d + iz) * h + iy) * wd + ix];
+                                            let wv =
+                                                w[(((oc * c + ic) * kd + a) * kh + bb) * kw + cc];
                                             acc += (xv * wv) as f64;
                                         }
                                     }
@@ -772,7 +920,8 @@ mod tests {
                                             {
                                                 continue;
                                             }
-                                            let wv = w[(((ic * co + oc) * kd + a) * kh + bb) * kw + cc];
+                                            let wv =
+                                                w[(((ic * co + oc) * kd + a) * kh + bb) * kw + cc];
                                             let idx = (((b * co + oc) * o[0] + oz as usize) * o[1]
                                                 + oy as usize)
                                                 * o[2]
@@ -798,7 +947,10 @@ mod tests {
     fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: length");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: element {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{what}: element {i}: {x} vs {y}"
+            );
         }
     }
 
@@ -834,8 +986,7 @@ mod tests {
         let ws = [c, case.co, case.k[0], case.k[1], case.k[2]];
         let x = random(n * c * d * h * wd, case.seed);
         let w = random(ws.iter().product(), case.seed + 1);
-        let (want, oshape) =
-            naive_conv_transpose3d(&x, case.xs, &w, ws, case.s, case.p, case.op);
+        let (want, oshape) = naive_conv_transpose3d(&x, case.xs, &w, ws, case.s, case.p, case.op);
         let xt = Tensor::from_vec(x, case.xs.to_vec(), &dev).unwrap();
         let wt = Tensor::from_vec(w, ws.to_vec(), &dev).unwrap();
         let got = conv_transpose3d_forward(&xt, &wt, case.s, case.p, case.op).unwrap();
@@ -845,17 +996,73 @@ mod tests {
     }
 
     fn fixed_cases() -> Vec<Case> {
-        let c = |xs, co, k, s, p, op, seed| Case { xs, co, k, s, p, op, seed };
+        let c = |xs, co, k, s, p, op, seed| Case {
+            xs,
+            co,
+            k,
+            s,
+            p,
+            op,
+            seed,
+        };
         vec![
             // BCAE++ / BCAE-HT encoder and decoder shapes (stride (1, 2, 2), padding 1).
-            c([2, 1, 4, 8, 8], 3, [3, 4, 4], [1, 2, 2], [1, 1, 1], [0, 0, 0], 1),
-            c([1, 3, 3, 6, 4], 2, [3, 3, 3], [1, 1, 1], [1, 1, 1], [0, 0, 0], 2),
+            c(
+                [2, 1, 4, 8, 8],
+                3,
+                [3, 4, 4],
+                [1, 2, 2],
+                [1, 1, 1],
+                [0, 0, 0],
+                1,
+            ),
+            c(
+                [1, 3, 3, 6, 4],
+                2,
+                [3, 3, 3],
+                [1, 1, 1],
+                [1, 1, 1],
+                [0, 0, 0],
+                2,
+            ),
             // Original BCAE shapes (stride (2, 2, 1), padding (1, 0, 1) and (1, 1, 1)).
-            c([1, 2, 8, 9, 4], 3, [4, 3, 3], [2, 2, 1], [1, 0, 1], [0, 0, 0], 3),
-            c([2, 2, 6, 8, 3], 2, [4, 4, 3], [2, 2, 1], [1, 1, 1], [0, 0, 0], 4),
+            c(
+                [1, 2, 8, 9, 4],
+                3,
+                [4, 3, 3],
+                [2, 2, 1],
+                [1, 0, 1],
+                [0, 0, 0],
+                3,
+            ),
+            c(
+                [2, 2, 6, 8, 3],
+                2,
+                [4, 4, 3],
+                [2, 2, 1],
+                [1, 1, 1],
+                [0, 0, 0],
+                4,
+            ),
             // Stride and padding differing on every axis, non-cubic kernel, output padding.
-            c([1, 2, 7, 8, 9], 2, [2, 3, 4], [3, 1, 2], [1, 2, 0], [1, 0, 1], 5),
-            c([2, 1, 5, 6, 7], 3, [3, 2, 3], [2, 3, 1], [0, 1, 2], [1, 2, 0], 6),
+            c(
+                [1, 2, 7, 8, 9],
+                2,
+                [2, 3, 4],
+                [3, 1, 2],
+                [1, 2, 0],
+                [1, 0, 1],
+                5,
+            ),
+            c(
+                [2, 1, 5, 6, 7],
+                3,
+                [3, 2, 3],
+                [2, 3, 1],
+                [0, 1, 2],
+                [1, 2, 0],
+                6,
+            ),
         ]
     }
 
@@ -921,12 +1128,21 @@ mod tests {
         for case in fixed_cases() {
             let [n, c, d, h, wd] = case.xs;
             let ws = [case.co, c, case.k[0], case.k[1], case.k[2]];
-            let xv = Var::from_vec(random(n * c * d * h * wd, case.seed), case.xs.to_vec(), &dev)
-                .unwrap();
-            let wv = Var::from_vec(random(ws.iter().product(), case.seed + 7), ws.to_vec(), &dev)
-                .unwrap();
+            let xv = Var::from_vec(
+                random(n * c * d * h * wd, case.seed),
+                case.xs.to_vec(),
+                &dev,
+            )
+            .unwrap();
+            let wv = Var::from_vec(
+                random(ws.iter().product(), case.seed + 7),
+                ws.to_vec(),
+                &dev,
+            )
+            .unwrap();
             let y = conv3d_forward(xv.as_tensor(), wv.as_tensor(), case.s, case.p).unwrap();
-            let g = Tensor::from_vec(random(y.elem_count(), case.seed + 9), y.dims(), &dev).unwrap();
+            let g =
+                Tensor::from_vec(random(y.elem_count(), case.seed + 9), y.dims(), &dev).unwrap();
             let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let gx = grads.get(xv.as_tensor()).unwrap();
             let gw = grads.get(wv.as_tensor()).unwrap();
@@ -937,8 +1153,7 @@ mod tests {
             let op: [usize; 3] = std::array::from_fn(|i| {
                 sizes[i] + 2 * case.p[i] - ((go[i] - 1) * case.s[i] + case.k[i])
             });
-            let want_gx =
-                conv_transpose3d_forward(&g, wv.as_tensor(), case.s, case.p, op).unwrap();
+            let want_gx = conv_transpose3d_forward(&g, wv.as_tensor(), case.s, case.p, op).unwrap();
             let a = gx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = want_gx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_close(&a, &b, 1e-4, &format!("grad x {case:?}"));
@@ -957,14 +1172,30 @@ mod tests {
                                     for a in 0..case.k[0] {
                                         for bb in 0..case.k[1] {
                                             for cc in 0..case.k[2] {
-                                                let iz = (z * case.s[0] + a) as isize - case.p[0] as isize;
-                                                let iy = (yy * case.s[1] + bb) as isize - case.p[1] as isize;
-                                                let ix = (xx * case.s[2] + cc) as isize - case.p[2] as isize;
-                                                if iz < 0 || iy < 0 || ix < 0 || iz >= d as isize || iy >= h as isize || ix >= wd as isize {
+                                                let iz = (z * case.s[0] + a) as isize
+                                                    - case.p[0] as isize;
+                                                let iy = (yy * case.s[1] + bb) as isize
+                                                    - case.p[1] as isize;
+                                                let ix = (xx * case.s[2] + cc) as isize
+                                                    - case.p[2] as isize;
+                                                if iz < 0
+                                                    || iy < 0
+                                                    || ix < 0
+                                                    || iz >= d as isize
+                                                    || iy >= h as isize
+                                                    || ix >= wd as isize
+                                                {
                                                     continue;
                                                 }
-                                                let xvv = x[(((b * c + ic) * d + iz as usize) * h + iy as usize) * wd + ix as usize];
-                                                let wi = (((oc * c + ic) * case.k[0] + a) * case.k[1] + bb) * case.k[2] + cc;
+                                                let xvv = x[(((b * c + ic) * d + iz as usize) * h
+                                                    + iy as usize)
+                                                    * wd
+                                                    + ix as usize];
+                                                let wi = (((oc * c + ic) * case.k[0] + a)
+                                                    * case.k[1]
+                                                    + bb)
+                                                    * case.k[2]
+                                                    + cc;
                                                 want_gw[wi] += (gv * xvv) as f64;
                                             }
                                         }
@@ -1001,6 +1232,45 @@ mod tests {
     }
 
     #[test]
+    fn direct_im2col_and_col2im_match_the_tensor_op_versions() {
+        let dev = Device::Cpu;
+        for (b, c, h, w, kh, kw, s) in [
+            (2, 3, 7, 9, 3, 4, 2),
+            (1, 2, 6, 5, 2, 2, 1),
+            (2, 1, 9, 8, 4, 3, 3),
+        ] {
+            let x = Tensor::from_vec(random(b * c * h * w, 21), (b, c, h, w), &dev).unwrap();
+            let a = im2col(&x, kh, kw, s)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let o = im2col_ops(&x, kh, kw, s)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_close(&a, &o, 0.0, "im2col");
+            let (ho, wo) = ((h - kh) / s + 1, (w - kw) / s + 1);
+            let cols = Tensor::from_vec(
+                random(c * kh * kw * b * ho * wo, 22),
+                (c * kh * kw, b * ho * wo),
+                &dev,
+            )
+            .unwrap();
+            let a = col2im(&cols, (b, c), (kh, kw), s, (ho, wo), (h, w)).unwrap();
+            let o = col2im_ops(&cols, (b, c), (kh, kw), s, (ho, wo), (h, w)).unwrap();
+            let (a, o) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                o.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_close(&a, &o, 1e-6, "col2im");
+        }
+    }
+
+    #[test]
     fn instance_norm_normalises_each_channel() {
         let dev = Device::Cpu;
         let x = Tensor::from_vec(random(2 * 3 * 4 * 5 * 2, 3), (2, 3, 4, 5, 2), &dev).unwrap();
@@ -1018,12 +1288,19 @@ mod tests {
         let dev = Device::Cpu;
         let vm = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
-        let cfg = Conv3dConfig { stride: [1, 2, 2], padding: [1; 3] };
+        let cfg = Conv3dConfig {
+            stride: [1, 2, 2],
+            padding: [1; 3],
+        };
         let conv = conv3d(1, 8, [3, 4, 4], cfg, vb.pp("c")).unwrap();
         assert_eq!(conv.weight().dims(), &[8, 1, 3, 4, 4]);
         let x = Tensor::ones((1, 1, 16, 32, 32), candle_core::DType::F32, &dev).unwrap();
         assert_eq!(conv.forward(&x).unwrap().dims(), &[1, 8, 16, 16, 16]);
-        let tcfg = ConvTranspose3dConfig { stride: [1, 2, 2], padding: [1; 3], output_padding: [0; 3] };
+        let tcfg = ConvTranspose3dConfig {
+            stride: [1, 2, 2],
+            padding: [1; 3],
+            output_padding: [0; 3],
+        };
         let deconv = conv_transpose3d(8, 4, [3, 4, 4], tcfg, vb.pp("t")).unwrap();
         assert_eq!(deconv.weight().dims(), &[8, 4, 3, 4, 4]);
         let y = deconv.forward(&conv.forward(&x).unwrap()).unwrap();
@@ -1043,7 +1320,14 @@ mod timing {
     use candle_core::{Device, Var};
     use std::time::Instant;
 
-    fn time_layer(name: &str, x: (usize, usize, usize, usize, usize), w: (usize, usize, usize, usize, usize), transposed: bool, s: [usize; 3], p: [usize; 3]) {
+    fn time_layer(
+        name: &str,
+        x: (usize, usize, usize, usize, usize),
+        w: (usize, usize, usize, usize, usize),
+        transposed: bool,
+        s: [usize; 3],
+        p: [usize; 3],
+    ) {
         let dev = Device::Cpu;
         let xv = Var::randn(0f32, 1.0, x, &dev).unwrap();
         let wv = Var::randn(0f32, 0.1, w, &dev).unwrap();
@@ -1057,20 +1341,79 @@ mod timing {
         let t = Instant::now();
         let _ = y.sum_all().unwrap().backward().unwrap();
         let bwd = t.elapsed().as_secs_f64();
-        println!("{name:>28}: out {:?} forward {fwd:.3} s, backward {bwd:.3} s", y.dims());
+        println!(
+            "{name:>28}: out {:?} forward {fwd:.3} s, backward {bwd:.3} s",
+            y.dims()
+        );
     }
 
     #[test]
     #[ignore]
     fn timing() {
         let (s, p) = ([1, 2, 2], [1; 3]);
-        time_layer("HT enc block0 conv 1->2", (1, 1, 16, 192, 256), (2, 1, 3, 4, 4), false, s, p);
-        time_layer("++ enc block0 conv 1->8", (1, 1, 16, 192, 256), (8, 1, 3, 4, 4), false, s, p);
-        time_layer("++ enc block0 conv3 8->8", (1, 8, 16, 96, 128), (8, 8, 3, 3, 3), false, [1; 3], p);
-        time_layer("dec block3 convT 4->2", (1, 4, 16, 96, 128), (4, 2, 3, 4, 4), true, s, p);
-        time_layer("dec block3 conv3 2->2", (1, 2, 16, 192, 256), (2, 2, 3, 3, 3), false, [1; 3], p);
-        time_layer("dec output conv 2->1", (1, 2, 16, 192, 256), (1, 2, 3, 3, 3), false, [1; 3], p);
-        time_layer("v1 enc block0 1->8", (1, 1, 192, 249, 16), (8, 1, 4, 3, 3), false, [2, 2, 1], [1, 0, 1]);
-        time_layer("v1 dec block3 convT 4->2", (1, 4, 96, 124, 16), (4, 2, 4, 3, 3), true, [2, 2, 1], [1, 0, 1]);
+        time_layer(
+            "HT enc block0 conv 1->2",
+            (1, 1, 16, 192, 256),
+            (2, 1, 3, 4, 4),
+            false,
+            s,
+            p,
+        );
+        time_layer(
+            "++ enc block0 conv 1->8",
+            (1, 1, 16, 192, 256),
+            (8, 1, 3, 4, 4),
+            false,
+            s,
+            p,
+        );
+        time_layer(
+            "++ enc block0 conv3 8->8",
+            (1, 8, 16, 96, 128),
+            (8, 8, 3, 3, 3),
+            false,
+            [1; 3],
+            p,
+        );
+        time_layer(
+            "dec block3 convT 4->2",
+            (1, 4, 16, 96, 128),
+            (4, 2, 3, 4, 4),
+            true,
+            s,
+            p,
+        );
+        time_layer(
+            "dec block3 conv3 2->2",
+            (1, 2, 16, 192, 256),
+            (2, 2, 3, 3, 3),
+            false,
+            [1; 3],
+            p,
+        );
+        time_layer(
+            "dec output conv 2->1",
+            (1, 2, 16, 192, 256),
+            (1, 2, 3, 3, 3),
+            false,
+            [1; 3],
+            p,
+        );
+        time_layer(
+            "v1 enc block0 1->8",
+            (1, 1, 192, 249, 16),
+            (8, 1, 4, 3, 3),
+            false,
+            [2, 2, 1],
+            [1, 0, 1],
+        );
+        time_layer(
+            "v1 dec block3 convT 4->2",
+            (1, 4, 96, 124, 16),
+            (4, 2, 4, 3, 3),
+            true,
+            [2, 2, 1],
+            [1, 0, 1],
+        );
     }
 }

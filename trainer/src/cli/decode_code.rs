@@ -98,16 +98,27 @@ fn release_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         .map(|e| e.path())
         .filter(|p| {
             p.extension().is_some_and(|x| x == "npz")
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("compressed_"))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("compressed_"))
         })
         .filter_map(|p| index_in_name(&p))
         .collect();
     js.sort_unstable();
     if js.is_empty() {
-        bail!("{}: no compressed_j.npz files; pass the released bcae-v1 folder", dir.display());
+        bail!(
+            "{}: no compressed_j.npz files; pass the released bcae-v1 folder",
+            dir.display()
+        );
     }
-    let codes = js.iter().map(|j| dir.join(format!("compressed_{j}.npz"))).collect();
-    let truths = js.iter().map(|j| dir.join(format!("sample_{j}.npy"))).collect();
+    let codes = js
+        .iter()
+        .map(|j| dir.join(format!("compressed_{j}.npz")))
+        .collect();
+    let truths = js
+        .iter()
+        .map(|j| dir.join(format!("sample_{j}.npy")))
+        .collect();
     Ok((codes, truths))
 }
 
@@ -121,7 +132,12 @@ fn relative(ours: &V1Metrics, published: &V1Metrics) -> V1Metrics {
 }
 
 fn adc_wedge(x_hat: &[f32]) -> Wedge {
-    Wedge { adc: x_hat.iter().map(|&v| v.round().clamp(0.0, ADC_MAX as f32) as u16).collect() }
+    Wedge {
+        adc: x_hat
+            .iter()
+            .map(|&v| v.round().clamp(0.0, ADC_MAX as f32) as u16)
+            .collect(),
+    }
 }
 
 pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
@@ -145,7 +161,9 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
     }
     if args.encode {
         if truths.is_empty() {
-            bail!("--encode needs the wedges to encode: pass --truth sample_j.npy or --release DIR");
+            bail!(
+                "--encode needs the wedges to encode: pass --truth sample_j.npy or --release DIR"
+            );
         }
     } else if codes.is_empty() {
         bail!("nothing to decode: pass --code compressed_j.npz (with --truth sample_j.npy) or --release DIR");
@@ -153,7 +171,12 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
         bail!("{} --code files but {} --truth files: pass one truth wedge per code, in the same order", codes.len(), truths.len());
     }
     let published_path = args.published.clone().or_else(|| {
-        let dir = args.release.clone().or_else(|| codes.first().or(truths.first()).and_then(|p| p.parent().map(Path::to_path_buf)))?;
+        let dir = args.release.clone().or_else(|| {
+            codes
+                .first()
+                .or(truths.first())
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        })?;
         let p = dir.join("sample_metric_results.csv");
         p.exists().then_some(p)
     });
@@ -165,8 +188,16 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
 
-    let count = if args.encode { truths.len() } else { codes.len() };
-    let bar = if args.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(count as u64) };
+    let count = if args.encode {
+        truths.len()
+    } else {
+        codes.len()
+    };
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(count as u64)
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} wedges {elapsed} {msg}")
             .expect("valid progress template"),
@@ -174,20 +205,39 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
     let mut results = Vec::with_capacity(count);
     for i in 0..count {
         let truth = match truths.get(i) {
-            Some(p) => Some(read_wedge(p).with_context(|| format!("reading the truth wedge {}", p.display()))?),
+            Some(p) => Some(
+                read_wedge(p)
+                    .with_context(|| format!("reading the truth wedge {}", p.display()))?,
+            ),
             None => None,
         };
         let (name, x_hat) = if args.encode {
-            let wedge = truth.as_ref().expect("--encode has a truth wedge per entry");
-            let (_, rec) = model.compress_and_reconstruct(std::slice::from_ref(wedge), &device, args.threshold)?;
-            (truths[i].clone(), rec.into_iter().next().expect("one wedge in, one out"))
+            let wedge = truth
+                .as_ref()
+                .expect("--encode has a truth wedge per entry");
+            let (_, rec) = model.compress_and_reconstruct(
+                std::slice::from_ref(wedge),
+                &device,
+                args.threshold,
+            )?;
+            (
+                truths[i].clone(),
+                rec.into_iter().next().expect("one wedge in, one out"),
+            )
         } else {
             let code = read_code_npz(&codes[i], &device)?;
             if code.dim(0)? != 1 {
-                bail!("{}: holds {} codes; decode-code takes one code per file", codes[i].display(), code.dim(0)?);
+                bail!(
+                    "{}: holds {} codes; decode-code takes one code per file",
+                    codes[i].display(),
+                    code.dim(0)?
+                );
             }
             let rec = model.decode_to_adc(&code, args.threshold)?;
-            (codes[i].clone(), rec.into_iter().next().expect("one code in, one wedge out"))
+            (
+                codes[i].clone(),
+                rec.into_iter().next().expect("one code in, one wedge out"),
+            )
         };
         let j = index_in_name(&name);
         let metrics = truth.as_ref().map(|t| published_metrics(t, &x_hat));
@@ -198,7 +248,10 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
         };
         let occupancy = x_hat.iter().filter(|&&v| v > 0.0).count() as f64 / x_hat.len() as f64;
         if let Some(out) = &args.out {
-            let path = out.join(format!("recon_{}.npy", j.map_or(i.to_string(), |j| j.to_string())));
+            let path = out.join(format!(
+                "recon_{}.npy",
+                j.map_or(i.to_string(), |j| j.to_string())
+            ));
             write_wedge(&path, &adc_wedge(&x_hat))?;
         }
         results.push(DecodedWedge {
@@ -217,26 +270,61 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
         .iter()
         .filter_map(|r| r.relative_difference)
         .flat_map(|d| [d.mse, d.log_mae, d.psnr_bels])
-        .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
-    let mode = if args.encode { "pipeline: sample_j.npy -> encoder -> f16 code -> decoders" } else { "released codes -> decoders" };
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.max(v)))
+        });
+    let mode = if args.encode {
+        "pipeline: sample_j.npy -> encoder -> f16 code -> decoders"
+    } else {
+        "released codes -> decoders"
+    };
     if args.json {
-        let summary = Summary { model: config.label(), mode, wedges: &results, max_relative_difference: max_rel };
+        let summary = Summary {
+            model: config.label(),
+            mode,
+            wedges: &results,
+            max_relative_difference: max_rel,
+        };
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    println!("{} ({}), threshold {}: {mode}", config.label(), args.run.display(), args.threshold);
+    println!(
+        "{} ({}), threshold {}: {mode}",
+        config.label(),
+        args.run.display(),
+        args.threshold
+    );
     if results.iter().all(|r| r.metrics.is_none()) {
-        println!("{:>3} {:>12}  (no --truth wedges: metrics need them)", "j", "occupancy");
+        println!(
+            "{:>3} {:>12}  (no --truth wedges: metrics need them)",
+            "j", "occupancy"
+        );
         for r in &results {
-            println!("{:>3} {:>12.5}  {}", r.j.map_or("-".into(), |j| j.to_string()), r.reconstructed_occupancy, r.wedge);
+            println!(
+                "{:>3} {:>12.5}  {}",
+                r.j.map_or("-".into(), |j| j.to_string()),
+                r.reconstructed_occupancy,
+                r.wedge
+            );
         }
         return Ok(());
     }
     println!(
         "{:>3} | {:>11} {:>11} {:>9} | {:>10} {:>10} {:>9} | {:>9} {:>9} {:>9}",
-        "j", "mse", "published", "rel.diff", "log_mae", "published", "rel.diff", "psnr [B]", "published", "rel.diff"
+        "j",
+        "mse",
+        "published",
+        "rel.diff",
+        "log_mae",
+        "published",
+        "rel.diff",
+        "psnr [B]",
+        "published",
+        "rel.diff"
     );
-    let cell = |v: Option<f64>, prec: usize, w: usize| v.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.prec$}"));
+    let cell = |v: Option<f64>, prec: usize, w: usize| {
+        v.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.prec$}"))
+    };
     let pct = |v: Option<f64>| v.map_or(format!("{:>9}", "-"), |v| format!("{:>8.4}%", 100.0 * v));
     for r in &results {
         let m = r.metrics.expect("truth given");
@@ -257,7 +345,10 @@ pub fn run_decode_code(args: DecodeCodeArgs) -> Result<()> {
         );
     }
     match max_rel {
-        Some(v) => println!("largest relative difference from the published values: {:.4} %", 100.0 * v),
+        Some(v) => println!(
+            "largest relative difference from the published values: {:.4} %",
+            100.0 * v
+        ),
         None => println!("(no published values found for these wedges; pass --published CSV)"),
     }
     Ok(())

@@ -121,7 +121,10 @@ pub fn load_state_dicts(model: &ModelConfig, files: &[PathBuf]) -> Result<HashMa
         for (key, t) in read_state_dict(file)? {
             let name = map_torch_name(&key);
             if let Some((_, other)) = found.get(&name) {
-                bail!("tensor {key:?} appears in both {other} and {}", file.display());
+                bail!(
+                    "tensor {key:?} appears in both {other} and {}",
+                    file.display()
+                );
             }
             found.insert(name, (t, file.display().to_string()));
         }
@@ -140,7 +143,10 @@ pub fn load_state_dicts(model: &ModelConfig, files: &[PathBuf]) -> Result<HashMa
                     t
                 };
                 if t.dims() != shape.as_slice() {
-                    wrong.push(format!("{name}: {:?} in {file}, expected {shape:?}", t.dims()));
+                    wrong.push(format!(
+                        "{name}: {:?} in {file}, expected {shape:?}",
+                        t.dims()
+                    ));
                 } else {
                     out.insert(name.clone(), t.to_dtype(DType::F32)?.contiguous()?);
                 }
@@ -152,7 +158,11 @@ pub fn load_state_dicts(model: &ModelConfig, files: &[PathBuf]) -> Result<HashMa
     if !missing.is_empty() || !wrong.is_empty() || !unexpected.is_empty() {
         let list = |v: &[String]| {
             let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
-            let more = if v.len() > 8 { format!(" and {} more", v.len() - 8) } else { String::new() };
+            let more = if v.len() > 8 {
+                format!(" and {} more", v.len() - 8)
+            } else {
+                String::new()
+            };
             format!("{}{more}", shown.join(", "))
         };
         let mut msg = format!("the state_dicts do not match {}:", model.label());
@@ -163,7 +173,11 @@ pub fn load_state_dicts(model: &ModelConfig, files: &[PathBuf]) -> Result<HashMa
             msg += &format!("\n  wrong shape: {}", list(&wrong));
         }
         if !unexpected.is_empty() {
-            msg += &format!("\n  {} tensors the model does not have: {}", unexpected.len(), list(&unexpected));
+            msg += &format!(
+                "\n  {} tensors the model does not have: {}",
+                unexpected.len(),
+                list(&unexpected)
+            );
         }
         msg += "\nCheck --model (and --m/--n/--d for bcae-2d) and pass both the encoder and the \
                 decoder state_dict.";
@@ -173,13 +187,20 @@ pub fn load_state_dicts(model: &ModelConfig, files: &[PathBuf]) -> Result<HashMa
 }
 
 /// Import `files` for `model` into the run directory `out` (config.json + model.safetensors).
-pub fn import_state_dicts(model: &ModelConfig, files: &[PathBuf], out: &Path) -> Result<ImportReport> {
+pub fn import_state_dicts(
+    model: &ModelConfig,
+    files: &[PathBuf],
+    out: &Path,
+) -> Result<ImportReport> {
     let tensors = load_state_dicts(model, files)?;
     let count = tensors.len();
     let varmap = checkpoint::varmap_from_tensors(tensors)?;
     // Build the network once from the imported weights: proves they are complete and usable.
-    models::build(model, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))
-        .context("building the model from the imported weights")?;
+    models::build(
+        model,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .context("building the model from the imported weights")?;
     checkpoint::save_run(out, model, &varmap)
         .with_context(|| format!("writing the run directory {}", out.display()))?;
     Ok(ImportReport {
@@ -223,15 +244,27 @@ mod tests {
             map_torch_name("layers.encoder_block_0.rezero_alpha"),
             "encoder.layers.encoder_block_0.rezero_alpha"
         );
-        assert_eq!(map_torch_name("init_conv.weight"), "encoder.init_conv.weight");
+        assert_eq!(
+            map_torch_name("init_conv.weight"),
+            "encoder.init_conv.weight"
+        );
         assert_eq!(
             map_torch_name("decoder_c.layers.decoder_output.0.bias"),
             "decoder_seg.layers.decoder_output.0.bias"
         );
-        assert_eq!(map_torch_name("decoder_clf.output_layer.weight"), "decoder_seg.output_layer.weight");
+        assert_eq!(
+            map_torch_name("decoder_clf.output_layer.weight"),
+            "decoder_seg.output_layer.weight"
+        );
         assert_eq!(map_torch_name("decoder_r.layers.x"), "decoder_reg.layers.x");
-        assert_eq!(map_torch_name("module.decoder_reg.layers.x"), "decoder_reg.layers.x");
-        assert_eq!(map_torch_name("decoder.decoder_clf.layers.x"), "decoder_seg.layers.x");
+        assert_eq!(
+            map_torch_name("module.decoder_reg.layers.x"),
+            "decoder_reg.layers.x"
+        );
+        assert_eq!(
+            map_torch_name("decoder.decoder_clf.layers.x"),
+            "decoder_seg.layers.x"
+        );
     }
 
     fn shared_v1() -> Option<PathBuf> {
@@ -239,7 +272,10 @@ mod tests {
         if dir.join("encoder_2000.pt").exists() {
             Some(dir)
         } else {
-            println!("skipping: {} is absent (the released BCAE files)", dir.display());
+            println!(
+                "skipping: {} is absent (the released BCAE files)",
+                dir.display()
+            );
             None
         }
     }
@@ -263,8 +299,13 @@ mod tests {
         let err = load_state_dicts(&ModelConfig::BcaeV1, std::slice::from_ref(&enc)).unwrap_err();
         assert!(err.to_string().contains("missing 60 tensors"), "{err}");
         // Wrong model: shapes and names do not match.
-        let err = load_state_dicts(&ModelConfig::BcaeHt, &[enc, dec]).unwrap_err().to_string();
-        assert!(err.contains("wrong shape") || err.contains("missing"), "{err}");
+        let err = load_state_dicts(&ModelConfig::BcaeHt, &[enc, dec])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wrong shape") || err.contains("missing"),
+            "{err}"
+        );
         // Not a state_dict at all.
         let err = load_state_dicts(&ModelConfig::BcaeV1, &[dir.join("sample_0.npy")]).unwrap_err();
         assert!(err.to_string().contains("sample_0.npy"), "{err}");

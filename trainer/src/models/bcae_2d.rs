@@ -19,7 +19,10 @@ struct ResidualBlock {
 
 impl ResidualBlock {
     fn new(vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig { padding: 1, ..Default::default() };
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         Ok(Self {
             conv1: conv2d(FEATURES, FEATURES, 3, cfg, vb.pp("conv1").pp("0"))?,
             conv2: conv2d(FEATURES, FEATURES, 3, cfg, vb.pp("conv2").pp("0"))?,
@@ -30,7 +33,9 @@ impl ResidualBlock {
 
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let main = self.conv2.forward(&leaky_relu(&self.conv1.forward(x)?, SLOPE)?)?;
+        let main = self
+            .conv2
+            .forward(&leaky_relu(&self.conv1.forward(x)?, SLOPE)?)?;
         leaky_relu(&(main.broadcast_mul(&self.alpha)? + x)?, SLOPE)
     }
 }
@@ -99,7 +104,13 @@ impl Head {
     fn new(n: usize, d: usize, sigmoid: bool, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             layers: Stage::new(n, d, Resample::Up, vb.pp("layers"))?,
-            output_layer: conv2d(FEATURES, LAYERS, 1, Default::default(), vb.pp("output_layer"))?,
+            output_layer: conv2d(
+                FEATURES,
+                LAYERS,
+                1,
+                Default::default(),
+                vb.pp("output_layer"),
+            )?,
             sigmoid,
         })
     }
@@ -129,7 +140,10 @@ pub struct Bcae2d {
 impl Bcae2d {
     pub fn new(m: usize, n: usize, d: usize, vb: VarBuilder) -> Result<Self> {
         let enc = vb.pp("encoder");
-        let init_cfg = Conv2dConfig { padding: 3, ..Default::default() };
+        let init_cfg = Conv2dConfig {
+            padding: 3,
+            ..Default::default()
+        };
         Ok(Self {
             init_conv: conv2d(LAYERS, FEATURES, 7, init_cfg, enc.pp("init_conv"))?,
             encoder: Stage::new(m, d, Resample::Down, enc.pp("layers"))?,
@@ -181,7 +195,9 @@ mod tests {
         assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
         let rec = model.reconstruct_log2(&seg, &reg, 0.5).unwrap();
         assert_eq!(rec.dims(), x.dims());
-        assert!(model.encode(&Tensor::zeros((1, 16, 10, 24), DType::F32, &dev).unwrap()).is_err());
+        assert!(model
+            .encode(&Tensor::zeros((1, 16, 10, 24), DType::F32, &dev).unwrap())
+            .is_err());
     }
 
     #[test]
@@ -193,7 +209,14 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 32, 4, 4), &dev).unwrap();
         let y = block.forward(&x).unwrap();
         let want = leaky_relu(&x, SLOPE).unwrap();
-        let diff = (y - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (y - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
     }
 }

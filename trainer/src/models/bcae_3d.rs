@@ -30,10 +30,17 @@ enum Resampler {
 impl Resampler {
     fn new(up: bool, cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Ok(if up {
-            let cfg = ConvTranspose3dConfig { stride: STRIDE, padding: [1; 3], output_padding: [0; 3] };
+            let cfg = ConvTranspose3dConfig {
+                stride: STRIDE,
+                padding: [1; 3],
+                output_padding: [0; 3],
+            };
             Self::Up(conv_transpose3d(cin, cout, KERNEL, cfg, vb)?)
         } else {
-            let cfg = Conv3dConfig { stride: STRIDE, padding: [1; 3] };
+            let cfg = Conv3dConfig {
+                stride: STRIDE,
+                padding: [1; 3],
+            };
             Self::Down(conv3d(cin, cout, KERNEL, cfg, vb)?)
         })
     }
@@ -73,7 +80,9 @@ impl ResidualBlock {
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let side = leaky_relu(&self.side0.forward(x)?, SLOPE)?;
-        let main = self.main3.forward(&leaky_relu(&self.main0.forward(x)?, SLOPE)?)?;
+        let main = self
+            .main3
+            .forward(&leaky_relu(&self.main0.forward(x)?, SLOPE)?)?;
         leaky_relu(&(main.broadcast_mul(&self.alpha)? + side)?, SLOPE)
     }
 }
@@ -90,7 +99,12 @@ impl Encoder {
         let mut cin = 1;
         let mut blocks = Vec::with_capacity(4);
         for (b, &f) in features.iter().enumerate() {
-            blocks.push(ResidualBlock::new(false, cin, f, layers.pp(format!("encoder_block_{b}")))?);
+            blocks.push(ResidualBlock::new(
+                false,
+                cin,
+                f,
+                layers.pp(format!("encoder_block_{b}")),
+            )?);
             cin = f;
         }
         let output = conv3d(
@@ -127,12 +141,26 @@ impl Head {
         let mut cin = CODE_CHANNELS;
         let mut blocks = Vec::with_capacity(4);
         for (b, &f) in DECODER_FEATURES.iter().enumerate() {
-            blocks.push(ResidualBlock::new(true, cin, f, layers.pp(format!("decoder_block_{b}")))?);
+            blocks.push(ResidualBlock::new(
+                true,
+                cin,
+                f,
+                layers.pp(format!("decoder_block_{b}")),
+            )?);
             cin = f;
         }
-        let output =
-            conv3d(cin, 1, [3; 3], Conv3dConfig::padded(1), layers.pp("decoder_output").pp("0"))?;
-        Ok(Self { blocks, output, sigmoid })
+        let output = conv3d(
+            cin,
+            1,
+            [3; 3],
+            Conv3dConfig::padded(1),
+            layers.pp("decoder_output").pp("0"),
+        )?;
+        Ok(Self {
+            blocks,
+            output,
+            sigmoid,
+        })
     }
 }
 
@@ -181,7 +209,10 @@ impl Bicephalous for Bcae3d {
     }
 
     fn decode(&self, code: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.seg.forward(code)?.squeeze(1)?, self.reg.forward(code)?.squeeze(1)?))
+        Ok((
+            self.seg.forward(code)?.squeeze(1)?,
+            self.reg.forward(code)?.squeeze(1)?,
+        ))
     }
 
     fn reconstruct_log2(&self, seg: &Tensor, reg: &Tensor, threshold: f64) -> Result<Tensor> {
@@ -210,7 +241,10 @@ mod tests {
         let loss = (reg - &x).unwrap().abs().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         let vars = vm.all_vars();
-        let with_grad = vars.iter().filter(|v| grads.get(v.as_tensor()).is_some()).count();
+        let with_grad = vars
+            .iter()
+            .filter(|v| grads.get(v.as_tensor()).is_some())
+            .count();
         // Every encoder and regression-head variable takes part (the seg head does not).
         assert!(with_grad > vars.len() / 2, "{with_grad} of {}", vars.len());
     }

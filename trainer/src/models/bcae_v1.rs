@@ -62,10 +62,23 @@ fn resampler(
     vb: VarBuilder,
 ) -> Result<Resampler> {
     Ok(if up {
-        let cfg = ConvTranspose3dConfig { stride: STRIDE, padding, output_padding: [0; 3] };
+        let cfg = ConvTranspose3dConfig {
+            stride: STRIDE,
+            padding,
+            output_padding: [0; 3],
+        };
         Resampler::Up(conv_transpose3d(cin, cout, kernel, cfg, vb)?)
     } else {
-        Resampler::Down(conv3d(cin, cout, kernel, Conv3dConfig { stride: STRIDE, padding }, vb)?)
+        Resampler::Down(conv3d(
+            cin,
+            cout,
+            kernel,
+            Conv3dConfig {
+                stride: STRIDE,
+                padding,
+            },
+            vb,
+        )?)
     })
 }
 
@@ -119,7 +132,13 @@ impl Stack {
     fn new(kind: OutputKind, vb: VarBuilder) -> Result<Self> {
         let layers = vb.pp("layers");
         let (up, specs, block_name, output_name, out_channels) = match kind {
-            OutputKind::ActNorm => (false, &ENCODER, "encoder_block", "encoder_output", CODE_CHANNELS),
+            OutputKind::ActNorm => (
+                false,
+                &ENCODER,
+                "encoder_block",
+                "encoder_output",
+                CODE_CHANNELS,
+            ),
             _ => (true, &DECODER, "decoder_block", "decoder_output", 1),
         };
         let blocks = specs
@@ -128,9 +147,18 @@ impl Stack {
             .map(|(b, &spec)| ResidualBlock::new(up, spec, layers.pp(format!("{block_name}_{b}"))))
             .collect::<Result<Vec<_>>>()?;
         let cin = specs[3].1;
-        let output =
-            conv3d(cin, out_channels, [3; 3], Conv3dConfig::padded(1), layers.pp(output_name).pp("0"))?;
-        Ok(Self { blocks, output, kind })
+        let output = conv3d(
+            cin,
+            out_channels,
+            [3; 3],
+            Conv3dConfig::padded(1),
+            layers.pp(output_name).pp("0"),
+        )?;
+        Ok(Self {
+            blocks,
+            output,
+            kind,
+        })
     }
 }
 
@@ -183,7 +211,10 @@ impl BcaeV1 {
         let adc = self.reconstruct_adc(&seg, &reg, threshold)?;
         let n = adc.dim(0)?;
         let flat = adc.flatten_all()?.to_vec1::<f32>()?;
-        Ok(flat.chunks_exact(flat.len() / n.max(1)).map(<[f32]>::to_vec).collect())
+        Ok(flat
+            .chunks_exact(flat.len() / n.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
     /// The authors' pipeline: encode, round the code to f16, decode in f32.
@@ -246,7 +277,11 @@ pub struct V1Metrics {
 
 /// The published metrics of a raw-ADC reconstruction `x_hat_adc` (on-disk order) of `x`.
 pub fn published_metrics(x: &Wedge, x_hat_adc: &[f32]) -> V1Metrics {
-    assert_eq!(x.adc.len(), x_hat_adc.len(), "wedge and reconstruction sizes differ");
+    assert_eq!(
+        x.adc.len(),
+        x_hat_adc.len(),
+        "wedge and reconstruction sizes differ"
+    );
     let (mut se, mut ae) = (0f64, 0f64);
     for (&a, &b) in x.adc.iter().zip(x_hat_adc) {
         let (a, b) = (a as f64, b as f64);
@@ -255,41 +290,74 @@ pub fn published_metrics(x: &Wedge, x_hat_adc: &[f32]) -> V1Metrics {
     }
     let n = x.adc.len() as f64;
     let mse = se / n;
-    V1Metrics { mse, log_mae: ae / n, psnr_bels: (1023f64 * 1023.0 / mse).log10() }
+    V1Metrics {
+        mse,
+        log_mae: ae / n,
+        psnr_bels: (1023f64 * 1023.0 / mse).log10(),
+    }
 }
 
 /// Errors reading the released BCAE files.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {msg}")]
     Format { path: String, msg: String },
 }
 
 fn format_err(path: &Path, msg: impl Into<String>) -> ReleaseError {
-    ReleaseError::Format { path: path.display().to_string(), msg: msg.into() }
+    ReleaseError::Format {
+        path: path.display().to_string(),
+        msg: msg.into(),
+    }
 }
 
 /// Read the published per-wedge metrics CSV (`,mse,log_mae,psnr` then `j,mse,log_mae,psnr`).
-pub fn read_published_csv(path: &Path) -> std::result::Result<Vec<(usize, V1Metrics)>, ReleaseError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ReleaseError::Io { path: path.display().to_string(), source })?;
+pub fn read_published_csv(
+    path: &Path,
+) -> std::result::Result<Vec<(usize, V1Metrics)>, ReleaseError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReleaseError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     if header.trim() != ",mse,log_mae,psnr" {
-        return Err(format_err(path, format!("unexpected header {header:?}, want \",mse,log_mae,psnr\"")));
+        return Err(format_err(
+            path,
+            format!("unexpected header {header:?}, want \",mse,log_mae,psnr\""),
+        ));
     }
     let mut out = Vec::new();
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        let bad = || format_err(path, format!("line {}: expected j,mse,log_mae,psnr, got {line:?}", i + 2));
+        let bad = || {
+            format_err(
+                path,
+                format!("line {}: expected j,mse,log_mae,psnr, got {line:?}", i + 2),
+            )
+        };
         if f.len() != 4 {
             return Err(bad());
         }
         let j = f[0].parse::<usize>().map_err(|_| bad())?;
-        let v: Vec<f64> = f[1..].iter().map(|s| s.parse::<f64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
-        out.push((j, V1Metrics { mse: v[0], log_mae: v[1], psnr_bels: v[2] }));
+        let v: Vec<f64> = f[1..]
+            .iter()
+            .map(|s| s.parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad())?;
+        out.push((
+            j,
+            V1Metrics {
+                mse: v[0],
+                log_mae: v[1],
+                psnr_bels: v[2],
+            },
+        ));
     }
     Ok(out)
 }
@@ -297,27 +365,49 @@ pub fn read_published_csv(path: &Path) -> std::result::Result<Vec<(usize, V1Metr
 /// Read a released code `compressed_j.npz` (key `data`, float16 (8, 12, 15, 16), stored
 /// uncompressed as `np.savez` writes it) as an f16 tensor (1, 8, 12, 15, 16).
 pub fn read_code_npz(path: &Path, device: &Device) -> std::result::Result<Tensor, ReleaseError> {
-    let file = std::fs::File::open(path)
-        .map_err(|source| ReleaseError::Io { path: path.display().to_string(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| ReleaseError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| format_err(path, format!("not a .npz (zip) archive: {e}")))?;
     let entry = archive.by_name("data.npy").map_err(|e| {
-        format_err(path, format!("no array named 'data' in the archive ({e}); the released codes use key 'data'"))
+        format_err(
+            path,
+            format!(
+                "no array named 'data' in the archive ({e}); the released codes use key 'data'"
+            ),
+        )
     })?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(entry))
-        .map_err(|e| format_err(path, format!("data.npy is not a valid .npy array: {e} (re-save with np.savez, uncompressed)")))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(entry)).map_err(|e| {
+        format_err(
+            path,
+            format!(
+                "data.npy is not a valid .npy array: {e} (re-save with np.savez, uncompressed)"
+            ),
+        )
+    })?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let expected: Vec<usize> = CODE_SHAPE.to_vec();
     let batched = shape.len() == 5 && shape[1..] == expected[..];
     if shape != expected && !batched {
-        return Err(format_err(path, format!("code shape {shape:?}, expected {expected:?} (or (N, 8, 12, 15, 16))")));
+        return Err(format_err(
+            path,
+            format!("code shape {shape:?}, expected {expected:?} (or (N, 8, 12, 15, 16))"),
+        ));
     }
     if npy.order() != npyz::Order::C {
-        return Err(format_err(path, "Fortran-order arrays are not supported; save a C-order array"));
+        return Err(format_err(
+            path,
+            "Fortran-order arrays are not supported; save a C-order array",
+        ));
     }
-    let values: Vec<half::f16> = npy
-        .into_vec()
-        .map_err(|e| format_err(path, format!("reading the code as float16 failed: {e} (the released codes are float16)")))?;
+    let values: Vec<half::f16> = npy.into_vec().map_err(|e| {
+        format_err(
+            path,
+            format!("reading the code as float16 failed: {e} (the released codes are float16)"),
+        )
+    })?;
     let mut dims = shape;
     if !batched {
         dims.insert(0, 1);
@@ -336,7 +426,10 @@ mod tests {
         if dir.join("encoder_2000.pt").exists() {
             Some(dir)
         } else {
-            println!("skipping: {} is absent (the released BCAE files)", dir.display());
+            println!(
+                "skipping: {} is absent (the released BCAE files)",
+                dir.display()
+            );
             None
         }
     }
@@ -398,7 +491,8 @@ mod tests {
         let model = released_model(&dir);
         let published = read_published_csv(&dir.join("sample_metric_results.csv")).unwrap();
         for &j in &[0usize, 1] {
-            let code = read_code_npz(&dir.join(format!("compressed_{j}.npz")), &Device::Cpu).unwrap();
+            let code =
+                read_code_npz(&dir.join(format!("compressed_{j}.npz")), &Device::Cpu).unwrap();
             let wedge = read_wedge(&dir.join(format!("sample_{j}.npy"))).unwrap();
             let rec = model.decode_to_adc(&code, 0.5).unwrap();
             let got = published_metrics(&wedge, &rec[0]);
@@ -408,7 +502,10 @@ mod tests {
                 ("log_mae", got.log_mae, want.log_mae),
                 ("psnr", got.psnr_bels, want.psnr_bels),
             ] {
-                assert!(relative(g, w) < 1e-3, "wedge {j} {name}: got {g}, published {w}");
+                assert!(
+                    relative(g, w) < 1e-3,
+                    "wedge {j} {name}: got {g}, published {w}"
+                );
             }
         }
     }
@@ -419,9 +516,13 @@ mod tests {
         let model = released_model(&dir);
         let published = read_published_csv(&dir.join("sample_metric_results.csv")).unwrap();
         let js = [2usize, 6];
-        let wedges: Vec<Wedge> =
-            js.iter().map(|j| read_wedge(&dir.join(format!("sample_{j}.npy"))).unwrap()).collect();
-        let (code, rec) = model.compress_and_reconstruct(&wedges, &Device::Cpu, 0.5).unwrap();
+        let wedges: Vec<Wedge> = js
+            .iter()
+            .map(|j| read_wedge(&dir.join(format!("sample_{j}.npy"))).unwrap())
+            .collect();
+        let (code, rec) = model
+            .compress_and_reconstruct(&wedges, &Device::Cpu, 0.5)
+            .unwrap();
         assert_eq!(code.dims(), &[2, 8, 12, 15, 16]);
         for (i, &j) in js.iter().enumerate() {
             let got = published_metrics(&wedges[i], &rec[i]);
@@ -431,7 +532,10 @@ mod tests {
                 ("log_mae", got.log_mae, want.log_mae),
                 ("psnr", got.psnr_bels, want.psnr_bels),
             ] {
-                assert!(relative(g, w) < 5e-3, "wedge {j} {name}: got {g}, published {w}");
+                assert!(
+                    relative(g, w) < 5e-3,
+                    "wedge {j} {name}: got {g}, published {w}"
+                );
             }
         }
     }

@@ -175,7 +175,9 @@ impl ModelConfig {
     pub fn code_shape(&self) -> Vec<usize> {
         match self {
             Self::Bcae2d { m: _, n: _, d } => vec![32, AZIMUTH >> d, crate::data::Z_PADDED >> d],
-            Self::BcaeHt | Self::BcaePlusPlus => vec![8, LAYERS, AZIMUTH / 16, crate::data::Z_PADDED / 16],
+            Self::BcaeHt | Self::BcaePlusPlus => {
+                vec![8, LAYERS, AZIMUTH / 16, crate::data::Z_PADDED / 16]
+            }
             Self::BcaeV1 => vec![8, 12, 15, 16],
         }
     }
@@ -219,8 +221,10 @@ pub fn variable_shapes(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     build(cfg, vb)?;
     let data = vm.data().lock().expect("VarMap lock poisoned");
-    let mut out: Vec<(String, Vec<usize>)> =
-        data.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+    let mut out: Vec<(String, Vec<usize>)> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -264,7 +268,7 @@ fn check_log_input(x: &Tensor, multiple: usize, model: &str) -> Result<()> {
     if dims.len() != 4 || dims[1] != LAYERS {
         candle_core::bail!("{model}: expected input (N, {LAYERS}, azimuth, z), got {dims:?}")
     }
-    if dims[2] % multiple != 0 || dims[3] % multiple != 0 {
+    if !dims[2].is_multiple_of(multiple) || !dims[3].is_multiple_of(multiple) {
         candle_core::bail!(
             "{model}: azimuth and z must be multiples of {multiple} (got {}x{}); pad z to 256 or \
              pick a crop that is a multiple of {multiple}",
@@ -304,7 +308,9 @@ mod tests {
         assert_eq!(json, r#"{"name":"bcae-2d","m":2,"n":3,"d":1}"#);
         assert!(ModelConfig::from_name("bcae-3d").is_err());
         assert!(ModelConfig::bcae_2d(2, 3, 3).is_err());
-        let r = ModelConfig::from_name("bcae-2d").unwrap().compression_ratio();
+        let r = ModelConfig::from_name("bcae-2d")
+            .unwrap()
+            .compression_ratio();
         assert!((r - 31.125).abs() < 1e-9);
         assert!((ModelConfig::BcaeHt.compression_ratio() - 31.125).abs() < 1e-9);
     }
@@ -326,7 +332,10 @@ mod tests {
         ] {
             assert!(names.iter().any(|k| k == n), "{n} missing");
         }
-        assert!(!names.iter().any(|k| k.starts_with("encoder.layers.0.")), "pool has no params");
+        assert!(
+            !names.iter().any(|k| k.starts_with("encoder.layers.0.")),
+            "pool has no params"
+        );
         let names: Vec<String> = variable_shapes(&ModelConfig::BcaeHt)
             .unwrap()
             .into_iter()
