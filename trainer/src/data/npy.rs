@@ -244,13 +244,13 @@ mod tests {
         let w = sample_wedge();
         write_wedge(&path, &w).unwrap();
         let report = read_wedge_checked(&path).unwrap();
-        assert_eq!(report.wedge, w);
+        assert!(report.wedge == w, "wedge changed on the round trip");
         assert!(report.warnings.is_empty());
         // The header is what NumPy writes.
         let bytes = std::fs::read(&path).unwrap();
         let text = String::from_utf8_lossy(&bytes[..128]);
         assert!(
-            text.contains("'descr': '<u2'") && text.contains("(192, 249, 16)"),
+            text.contains("'descr': '<u2'") && text.contains("'shape': (192, 249, 16"),
             "{text}"
         );
     }
@@ -264,7 +264,7 @@ mod tests {
             Path::new("be.npy"),
         )
         .unwrap();
-        assert_eq!(r.wedge, w);
+        assert!(r.wedge == w);
         // Fortran order: azimuth fastest.
         let mut f = vec![0u8; WEDGE_VOXELS * 2];
         for a in 0..AZIMUTH {
@@ -279,7 +279,7 @@ mod tests {
         let pos = bytes.windows(5).position(|x| x == b"False").unwrap();
         bytes.splice(pos..pos + 5, b"True ".iter().copied());
         let r = parse_wedge(&bytes, Path::new("f.npy")).unwrap();
-        assert_eq!(r.wedge, w);
+        assert!(r.wedge == w);
     }
 
     #[test]
@@ -362,7 +362,7 @@ mod tests {
         w.set(1, 2, 1, 63);
         write_wedge(&path, &w).unwrap();
         let report = read_wedge_checked(&path).unwrap();
-        assert_eq!(report.wedge, w);
+        assert!(report.wedge == w);
         assert_eq!(
             report.warnings,
             vec![DataWarning::BelowZeroSuppression {

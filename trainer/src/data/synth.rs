@@ -675,16 +675,23 @@ mod tests {
         let cfg = SynthConfig::default();
         let a = generate_event_with(&cfg, 3, 1, &[0, 13]);
         let b = generate_event_with(&cfg, 3, 1, &[0, 13]);
-        assert_eq!(a, b);
+        assert!(a == b, "same seed and event gave different wedges");
         // Rendering a subset gives the same wedges as rendering the whole event.
         let all = generate_event_with(&cfg, 3, 1, &(0..WEDGES_PER_EVENT).collect::<Vec<_>>());
-        assert_eq!(a[0], all[0]);
-        assert_eq!(a[1], all[13]);
+        assert!(
+            a[0] == all[0] && a[1] == all[13],
+            "subset rendering differs"
+        );
         let c = generate_event_with(&cfg, 4, 1, &[0]);
-        assert_ne!(a[0], c[0]);
+        assert!(a[0] != c[0], "another seed gave the same wedge");
         let d = generate_event_with(&cfg, 3, 2, &[0]);
-        assert_ne!(a[0], d[0]);
-        assert_eq!(generate_wedges(3, 2), vec![all[0].clone(), all[1].clone()]);
+        assert!(a[0] != d[0], "another event gave the same wedge");
+        let first = generate_wedges(3, 2);
+        let event0 = generate_event(3, 0);
+        assert!(
+            first[..] == event0[..2],
+            "generate_wedges is not the first wedges of event 0"
+        );
     }
 
     /// Over 32 wedges (2 from each of 16 events, so event-to-event variation is sampled) the
@@ -739,7 +746,10 @@ mod tests {
             .into_owned();
         assert_eq!(p, "outer/12-2_1-1/Synth_seed5.xml_TPCMLDataInterface_0.npy");
         assert!(test.paths()[0].to_string_lossy().ends_with("_1.npy"));
-        assert_eq!(train.load(13).unwrap(), generate_event(5, 0)[13]);
+        assert!(
+            train.load(13).unwrap() == generate_event(5, 0)[13],
+            "written wedge differs"
+        );
         assert!(dir.path().join("synth.json").is_file());
         assert!(write_dataset(dir.path(), 1, 5, 1.5).is_err());
     }
