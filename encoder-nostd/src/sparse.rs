@@ -250,6 +250,15 @@ impl SparseScratch {
     }
 }
 
+/// A voxel: its index in disk order and its (layer, azimuth, z).
+#[derive(Clone, Copy)]
+struct Pos {
+    idx: usize,
+    l: usize,
+    a: usize,
+    z: usize,
+}
+
 /// Read-only view of the grid being coded (the input when encoding, the output so far when
 /// decoding: only voxels already coded are looked at, so both sides see the same values).
 struct Grid {
@@ -268,18 +277,10 @@ impl Grid {
         }
     }
 
-    /// Mask context of voxel `idx` = (a, z, l).
+    /// Mask context of voxel `p`, after a run of `run` voxels equal to `prev` along z.
     #[inline]
-    fn mask_context(
-        &self,
-        adc: &[u16],
-        idx: usize,
-        l: usize,
-        a: usize,
-        z: usize,
-        prev: bool,
-        run: u32,
-    ) -> usize {
+    fn mask_context(&self, adc: &[u16], p: Pos, prev: bool, run: u32) -> usize {
+        let Pos { idx, l, a, z } = p;
         let nz = |i: usize| adc.get(i).is_some_and(|&v| v != 0);
         let has_next = z + 1 < self.z;
         let mut nb = 0;
@@ -298,15 +299,8 @@ impl Grid {
     /// Value context of non-zero voxel `idx`, from the symbol before it along z (if non-zero) and
     /// the larger of its neighbours in the previous layer and azimuth.
     #[inline]
-    fn value_context(
-        &self,
-        quant: &Quantizer,
-        adc: &[u16],
-        idx: usize,
-        l: usize,
-        a: usize,
-        z: usize,
-    ) -> usize {
+    fn value_context(&self, quant: &Quantizer, adc: &[u16], p: Pos) -> usize {
+        let Pos { idx, l, a, z } = p;
         let bucket_at = |i: usize| match adc.get(i) {
             Some(&v) if v != 0 => 1 + quant.bucket(quant.symbol(v)),
             _ => 0,
@@ -420,14 +414,15 @@ fn encode_coded(
             let mut run = 0u32;
             for z in 0..grid.z {
                 let idx = (a * grid.z + z) * grid.layers + l;
+                let pos = Pos { idx, l, a, z };
                 let value = adc.get(idx).copied().unwrap_or(0);
                 let hit = value != 0;
-                let ctx = grid.mask_context(adc, idx, l, a, z, prev, run);
+                let ctx = grid.mask_context(adc, pos, prev, run);
                 if let Some(p) = scratch.mask.get_mut(ctx) {
                     enc.encode_bit(p, hit);
                 }
                 if hit {
-                    let vctx = grid.value_context(&scratch.quant, adc, idx, l, a, z);
+                    let vctx = grid.value_context(&scratch.quant, adc, pos);
                     let symbol = scratch.quant.symbol(value);
                     if let Some(tree) = scratch.values.get_mut(vctx) {
                         enc.encode_tree(tree, bits, u32::from(symbol));
@@ -591,13 +586,14 @@ pub fn decode_with(
             let mut run = 0u32;
             for z in 0..grid.z {
                 let idx = (a * grid.z + z) * grid.layers + l;
-                let ctx = grid.mask_context(out, idx, l, a, z, prev, run);
+                let pos = Pos { idx, l, a, z };
+                let ctx = grid.mask_context(out, pos, prev, run);
                 let hit = match scratch.mask.get_mut(ctx) {
                     Some(p) => dec.decode_bit(p),
                     None => false,
                 };
                 if hit {
-                    let vctx = grid.value_context(&scratch.quant, out, idx, l, a, z);
+                    let vctx = grid.value_context(&scratch.quant, out, pos);
                     let symbol = match scratch.values.get_mut(vctx) {
                         Some(tree) => dec.decode_tree(tree, bits),
                         None => 0,

@@ -93,14 +93,11 @@ impl Quantizer {
                     end += 1;
                 }
                 let centre = origin + k * step + step / 2;
-                let mut best = a;
-                for member in a..end {
-                    let dist = (i64::from(LOG2_Q16[member]) - centre).abs();
-                    if dist < (i64::from(LOG2_Q16[best]) - centre).abs() {
-                        best = member;
-                    }
-                    q.to_symbol[member] = symbol;
-                }
+                // First member closest to the centre (ties go to the smaller ADC).
+                let best = (a..end)
+                    .min_by_key(|&m| (i64::from(LOG2_Q16[m]) - centre).abs())
+                    .unwrap_or(a);
+                q.to_symbol[a..end].fill(symbol);
                 q.to_adc[usize::from(symbol)] = best as u16;
                 symbol += 1;
                 a = end;
@@ -166,9 +163,9 @@ mod tests {
 
     #[test]
     fn log_table_matches_floats() {
-        for a in 0..ADC_VALUES {
+        for (a, &entry) in LOG2_Q16.iter().enumerate() {
             let exact = ((a + 1) as f64).log2();
-            let got = f64::from(LOG2_Q16[a]) / 65536.0;
+            let got = f64::from(entry) / 65536.0;
             assert!((exact - got).abs() < 1e-4, "a={a}: {got} vs {exact}");
         }
         assert_eq!(LOG2_Q16[0], 0);
