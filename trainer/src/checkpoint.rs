@@ -36,17 +36,30 @@ pub const RUN_FORMAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a bcae run directory (no {CONFIG_FILE}); pass the folder `bcae train --out` created")]
     NotARun { path: PathBuf },
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: run format {found} is newer than this bcae understands ({RUN_FORMAT}); upgrade bcae")]
     Format { path: PathBuf, found: u32 },
     #[error("{path}: cannot read or write weights: {source}")]
-    Weights { path: PathBuf, source: candle_core::Error },
+    Weights {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
     #[error("{path}: CRC-32 {found:08x} does not match {expected:08x} recorded in {STATE_FILE}: the checkpoint was interrupted or edited; restore the run folder or start a new run")]
-    Crc { path: PathBuf, found: u32, expected: u32 },
+    Crc {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("{path}: has no training state ({STATE_FILE}); it cannot be resumed (imported runs can only be evaluated)")]
     NoState { path: PathBuf },
     #[error("{path}: {message}")]
@@ -54,7 +67,10 @@ pub enum CheckpointError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// How a run was trained (recorded so a run can be resumed and understood later).
@@ -204,36 +220,55 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Write named tensors as safetensors, atomically; returns the file's CRC-32.
-pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<u32, CheckpointError> {
+pub fn write_tensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<u32, CheckpointError> {
     let tmp = temp_path(path);
     let mut cpu = HashMap::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t
             .to_device(&Device::Cpu)
-            .map_err(|source| CheckpointError::Weights { path: path.to_path_buf(), source })?;
+            .map_err(|source| CheckpointError::Weights {
+                path: path.to_path_buf(),
+                source,
+            })?;
         cpu.insert(name.clone(), t);
     }
-    candle_core::safetensors::save(&cpu, &tmp)
-        .map_err(|source| CheckpointError::Weights { path: tmp.clone(), source })?;
+    candle_core::safetensors::save(&cpu, &tmp).map_err(|source| CheckpointError::Weights {
+        path: tmp.clone(),
+        source,
+    })?;
     let bytes = fs::read(&tmp).map_err(io_err(&tmp))?;
-    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(encoder_nostd::checksum::crc32(&bytes))
 }
 
 /// Read a safetensors file onto `device`; returns the tensors and the file's CRC-32.
-pub fn read_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, u32), CheckpointError> {
+pub fn read_tensors(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, u32), CheckpointError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
     let crc = encoder_nostd::checksum::crc32(&bytes);
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|source| CheckpointError::Weights { path: path.to_path_buf(), source })?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|source| {
+        CheckpointError::Weights {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok((tensors, crc))
 }
 
 /// All variables of a VarMap as named tensors.
 pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     let data = varmap.data().lock().expect("VarMap lock poisoned");
-    data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
 }
 
 /// A VarMap holding exactly these tensors (as f32 variables).
@@ -249,16 +284,28 @@ pub fn varmap_from_tensors(tensors: HashMap<String, Tensor>) -> candle_core::Res
 }
 
 /// Overwrite the values of the variables in `varmap` with `tensors` (same names and shapes).
-pub fn assign_varmap(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), CheckpointError> {
+pub fn assign_varmap(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     let data = varmap.data().lock().expect("VarMap lock poisoned");
     for (name, var) in data.iter() {
         let t = tensors.get(name).ok_or_else(|| CheckpointError::Invalid {
             path: path.to_path_buf(),
             message: format!("weight {name} is missing; the file belongs to a different model"),
         })?;
-        let t = t.to_dtype(var.dtype()).and_then(|t| t.to_device(var.device()));
-        var.set(&t.map_err(|source| CheckpointError::Weights { path: path.to_path_buf(), source })?)
-            .map_err(|source| CheckpointError::Weights { path: path.to_path_buf(), source })?;
+        let t = t
+            .to_dtype(var.dtype())
+            .and_then(|t| t.to_device(var.device()));
+        var.set(&t.map_err(|source| CheckpointError::Weights {
+            path: path.to_path_buf(),
+            source,
+        })?)
+        .map_err(|source| CheckpointError::Weights {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -267,8 +314,10 @@ pub fn assign_varmap(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &
 pub fn write_config(dir: &Path, config: &RunConfig) -> Result<(), CheckpointError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join(CONFIG_FILE);
-    let json = serde_json::to_vec_pretty(config)
-        .map_err(|source| CheckpointError::Json { path: path.clone(), source })?;
+    let json = serde_json::to_vec_pretty(config).map_err(|source| CheckpointError::Json {
+        path: path.clone(),
+        source,
+    })?;
     write_atomic(&path, &json)
 }
 
@@ -276,13 +325,21 @@ pub fn write_config(dir: &Path, config: &RunConfig) -> Result<(), CheckpointErro
 pub fn read_config(dir: &Path) -> Result<RunConfig, CheckpointError> {
     let path = dir.join(CONFIG_FILE);
     if !path.exists() {
-        return Err(CheckpointError::NotARun { path: dir.to_path_buf() });
+        return Err(CheckpointError::NotARun {
+            path: dir.to_path_buf(),
+        });
     }
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let config: RunConfig =
-        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json { path: path.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json {
+            path: path.clone(),
+            source,
+        })?;
     if config.format > RUN_FORMAT {
-        return Err(CheckpointError::Format { path, found: config.format });
+        return Err(CheckpointError::Format {
+            path,
+            found: config.format,
+        });
     }
     Ok(config)
 }
@@ -290,7 +347,14 @@ pub fn read_config(dir: &Path) -> Result<RunConfig, CheckpointError> {
 /// Save a model as a run directory (config.json without training settings + model.safetensors):
 /// what importers and exporters use. Training runs use [`save_checkpoint`] as well.
 pub fn save_run(dir: &Path, model: &ModelConfig, varmap: &VarMap) -> Result<(), CheckpointError> {
-    write_config(dir, &RunConfig { format: RUN_FORMAT, model: model.clone(), training: None })?;
+    write_config(
+        dir,
+        &RunConfig {
+            format: RUN_FORMAT,
+            model: *model,
+            training: None,
+        },
+    )?;
     write_tensors(&dir.join(MODEL_FILE), &varmap_tensors(varmap))?;
     Ok(())
 }
@@ -303,10 +367,15 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<(ModelConfig, VarMap), Ch
     let (tensors, crc) = read_tensors(&path, device)?;
     if let Some(state) = read_state(dir)? {
         if state.model_crc32 != crc {
-            return Err(CheckpointError::Crc { path, found: crc, expected: state.model_crc32 });
+            return Err(CheckpointError::Crc {
+                path,
+                found: crc,
+                expected: state.model_crc32,
+            });
         }
     }
-    let varmap = varmap_from_tensors(tensors).map_err(|source| CheckpointError::Weights { path, source })?;
+    let varmap =
+        varmap_from_tensors(tensors).map_err(|source| CheckpointError::Weights { path, source })?;
     Ok((config.model, varmap))
 }
 
@@ -317,7 +386,9 @@ pub fn read_state(dir: &Path) -> Result<Option<TrainState>, CheckpointError> {
         return Ok(None);
     }
     let bytes = fs::read(&path).map_err(io_err(&path))?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|source| CheckpointError::Json { path, source })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| CheckpointError::Json { path, source })
 }
 
 /// Write a training checkpoint: weights, optimizer moments, then `state.json` (with their
@@ -331,8 +402,10 @@ pub fn save_checkpoint(
     state.model_crc32 = write_tensors(&dir.join(MODEL_FILE), &varmap_tensors(varmap))?;
     state.optimizer_crc32 = write_tensors(&dir.join(OPTIMIZER_FILE), optimizer)?;
     let path = dir.join(STATE_FILE);
-    let json =
-        serde_json::to_vec_pretty(&state).map_err(|source| CheckpointError::Json { path: path.clone(), source })?;
+    let json = serde_json::to_vec_pretty(&state).map_err(|source| CheckpointError::Json {
+        path: path.clone(),
+        source,
+    })?;
     write_atomic(&path, &json)?;
     Ok(state)
 }
@@ -346,18 +419,32 @@ pub struct Checkpoint {
 
 /// Read a training checkpoint, verifying the CRC-32s recorded in `state.json`.
 pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
-    let state = read_state(dir)?.ok_or_else(|| CheckpointError::NoState { path: dir.to_path_buf() })?;
+    let state = read_state(dir)?.ok_or_else(|| CheckpointError::NoState {
+        path: dir.to_path_buf(),
+    })?;
     let model_path = dir.join(MODEL_FILE);
     let (model, crc) = read_tensors(&model_path, device)?;
     if crc != state.model_crc32 {
-        return Err(CheckpointError::Crc { path: model_path, found: crc, expected: state.model_crc32 });
+        return Err(CheckpointError::Crc {
+            path: model_path,
+            found: crc,
+            expected: state.model_crc32,
+        });
     }
     let opt_path = dir.join(OPTIMIZER_FILE);
     let (optimizer, crc) = read_tensors(&opt_path, device)?;
     if crc != state.optimizer_crc32 {
-        return Err(CheckpointError::Crc { path: opt_path, found: crc, expected: state.optimizer_crc32 });
+        return Err(CheckpointError::Crc {
+            path: opt_path,
+            found: crc,
+            expected: state.optimizer_crc32,
+        });
     }
-    Ok(Checkpoint { state, model, optimizer })
+    Ok(Checkpoint {
+        state,
+        model,
+        optimizer,
+    })
 }
 
 /// One line of `log.csv`.
@@ -483,8 +570,17 @@ mod tests {
     fn small_varmap() -> VarMap {
         let mut t = HashMap::new();
         let dev = Device::Cpu;
-        t.insert("encoder.conv.weight".to_string(), Tensor::arange(0f32, 24.0, &dev).unwrap().reshape((2, 3, 2, 2)).unwrap());
-        t.insert("decoder_seg.alpha".to_string(), Tensor::new(&[0.25f32], &dev).unwrap());
+        t.insert(
+            "encoder.conv.weight".to_string(),
+            Tensor::arange(0f32, 24.0, &dev)
+                .unwrap()
+                .reshape((2, 3, 2, 2))
+                .unwrap(),
+        );
+        t.insert(
+            "decoder_seg.alpha".to_string(),
+            Tensor::new(&[0.25f32], &dev).unwrap(),
+        );
         varmap_from_tensors(t).unwrap()
     }
 
@@ -496,7 +592,10 @@ mod tests {
         }
         let state = RngState::capture(&rng);
         let json = serde_json::to_string(&state).unwrap();
-        let mut back = serde_json::from_str::<RngState>(&json).unwrap().restore().unwrap();
+        let mut back = serde_json::from_str::<RngState>(&json)
+            .unwrap()
+            .restore()
+            .unwrap();
         for _ in 0..100 {
             assert_eq!(rng.next_u64(), back.next_u64());
         }
@@ -509,11 +608,23 @@ mod tests {
         s.decay_every = 2;
         let lrs: Vec<f64> = (0..8).map(|e| s.lr_at_epoch(e)).collect();
         let f = 0.95;
-        let want = [1e-3, 1e-3, 1e-3, 1e-3 * f, 1e-3 * f, 1e-3 * f * f, 1e-3 * f * f, 1e-3 * f * f * f];
+        let want = [
+            1e-3,
+            1e-3,
+            1e-3,
+            1e-3 * f,
+            1e-3 * f,
+            1e-3 * f * f,
+            1e-3 * f * f,
+            1e-3 * f * f * f,
+        ];
         for (a, b) in lrs.iter().zip(want) {
             assert!((a - b).abs() < 1e-15, "{lrs:?}");
         }
-        let p = TrainSettings::paper_defaults(&ModelConfig::Bcae2d { m: 4, n: 8, d: 3 }, PathBuf::new());
+        let p = TrainSettings::paper_defaults(
+            &ModelConfig::Bcae2d { m: 4, n: 8, d: 3 },
+            PathBuf::new(),
+        );
         assert_eq!((p.warmup_epochs, p.decay_every), (50, 10));
     }
 
@@ -522,7 +633,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vm = small_varmap();
         let mut opt = HashMap::new();
-        opt.insert("m.encoder.conv.weight".to_string(), Tensor::ones((2, 3, 2, 2), DType::F32, &Device::Cpu).unwrap());
+        opt.insert(
+            "m.encoder.conv.weight".to_string(),
+            Tensor::ones((2, 3, 2, 2), DType::F32, &Device::Cpu).unwrap(),
+        );
         let state = TrainState {
             epoch: 3,
             step: 17,
@@ -536,20 +650,30 @@ mod tests {
         let written = save_checkpoint(dir.path(), &vm, &opt, state).unwrap();
         write_config(
             dir.path(),
-            &RunConfig { format: RUN_FORMAT, model: ModelConfig::BcaeHt, training: None },
+            &RunConfig {
+                format: RUN_FORMAT,
+                model: ModelConfig::BcaeHt,
+                training: None,
+            },
         )
         .unwrap();
         let ck = load_checkpoint(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(ck.state, written);
-        let w = ck.model["encoder.conv.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = ck.model["encoder.conv.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(w, (0..24).map(|i| i as f32).collect::<Vec<_>>());
         assert_eq!(ck.optimizer.len(), 1);
         let (cfg, vm2) = load_run(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(cfg, ModelConfig::BcaeHt);
         assert_eq!(varmap_tensors(&vm2).len(), 2);
         // No temporary files are left behind.
-        let names: Vec<String> =
-            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
 
         // Flip a byte of the weights: both loaders refuse, naming the CRC.
@@ -570,11 +694,21 @@ mod tests {
         save_run(dir.path(), &cfg, &small_varmap()).unwrap();
         let (back, vm) = load_run(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(back, cfg);
-        let a = varmap_tensors(&vm)["decoder_seg.alpha"].to_vec1::<f32>().unwrap();
+        let a = varmap_tensors(&vm)["decoder_seg.alpha"]
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(a, vec![0.25]);
-        assert!(matches!(load_checkpoint(dir.path(), &Device::Cpu), Err(CheckpointError::NoState { .. })));
-        let err = load_run(&dir.path().join("nope"), &Device::Cpu).err().unwrap();
-        assert!(err.to_string().contains("not a bcae run directory"), "{err}");
+        assert!(matches!(
+            load_checkpoint(dir.path(), &Device::Cpu),
+            Err(CheckpointError::NoState { .. })
+        ));
+        let err = load_run(&dir.path().join("nope"), &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("not a bcae run directory"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -598,7 +732,17 @@ mod tests {
             wedges_per_s: 3.5,
             seconds: 12.0,
         };
-        write_log(dir.path(), &[row.clone(), EpochLog { epoch: 2, ..row.clone() }]).unwrap();
+        write_log(
+            dir.path(),
+            &[
+                row.clone(),
+                EpochLog {
+                    epoch: 2,
+                    ..row.clone()
+                },
+            ],
+        )
+        .unwrap();
         let back = read_log(dir.path()).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].epoch, 2);

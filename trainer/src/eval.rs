@@ -61,7 +61,13 @@ pub enum EvalError {
         "--precision {precision}: candle's {device} backend cannot run the {model} encoder in {precision} \
          ({message}); nothing was run in f32 instead. Use --precision f32{hint}"
     )]
-    Unsupported { precision: &'static str, device: String, model: String, message: String, hint: &'static str },
+    Unsupported {
+        precision: &'static str,
+        device: String,
+        model: String,
+        message: String,
+        hint: &'static str,
+    },
     #[error("{path}: the data set has no wedges to evaluate")]
     Empty { path: PathBuf },
 }
@@ -92,13 +98,31 @@ impl EvalModel {
     }
 
     /// A model sharing the variables of a training VarMap (f32) or converted copies of them.
-    pub fn from_varmap(config: ModelConfig, varmap: &VarMap, device: &Device, precision: Precision) -> Result<EvalModel, EvalError> {
+    pub fn from_varmap(
+        config: ModelConfig,
+        varmap: &VarMap,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<EvalModel, EvalError> {
         if precision == Precision::F32 {
-            let model = models::build(&config, VarBuilder::from_varmap(varmap, DType::F32, device))?;
-            let decoder = models::build(&config, VarBuilder::from_varmap(varmap, DType::F32, device))?;
-            return Ok(EvalModel { config, precision, device: device.clone(), encoder: model, decoder });
+            let model =
+                models::build(&config, VarBuilder::from_varmap(varmap, DType::F32, device))?;
+            let decoder =
+                models::build(&config, VarBuilder::from_varmap(varmap, DType::F32, device))?;
+            return Ok(EvalModel {
+                config,
+                precision,
+                device: device.clone(),
+                encoder: model,
+                decoder,
+            });
         }
-        Self::from_tensors(config, &checkpoint::varmap_tensors(varmap), device, precision)
+        Self::from_tensors(
+            config,
+            &checkpoint::varmap_tensors(varmap),
+            device,
+            precision,
+        )
     }
 
     fn from_tensors(
@@ -107,9 +131,15 @@ impl EvalModel {
         device: &Device,
         precision: Precision,
     ) -> Result<EvalModel, EvalError> {
-        let decoder = models::build(&config, VarBuilder::from_tensors(tensors.clone(), DType::F32, device))?;
+        let decoder = models::build(
+            &config,
+            VarBuilder::from_tensors(tensors.clone(), DType::F32, device),
+        )?;
         let encoder = if precision == Precision::F32 {
-            models::build(&config, VarBuilder::from_tensors(tensors.clone(), DType::F32, device))?
+            models::build(
+                &config,
+                VarBuilder::from_tensors(tensors.clone(), DType::F32, device),
+            )?
         } else {
             let dtype = precision.dtype();
             let mut half = std::collections::HashMap::with_capacity(tensors.len());
@@ -123,7 +153,13 @@ impl EvalModel {
             models::build(&config, VarBuilder::from_tensors(half, dtype, device))
                 .map_err(|e| self_unsupported(precision, device, &config, e))?
         };
-        Ok(EvalModel { config, precision, device: device.clone(), encoder, decoder })
+        Ok(EvalModel {
+            config,
+            precision,
+            device: device.clone(),
+            encoder,
+            decoder,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -162,7 +198,12 @@ impl EvalModel {
     }
 }
 
-fn self_unsupported(precision: Precision, device: &Device, config: &ModelConfig, e: candle_core::Error) -> EvalError {
+fn self_unsupported(
+    precision: Precision,
+    device: &Device,
+    config: &ModelConfig,
+    e: candle_core::Error,
+) -> EvalError {
     if precision == Precision::F32 {
         return EvalError::Candle(e);
     }
@@ -171,7 +212,11 @@ fn self_unsupported(precision: Precision, device: &Device, config: &ModelConfig,
         device: device_name(device),
         model: config.label(),
         message: e.to_string().lines().next().unwrap_or_default().to_string(),
-        hint: if device.is_cpu() { ", or a CUDA build (--features cuda, --device cuda) for half precision" } else { "" },
+        hint: if device.is_cpu() {
+            ", or a CUDA build (--features cuda, --device cuda) for half precision"
+        } else {
+            ""
+        },
     }
 }
 
@@ -216,7 +261,9 @@ pub fn evaluate(
 ) -> Result<EvalReport, EvalError> {
     let n = max_wedges.map_or(data.len(), |m| m.min(data.len()));
     if n == 0 {
-        return Err(EvalError::Empty { path: data.root().to_path_buf() });
+        return Err(EvalError::Empty {
+            path: data.root().to_path_buf(),
+        });
     }
     let batch_size = batch_size.max(1);
     let mut rows = Vec::with_capacity(n);
@@ -226,7 +273,10 @@ pub fn evaluate(
     let mut code_dtype = String::new();
     for start in (0..n).step_by(batch_size) {
         let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
-        let wedges: Vec<Wedge> = idx.iter().map(|&i| data.load(i)).collect::<Result<_, _>>()?;
+        let wedges: Vec<Wedge> = idx
+            .iter()
+            .map(|&i| data.load(i))
+            .collect::<Result<_, _>>()?;
         let x = model.input(&wedges)?;
         model.device.synchronize()?;
         let t0 = Instant::now();
@@ -237,14 +287,25 @@ pub fn evaluate(
         code_dtype = format!("{:?}", code.dtype()).to_lowercase();
         let recon = model.decode_log2(&code)?;
         let truth = x.narrow(3, 0, Z_BINS)?.flatten_all()?.to_vec1::<f32>()?;
-        let recon = recon.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let recon = recon
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let metrics: Vec<(WedgeMetrics, WedgeMetrics)> = truth
             .par_chunks_exact(INPUT_VOXELS)
             .zip(recon.par_chunks_exact(INPUT_VOXELS))
-            .map(|(t, r)| (WedgeMetrics::compute(t, r), WedgeMetrics::all_zero_baseline(t)))
+            .map(|(t, r)| {
+                (
+                    WedgeMetrics::compute(t, r),
+                    WedgeMetrics::all_zero_baseline(t),
+                )
+            })
             .collect();
         for (&i, (m, z)) in idx.iter().zip(metrics) {
-            rows.push(WedgeRow { path: data.paths()[i].clone(), metrics: m });
+            rows.push(WedgeRow {
+                path: data.paths()[i].clone(),
+                metrics: m,
+            });
             zero.push(z);
         }
         if let Some(bar) = progress {
@@ -286,8 +347,20 @@ fn fmt_f(x: f64, prec: usize) -> String {
 /// reconstruction of the first report's wedges as the floor any codec must beat.
 pub fn table(reports: &[EvalReport]) -> String {
     let header = [
-        "run", "model", "prec", "wedges", "MAE", "MSE", "PSNR dB", "PSNR ref", "precision", "recall",
-        "occ in/out", "ratio", "enc params", "enc wedges/s",
+        "run",
+        "model",
+        "prec",
+        "wedges",
+        "MAE",
+        "MSE",
+        "PSNR dB",
+        "PSNR ref",
+        "precision",
+        "recall",
+        "occ in/out",
+        "ratio",
+        "enc params",
+        "enc wedges/s",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     for r in reports {
@@ -302,7 +375,11 @@ pub fn table(reports: &[EvalReport]) -> String {
             fmt_f(r.mean.psnr_ratio, 2),
             fmt_f(r.mean.precision, 4),
             fmt_f(r.mean.recall, 4),
-            format!("{}/{}", fmt_f(r.mean.occupancy, 4), fmt_f(r.mean.recon_occupancy, 4)),
+            format!(
+                "{}/{}",
+                fmt_f(r.mean.occupancy, 4),
+                fmt_f(r.mean.recon_occupancy, 4)
+            ),
             fmt_f(r.compression_ratio, 3),
             r.encoder_params.to_string(),
             fmt_f(r.encoder_wedges_per_s, 2),
@@ -328,7 +405,13 @@ pub fn table(reports: &[EvalReport]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| -> String {
         let mut s = String::new();
@@ -391,15 +474,32 @@ mod tests {
         // The per-wedge metrics agree with recomputing them from the model's own reconstruction.
         let w = ds.load(0).unwrap();
         let x = m.input(std::slice::from_ref(&w)).unwrap();
-        let rec = m.decode_log2(&m.encode(&x).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let truth = x.narrow(3, 0, Z_BINS).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rec = m
+            .decode_log2(&m.encode(&x).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let truth = x
+            .narrow(3, 0, Z_BINS)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(WedgeMetrics::compute(&truth, &rec), r.wedges[0].metrics);
 
         let h = EvalModel::load(run.path(), &Device::Cpu, Precision::F16).unwrap();
         match evaluate(&h, &ds, Some(1), 4, None) {
             Ok(rh) => {
                 assert_eq!(rh.code_dtype, "f16");
-                assert!((rh.mean.mae - r.wedges[0].metrics.mae).abs() < 0.05, "{} vs {}", rh.mean.mae, r.mean.mae);
+                assert!(
+                    (rh.mean.mae - r.wedges[0].metrics.mae).abs() < 0.05,
+                    "{} vs {}",
+                    rh.mean.mae,
+                    r.mean.mae
+                );
             }
             Err(e) => assert!(e.to_string().contains("cannot run"), "{e}"),
         }
@@ -408,10 +508,16 @@ mod tests {
             Ok(rb) => assert_eq!(rb.code_dtype, "bf16"),
             Err(e) => {
                 let s = e.to_string();
-                assert!(s.contains("bf16") && s.contains("nothing was run in f32"), "{s}");
+                assert!(
+                    s.contains("bf16") && s.contains("nothing was run in f32"),
+                    "{s}"
+                );
             }
         }
         let t = table(&[r]);
-        assert!(t.contains("BCAE-2D(1,1,1)") && t.contains("(all zeros)"), "{t}");
+        assert!(
+            t.contains("BCAE-2D(1,1,1)") && t.contains("(all zeros)"),
+            "{t}"
+        );
     }
 }

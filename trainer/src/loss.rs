@@ -82,7 +82,9 @@ pub struct Coefficient {
 
 impl Default for Coefficient {
     fn default() -> Self {
-        Self { value: COEFFICIENT_INIT }
+        Self {
+            value: COEFFICIENT_INIT,
+        }
     }
 }
 
@@ -184,7 +186,8 @@ mod tests {
         let got = scalar(&focal_loss(&t(&[0.0]), &t(&[1.0]), 2.0, 1e-8).unwrap()).unwrap();
         assert!((got - 26.575).abs() < 0.01, "{got}");
         // A perfect prediction costs (almost) nothing.
-        let got = scalar(&focal_loss(&t(&[1.0, 0.0]), &t(&[1.0, 0.0]), 2.0, 1e-8).unwrap()).unwrap();
+        let got =
+            scalar(&focal_loss(&t(&[1.0, 0.0]), &t(&[1.0, 0.0]), 2.0, 1e-8).unwrap()).unwrap();
         assert!(got.abs() < 1e-6, "{got}");
     }
 
@@ -204,7 +207,12 @@ mod tests {
         // seg > 0.5 keeps T(reg) = 6 + 3 e^reg; reg = 0 -> 9.
         let seg = t(&[0.9, 0.2, 0.51, 0.5]).reshape((1, 4)).unwrap();
         let reg = t(&[0.0, 0.0, 1.0, 0.0]).reshape((1, 4)).unwrap();
-        let r = reconstruct(&seg, &reg, 0.5, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let r = reconstruct(&seg, &reg, 0.5, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(r.len(), 3);
         assert!((r[0] - 9.0).abs() < 1e-6);
         assert_eq!(r[1], 0.0);
@@ -225,15 +233,32 @@ mod tests {
         let seg_want = -((0.1f64 + eps).powi(2) * (0.9f64 + eps).log2()
             + (0.1f64 + eps).powi(2) * (0.9f64 + eps).log2())
             / 2.0;
-        assert!((parts.seg - seg_want).abs() < 1e-6, "{} vs {seg_want}", parts.seg);
+        assert!(
+            (parts.seg - seg_want).abs() < 1e-6,
+            "{} vs {seg_want}",
+            parts.seg
+        );
         let c_want = (0.5 * 2000.0 + 0.5 / parts.seg) / 1.5;
         assert!((parts.coefficient - c_want).abs() < 1e-6 * c_want);
         let total = parts.total_value().unwrap();
         assert!((total - (0.5 + c_want * parts.seg)).abs() < 1e-3);
-        assert_eq!((parts.true_count, parts.positive_count, parts.true_positive_count), (1.0, 1.0, 1.0));
+        assert_eq!(
+            (
+                parts.true_count,
+                parts.positive_count,
+                parts.true_positive_count
+            ),
+            (1.0, 1.0, 1.0)
+        );
         // d total / d reg[0] = sign(9 - 8) * 3 e^0 / 2 = 1.5; the masked and padded voxels get 0.
         let grads = parts.total.backward().unwrap();
-        let g = grads.get(&reg).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(&reg)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!((g[0] - 1.5).abs() < 1e-5, "{g:?}");
         assert_eq!(g[1], 0.0);
         assert_eq!(g[2], 0.0);

@@ -31,8 +31,14 @@ pub fn compression_ratio_bits(
 
 /// Crop a network-layout wedge (16, 192, 256) to the real (16, 192, 249) bins.
 pub fn crop_padded(x: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len(), LAYERS * AZIMUTH * Z_PADDED, "crop_padded takes a (16, 192, 256) wedge");
-    x.chunks_exact(Z_PADDED).flat_map(|row| row[..Z_BINS].iter().copied()).collect()
+    assert_eq!(
+        x.len(),
+        LAYERS * AZIMUTH * Z_PADDED,
+        "crop_padded takes a (16, 192, 256) wedge"
+    );
+    x.chunks_exact(Z_PADDED)
+        .flat_map(|row| row[..Z_BINS].iter().copied())
+        .collect()
 }
 
 /// Metrics of one wedge.
@@ -61,7 +67,11 @@ impl WedgeMetrics {
     /// Compare an input and its reconstruction, both log2(ADC+1), same layout and length
     /// (normally the cropped (16, 192, 249) wedge).
     pub fn compute(input: &[f32], recon: &[f32]) -> WedgeMetrics {
-        assert_eq!(input.len(), recon.len(), "input and reconstruction differ in size");
+        assert_eq!(
+            input.len(),
+            recon.len(),
+            "input and reconstruction differ in size"
+        );
         let n = input.len().max(1) as f64;
         let (mut abs_sum, mut sq_sum, mut max) = (0f64, 0f64, 0f64);
         let (mut t, mut p, mut tp) = (0u64, 0u64, 0u64);
@@ -201,7 +211,9 @@ mod tests {
 
     #[test]
     fn crop_drops_the_z_padding() {
-        let x: Vec<f32> = (0..LAYERS * AZIMUTH * Z_PADDED).map(|i| (i % Z_PADDED) as f32).collect();
+        let x: Vec<f32> = (0..LAYERS * AZIMUTH * Z_PADDED)
+            .map(|i| (i % Z_PADDED) as f32)
+            .collect();
         let c = crop_padded(&x);
         assert_eq!(c.len(), WEDGE_VOXELS);
         assert!(c.iter().all(|&v| v < Z_BINS as f32));

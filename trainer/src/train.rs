@@ -42,7 +42,7 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
-    Eval(#[from] eval::EvalError),
+    Eval(Box<eval::EvalError>),
     #[error("{0}")]
     Config(String),
     #[error(
@@ -50,6 +50,12 @@ pub enum TrainError {
          last checkpoint each time; lower the learning rate or check the data"
     )]
     Diverged { rollbacks: usize },
+}
+
+impl From<eval::EvalError> for TrainError {
+    fn from(e: eval::EvalError) -> Self {
+        TrainError::Eval(Box::new(e))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -68,7 +74,13 @@ pub struct AdamWParams {
 
 impl Default for AdamWParams {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -102,9 +114,18 @@ impl AdamW {
             }
             let m = var.zeros_like()?;
             let v = var.zeros_like()?;
-            slots.push(Slot { name: name.clone(), var, m, v });
+            slots.push(Slot {
+                name: name.clone(),
+                var,
+                m,
+                v,
+            });
         }
-        Ok(AdamW { params, step_t: 0, slots })
+        Ok(AdamW {
+            params,
+            step_t: 0,
+            slots,
+        })
     }
 
     /// Steps taken.
@@ -121,7 +142,9 @@ impl AdamW {
         let bias2_sqrt = (1.0 - p.beta2.powi(t)).sqrt();
         let step_size = p.lr / bias1;
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
             let m = ((&slot.m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let v = ((&slot.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + p.eps)?;
@@ -145,12 +168,25 @@ impl AdamW {
     }
 
     /// Restore moments and the step count saved by [`AdamW::state_tensors`].
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step_t: u64) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        step_t: u64,
+    ) -> Result<(), String> {
         for s in &mut self.slots {
-            for (key, dst) in [(format!("m.{}", s.name), &mut s.m), (format!("v.{}", s.name), &mut s.v)] {
-                let t = tensors.get(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
+            for (key, dst) in [
+                (format!("m.{}", s.name), &mut s.m),
+                (format!("v.{}", s.name), &mut s.v),
+            ] {
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| format!("optimizer state lacks {key}"))?;
                 if t.dims() != s.var.dims() {
-                    return Err(format!("optimizer state {key} has shape {:?}, the model {:?}", t.dims(), s.var.dims()));
+                    return Err(format!(
+                        "optimizer state {key} has shape {:?}, the model {:?}",
+                        t.dims(),
+                        s.var.dims()
+                    ));
                 }
                 *dst = t
                     .to_dtype(s.var.dtype())
@@ -193,7 +229,11 @@ fn sample_init(shape: &Shape, init: Init, rng: &mut ChaCha8Rng) -> Vec<f32> {
         Init::Const(c) => vec![c as f32; n],
         Init::Uniform { lo, up } => uniform(lo, up, rng),
         Init::Randn { mean, stdev } => normal(mean, stdev, rng),
-        Init::Kaiming { dist, fan, non_linearity } => {
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
             let fan = match fan {
                 FanInOut::FanIn | FanInOut::FanOut => fan.for_shape(shape),
             };
@@ -210,7 +250,14 @@ fn sample_init(shape: &Shape, init: Init, rng: &mut ChaCha8Rng) -> Vec<f32> {
 }
 
 impl SimpleBackend for SeededInit {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut data = self.varmap.data().lock().expect("VarMap lock poisoned");
         if let Some(var) = data.get(name) {
             if var.shape() != &s {
@@ -219,33 +266,53 @@ impl SimpleBackend for SeededInit {
             return var.as_tensor().to_dtype(dtype);
         }
         let values = sample_init(&s, h, &mut self.rng.lock().expect("RNG lock poisoned"));
-        let t = Tensor::from_vec(values, s, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+        let t = Tensor::from_vec(values, s, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
         data.insert(name.to_string(), var);
         Ok(out)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let data = self.varmap.data().lock().expect("VarMap lock poisoned");
         match data.get(name) {
             Some(v) => v.as_tensor().to_dtype(dtype),
-            None => candle_core::bail!("variable {name} does not exist and has no shape to create it"),
+            None => {
+                candle_core::bail!("variable {name} does not exist and has no shape to create it")
+            }
         }
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().expect("VarMap lock poisoned").contains_key(name)
+        self.varmap
+            .data()
+            .lock()
+            .expect("VarMap lock poisoned")
+            .contains_key(name)
     }
 }
 
 /// Build a model with freshly initialised, reproducible (seeded) f32 weights.
-pub fn init_model(cfg: &ModelConfig, seed: u64, device: &Device) -> candle_core::Result<(VarMap, Box<dyn Bicephalous>)> {
+pub fn init_model(
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &Device,
+) -> candle_core::Result<(VarMap, Box<dyn Bicephalous>)> {
     let varmap = VarMap::new();
     // A stream of its own, so initialisation never shares random numbers with the data order.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(1);
-    let backend = SeededInit { varmap: varmap.clone(), rng: Mutex::new(rng) };
+    let backend = SeededInit {
+        varmap: varmap.clone(),
+        rng: Mutex::new(rng),
+    };
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
     let model = models::build(cfg, vb)?;
     Ok((varmap, model))
@@ -267,7 +334,7 @@ impl CropSpec {
     /// Check a crop against the model: multiples of its down-sampling, inside the wedge.
     pub fn validate(self, cfg: &ModelConfig) -> Result<CropSpec, TrainError> {
         let k = cfg.spatial_multiple();
-        if self.azimuth == 0 || self.z == 0 || self.azimuth % k != 0 || self.z % k != 0 {
+        if self.azimuth == 0 || self.z == 0 || !self.azimuth.is_multiple_of(k) || !self.z.is_multiple_of(k) {
             return Err(TrainError::Config(format!(
                 "--crop {}x{}: both sides must be positive multiples of {k} for {}",
                 self.azimuth,
@@ -288,7 +355,11 @@ impl CropSpec {
 /// Cut one random crop per sample out of a (N, 16, 192, 256) batch. Returns the cropped batch
 /// and the number of valid z bins (crops narrower than 249 lie inside the real bins; a full-width
 /// crop keeps the padding, of which only 249 bins count).
-pub fn random_crop(x: &Tensor, crop: CropSpec, rng: &mut ChaCha8Rng) -> candle_core::Result<(Tensor, usize)> {
+pub fn random_crop(
+    x: &Tensor,
+    crop: CropSpec,
+    rng: &mut ChaCha8Rng,
+) -> candle_core::Result<(Tensor, usize)> {
     let n = x.dim(0)?;
     let (z_width, valid_z, z_room) = if crop.z >= Z_BINS {
         (Z_PADDED, Z_BINS, 0)
@@ -300,7 +371,11 @@ pub fn random_crop(x: &Tensor, crop: CropSpec, rng: &mut ChaCha8Rng) -> candle_c
     for i in 0..n {
         let a0 = rng.gen_range(0..=az_room);
         let z0 = rng.gen_range(0..=z_room);
-        parts.push(x.narrow(0, i, 1)?.narrow(2, a0, crop.azimuth)?.narrow(3, z0, z_width)?);
+        parts.push(
+            x.narrow(0, i, 1)?
+                .narrow(2, a0, crop.azimuth)?
+                .narrow(3, z0, z_width)?,
+        );
     }
     Ok((Tensor::cat(&parts, 0)?.contiguous()?, valid_z))
 }
@@ -353,7 +428,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { progress: false, max_rollbacks: 3, stop_after: None }
+        Self {
+            progress: false,
+            max_rollbacks: 3,
+            stop_after: None,
+        }
     }
 }
 
@@ -385,12 +464,23 @@ fn say(bar: &indicatif::ProgressBar, line: String) {
 }
 
 fn adamw_params(s: &TrainSettings) -> AdamWParams {
-    AdamWParams { lr: s.lr, beta1: s.beta1, beta2: s.beta2, eps: s.eps, weight_decay: s.weight_decay }
+    AdamWParams {
+        lr: s.lr,
+        beta1: s.beta1,
+        beta2: s.beta2,
+        eps: s.eps,
+        weight_decay: s.weight_decay,
+    }
 }
 
 impl Trainer {
     /// Start a new run in `dir` (created; refused if it already holds a training run).
-    pub fn create(dir: &Path, model_config: ModelConfig, settings: TrainSettings, device: &Device) -> Result<Trainer, TrainError> {
+    pub fn create(
+        dir: &Path,
+        model_config: ModelConfig,
+        settings: TrainSettings,
+        device: &Device,
+    ) -> Result<Trainer, TrainError> {
         if !model_config.log_domain() {
             return Err(TrainError::Config(format!(
                 "{} cannot be trained here: bcae train trains bcae-2d, bcae-ht and bcae++ (the original BCAE is import-only)",
@@ -398,10 +488,16 @@ impl Trainer {
             )));
         }
         if let Some(crop) = settings.crop {
-            CropSpec { azimuth: crop.0, z: crop.1 }.validate(&model_config)?;
+            CropSpec {
+                azimuth: crop.0,
+                z: crop.1,
+            }
+            .validate(&model_config)?;
         }
         if settings.batch_size == 0 || settings.epochs == 0 {
-            return Err(TrainError::Config("--batch-size and --epochs must be at least 1".into()));
+            return Err(TrainError::Config(
+                "--batch-size and --epochs must be at least 1".into(),
+            ));
         }
         if dir.join(checkpoint::STATE_FILE).exists() || dir.join(checkpoint::CONFIG_FILE).exists() {
             return Err(TrainError::Config(format!(
@@ -409,8 +505,10 @@ impl Trainer {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let (varmap, model) = init_model(&model_config, settings.seed, device)?;
         let optimizer = AdamW::new(&varmap, adamw_params(&settings))?;
         let mut trainer = Trainer {
@@ -430,7 +528,11 @@ impl Trainer {
         };
         checkpoint::write_config(
             dir,
-            &RunConfig { format: RUN_FORMAT, model: model_config, training: Some(trainer.settings.clone()) },
+            &RunConfig {
+                format: RUN_FORMAT,
+                model: model_config,
+                training: Some(trainer.settings.clone()),
+            },
         )?;
         // Epoch 0: what a NaN in the first epoch rolls back to, and a resumable start.
         trainer.save()?;
@@ -441,7 +543,10 @@ impl Trainer {
     pub fn resume(dir: &Path, device: &Device) -> Result<Trainer, TrainError> {
         let config = checkpoint::read_config(dir)?;
         let settings = config.training.ok_or_else(|| {
-            TrainError::Config(format!("{} holds imported weights without training settings; it cannot be resumed", dir.display()))
+            TrainError::Config(format!(
+                "{} holds imported weights without training settings; it cannot be resumed",
+                dir.display()
+            ))
         })?;
         let (varmap, model) = init_model(&config.model, settings.seed, device)?;
         let optimizer = AdamW::new(&varmap, adamw_params(&settings))?;
@@ -470,20 +575,32 @@ impl Trainer {
     /// when `with_rng` (a NaN roll-back keeps the RNG moving so the retry sees other batches).
     fn restore(&mut self, with_rng: bool) -> Result<(), TrainError> {
         let ck = checkpoint::load_checkpoint(&self.dir, &self.device)?;
-        checkpoint::assign_varmap(&self.varmap, &ck.model, &self.dir.join(checkpoint::MODEL_FILE))?;
-        self.optimizer.load_state(&ck.optimizer, ck.state.step).map_err(|message| CheckpointError::Invalid {
-            path: self.dir.join(checkpoint::OPTIMIZER_FILE),
-            message,
-        })?;
-        self.coefficient = Coefficient { value: ck.state.coefficient };
+        checkpoint::assign_varmap(
+            &self.varmap,
+            &ck.model,
+            &self.dir.join(checkpoint::MODEL_FILE),
+        )?;
+        self.optimizer
+            .load_state(&ck.optimizer, ck.state.step)
+            .map_err(|message| CheckpointError::Invalid {
+                path: self.dir.join(checkpoint::OPTIMIZER_FILE),
+                message,
+            })?;
+        self.coefficient = Coefficient {
+            value: ck.state.coefficient,
+        };
         self.epoch = ck.state.epoch;
         self.step = ck.state.step;
         if with_rng {
             self.rollbacks = ck.state.rollbacks;
-            self.rng = ck.state.rng.restore().ok_or_else(|| CheckpointError::Invalid {
-                path: self.dir.join(checkpoint::STATE_FILE),
-                message: "the RNG state is malformed".into(),
-            })?;
+            self.rng = ck
+                .state
+                .rng
+                .restore()
+                .ok_or_else(|| CheckpointError::Invalid {
+                    path: self.dir.join(checkpoint::STATE_FILE),
+                    message: "the RNG state is malformed".into(),
+                })?;
         }
         Ok(())
     }
@@ -500,7 +617,12 @@ impl Trainer {
             model_crc32: 0,
             optimizer_crc32: 0,
         };
-        checkpoint::save_checkpoint(&self.dir, &self.varmap, &self.optimizer.state_tensors(), state)?;
+        checkpoint::save_checkpoint(
+            &self.dir,
+            &self.varmap,
+            &self.optimizer.state_tensors(),
+            state,
+        )?;
         checkpoint::write_log(&self.dir, &self.log)?;
         Ok(())
     }
@@ -510,7 +632,11 @@ impl Trainer {
         self.settings.epochs = epochs;
         checkpoint::write_config(
             &self.dir,
-            &RunConfig { format: RUN_FORMAT, model: self.model_config, training: Some(self.settings.clone()) },
+            &RunConfig {
+                format: RUN_FORMAT,
+                model: self.model_config,
+                training: Some(self.settings.clone()),
+            },
         )?;
         Ok(())
     }
@@ -550,12 +676,18 @@ impl Trainer {
 
     /// Batches in one epoch for a training set of `len` wedges.
     pub fn batches_per_epoch(&self, len: usize) -> usize {
-        self.settings.batches_per_epoch.unwrap_or_else(|| len.div_ceil(self.settings.batch_size)).max(1)
+        self.settings
+            .batches_per_epoch
+            .unwrap_or_else(|| len.div_ceil(self.settings.batch_size))
+            .max(1)
     }
 
     /// Load a batch and cut its training crops.
     fn batch(&mut self, train: &Dataset, indices: &[usize]) -> Result<(Tensor, usize), TrainError> {
-        let wedges: Vec<Wedge> = indices.iter().map(|&i| train.load(i)).collect::<Result<_, _>>()?;
+        let wedges: Vec<Wedge> = indices
+            .iter()
+            .map(|&i| train.load(i))
+            .collect::<Result<_, _>>()?;
         let x = self.model.input(&wedges, &self.device)?;
         Ok(match self.settings.crop {
             Some((azimuth, z)) => random_crop(&x, CropSpec { azimuth, z }, &mut self.rng)?,
@@ -565,7 +697,12 @@ impl Trainer {
 
     /// Train until `settings.epochs` (or `opts.stop_after` more epochs), checkpointing after every
     /// epoch. `test` (whole wedges, the first `eval_wedges`) is evaluated after every epoch.
-    pub fn run(&mut self, train: &Dataset, test: Option<&Dataset>, opts: &RunOptions) -> Result<(), TrainError> {
+    pub fn run(
+        &mut self,
+        train: &Dataset,
+        test: Option<&Dataset>,
+        opts: &RunOptions,
+    ) -> Result<(), TrainError> {
         let batches = self.batches_per_epoch(train.len());
         let last_epoch = match opts.stop_after {
             Some(k) => (self.epoch + k).min(self.settings.epochs),
@@ -590,7 +727,12 @@ impl Trainer {
             let lr = self.settings.lr_at_epoch(self.epoch);
             self.optimizer.params.lr = lr;
             let start = Instant::now();
-            let order = epoch_order(train.len(), batches, self.settings.batch_size, &mut self.rng);
+            let order = epoch_order(
+                train.len(),
+                batches,
+                self.settings.batch_size,
+                &mut self.rng,
+            );
             let (mut loss, mut seg, mut reg) = (0.0, 0.0, 0.0);
             let (mut t, mut p, mut tp) = (0.0, 0.0, 0.0);
             let mut rolled_back = false;
@@ -605,7 +747,8 @@ impl Trainer {
                         p += s.positive_count;
                         tp += s.true_positive_count;
                         let done = (b + 1) as f64;
-                        let rate = done * self.settings.batch_size as f64 / start.elapsed().as_secs_f64();
+                        let rate =
+                            done * self.settings.batch_size as f64 / start.elapsed().as_secs_f64();
                         bar.set_message(format!(
                             "epoch {}/{} loss {:.4} (reg {:.4}) c {:.1} {:.2} wedges/s",
                             self.epoch + 1,
@@ -621,7 +764,9 @@ impl Trainer {
                         consecutive_rollbacks += 1;
                         if consecutive_rollbacks > opts.max_rollbacks {
                             bar.abandon();
-                            return Err(TrainError::Diverged { rollbacks: consecutive_rollbacks - 1 });
+                            return Err(TrainError::Diverged {
+                                rollbacks: consecutive_rollbacks - 1,
+                            });
                         }
                         say(&bar, format!(
                             "epoch {}: loss {loss} at step {}: rolling back to the checkpoint of epoch {}",
@@ -661,8 +806,19 @@ impl Trainer {
                 seconds,
             };
             if let (Some(test), true) = (test, self.settings.eval_wedges > 0) {
-                let m = eval::EvalModel::from_varmap(self.model_config, &self.varmap, &self.device, Precision::F32)?;
-                let report = eval::evaluate(&m, test, Some(self.settings.eval_wedges), self.settings.batch_size, None)?;
+                let m = eval::EvalModel::from_varmap(
+                    self.model_config,
+                    &self.varmap,
+                    &self.device,
+                    Precision::F32,
+                )?;
+                let report = eval::evaluate(
+                    &m,
+                    test,
+                    Some(self.settings.eval_wedges),
+                    self.settings.batch_size,
+                    None,
+                )?;
                 row.val_mae = report.mean.mae;
                 row.val_mse = report.mean.mse;
                 row.val_psnr_db = report.mean.psnr_db;
@@ -720,11 +876,22 @@ mod tests {
         // One scalar parameter w = 1, loss = 3 w -> g = 3. Step 1: m = 0.3, v = 0.0009*... ;
         // m_hat = 3, v_hat = 9, update = lr * 3 / (3 + eps) ~= lr; decay: w * (1 - lr * wd).
         let vm = VarMap::new();
-        let w = vm.get(1, "w", Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(&vm, AdamWParams { lr: 0.1, ..Default::default() }).unwrap();
+        let w = vm
+            .get(1, "w", Init::Const(1.0), DType::F32, &Device::Cpu)
+            .unwrap();
+        let mut opt = AdamW::new(
+            &vm,
+            AdamWParams {
+                lr: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let loss = (&w * 3.0).unwrap().sum_all().unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
-        let got = checkpoint::varmap_tensors(&vm)["w"].to_vec1::<f32>().unwrap()[0];
+        let got = checkpoint::varmap_tensors(&vm)["w"]
+            .to_vec1::<f32>()
+            .unwrap()[0];
         let want = 1.0 * (1.0 - 0.1 * 0.01) - 0.1 * 3.0 / (3.0 + 1e-8);
         assert!((got as f64 - want).abs() < 1e-6, "{got} vs {want}");
         let st = opt.state_tensors();
@@ -746,12 +913,25 @@ mod tests {
         let (x, valid) = batch(1, 2, CropSpec { azimuth: 32, z: 64 });
         assert_eq!(x.dims(), &[2, LAYERS, 32, 64]);
         assert_eq!(valid, 64);
-        let (x, valid) = batch(1, 1, CropSpec { azimuth: 192, z: 256 });
+        let (x, valid) = batch(
+            1,
+            1,
+            CropSpec {
+                azimuth: 192,
+                z: 256,
+            },
+        );
         assert_eq!(x.dims(), &[1, LAYERS, 192, 256]);
         assert_eq!(valid, Z_BINS);
-        assert!(CropSpec { azimuth: 60, z: 64 }.validate(&ModelConfig::Bcae2d { m: 4, n: 8, d: 3 }).is_err());
-        assert!(CropSpec { azimuth: 56, z: 64 }.validate(&ModelConfig::Bcae2d { m: 4, n: 8, d: 3 }).is_ok());
-        let err = CropSpec { azimuth: 56, z: 64 }.validate(&ModelConfig::BcaeHt).unwrap_err();
+        assert!(CropSpec { azimuth: 60, z: 64 }
+            .validate(&ModelConfig::Bcae2d { m: 4, n: 8, d: 3 })
+            .is_err());
+        assert!(CropSpec { azimuth: 56, z: 64 }
+            .validate(&ModelConfig::Bcae2d { m: 4, n: 8, d: 3 })
+            .is_ok());
+        let err = CropSpec { azimuth: 56, z: 64 }
+            .validate(&ModelConfig::BcaeHt)
+            .unwrap_err();
         assert!(err.to_string().contains("multiples of 16"), "{err}");
     }
 
@@ -791,7 +971,10 @@ mod tests {
         let mut s = settings(data.path());
         s.batches_per_epoch = Some(2);
         s.epochs = 2;
-        let opts = RunOptions { stop_after: Some(1), ..Default::default() };
+        let opts = RunOptions {
+            stop_after: Some(1),
+            ..Default::default()
+        };
 
         // Run A: epoch 1, stop (checkpoint), resume, epoch 2.
         let a = runs.path().join("a");
@@ -801,14 +984,27 @@ mod tests {
         let mut tr = Trainer::resume(&a, &Device::Cpu).unwrap();
         assert_eq!((tr.epoch, tr.step), (1, 2));
         tr.run(&train, None, &opts).unwrap();
-        let resumed = (all_weights(&tr.varmap), tr.coefficient, tr.step, RngState::capture(&tr.rng));
+        let resumed = (
+            all_weights(&tr.varmap),
+            tr.coefficient,
+            tr.step,
+            RngState::capture(&tr.rng),
+        );
 
         // Run B: both epochs in one go.
         let b = runs.path().join("b");
         let mut tr = Trainer::create(&b, TINY, s, &Device::Cpu).unwrap();
         tr.run(&train, None, &RunOptions::default()).unwrap();
-        let straight = (all_weights(&tr.varmap), tr.coefficient, tr.step, RngState::capture(&tr.rng));
-        assert!(resumed == straight, "resumed run differs from the uninterrupted one");
+        let straight = (
+            all_weights(&tr.varmap),
+            tr.coefficient,
+            tr.step,
+            RngState::capture(&tr.rng),
+        );
+        assert!(
+            resumed == straight,
+            "resumed run differs from the uninterrupted one"
+        );
         let log = checkpoint::read_log(&a).unwrap();
         assert_eq!(log.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2]);
         // A finished run refuses a fresh start in the same folder.
@@ -821,7 +1017,10 @@ mod tests {
         let mut tr = Trainer::create(dir.path(), TINY, settings(dir.path()), &Device::Cpu).unwrap();
         let saved = all_weights(&tr.varmap);
         let (x, valid) = batch(2, 2, CropSpec { azimuth: 16, z: 16 });
-        assert!(matches!(tr.train_step(&x, valid).unwrap(), StepOutcome::Applied(_)));
+        assert!(matches!(
+            tr.train_step(&x, valid).unwrap(),
+            StepOutcome::Applied(_)
+        ));
         // Poison one weight: the next loss is NaN, nothing is applied, and the roll-back
         // restores the epoch-0 checkpoint exactly.
         {
@@ -835,7 +1034,10 @@ mod tests {
         assert_eq!(all_weights(&tr.varmap), saved);
         assert_eq!((tr.step, tr.epoch, tr.rollbacks), (0, 0, 1));
         assert_eq!(tr.optimizer.step_count(), 0);
-        assert!(matches!(tr.train_step(&x, valid).unwrap(), StepOutcome::Applied(_)));
+        assert!(matches!(
+            tr.train_step(&x, valid).unwrap(),
+            StepOutcome::Applied(_)
+        ));
     }
 }
 
@@ -855,7 +1057,10 @@ mod speed {
             other => ModelConfig::from_name(other).unwrap(),
         };
         let (a, z) = crop.split_once('x').unwrap();
-        let crop = CropSpec { azimuth: a.parse().unwrap(), z: z.parse().unwrap() };
+        let crop = CropSpec {
+            azimuth: a.parse().unwrap(),
+            z: z.parse().unwrap(),
+        };
         let (_vm, model) = init_model(&cfg, 0, &Device::Cpu).unwrap();
         let wedges = synth::generate_wedges(1, 4);
         let x = crate::data::batch_tensor(&wedges, &Device::Cpu).unwrap();
@@ -884,4 +1089,3 @@ mod speed {
         }
     }
 }
-

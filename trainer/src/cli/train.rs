@@ -80,8 +80,14 @@ fn parse_crop(s: &str) -> std::result::Result<(usize, usize), String> {
     let (a, z) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("--crop {s}: expected AZIMUTHxZ, e.g. 64x64"))?;
-    let a = a.trim().parse().map_err(|_| format!("--crop {s}: {a} is not a number"))?;
-    let z = z.trim().parse().map_err(|_| format!("--crop {s}: {z} is not a number"))?;
+    let a = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("--crop {s}: {a} is not a number"))?;
+    let z = z
+        .trim()
+        .parse()
+        .map_err(|_| format!("--crop {s}: {z} is not a number"))?;
     Ok((a, z))
 }
 
@@ -128,7 +134,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         t
     } else {
         let cfg = model_config(&args.model, args.m, args.n, args.d)?;
-        let data = args.data.clone().context("--data DIR is required for a new run")?;
+        let data = args
+            .data
+            .clone()
+            .context("--data DIR is required for a new run")?;
         let mut s = TrainSettings::paper_defaults(&cfg, data);
         if let Some(e) = args.epochs {
             s.epochs = e;
@@ -151,9 +160,16 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         );
         t
     };
-    let data = args.data.clone().unwrap_or_else(|| trainer.settings.data.clone());
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| trainer.settings.data.clone());
     let train = open_split(&data, Split::Train)?;
-    let test = if trainer.settings.eval_wedges > 0 { Some(open_split(&data, Split::Test)?) } else { None };
+    let test = if trainer.settings.eval_wedges > 0 {
+        Some(open_split(&data, Split::Test)?)
+    } else {
+        None
+    };
     let s = &trainer.settings;
     eprintln!(
         "{} training wedges, batch {}, {} batches/epoch, crop {}, lr {:.1e} held {} epochs then x{} every {}",
@@ -166,7 +182,11 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         s.decay_factor,
         s.decay_every
     );
-    let opts = RunOptions { progress: true, max_rollbacks: args.max_rollbacks, stop_after: None };
+    let opts = RunOptions {
+        progress: true,
+        max_rollbacks: args.max_rollbacks,
+        stop_after: None,
+    };
     trainer.run(&train, test.as_ref(), &opts)?;
     if let Some(last) = trainer.log.last() {
         eprintln!(
@@ -233,30 +253,57 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let data = open_split(&args.data, args.split)?;
     let n = args.max_wedges.map_or(data.len(), |m| m.min(data.len()));
     let mut reports: Vec<EvalReport> = Vec::new();
+    let mut failures = Vec::new();
     for run in &args.runs {
         for &precision in &args.precision {
-            let model = EvalModel::load(run, &device, precision).with_context(|| format!("loading {}", run.display()))?;
             let bar = indicatif::ProgressBar::new(n as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
-                    .expect("valid progress template"),
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("valid progress template"),
             );
             bar.set_message(format!("{} {}", run.display(), precision.name()));
-            let mut report = eval::evaluate(&model, &data, args.max_wedges, args.batch_size, Some(&bar))
-                .with_context(|| format!("evaluating {} in {}", run.display(), precision.name()))?;
+            let result = EvalModel::load(run, &device, precision)
+                .and_then(|model| {
+                    eval::evaluate(&model, &data, args.max_wedges, args.batch_size, Some(&bar))
+                })
+                .with_context(|| format!("evaluating {} in {}", run.display(), precision.name()));
             bar.finish_and_clear();
-            report.run = run.display().to_string();
-            reports.push(report);
+            match result {
+                Ok(mut report) => {
+                    report.run = run.display().to_string();
+                    reports.push(report);
+                }
+                // Keep going: one unsupported precision should not hide the other rows.
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    failures.push(format!("{} {}", run.display(), precision.name()));
+                }
+            }
         }
+    }
+    if reports.is_empty() {
+        bail!("no evaluation succeeded ({})", failures.join(", "));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
+        if !failures.is_empty() {
+            bail!(
+                "{} evaluations failed (see the errors above): {}",
+                failures.len(),
+                failures.join(", ")
+            );
+        }
         return Ok(());
     }
     if args.per_wedge {
         for r in &reports {
             println!("{} ({}):", r.run, r.precision.name());
-            println!("  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}", "wedge", "MAE", "MSE", "PSNR dB", "precision", "recall", "occ");
+            println!(
+                "  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}",
+                "wedge", "MAE", "MSE", "PSNR dB", "precision", "recall", "occ"
+            );
             for w in &r.wedges {
                 let m = &w.metrics;
                 println!(
@@ -273,8 +320,22 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         }
         println!();
     }
-    println!("{} wedges of {} ({:?} split), device {}", n, args.data.display(), args.split, reports[0].device);
+    println!(
+        "{} wedges of {} ({:?} split), device {}",
+        n,
+        args.data.display(),
+        args.split,
+        reports[0].device
+    );
     print!("{}", eval::table(&reports));
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} evaluations failed (see the errors above): {}",
+            failures.len(),
+            failures.len() + reports.len(),
+            failures.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -291,7 +352,10 @@ pub struct PlotLogArgs {
 pub fn run_plot_log(args: PlotLogArgs) -> Result<()> {
     let rows = checkpoint::read_log(&args.run)?;
     if rows.is_empty() {
-        bail!("{}: log.csv has no epochs yet; train at least one epoch first", args.run.display());
+        bail!(
+            "{}: log.csv has no epochs yet; train at least one epoch first",
+            args.run.display()
+        );
     }
     plot_log(&args.out, &rows, &args.run.display().to_string())?;
     println!("{} epochs plotted to {}", rows.len(), args.out.display());
@@ -307,18 +371,27 @@ fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<(
     top.titled(title, ("sans-serif", 22))?;
     let panels = body.split_evenly((1, 3));
     let pts = |f: &dyn Fn(&checkpoint::EpochLog) -> f64| -> Vec<(f64, f64)> {
-        rows.iter().map(|r| (r.epoch as f64, f(r))).filter(|(_, y)| y.is_finite() && *y > 0.0).collect()
+        rows.iter()
+            .map(|r| (r.epoch as f64, f(r)))
+            .filter(|(_, y)| y.is_finite() && *y > 0.0)
+            .collect()
     };
     let groups: Vec<(&str, bool, Vec<Series>)> = vec![
         (
             "regression loss / MAE",
             true,
-            vec![("train L_reg", pts(&|r| r.reg_loss), BLUE), ("test MAE", pts(&|r| r.val_mae), RED)],
+            vec![
+                ("train L_reg", pts(&|r| r.reg_loss), BLUE),
+                ("test MAE", pts(&|r| r.val_mae), RED),
+            ],
         ),
         (
             "segmentation (focal) loss",
             true,
-            vec![("train L_seg", pts(&|r| r.seg_loss), BLUE), ("c * L_seg", pts(&|r| r.coefficient * r.seg_loss), GREEN)],
+            vec![
+                ("train L_seg", pts(&|r| r.seg_loss), BLUE),
+                ("c * L_seg", pts(&|r| r.coefficient * r.seg_loss), GREEN),
+            ],
         ),
         (
             "precision / recall",
@@ -333,11 +406,16 @@ fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<(
     ];
     let x_max = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(2) as f64;
     for (area, (caption, log_y, series)) in panels.iter().zip(groups) {
-        let ys: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).collect();
+        let ys: Vec<f64> = series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .collect();
         if ys.is_empty() {
             continue;
         }
-        let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+        let (lo, hi) = ys
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
         let x_range = 1f64..x_max;
         if log_y {
             let mut chart = ChartBuilder::on(area)
@@ -353,7 +431,11 @@ fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<(
                     .label(name)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
             }
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
         } else {
             let mut chart = ChartBuilder::on(area)
                 .caption(caption, ("sans-serif", 18))
@@ -383,10 +465,17 @@ fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<(
 /// `bcae show WEDGE --run R --out recon.png`: input, reconstruction and difference panels of
 /// one wedge (the paper's Figure 5), summed over the 16 layers in the log2(ADC+1) domain, plus
 /// the wedge's metrics in the title.
-pub fn show_reconstruction(run: &Path, wedge_path: &Path, out: &Path, device: DeviceChoice) -> Result<()> {
+pub fn show_reconstruction(
+    run: &Path,
+    wedge_path: &Path,
+    out: &Path,
+    device: DeviceChoice,
+) -> Result<()> {
     let device: Device = device::open(device)?;
-    let wedge: Wedge = read_wedge(wedge_path).with_context(|| format!("reading {}", wedge_path.display()))?;
-    let model = EvalModel::load(run, &device, Precision::F32).with_context(|| format!("loading {}", run.display()))?;
+    let wedge: Wedge =
+        read_wedge(wedge_path).with_context(|| format!("reading {}", wedge_path.display()))?;
+    let model = EvalModel::load(run, &device, Precision::F32)
+        .with_context(|| format!("loading {}", run.display()))?;
     let x = model.input(std::slice::from_ref(&wedge))?;
     let recon = model.decode_log2(&model.encode(&x)?)?;
     let truth: Vec<f32> = x.narrow(3, 0, Z_BINS)?.flatten_all()?.to_vec1()?;
@@ -406,7 +495,10 @@ pub fn show_reconstruction(run: &Path, wedge_path: &Path, out: &Path, device: De
     let diff: Vec<f64> = prec.iter().zip(&pin).map(|(r, i)| r - i).collect();
     let title = format!(
         "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}",
-        wedge_path.file_name().map_or_else(|| wedge_path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        wedge_path.file_name().map_or_else(
+            || wedge_path.display().to_string(),
+            |n| n.to_string_lossy().into_owned()
+        ),
         model.config.label(),
         run.display(),
         metrics.mae,
@@ -421,10 +513,18 @@ pub fn show_reconstruction(run: &Path, wedge_path: &Path, out: &Path, device: De
 
 fn sequential(t: f64) -> RGBColor {
     // white -> blue -> red -> yellow
-    const A: [(f64, (f64, f64, f64)); 4] =
-        [(0.0, (255.0, 255.0, 255.0)), (0.35, (40.0, 80.0, 200.0)), (0.7, (210.0, 40.0, 40.0)), (1.0, (250.0, 220.0, 40.0))];
+    const A: [(f64, (f64, f64, f64)); 4] = [
+        (0.0, (255.0, 255.0, 255.0)),
+        (0.35, (40.0, 80.0, 200.0)),
+        (0.7, (210.0, 40.0, 40.0)),
+        (1.0, (250.0, 220.0, 40.0)),
+    ];
     let t = t.clamp(0.0, 1.0);
-    let i = A.iter().rposition(|(p, _)| *p <= t).unwrap_or(0).min(A.len() - 2);
+    let i = A
+        .iter()
+        .rposition(|(p, _)| *p <= t)
+        .unwrap_or(0)
+        .min(A.len() - 2);
     let (p0, c0) = A[i];
     let (p1, c1) = A[i + 1];
     let f = (t - p0) / (p1 - p0);
@@ -450,7 +550,12 @@ fn draw_panels(path: &Path, title: &str, input: &[f64], recon: &[f64], diff: &[f
     let (top, body) = root.split_vertically(40);
     top.titled(title, ("sans-serif", 18))?;
     let areas = body.split_evenly((1, 3));
-    let vmax = input.iter().chain(recon).copied().fold(0.0, f64::max).max(1e-9);
+    let vmax = input
+        .iter()
+        .chain(recon)
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-9);
     let dmax = diff.iter().fold(0.0f64, |a, d| a.max(d.abs())).max(1e-9);
     let panels: [(&str, &[f64], bool); 3] = [
         ("input: sum over layers of log2(ADC+1)", input, false),
@@ -464,12 +569,23 @@ fn draw_panels(path: &Path, title: &str, input: &[f64], recon: &[f64], diff: &[f
             .x_label_area_size(35)
             .y_label_area_size(40)
             .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
-        chart.configure_mesh().disable_mesh().x_desc("azimuth").y_desc("z bin").draw()?;
-        chart.draw_series(values.iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, &v)| {
-            let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
-            let color = if signed { diverging(v / dmax) } else { sequential(v / vmax) };
-            Rectangle::new([(a, z), (a + 1, z + 1)], color.filled())
-        }))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("azimuth")
+            .y_desc("z bin")
+            .draw()?;
+        chart.draw_series(values.iter().enumerate().filter(|(_, &v)| v != 0.0).map(
+            |(i, &v)| {
+                let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
+                let color = if signed {
+                    diverging(v / dmax)
+                } else {
+                    sequential(v / vmax)
+                };
+                Rectangle::new([(a, z), (a + 1, z + 1)], color.filled())
+            },
+        ))?;
     }
     root.present()?;
     Ok(())
