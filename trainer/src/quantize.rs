@@ -833,7 +833,7 @@ mod tests {
         // log2-domain-like values: sparse, 6..10 where non-zero.
         let v: Vec<f32> = (0..n * 16 * h * w)
             .map(|i| {
-                if (i * 2_654_435_761usize) % 10 == 0 {
+                if (i.wrapping_mul(2_654_435_761usize) >> 7) % 10 < 1 {
                     6.0 + (i % 40) as f32 / 10.0
                 } else {
                     0.0
