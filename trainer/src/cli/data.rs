@@ -122,6 +122,8 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
 struct Input {
     name: String,
     synthetic: bool,
+    /// Whether the data-spec targets are checked for this input.
+    judged: bool,
     stats: Stats,
     checks: Vec<TargetCheck>,
 }
@@ -166,7 +168,8 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
         let checks = stats::check_targets(&stats);
         inputs.push(Input {
             name: path.display().to_string(),
-            synthetic: synthetic || args.check_all,
+            synthetic,
+            judged: synthetic || args.check_all,
             stats,
             checks,
         });
@@ -331,7 +334,7 @@ fn rows(inputs: &[Input]) -> Vec<Row> {
 
 fn print_table(inputs: &[Input]) {
     let rows = rows(inputs);
-    let judged: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].synthetic).collect();
+    let judged: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].judged).collect();
     let target_of = |name: &str| {
         inputs[0]
             .checks
