@@ -58,7 +58,7 @@
 //! | 24 | 4 | body CRC-32: of the `L` path bytes followed by the `P` payload bytes |
 //! | 28 | 4 | frame-header CRC-32 of frame bytes `0 .. 28` |
 //! | 32 | L | source path, UTF-8, relative to the data root, `/`-separated (may be empty) |
-//! | 32+L | P | payload: int8 codec: the code, `P` = product of the code shape, one `i8` per value, row-major (C-order) over the code shape; sparse codec: the sparse encoder's output (self-describing, see `encoder_nostd::sparse`) |
+//! | 32+L | P | payload: int8 codec: the code, `P` = product of the code shape, one `i8` per value, row-major (C-order) over the code shape (BCAE-HT: c, d, h, w; BCAE-2D: c, h, w); sparse codec: the sparse encoder's output (self-describing, see `encoder_nostd::sparse`) |
 //!
 //! The fixed-size frame header carries its own CRC, so its lengths are trusted as soon as its
 //! 32 bytes are there: a corrupt body (path or payload) is skipped exactly and reported with the
@@ -94,6 +94,9 @@
 //!   its payload length equals the code length; its payload is used only when the body CRC holds.
 //! - A frame header that fails is reported as a corrupt region and skipped up to the next valid
 //!   frame header (or the index); a body that fails is reported with the frame's identity.
+//! - When the index is valid but a frame it points at does not check out (a damaged frame, or
+//!   bytes inserted or removed before it), the reader also scans and keeps whichever of the two
+//!   locates more frames.
 //! - A file that ends inside a frame (cut off mid-write) yields every whole frame before it and a
 //!   notice for the incomplete tail; a file without index and trailer is a valid, unfinished
 //!   stream.
