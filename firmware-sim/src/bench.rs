@@ -32,7 +32,13 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { wedges: 4, min_seconds: 2.0, batch: 4, run: None, sparse_quality: sparse::Quality::LOSSLESS }
+        BenchOptions {
+            wedges: 4,
+            min_seconds: 2.0,
+            batch: 4,
+            run: None,
+            sparse_quality: sparse::Quality::LOSSLESS,
+        }
     }
 }
 
@@ -75,7 +81,19 @@ impl BuildInfo {
         macro_rules! compiled {
             ($($f:tt),*) => { $( if cfg!(target_feature = $f) { compiled.push($f); } )* };
         }
-        compiled!("sse4.2", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vnni", "avxvnni", "neon", "dotprod");
+        compiled!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "bmi2",
+            "avx512f",
+            "avx512bw",
+            "avx512vnni",
+            "avxvnni",
+            "neon",
+            "dotprod"
+        );
         #[allow(unused_mut)]
         let mut cpu = vec![];
         #[cfg(target_arch = "x86_64")]
@@ -83,7 +101,16 @@ impl BuildInfo {
             macro_rules! runtime {
                 ($($f:tt),*) => { $( if std::arch::is_x86_feature_detected!($f) { cpu.push($f); } )* };
             }
-            runtime!("sse4.2", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vnni");
+            runtime!(
+                "sse4.2",
+                "avx",
+                "avx2",
+                "fma",
+                "bmi2",
+                "avx512f",
+                "avx512bw",
+                "avx512vnni"
+            );
         }
         BuildInfo {
             target_arch: std::env::consts::ARCH,
@@ -96,7 +123,11 @@ impl BuildInfo {
     }
 
     pub fn text(&self) -> String {
-        let profile = if self.debug_assertions { "debug (numbers not representative: build with --release)" } else { "release" };
+        let profile = if self.debug_assertions {
+            "debug (numbers not representative: build with --release)"
+        } else {
+            "release"
+        };
         format!(
             "build: {} {profile}; compiled target features: [{}]; CPU has: [{}]{}; cuda feature: {}; threads: {}",
             self.target_arch,
@@ -136,10 +167,19 @@ impl BenchReport {
         );
         s += &format!(
             "{:<34} {:<9} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
-            "implementation", "precision", "device", "threads", "wedges", "wedges/s", "GMAC/s", "vs f32"
+            "implementation",
+            "precision",
+            "device",
+            "threads",
+            "wedges",
+            "wedges/s",
+            "GMAC/s",
+            "vs f32"
         );
         for r in &self.rows {
-            let num = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"));
+            let num = |v: Option<f64>, prec: usize| {
+                v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
+            };
             s += &format!(
                 "{:<34} {:<9} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
                 r.implementation,
@@ -149,7 +189,8 @@ impl BenchReport {
                 r.wedges,
                 num(r.wedges_per_s, 2),
                 num(r.gmac_per_s, 2),
-                r.vs_candle_f32.map_or_else(|| "-".to_string(), |v| format!("{v:.2}x")),
+                r.vs_candle_f32
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.2}x")),
             );
             if let Some(note) = &r.note {
                 s += &format!("    note: {note}\n");
@@ -176,7 +217,12 @@ fn row(implementation: &str, precision: &str, device: &str, threads: usize) -> B
 
 /// Runs `work` (which encodes some wedges and returns how many) until `min` has passed, after
 /// one warm-up call; fills the row's figures.
-fn measure(mut r: BenchRow, macs: Option<u64>, min: Duration, mut work: impl FnMut() -> Result<usize, SimError>) -> Result<BenchRow, SimError> {
+fn measure(
+    mut r: BenchRow,
+    macs: Option<u64>,
+    min: Duration,
+    mut work: impl FnMut() -> Result<usize, SimError>,
+) -> Result<BenchRow, SimError> {
     work()?;
     let start = Instant::now();
     let mut n = 0;
@@ -191,10 +237,32 @@ fn measure(mut r: BenchRow, macs: Option<u64>, min: Duration, mut work: impl FnM
     Ok(r)
 }
 
-fn float_row(run: &std::path::Path, device: &Device, dev_name: &str, precision: Precision, wedges: &[Wedge], opts: &BenchOptions, macs: u64) -> Result<BenchRow, SimError> {
-    let r = row("candle float encoder", precision.name(), dev_name, if device.is_cpu() { rayon::current_num_threads() } else { 1 });
+fn float_row(
+    run: &std::path::Path,
+    device: &Device,
+    dev_name: &str,
+    precision: Precision,
+    wedges: &[Wedge],
+    opts: &BenchOptions,
+    macs: u64,
+) -> Result<BenchRow, SimError> {
+    let r = row(
+        "candle float encoder",
+        precision.name(),
+        dev_name,
+        if device.is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        },
+    );
     let model = EvalModel::load(run, device, precision)?;
-    let batch: Vec<Wedge> = wedges.iter().cycle().take(opts.batch.max(1)).cloned().collect();
+    let batch: Vec<Wedge> = wedges
+        .iter()
+        .cycle()
+        .take(opts.batch.max(1))
+        .cloned()
+        .collect();
     let x: Tensor = model.input(&batch)?;
     let probe = model.encode(&x);
     if let Err(EvalError::Unsupported { message, .. }) = &probe {
@@ -207,7 +275,10 @@ fn float_row(run: &std::path::Path, device: &Device, dev_name: &str, precision: 
     measure(r, Some(macs), min, || {
         let code = model.encode(&x)?;
         // Wait for the device (CUDA runs asynchronously) by reading one value back.
-        code.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        code.flatten_all()?
+            .narrow(0, 0, 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         Ok(batch.len())
     })
 }
@@ -225,53 +296,117 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
     let mut scratch = vec![0i8; encoder.scratch_len()];
     let mut code = vec![0i8; encoder.code_len()];
     let mut next = 0usize;
-    rows.push(measure(row("no_std int8 encoder", "int8", "CPU", 1), Some(macs), min, || {
-        let w = &wedges[next % wedges.len()];
-        next += 1;
-        encoder.encode(&w.adc, &mut scratch, &mut code).map_err(SimError::Firmware)?;
-        Ok(1)
-    })?);
+    rows.push(measure(
+        row("no_std int8 encoder", "int8", "CPU", 1),
+        Some(macs),
+        min,
+        || {
+            let w = &wedges[next % wedges.len()];
+            next += 1;
+            encoder
+                .encode(&w.adc, &mut scratch, &mut code)
+                .map_err(SimError::Firmware)?;
+            Ok(1)
+        },
+    )?);
 
     // All threads: one wedge per thread per round, each thread with its own scratch.
     if threads > 1 {
-        rows.push(measure(row("no_std int8 encoder (rayon)", "int8", "CPU", threads), Some(macs), min, || {
-            (0..threads)
-                .into_par_iter()
-                .map_init(
-                    || (vec![0i8; encoder.scratch_len()], vec![0i8; encoder.code_len()]),
-                    |(s, c), i| encoder.encode(&wedges[i % wedges.len()].adc, s, c).map_err(SimError::Firmware),
-                )
-                .collect::<Result<Vec<()>, _>>()?;
-            Ok(threads)
-        })?);
+        rows.push(measure(
+            row("no_std int8 encoder (rayon)", "int8", "CPU", threads),
+            Some(macs),
+            min,
+            || {
+                (0..threads)
+                    .into_par_iter()
+                    .map_init(
+                        || {
+                            (
+                                vec![0i8; encoder.scratch_len()],
+                                vec![0i8; encoder.code_len()],
+                            )
+                        },
+                        |(s, c), i| {
+                            encoder
+                                .encode(&wedges[i % wedges.len()].adc, s, c)
+                                .map_err(SimError::Firmware)
+                        },
+                    )
+                    .collect::<Result<Vec<()>, _>>()?;
+                Ok(threads)
+            },
+        )?);
     }
 
     // The sparse codec, one thread (no MACs: GMAC/s does not apply).
     let mut out = vec![0u8; MAX_WEDGE_ENCODED_LEN];
     let mut state = Box::new(sparse::SparseScratch::new());
     let mut next = 0usize;
-    let mut sparse_row = measure(row(&format!("no_std sparse codec ({})", opts.sparse_quality), "int", "CPU", 1), None, min, || {
-        let w = &wedges[next % wedges.len()];
-        next += 1;
-        sparse::encode_with(&mut state, &w.adc, sparse::Dims::WEDGE, opts.sparse_quality, &mut out).map_err(SimError::Firmware)?;
-        Ok(1)
-    })?;
+    let mut sparse_row = measure(
+        row(
+            &format!("no_std sparse codec ({})", opts.sparse_quality),
+            "int",
+            "CPU",
+            1,
+        ),
+        None,
+        min,
+        || {
+            let w = &wedges[next % wedges.len()];
+            next += 1;
+            sparse::encode_with(
+                &mut state,
+                &w.adc,
+                sparse::Dims::WEDGE,
+                opts.sparse_quality,
+                &mut out,
+            )
+            .map_err(SimError::Firmware)?;
+            Ok(1)
+        },
+    )?;
     sparse_row.note = Some("variable-size output; GMAC/s does not apply".into());
     rows.push(sparse_row);
 
     // The candle integer path on the CPU.
     let q = QuantizedEncoder::from_bytes(weights, &Device::Cpu)?;
-    let batch: Vec<&[u16]> = wedges.iter().cycle().take(opts.batch.max(1)).map(|w| w.adc.as_slice()).collect();
-    rows.push(measure(row("candle integer path", "int8-in-f32", "CPU", threads), Some(macs), min, || {
-        q.encode_adc(&batch)?;
-        Ok(batch.len())
-    })?);
+    let batch: Vec<&[u16]> = wedges
+        .iter()
+        .cycle()
+        .take(opts.batch.max(1))
+        .map(|w| w.adc.as_slice())
+        .collect();
+    rows.push(measure(
+        row("candle integer path", "int8-in-f32", "CPU", threads),
+        Some(macs),
+        min,
+        || {
+            q.encode_adc(&batch)?;
+            Ok(batch.len())
+        },
+    )?);
 
     // Candle float encoder from a float run.
     match &opts.run {
         Some(run) => {
-            rows.push(float_row(run, &Device::Cpu, "CPU", Precision::F32, &wedges, opts, macs)?);
-            rows.push(float_row(run, &Device::Cpu, "CPU", Precision::F16, &wedges, opts, macs)?);
+            rows.push(float_row(
+                run,
+                &Device::Cpu,
+                "CPU",
+                Precision::F32,
+                &wedges,
+                opts,
+                macs,
+            )?);
+            rows.push(float_row(
+                run,
+                &Device::Cpu,
+                "CPU",
+                Precision::F16,
+                &wedges,
+                opts,
+                macs,
+            )?);
         }
         None => {
             for p in ["f32", "f16"] {
@@ -293,18 +428,40 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
             }
             Ok(device) => {
                 let q = QuantizedEncoder::from_bytes(weights, &device)?;
-                rows.push(measure(row("candle integer path", "int8-in-f32", "CUDA", 1), Some(macs), min, || {
-                    let code = q.encode_adc(&batch)?;
-                    code.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
-                    Ok(batch.len())
-                })?);
+                rows.push(measure(
+                    row("candle integer path", "int8-in-f32", "CUDA", 1),
+                    Some(macs),
+                    min,
+                    || {
+                        let code = q.encode_adc(&batch)?;
+                        code.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+                        Ok(batch.len())
+                    },
+                )?);
                 match &opts.run {
                     Some(run) => {
-                        rows.push(float_row(run, &device, "CUDA", Precision::F32, &wedges, opts, macs)?);
-                        rows.push(float_row(run, &device, "CUDA", Precision::F16, &wedges, opts, macs)?);
+                        rows.push(float_row(
+                            run,
+                            &device,
+                            "CUDA",
+                            Precision::F32,
+                            &wedges,
+                            opts,
+                            macs,
+                        )?);
+                        rows.push(float_row(
+                            run,
+                            &device,
+                            "CUDA",
+                            Precision::F16,
+                            &wedges,
+                            opts,
+                            macs,
+                        )?);
                     }
                     None => {
-                        cuda.note = Some("not measured: give a float run with --run runs/NAME".into());
+                        cuda.note =
+                            Some("not measured: give a float run with --run runs/NAME".into());
                         rows.push(cuda);
                     }
                 }
@@ -314,7 +471,9 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
 
     let f32_rate = rows
         .iter()
-        .find(|r| r.implementation == "candle float encoder" && r.precision == "f32" && r.device == "CPU")
+        .find(|r| {
+            r.implementation == "candle float encoder" && r.precision == "f32" && r.device == "CPU"
+        })
         .and_then(|r| r.wedges_per_s);
     if let Some(base) = f32_rate {
         for r in rows.iter_mut() {
@@ -338,14 +497,33 @@ mod tests {
 
     #[test]
     fn bench_measures_every_row_it_can() {
-        let weights = OwnedModel::random_ht(2, [1, 2, 1, 2], 2).to_bytes().unwrap();
-        let opts = BenchOptions { wedges: 1, min_seconds: 0.0, batch: 1, ..Default::default() };
+        let weights = OwnedModel::random_ht(2, [1, 2, 1, 2], 2)
+            .to_bytes()
+            .unwrap();
+        let opts = BenchOptions {
+            wedges: 1,
+            min_seconds: 0.0,
+            batch: 1,
+            ..Default::default()
+        };
         let report = run(&weights, &opts).unwrap();
         let text = report.text();
         let int8 = &report.rows[0];
-        assert!(int8.wedges_per_s.unwrap() > 0.0 && int8.gmac_per_s.unwrap() > 0.0, "{text}");
-        assert!(report.rows.iter().any(|r| r.implementation == "candle integer path" && r.wedges_per_s.is_some()), "{text}");
-        assert!(text.contains("--run runs/NAME"), "float rows say what they need: {text}");
+        assert!(
+            int8.wedges_per_s.unwrap() > 0.0 && int8.gmac_per_s.unwrap() > 0.0,
+            "{text}"
+        );
+        assert!(
+            report
+                .rows
+                .iter()
+                .any(|r| r.implementation == "candle integer path" && r.wedges_per_s.is_some()),
+            "{text}"
+        );
+        assert!(
+            text.contains("--run runs/NAME"),
+            "float rows say what they need: {text}"
+        );
         assert!(text.contains("compiled target features"), "{text}");
     }
 }

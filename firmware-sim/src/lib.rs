@@ -21,9 +21,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("{path}: cannot read the weights file: {source}")]
-    ReadWeights { path: PathBuf, source: std::io::Error },
+    ReadWeights {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not usable int8 weights: {error} (export them with `bcae quantize`)")]
-    Weights { path: PathBuf, error: encoder_nostd::Error },
+    Weights {
+        path: PathBuf,
+        error: encoder_nostd::Error,
+    },
     #[error(transparent)]
     Data(#[from] trainer::data::DataError),
     #[error(transparent)]
@@ -31,23 +37,41 @@ pub enum SimError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
-    Eval(#[from] trainer::eval::EvalError),
+    Eval(Box<trainer::eval::EvalError>),
     #[error("firmware set-up failed: {0}")]
     Firmware(encoder_nostd::Error),
     #[error("the host sparse encoder failed on wedge {wedge}: {error}")]
-    Sparse { wedge: usize, error: encoder_nostd::Error },
+    Sparse {
+        wedge: usize,
+        error: encoder_nostd::Error,
+    },
     #[error("{0}")]
     Input(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Qemu(String),
 }
 
+impl From<trainer::eval::EvalError> for SimError {
+    fn from(e: trainer::eval::EvalError) -> Self {
+        SimError::Eval(Box::new(e))
+    }
+}
+
 /// Reads and validates a weights file.
 pub fn read_weights(path: &std::path::Path) -> Result<Vec<u8>, SimError> {
-    let bytes = std::fs::read(path).map_err(|source| SimError::ReadWeights { path: path.to_path_buf(), source })?;
-    encoder_nostd::encoder::Encoder::parse(&bytes).map_err(|error| SimError::Weights { path: path.to_path_buf(), error })?;
+    let bytes = std::fs::read(path).map_err(|source| SimError::ReadWeights {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    encoder_nostd::encoder::Encoder::parse(&bytes).map_err(|error| SimError::Weights {
+        path: path.to_path_buf(),
+        error,
+    })?;
     Ok(bytes)
 }
 
@@ -55,9 +79,18 @@ pub fn read_weights(path: &std::path::Path) -> Result<Vec<u8>, SimError> {
 pub fn model_name(kind: encoder_nostd::weights::ModelKind) -> String {
     use encoder_nostd::weights::ModelKind;
     match kind {
-        ModelKind::BcaeHt { channels: [2, 4, 4, 8], code_channels: 8 } => "BCAE-HT".into(),
-        ModelKind::BcaeHt { channels: [8, 16, 32, 32], code_channels: 8 } => "BCAE++".into(),
-        ModelKind::BcaeHt { channels, code_channels } => format!("BCAE-HT-shaped (channels {channels:?}, code {code_channels})"),
+        ModelKind::BcaeHt {
+            channels: [2, 4, 4, 8],
+            code_channels: 8,
+        } => "BCAE-HT".into(),
+        ModelKind::BcaeHt {
+            channels: [8, 16, 32, 32],
+            code_channels: 8,
+        } => "BCAE++".into(),
+        ModelKind::BcaeHt {
+            channels,
+            code_channels,
+        } => format!("BCAE-HT-shaped (channels {channels:?}, code {code_channels})"),
         ModelKind::Bcae2d { m, d, channels } => format!("BCAE-2D(m={m}, d={d}, {channels} ch)"),
     }
 }

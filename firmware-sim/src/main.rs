@@ -55,9 +55,16 @@ fn random_weights_cmd(args: RandomWeightsArgs) -> anyhow::Result<ExitCode> {
         "bcae-2d" => OwnedModel::random_2d(args.seed, 4, 3, 32),
         other => bail!("unknown model '{other}': use bcae-ht, bcae++ or bcae-2d"),
     };
-    let bytes = model.to_bytes().map_err(|e| anyhow::anyhow!("serializing the random model: {e}"))?;
+    let bytes = model
+        .to_bytes()
+        .map_err(|e| anyhow::anyhow!("serializing the random model: {e}"))?;
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("wrote {} ({} bytes): random {} weights, for testing only", args.out.display(), bytes.len(), args.model);
+    eprintln!(
+        "wrote {} ({} bytes): random {} weights, for testing only",
+        args.out.display(),
+        bytes.len(),
+        args.model
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -105,7 +112,7 @@ struct ParityArgs {
     /// Inject faults: probability per byte of a flipped bit (both links).
     #[arg(long, default_value_t = 0.0)]
     flip_bit: f64,
-    /// Inject faults: probability per front-end read of a link error.
+    /// Inject faults: probability per byte of a link error on the front-end read holding it.
     #[arg(long, default_value_t = 0.0)]
     fail_read: f64,
     /// Inject faults: probability per sent frame of a link error.
@@ -192,9 +199,20 @@ fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
     };
     let mut source = args.source.open(args.seed)?;
     let device = device(args.device)?;
-    let faults = FaultRates { drop_byte: args.drop_byte, flip_bit: args.flip_bit, fail_read: args.fail_read, fail_send: args.fail_send, seed: args.seed };
-    let opts = ParityOptions { batch: args.batch, faults, progress: !args.json && std::io::stderr().is_terminal() };
-    let report = parity::run(&weights, args.codec, &mut source, &device, opts).context("parity run failed")?;
+    let faults = FaultRates {
+        drop_byte: args.drop_byte,
+        flip_bit: args.flip_bit,
+        fail_read: args.fail_read,
+        fail_send: args.fail_send,
+        seed: args.seed,
+    };
+    let opts = ParityOptions {
+        batch: args.batch,
+        faults,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let report = parity::run(&weights, args.codec, &mut source, &device, opts)
+        .context("parity run failed")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -213,7 +231,13 @@ fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
 
 fn bench_cmd(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let weights = firmware_sim::read_weights(&args.weights)?;
-    let opts = BenchOptions { wedges: args.wedges, min_seconds: args.seconds, batch: args.batch, run: args.run, ..Default::default() };
+    let opts = BenchOptions {
+        wedges: args.wedges,
+        min_seconds: args.seconds,
+        batch: args.batch,
+        run: args.run,
+        ..Default::default()
+    };
     let report = bench::run(&weights, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -250,7 +274,11 @@ fn qemu_cmd(args: QemuArgs) -> anyhow::Result<ExitCode> {
         }
         print!("{}", report.text());
     }
-    Ok(if report.all_match { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.all_match {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> anyhow::Result<ExitCode> {

@@ -74,13 +74,20 @@ impl ParityReport {
     /// The human-readable summary.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let model = self.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+        let model = self
+            .model
+            .as_deref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
         s += &format!("codec            {}{model}\n", self.codec);
         s += &format!("wedges           {} from {}\n", self.wedges, self.source);
         s += &format!("reference        {}\n", self.reference);
         s += &format!("wedges compared  {}\n", self.wedges_compared);
         s += &format!("bytes compared   {}\n", self.bytes_compared);
-        s += &format!("mismatches       {} (in {} wedges)\n", self.mismatches, self.mismatched_wedges);
+        s += &format!(
+            "mismatches       {} (in {} wedges)\n",
+            self.mismatches, self.mismatched_wedges
+        );
         match &self.first_mismatch {
             Some(m) => {
                 s += &format!(
@@ -95,14 +102,24 @@ impl ParityReport {
                 "faults injected  {} dropped bytes, {} flipped bits, {} failed reads, {} failed sends\n",
                 self.injected.dropped_bytes, self.injected.flipped_bits, self.injected.failed_reads, self.injected.failed_sends
             );
-            s += &format!("wedges dropped   {} by the firmware, {} corrupted on the outgoing link\n", self.dropped, self.corrupted_on_link);
+            s += &format!(
+                "wedges dropped   {} by the firmware, {} corrupted on the outgoing link\n",
+                self.dropped, self.corrupted_on_link
+            );
         }
         let c = &self.firmware;
         s += &format!(
             "firmware         {} frames in, {} codes out, {} resyncs ({} bytes skipped), {} CRC errors, {} bad headers, {} link errors, {} pin errors\n",
             c.frames_received, c.codes_sent, c.resyncs, c.bytes_skipped, c.crc_errors, c.bad_headers, c.rx_link_errors + c.tx_link_errors, c.pin_errors
         );
-        s += &format!("pin protocol     {}\n", if self.pin_violations == 0 { "ok".to_string() } else { format!("{} violations", self.pin_violations) });
+        s += &format!(
+            "pin protocol     {}\n",
+            if self.pin_violations == 0 {
+                "ok".to_string()
+            } else {
+                format!("{} violations", self.pin_violations)
+            }
+        );
         if self.codec.starts_with("sparse") {
             s += &format!(
                 "payload          {} bytes ({:.1} per wedge, ratio {:.2}); {} decode failures\n",
@@ -146,20 +163,32 @@ impl Reference {
     fn describe(&self) -> String {
         match self {
             Reference::Candle(q) => format!("candle integer path on {}", device_label(q.device())),
-            Reference::HostSparse(_) => "host sparse encoder (encoder_nostd::sparse::encode_wedge), and decode".into(),
+            Reference::HostSparse(_) => {
+                "host sparse encoder (encoder_nostd::sparse::encode_wedge), and decode".into()
+            }
         }
     }
 
     fn encode(&self, wedges: &[Wedge], first: usize) -> Result<Vec<Vec<u8>>, SimError> {
         match self {
-            Reference::Candle(q) => Ok(q.encode_wedges(wedges)?.into_iter().map(|c| c.into_iter().map(|v| v as u8).collect()).collect()),
+            Reference::Candle(q) => Ok(q
+                .encode_wedges(wedges)?
+                .into_iter()
+                .map(|c| c.into_iter().map(|v| v as u8).collect())
+                .collect()),
             Reference::HostSparse(quality) => {
                 let mut out = vec![0u8; MAX_WEDGE_ENCODED_LEN];
                 wedges
                     .iter()
                     .enumerate()
                     .map(|(i, w)| {
-                        let n = sparse::encode_wedge(&w.adc, *quality, &mut out).map_err(|error| SimError::Sparse { wedge: first + i, error })?;
+                        let n =
+                            sparse::encode_wedge(&w.adc, *quality, &mut out).map_err(|error| {
+                                SimError::Sparse {
+                                    wedge: first + i,
+                                    error,
+                                }
+                            })?;
                         Ok(out[..n].to_vec())
                     })
                     .collect()
@@ -188,27 +217,80 @@ fn sparse_decodes(payload: &[u8], wedge: &Wedge, quality: sparse::Quality) -> bo
         return out == wedge.adc;
     }
     let q = sparse::Quantizer::new(quality.code());
-    out.iter().zip(&wedge.adc).all(|(&got, &adc)| if adc == 0 { got == 0 } else { q.adc(q.symbol(adc)) == Some(got) })
+    out.iter().zip(&wedge.adc).all(|(&got, &adc)| {
+        if adc == 0 {
+            got == 0
+        } else {
+            q.adc(q.symbol(adc)) == Some(got)
+        }
+    })
 }
 
 /// Runs every wedge of `source` through the firmware loop and the reference, comparing bytes.
-pub fn run(weights: &[u8], choice: CodecChoice, source: &mut WedgeSource, device: &Device, opts: ParityOptions) -> Result<ParityReport, SimError> {
+pub fn run(
+    weights: &[u8],
+    choice: CodecChoice,
+    source: &mut WedgeSource,
+    device: &Device,
+    opts: ParityOptions,
+) -> Result<ParityReport, SimError> {
+    run_with(weights, weights, choice, source, device, opts)
+}
+
+/// Like [`run`] for BCAE codes, with different weights on the board and in the candle reference:
+/// shows what a mismatch report looks like (and that parity can fail).
+pub fn run_against(
+    board: &[u8],
+    reference: &[u8],
+    source: &mut WedgeSource,
+    device: &Device,
+    opts: ParityOptions,
+) -> Result<ParityReport, SimError> {
+    run_with(board, reference, CodecChoice::Bcae, source, device, opts)
+}
+
+fn run_with(
+    weights: &[u8],
+    reference_weights: &[u8],
+    choice: CodecChoice,
+    source: &mut WedgeSource,
+    device: &Device,
+    opts: ParityOptions,
+) -> Result<ParityReport, SimError> {
     let start = Instant::now();
     let faults_injected = !opts.faults.is_none();
     let batch = opts.batch.max(1);
     let mut mem = SimMemory::for_choice(choice, weights)?;
     let codec = sim::codec(choice, weights, &mut mem.sparse)?;
     let (model, code_shape) = match &codec {
-        Codec::Bcae { encoder, .. } => (Some(crate::model_name(encoder.kind())), Some(encoder.code_shape())),
+        Codec::Bcae { encoder, .. } => (
+            Some(crate::model_name(encoder.kind())),
+            Some(encoder.code_shape()),
+        ),
         Codec::Sparse { .. } => (None, None),
     };
     let reference = match choice {
-        CodecChoice::Bcae => Reference::Candle(Box::new(QuantizedEncoder::from_bytes(weights, device)?)),
+        CodecChoice::Bcae => Reference::Candle(Box::new(QuantizedEncoder::from_bytes(
+            reference_weights,
+            device,
+        )?)),
         CodecChoice::Sparse(q) => Reference::HostSparse(q),
     };
-    let io = sim::peripherals(SimFrontEnd::new().with_rates(opts.faults), CaptureLink::new().with_rates(FaultRates { drop_byte: 0.0, fail_read: 0.0, ..opts.faults }));
-    let buffers = encoder_nostd::firmware::Buffers { adc: &mut mem.adc, scratch: &mut mem.scratch, frame: &mut mem.frame };
-    let mut fw = encoder_nostd::firmware::Firmware::new(io, codec, buffers).map_err(SimError::Firmware)?;
+    let io = sim::peripherals(
+        SimFrontEnd::new().with_rates(opts.faults),
+        CaptureLink::new().with_rates(FaultRates {
+            drop_byte: 0.0,
+            fail_read: 0.0,
+            ..opts.faults
+        }),
+    );
+    let buffers = encoder_nostd::firmware::Buffers {
+        adc: &mut mem.adc,
+        scratch: &mut mem.scratch,
+        frame: &mut mem.frame,
+    };
+    let mut fw =
+        encoder_nostd::firmware::Firmware::new(io, codec, buffers).map_err(SimError::Firmware)?;
 
     let mut report = ParityReport {
         codec: choice.name(),
@@ -234,7 +316,9 @@ pub fn run(weights: &[u8], choice: CodecChoice, source: &mut WedgeSource, device
     let mut first = 0;
     while first < source.len() {
         let end = (first + batch).min(source.len());
-        let wedges = (first..end).map(|i| source.load(i)).collect::<Result<Vec<_>, _>>()?;
+        let wedges = (first..end)
+            .map(|i| source.load(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let expected = reference.encode(&wedges, first)?;
         for (k, (wedge, expected)) in wedges.iter().zip(&expected).enumerate() {
             let index = first + k;
@@ -246,7 +330,10 @@ pub fn run(weights: &[u8], choice: CodecChoice, source: &mut WedgeSource, device
                 Outcome::Received(code) => code,
                 Outcome::Dropped(e) => {
                     if !faults_injected {
-                        return Err(SimError::Input(format!("the firmware dropped wedge {index} ({}): {e}", source.label(index))));
+                        return Err(SimError::Input(format!(
+                            "the firmware dropped wedge {index} ({}): {e}",
+                            source.label(index)
+                        )));
                     }
                     report.dropped += 1;
                     continue;
@@ -285,7 +372,8 @@ pub fn run(weights: &[u8], choice: CodecChoice, source: &mut WedgeSource, device
                             wedge: index,
                             label: source.label(index),
                             index: i,
-                            position: code_shape.map_or_else(|| format!("byte {i}"), |s| code_position(s, i)),
+                            position: code_shape
+                                .map_or_else(|| format!("byte {i}"), |s| code_position(s, i)),
                             firmware: as_value(a),
                             reference: as_value(b),
                         });
@@ -327,7 +415,9 @@ pub fn progress_bar(show: bool, len: u64, what: &str) -> Option<indicatif::Progr
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} wedges ({eta} left)") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} wedges ({eta} left)")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_string());
@@ -341,18 +431,41 @@ mod tests {
 
     #[test]
     fn code_positions_decompose_the_index() {
-        let s = Shape { c: 8, d: 16, h: 12, w: 16 };
+        let s = Shape {
+            c: 8,
+            d: 16,
+            h: 12,
+            w: 16,
+        };
         assert_eq!(code_position(s, 0), "(c 0, d 0, h 0, w 0)");
-        assert_eq!(code_position(s, 16 * 12 * 16 + 12 * 16 + 16 + 3), "(c 1, d 1, h 1, w 3)");
+        assert_eq!(
+            code_position(s, 16 * 12 * 16 + 12 * 16 + 16 + 3),
+            "(c 1, d 1, h 1, w 3)"
+        );
     }
 
     #[test]
     fn a_small_bcae_model_is_bit_exact_through_the_loop() {
-        let weights = OwnedModel::random_ht(4, [1, 2, 1, 2], 2).to_bytes().unwrap();
+        let weights = OwnedModel::random_ht(4, [1, 2, 1, 2], 2)
+            .to_bytes()
+            .unwrap();
         let mut src = WedgeSource::synth(1, 2);
-        let r = run(&weights, CodecChoice::Bcae, &mut src, &Device::Cpu, ParityOptions { batch: 2, ..Default::default() }).unwrap();
+        let r = run(
+            &weights,
+            CodecChoice::Bcae,
+            &mut src,
+            &Device::Cpu,
+            ParityOptions {
+                batch: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(r.passed(false), "{}", r.text());
-        assert_eq!((r.wedges_compared, r.bytes_compared), (2, 2 * 2 * 16 * 12 * 16));
+        assert_eq!(
+            (r.wedges_compared, r.bytes_compared),
+            (2, 2 * 2 * 16 * 12 * 16)
+        );
         assert_eq!(r.firmware.codes_sent, 2);
     }
 
@@ -360,7 +473,14 @@ mod tests {
     fn sparse_parity_and_decode_checks_pass() {
         let mut src = WedgeSource::synth(2, 2);
         let q = sparse::Quality::parse("0.05").unwrap();
-        let r = run(&[], CodecChoice::Sparse(q), &mut src, &Device::Cpu, ParityOptions::default()).unwrap();
+        let r = run(
+            &[],
+            CodecChoice::Sparse(q),
+            &mut src,
+            &Device::Cpu,
+            ParityOptions::default(),
+        )
+        .unwrap();
         assert!(r.passed(false), "{}", r.text());
         assert!(r.payload_bytes > 1000);
     }
@@ -368,11 +488,32 @@ mod tests {
     #[test]
     fn injected_faults_drop_wedges_but_never_pass_a_wrong_code() {
         let mut src = WedgeSource::synth(3, 6);
-        let faults = FaultRates { flip_bit: 2e-7, drop_byte: 2e-7, fail_read: 1e-4, fail_send: 0.1, seed: 11 };
-        let r = run(&[], CodecChoice::Sparse(sparse::Quality::LOSSLESS), &mut src, &Device::Cpu, ParityOptions { faults, ..Default::default() }).unwrap();
+        let faults = FaultRates {
+            flip_bit: 1e-7,
+            drop_byte: 1e-7,
+            fail_read: 1e-7,
+            fail_send: 0.1,
+            seed: 11,
+        };
+        let r = run(
+            &[],
+            CodecChoice::Sparse(sparse::Quality::LOSSLESS),
+            &mut src,
+            &Device::Cpu,
+            ParityOptions {
+                faults,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.mismatches, 0, "{}", r.text());
         assert_eq!(r.decode_failures, 0, "{}", r.text());
-        assert_eq!(r.wedges_compared + r.dropped + r.corrupted_on_link, 6, "{}", r.text());
+        assert_eq!(
+            r.wedges_compared + r.dropped + r.corrupted_on_link,
+            6,
+            "{}",
+            r.text()
+        );
         assert!(r.injected != Injected::default(), "{}", r.text());
         assert!(r.passed(true), "{}", r.text());
     }

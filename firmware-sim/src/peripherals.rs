@@ -40,19 +40,26 @@ pub enum Fault {
     FailSend { transaction: u64 },
 }
 
-/// Random faults, per byte (drop, flip) or per operation (failed read / send), from a seed.
+/// Random faults from a seed. Rates are per byte, except `fail_send` (per frame sent).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct FaultRates {
+    /// A byte of the front-end stream never arrives.
     pub drop_byte: f64,
+    /// A byte arrives with one bit flipped (front end; on the outgoing link, a sent byte).
     pub flip_bit: f64,
+    /// A link error hits the front-end read containing the byte (the read's bytes are lost).
     pub fail_read: f64,
+    /// A code frame's transaction fails.
     pub fail_send: f64,
     pub seed: u64,
 }
 
 impl FaultRates {
     pub fn is_none(&self) -> bool {
-        self.drop_byte == 0.0 && self.flip_bit == 0.0 && self.fail_read == 0.0 && self.fail_send == 0.0
+        self.drop_byte == 0.0
+            && self.flip_bit == 0.0
+            && self.fail_read == 0.0
+            && self.fail_send == 0.0
     }
 }
 
@@ -91,7 +98,12 @@ impl RandomFaults {
         let mut rng = ChaCha8Rng::seed_from_u64(rates.seed);
         let next_drop = next_gap(&mut rng, rates.drop_byte);
         let next_flip = next_gap(&mut rng, rates.flip_bit);
-        RandomFaults { rng, rates, next_drop, next_flip }
+        RandomFaults {
+            rng,
+            rates,
+            next_drop,
+            next_flip,
+        }
     }
 }
 
@@ -221,7 +233,13 @@ impl SpiBus<u8> for SimFrontEnd {
         self.reads += 1;
         let scheduled = self.faults.contains(&Fault::FailRead { read: self.reads });
         let random = match self.random.as_mut() {
-            Some(r) if r.rates.fail_read > 0.0 => r.rng.gen_bool(r.rates.fail_read.min(1.0)),
+            Some(r) if r.rates.fail_read > 0.0 => {
+                // Per byte: a read of n bytes fails with probability 1 - (1 - p)^n.
+                let p = 1.0
+                    - (1.0 - r.rates.fail_read.min(1.0))
+                        .powi(words.len().min(i32::MAX as usize) as i32);
+                r.rng.gen_bool(p.clamp(0.0, 1.0))
+            }
             _ => false,
         };
         if scheduled || random {
@@ -300,7 +318,8 @@ impl CaptureLink {
     /// Random failed sends (`fail_send`) and flipped bits in sent frames (`flip_bit`, per byte).
     pub fn with_rates(mut self, rates: FaultRates) -> Self {
         self.rates = rates;
-        self.random = (rates.fail_send > 0.0 || rates.flip_bit > 0.0).then(|| ChaCha8Rng::seed_from_u64(rates.seed ^ 0x5EED));
+        self.random = (rates.fail_send > 0.0 || rates.flip_bit > 0.0)
+            .then(|| ChaCha8Rng::seed_from_u64(rates.seed ^ 0x5EED));
         self
     }
 
@@ -329,7 +348,9 @@ impl ErrorType for CaptureLink {
 impl SpiDevice<u8> for CaptureLink {
     fn transaction(&mut self, operations: &mut [Operation<'_, u8>]) -> Result<(), SimLinkError> {
         self.transactions += 1;
-        let scheduled = self.faults.contains(&Fault::FailSend { transaction: self.transactions });
+        let scheduled = self.faults.contains(&Fault::FailSend {
+            transaction: self.transactions,
+        });
         let random = match self.random.as_mut() {
             Some(rng) if self.rates.fail_send > 0.0 => rng.gen_bool(self.rates.fail_send.min(1.0)),
             _ => false,
@@ -398,7 +419,11 @@ pub struct RecordingPin {
 
 impl RecordingPin {
     pub fn new(name: &'static str, clock: &EventClock) -> Self {
-        RecordingPin { name, clock: clock.clone(), ..Default::default() }
+        RecordingPin {
+            name,
+            clock: clock.clone(),
+            ..Default::default()
+        }
     }
 
     pub fn edges(&self) -> &[Edge] {
@@ -421,7 +446,10 @@ impl RecordingPin {
         }
         if self.level != Some(high) {
             self.level = Some(high);
-            self.edges.push(Edge { high, at: self.clock.tick() });
+            self.edges.push(Edge {
+                high,
+                at: self.clock.tick(),
+            });
         }
         Ok(())
     }
@@ -460,20 +488,40 @@ mod tests {
 
     #[test]
     fn scheduled_faults_hit_exactly_their_bytes() {
-        let mut fe = SimFrontEnd::new().with_faults(&[Fault::DropByte { at: 1 }, Fault::FlipBit { at: 3, bit: 0 }, Fault::FailRead { read: 2 }]);
+        let mut fe = SimFrontEnd::new().with_faults(&[
+            Fault::DropByte { at: 1 },
+            Fault::FlipBit { at: 3, bit: 0 },
+            Fault::FailRead { read: 2 },
+        ]);
         fe.push_bytes(&[10, 11, 12, 13, 14, 15, 16]);
         let mut buf = [0u8; 3];
         fe.read(&mut buf).unwrap();
         assert_eq!(buf, [10, 12, 12]); // 11 dropped, 13 ^ 1
-        assert_eq!(fe.read(&mut buf), Err(SimLinkError(spi::ErrorKind::Overrun)));
+        assert_eq!(
+            fe.read(&mut buf),
+            Err(SimLinkError(spi::ErrorKind::Overrun))
+        );
         fe.read(&mut buf[..1]).unwrap();
         assert_eq!(buf[0], 0xFF, "the failed read lost bytes 14..16");
-        assert_eq!(fe.injected(), Injected { dropped_bytes: 1, flipped_bits: 1, failed_reads: 1, failed_sends: 0 });
+        assert_eq!(
+            fe.injected(),
+            Injected {
+                dropped_bytes: 1,
+                flipped_bits: 1,
+                failed_reads: 1,
+                failed_sends: 0
+            }
+        );
     }
 
     #[test]
     fn random_faults_follow_their_rate_and_seed() {
-        let rates = FaultRates { drop_byte: 1e-3, flip_bit: 2e-3, seed: 9, ..Default::default() };
+        let rates = FaultRates {
+            drop_byte: 1e-3,
+            flip_bit: 2e-3,
+            seed: 9,
+            ..Default::default()
+        };
         let run = || {
             let mut fe = SimFrontEnd::new().with_rates(rates);
             fe.push_bytes(&vec![0u8; 200_000]);
@@ -486,7 +534,11 @@ mod tests {
         // 200 expected drops, 400 flips (minus those on dropped bytes): wide bounds, still a real check.
         assert!((120..300).contains(&a.dropped_bytes), "{a:?}");
         assert!((280..540).contains(&a.flipped_bits), "{a:?}");
-        assert_eq!(bytes.iter().filter(|&&b| b == 0xFF).count() as u64, a.dropped_bytes, "dropped bytes shorten the stream");
+        assert_eq!(
+            bytes.iter().filter(|&&b| b == 0xFF).count() as u64,
+            a.dropped_bytes,
+            "dropped bytes shorten the stream"
+        );
     }
 
     #[test]
@@ -494,20 +546,30 @@ mod tests {
         let mut link = CaptureLink::new().with_faults(&[Fault::FailSend { transaction: 2 }]);
         link.write(&[1, 2, 3]).unwrap();
         assert!(link.write(&[4]).is_err());
-        link.transaction(&mut [Operation::Write(&[5]), Operation::Write(&[6, 7])]).unwrap();
+        link.transaction(&mut [Operation::Write(&[5]), Operation::Write(&[6, 7])])
+            .unwrap();
         assert_eq!(link.take_frame(), Some(vec![1, 2, 3]));
         assert_eq!(link.take_frame(), Some(vec![5, 6, 7]));
         assert_eq!(link.take_frame(), None);
 
         let clock = EventClock::default();
-        let (mut a, mut b) = (RecordingPin::new("a", &clock), RecordingPin::new("b", &clock));
+        let (mut a, mut b) = (
+            RecordingPin::new("a", &clock),
+            RecordingPin::new("b", &clock),
+        );
         a.set_high().unwrap();
         b.set_high().unwrap();
         b.set_high().unwrap();
         b.set_low().unwrap();
         a.set_low().unwrap();
-        assert_eq!(a.edges(), &[Edge { high: true, at: 1 }, Edge { high: false, at: 4 }]);
-        assert_eq!(b.edges(), &[Edge { high: true, at: 2 }, Edge { high: false, at: 3 }]);
+        assert_eq!(
+            a.edges(),
+            &[Edge { high: true, at: 1 }, Edge { high: false, at: 4 }]
+        );
+        assert_eq!(
+            b.edges(),
+            &[Edge { high: true, at: 2 }, Edge { high: false, at: 3 }]
+        );
         a.fail_from = Some(3);
         assert_eq!(a.set_high(), Err(digital::ErrorKind::Other));
     }

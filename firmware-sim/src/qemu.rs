@@ -74,9 +74,16 @@ impl ImageSize {
 
 /// Reads section sizes from an ELF file.
 pub fn image_size(elf: &Path, embedded_inputs: u64) -> Result<ImageSize, SimError> {
-    let bytes = std::fs::read(elf).map_err(|source| SimError::Io { what: format!("reading {}", elf.display()), source })?;
-    let file = object::File::parse(&*bytes).map_err(|e| SimError::Qemu(format!("{}: not an ELF file: {e}", elf.display())))?;
-    let mut size = ImageSize { embedded_inputs, ..Default::default() };
+    let bytes = std::fs::read(elf).map_err(|source| SimError::Io {
+        what: format!("reading {}", elf.display()),
+        source,
+    })?;
+    let file = object::File::parse(&*bytes)
+        .map_err(|e| SimError::Qemu(format!("{}: not an ELF file: {e}", elf.display())))?;
+    let mut size = ImageSize {
+        embedded_inputs,
+        ..Default::default()
+    };
     for section in file.sections() {
         let name = section.name().unwrap_or("");
         let len = section.size();
@@ -104,7 +111,9 @@ pub fn image_size(elf: &Path, embedded_inputs: u64) -> Result<ImageSize, SimErro
     // The image's test-bench statics (see cortex-m-image/src/main.rs), by their mangled names.
     for symbol in file.symbols() {
         let name = symbol.name().unwrap_or("");
-        if name.contains("bcae_cortex_m_image") && (name.contains("6SOURCE") || name.contains("8CAPTURED")) {
+        if name.contains("bcae_cortex_m_image")
+            && (name.contains("6SOURCE") || name.contains("8CAPTURED"))
+        {
             size.test_bench_ram += symbol.size();
         }
     }
@@ -170,9 +179,15 @@ pub struct QemuReport {
 
 impl QemuReport {
     pub fn text(&self) -> String {
-        let mut s = format!("model {} on an emulated Cortex-M4F (qemu-system-arm -M mps2-an386)\n", self.model);
+        let mut s = format!(
+            "model {} on an emulated Cortex-M4F (qemu-system-arm -M mps2-an386)\n",
+            self.model
+        );
         s += &format!("reference: {}\n\n", self.reference);
-        s += &format!("{:<6} {:<10} {:<10} {:<10} {:<10} {:>10} {:<6}\n", "wedge", "bcae host", "bcae board", "sparse host", "sparse brd", "sparse len", "match");
+        s += &format!(
+            "{:<6} {:<10} {:<10} {:<10} {:<10} {:>10} {:<6}\n",
+            "wedge", "bcae host", "bcae board", "sparse host", "sparse brd", "sparse len", "match"
+        );
         let hex = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| format!("{v:08x}"));
         for w in &self.wedges {
             s += &format!(
@@ -188,7 +203,11 @@ impl QemuReport {
         }
         s += &format!(
             "\nresult: {} ({} of {} wedges match, {} board failures)\n",
-            if self.all_match { "all CRCs match" } else { "MISMATCH" },
+            if self.all_match {
+                "all CRCs match"
+            } else {
+                "MISMATCH"
+            },
             self.wedges.iter().filter(|w| w.matches()).count(),
             self.wedges.len(),
             self.board_failures
@@ -209,12 +228,18 @@ impl QemuReport {
             i.firmware_ram(),
             i.test_bench_ram
         );
-        s += &format!("  this model: encoder scratch {} B, code {} B\n", self.scratch_bytes, self.code_bytes);
+        s += &format!(
+            "  this model: encoder scratch {} B, code {} B\n",
+            self.scratch_bytes, self.code_bytes
+        );
         s += "peak int8-encoder scratch per model (plus the 1,529,856 B ADC buffer and the code frame):\n";
         for (name, scratch, code) in &self.scratch_per_model {
             s += &format!("  {name:<16} scratch {scratch:>9} B  code {code:>6} B\n");
         }
-        s += &format!("time: build {:.1} s, emulation {:.1} s\n", self.build_seconds, self.qemu_seconds);
+        s += &format!(
+            "time: build {:.1} s, emulation {:.1} s\n",
+            self.build_seconds, self.qemu_seconds
+        );
         s
     }
 }
@@ -231,13 +256,19 @@ fn wedges_blob(payloads: &[(u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Parses the board's output lines.
-fn parse_board_output(text: &str) -> (Vec<(u32, u32, u32, usize)>, u32, bool) {
+/// One `wedge` line of the board: (id, BCAE code CRC, sparse payload CRC, sparse length).
+type BoardWedge = (u32, u32, u32, usize);
+
+/// Parses the board's output lines: its wedges, its failure count, whether it finished.
+fn parse_board_output(text: &str) -> (Vec<BoardWedge>, u32, bool) {
     let mut wedges = vec![];
     let mut failures = 0;
     let mut done = false;
     for line in text.lines() {
-        let fields: std::collections::HashMap<&str, &str> = line.split_whitespace().filter_map(|f| f.split_once('=')).collect();
+        let fields: std::collections::HashMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .collect();
         if line.starts_with("wedge ") {
             let hex = |k: &str| fields.get(k).and_then(|v| u32::from_str_radix(v, 16).ok());
             if let (Some(id), Some(b), Some(s), Some(len)) = (
@@ -249,7 +280,10 @@ fn parse_board_output(text: &str) -> (Vec<(u32, u32, u32, usize)>, u32, bool) {
                 wedges.push((id, b, s, len));
             }
         } else if line.starts_with("stats ") {
-            failures = fields.get("failed").and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+            failures = fields
+                .get("failed")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u32::MAX);
         } else if line.starts_with("error") || line.starts_with("panic") {
             failures = failures.max(1);
         } else if line.trim() == "done" {
@@ -259,12 +293,19 @@ fn parse_board_output(text: &str) -> (Vec<(u32, u32, u32, usize)>, u32, bool) {
     (wedges, failures, done)
 }
 
-fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Result<(bool, String), SimError> {
+fn run_with_timeout(
+    mut cmd: Command,
+    timeout: Duration,
+    what: &str,
+) -> Result<(bool, String), SimError> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| SimError::Io { what: format!("starting {what}"), source })?;
+        .map_err(|source| SimError::Io {
+            what: format!("starting {what}"),
+            source,
+        })?;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let out_reader = std::thread::spawn(move || {
@@ -283,7 +324,10 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Result<(
     });
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|source| SimError::Io { what: format!("waiting for {what}"), source })? {
+        if let Some(status) = child.try_wait().map_err(|source| SimError::Io {
+            what: format!("waiting for {what}"),
+            source,
+        })? {
             break Some(status);
         }
         if start.elapsed() > timeout {
@@ -296,13 +340,21 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Result<(
     let mut text = out_reader.join().unwrap_or_default();
     text += &err_reader.join().unwrap_or_default();
     match status {
-        None => Err(SimError::Qemu(format!("{what} did not finish within {} s; output so far:\n{text}", timeout.as_secs()))),
+        None => Err(SimError::Qemu(format!(
+            "{what} did not finish within {} s; output so far:\n{text}",
+            timeout.as_secs()
+        ))),
         Some(s) => Ok((s.success(), text)),
     }
 }
 
 /// Builds the image for `inputs` and returns the ELF path.
-pub fn build_image(image_dir: &Path, build_dir: &Path, inputs: &Path, verbose: bool) -> Result<PathBuf, SimError> {
+pub fn build_image(
+    image_dir: &Path,
+    build_dir: &Path,
+    inputs: &Path,
+    verbose: bool,
+) -> Result<PathBuf, SimError> {
     let target_dir = build_dir.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -316,7 +368,11 @@ pub fn build_image(image_dir: &Path, build_dir: &Path, inputs: &Path, verbose: b
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_BUILD_RUSTFLAGS");
-    let (ok, text) = run_with_timeout(cmd, Duration::from_secs(1800), "cargo build of the Cortex-M image")?;
+    let (ok, text) = run_with_timeout(
+        cmd,
+        Duration::from_secs(1800),
+        "cargo build of the Cortex-M image",
+    )?;
     if verbose || !ok {
         eprint!("{text}");
     }
@@ -330,12 +386,18 @@ pub fn build_image(image_dir: &Path, build_dir: &Path, inputs: &Path, verbose: b
 }
 
 /// Prepares, builds, emulates and compares.
-pub fn run(opts: &QemuOptions, source: &mut WedgeSource, device: &Device) -> Result<QemuReport, SimError> {
+pub fn run(
+    opts: &QemuOptions,
+    source: &mut WedgeSource,
+    device: &Device,
+) -> Result<QemuReport, SimError> {
     let weights = crate::read_weights(&opts.weights)?;
     let encoder = Encoder::parse(&weights).map_err(SimError::Firmware)?;
     let n = opts.wedges.min(source.len());
     if n == 0 {
-        return Err(SimError::Input("no wedges to embed: use --wedges 1 or more".into()));
+        return Err(SimError::Input(
+            "no wedges to embed: use --wedges 1 or more".into(),
+        ));
     }
     // Host side: candle integer path and the host sparse encoder.
     let q = QuantizedEncoder::from_bytes(&weights, device)?;
@@ -344,8 +406,14 @@ pub fn run(opts: &QemuOptions, source: &mut WedgeSource, device: &Device) -> Res
     let mut buf = vec![0u8; MAX_WEDGE_ENCODED_LEN];
     for i in 0..n {
         let wedge = source.load(i)?;
-        let code: Vec<u8> = q.encode_wedges(std::slice::from_ref(&wedge))?.remove(0).into_iter().map(|v| v as u8).collect();
-        let len = sparse::encode_wedge(&wedge.adc, Quality::LOSSLESS, &mut buf).map_err(|error| SimError::Sparse { wedge: i, error })?;
+        let code: Vec<u8> = q
+            .encode_wedges(std::slice::from_ref(&wedge))?
+            .remove(0)
+            .into_iter()
+            .map(|v| v as u8)
+            .collect();
+        let len = sparse::encode_wedge(&wedge.adc, Quality::LOSSLESS, &mut buf)
+            .map_err(|error| SimError::Sparse { wedge: i, error })?;
         rows.push(WedgeCrcs {
             id: i as u32,
             label: source.label(i),
@@ -369,13 +437,22 @@ pub fn run(opts: &QemuOptions, source: &mut WedgeSource, device: &Device) -> Res
         )));
     }
     let inputs = opts.build_dir.join("inputs");
-    std::fs::create_dir_all(&inputs).map_err(|source| SimError::Io { what: format!("creating {}", inputs.display()), source })?;
-    let inputs = inputs.canonicalize().map_err(|source| SimError::Io { what: format!("resolving {}", inputs.display()), source })?;
+    std::fs::create_dir_all(&inputs).map_err(|source| SimError::Io {
+        what: format!("creating {}", inputs.display()),
+        source,
+    })?;
+    let inputs = inputs.canonicalize().map_err(|source| SimError::Io {
+        what: format!("resolving {}", inputs.display()),
+        source,
+    })?;
     let write = |name: &str, bytes: &[u8]| {
         let path = inputs.join(name);
         // Rewrite only on change, so cargo does not rebuild needlessly.
         if std::fs::read(&path).ok().as_deref() != Some(bytes) {
-            std::fs::write(&path, bytes).map_err(|source| SimError::Io { what: format!("writing {}", path.display()), source })?;
+            std::fs::write(&path, bytes).map_err(|source| SimError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
         }
         Ok::<_, SimError>(())
     };
@@ -388,7 +465,8 @@ pub fn run(opts: &QemuOptions, source: &mut WedgeSource, device: &Device) -> Res
     let image = image_size(&elf, embedded)?;
 
     let mut cmd = Command::new(&opts.qemu);
-    cmd.args(["-M", "mps2-an386", "-nographic", "-semihosting", "-kernel"]).arg(&elf);
+    cmd.args(["-M", "mps2-an386", "-nographic", "-semihosting", "-kernel"])
+        .arg(&elf);
     let qemu_start = Instant::now();
     let (exit_ok, output) = match run_with_timeout(cmd, opts.timeout, "qemu-system-arm") {
         Err(SimError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -414,7 +492,10 @@ pub fn run(opts: &QemuOptions, source: &mut WedgeSource, device: &Device) -> Res
     let all_match = failures == 0 && rows.iter().all(|r| r.matches());
     Ok(QemuReport {
         model: crate::model_name(encoder.kind()),
-        reference: format!("candle integer path on {} (BCAE code); host sparse encoder, lossless (sparse payload)", crate::parity::device_label(device)),
+        reference: format!(
+            "candle integer path on {} (BCAE code); host sparse encoder, lossless (sparse payload)",
+            crate::parity::device_label(device)
+        ),
         wedges: rows,
         all_match,
         board_failures: failures,
@@ -446,7 +527,10 @@ mod tests {
     #[test]
     fn blob_layout() {
         let blob = wedges_blob(&[(7, vec![1, 2, 3])]);
-        assert_eq!(blob, [b'B', b'C', b'Q', b'W', 1, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(
+            blob,
+            [b'B', b'C', b'Q', b'W', 1, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3]
+        );
     }
 
     #[test]

@@ -25,8 +25,12 @@ impl CodecChoice {
         match text.split_once(':') {
             None if text == "bcae" => Ok(CodecChoice::Bcae),
             None if text == "sparse" => Ok(CodecChoice::Sparse(Quality::LOSSLESS)),
-            Some(("sparse", q)) => Quality::parse(q).map(CodecChoice::Sparse).map_err(|e| e.to_string()),
-            _ => Err(format!("unknown codec '{text}': use bcae, sparse or sparse:QUALITY (e.g. sparse:0.05)")),
+            Some(("sparse", q)) => Quality::parse(q)
+                .map(CodecChoice::Sparse)
+                .map_err(|e| e.to_string()),
+            _ => Err(format!(
+                "unknown codec '{text}': use bcae, sparse or sparse:QUALITY (e.g. sparse:0.05)"
+            )),
         }
     }
 
@@ -54,17 +58,33 @@ impl SimMemory {
             let c = codec(choice, weights, &mut probe)?;
             (c.scratch_len(), c.frame_len())
         };
-        Ok(SimMemory { adc: vec![0; WEDGE_VOXELS], scratch: vec![0; scratch], frame: vec![0; frame], sparse: Box::new(probe) })
+        Ok(SimMemory {
+            adc: vec![0; WEDGE_VOXELS],
+            scratch: vec![0; scratch],
+            frame: vec![0; frame],
+            sparse: Box::new(probe),
+        })
     }
 
     /// Bytes of board memory in use (ADC buffer, scratch, frame, and the sparse state if used).
     pub fn bytes(&self, with_sparse: bool) -> usize {
-        2 * self.adc.len() + self.scratch.len() + self.frame.len() + if with_sparse { std::mem::size_of::<SparseScratch>() } else { 0 }
+        2 * self.adc.len()
+            + self.scratch.len()
+            + self.frame.len()
+            + if with_sparse {
+                std::mem::size_of::<SparseScratch>()
+            } else {
+                0
+            }
     }
 }
 
 /// Builds the codec the board would run.
-pub fn codec<'a>(choice: CodecChoice, weights: &'a [u8], sparse: &'a mut SparseScratch) -> Result<Codec<'a>, SimError> {
+pub fn codec<'a>(
+    choice: CodecChoice,
+    weights: &'a [u8],
+    sparse: &'a mut SparseScratch,
+) -> Result<Codec<'a>, SimError> {
     match choice {
         CodecChoice::Bcae => Codec::bcae(weights).map_err(SimError::Firmware),
         CodecChoice::Sparse(q) => Ok(Codec::sparse(q, sparse)),
@@ -72,9 +92,17 @@ pub fn codec<'a>(choice: CodecChoice, weights: &'a [u8], sparse: &'a mut SparseS
 }
 
 /// Simulated peripherals sharing one event clock.
-pub fn peripherals(front_end: SimFrontEnd, link: CaptureLink) -> Peripherals<SimFrontEnd, CaptureLink, RecordingPin, RecordingPin> {
+pub fn peripherals(
+    front_end: SimFrontEnd,
+    link: CaptureLink,
+) -> Peripherals<SimFrontEnd, CaptureLink, RecordingPin, RecordingPin> {
     let clock = EventClock::default();
-    Peripherals { rx: front_end, tx: link, busy: RecordingPin::new("busy", &clock), code_ready: RecordingPin::new("code-ready", &clock) }
+    Peripherals {
+        rx: front_end,
+        tx: link,
+        busy: RecordingPin::new("busy", &clock),
+        code_ready: RecordingPin::new("code-ready", &clock),
+    }
 }
 
 /// A code frame as the DAQ received it.
@@ -104,13 +132,24 @@ pub fn run_wedge(fw: &mut SimFirmware<'_>, wedge_id: u32, adc: &[u16]) -> (Outco
     let (busy_before, ready_before) = (io.busy.edges().len(), io.code_ready.edges().len());
     let step = fw.step();
     let io = fw.peripherals_mut();
-    let pins = PinCheck::new(&io.busy.edges()[busy_before..], &io.code_ready.edges()[ready_before..], step.is_ok());
+    let pins = PinCheck::new(
+        &io.busy.edges()[busy_before..],
+        &io.code_ready.edges()[ready_before..],
+        step.is_ok(),
+    );
     let outcome = match step {
         Err(e) => Outcome::Dropped(e),
         Ok(_) => match io.tx.take_frame() {
-            None => Outcome::CorruptedOnLink(encoder_nostd::Error::FrameMalformed { reason: "no frame captured" }),
+            None => Outcome::CorruptedOnLink(encoder_nostd::Error::FrameMalformed {
+                reason: "no frame captured",
+            }),
             Some(bytes) => match parse_code_frame(&bytes) {
-                Ok(f) => Outcome::Received(ReceivedCode { codec: f.codec, wedge_id: f.wedge_id, tag: f.tag, payload: f.payload.to_vec() }),
+                Ok(f) => Outcome::Received(ReceivedCode {
+                    codec: f.codec,
+                    wedge_id: f.wedge_id,
+                    tag: f.tag,
+                    payload: f.payload.to_vec(),
+                }),
                 Err(e) => Outcome::CorruptedOnLink(e),
             },
         },
@@ -130,7 +169,13 @@ impl PinCheck {
         let ok = if sent {
             match (busy, ready) {
                 ([b_up, b_down], [r_up, r_down]) => {
-                    b_up.high && r_up.high && !r_down.high && !b_down.high && b_up.at < r_up.at && r_up.at < r_down.at && r_down.at < b_down.at
+                    b_up.high
+                        && r_up.high
+                        && !r_down.high
+                        && !b_down.high
+                        && b_up.at < r_up.at
+                        && r_up.at < r_down.at
+                        && r_down.at < b_down.at
                 }
                 _ => false,
             }

@@ -11,7 +11,11 @@ pub enum WedgeSource {
     /// Every wedge of a data set (a folder, a reference root, or one `.npy` file).
     Files(Dataset),
     /// `count` synthetic wedges of events 0, 1, ... with `seed` (as `synth::generate_wedges`).
-    Synth { seed: u64, count: usize, cache: Option<(u64, Vec<Wedge>)> },
+    Synth {
+        seed: u64,
+        count: usize,
+        cache: Option<(u64, Vec<Wedge>)>,
+    },
 }
 
 impl WedgeSource {
@@ -21,7 +25,11 @@ impl WedgeSource {
     }
 
     pub fn synth(seed: u64, count: usize) -> Self {
-        WedgeSource::Synth { seed, count, cache: None }
+        WedgeSource::Synth {
+            seed,
+            count,
+            cache: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -38,9 +46,16 @@ impl WedgeSource {
     /// A human-readable name of wedge `i` (its file, or its event and index).
     pub fn label(&self, i: usize) -> String {
         match self {
-            WedgeSource::Files(d) => d.paths().get(i).map_or_else(|| format!("#{i}"), |p: &PathBuf| p.display().to_string()),
+            WedgeSource::Files(d) => d
+                .paths()
+                .get(i)
+                .map_or_else(|| format!("#{i}"), |p: &PathBuf| p.display().to_string()),
             WedgeSource::Synth { seed, .. } => {
-                format!("synth seed {seed} event {} wedge {}", i / WEDGES_PER_EVENT, i % WEDGES_PER_EVENT)
+                format!(
+                    "synth seed {seed} event {} wedge {}",
+                    i / WEDGES_PER_EVENT,
+                    i % WEDGES_PER_EVENT
+                )
             }
         }
     }
@@ -49,7 +64,9 @@ impl WedgeSource {
     pub fn describe(&self) -> String {
         match self {
             WedgeSource::Files(d) => format!("{} ({} wedges)", d.root().display(), d.len()),
-            WedgeSource::Synth { seed, count, .. } => format!("synthetic, seed {seed} ({count} wedges)"),
+            WedgeSource::Synth { seed, count, .. } => {
+                format!("synthetic, seed {seed} ({count} wedges)")
+            }
         }
     }
 
@@ -59,17 +76,21 @@ impl WedgeSource {
             WedgeSource::Files(d) => Ok(d.load(i)?),
             WedgeSource::Synth { seed, count, cache } => {
                 if i >= *count {
-                    return Err(SimError::Input(format!("synthetic wedge {i} out of range ({count} wedges)")));
+                    return Err(SimError::Input(format!(
+                        "synthetic wedge {i} out of range ({count} wedges)"
+                    )));
                 }
                 let event = (i / WEDGES_PER_EVENT) as u64;
                 if cache.as_ref().map(|(e, _)| *e) != Some(event) {
                     *cache = Some((event, synth::generate_event(*seed, event)));
                 }
                 let wedges = &cache.as_ref().expect("filled above").1;
-                wedges
-                    .get(i % WEDGES_PER_EVENT)
-                    .cloned()
-                    .ok_or_else(|| SimError::Input(format!("synthetic event {event} has {} wedges", wedges.len())))
+                wedges.get(i % WEDGES_PER_EVENT).cloned().ok_or_else(|| {
+                    SimError::Input(format!(
+                        "synthetic event {event} has {} wedges",
+                        wedges.len()
+                    ))
+                })
             }
         }
     }

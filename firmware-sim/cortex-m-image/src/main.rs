@@ -29,13 +29,15 @@ use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
 use embedded_hal::spi::{self, ErrorType, Operation, SpiBus, SpiDevice};
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::firmware::{
-    parse_code_frame, Buffers, Codec, Firmware, InputFrameStream, Peripherals, CODE_HEADER_LEN, CRC_LEN,
+    parse_code_frame, Buffers, Codec, Firmware, InputFrameStream, Peripherals, CODE_HEADER_LEN,
+    CRC_LEN,
 };
 use encoder_nostd::geometry::WEDGE_VOXELS;
 use encoder_nostd::sparse::{self, Quality, SparseScratch, MAX_WEDGE_ENCODED_LEN};
 use static_cell::{ConstStaticCell, StaticCell};
 
-static WEIGHTS: &[u8] = include_bytes!(concat!(env!("BCAE_IMAGE_INPUTS"), "/weights.bcae.postcard"));
+static WEIGHTS: &[u8] =
+    include_bytes!(concat!(env!("BCAE_IMAGE_INPUTS"), "/weights.bcae.postcard"));
 /// `b"BCQW"`, u32 count, then per wedge: u32 id, u32 length, a sparse payload.
 static WEDGES: &[u8] = include_bytes!(concat!(env!("BCAE_IMAGE_INPUTS"), "/wedges.bin"));
 
@@ -97,7 +99,10 @@ impl SpiDevice<u8> for Capture<'_> {
         for op in operations.iter() {
             if let Operation::Write(bytes) = op {
                 let end = self.len + bytes.len();
-                self.buf.get_mut(self.len..end).ok_or(spi::ErrorKind::Overrun)?.copy_from_slice(bytes);
+                self.buf
+                    .get_mut(self.len..end)
+                    .ok_or(spi::ErrorKind::Overrun)?
+                    .copy_from_slice(bytes);
                 self.len = end;
             }
         }
@@ -148,11 +153,22 @@ fn run_loop(
 ) -> Option<(u32, usize)> {
     let io = Peripherals {
         rx: FrontEnd(InputFrameStream::new(id, source)),
-        tx: Capture { buf: captured, len: 0 },
+        tx: Capture {
+            buf: captured,
+            len: 0,
+        },
         busy: CountingPin::default(),
         code_ready: CountingPin::default(),
     };
-    let mut fw = match Firmware::new(io, codec, Buffers { adc, scratch, frame }) {
+    let mut fw = match Firmware::new(
+        io,
+        codec,
+        Buffers {
+            adc,
+            scratch,
+            frame,
+        },
+    ) {
         Ok(fw) => fw,
         Err(e) => {
             hprintln!("error firmware setup: {}", e);
@@ -167,7 +183,12 @@ fn run_loop(
     }
     let io = fw.release();
     if io.busy.rising != 1 || io.code_ready.rising != 1 {
-        hprintln!("error wedge {}: busy rose {} times, code-ready {}", id, io.busy.rising, io.code_ready.rising);
+        hprintln!(
+            "error wedge {}: busy rose {} times, code-ready {}",
+            id,
+            io.busy.rising,
+            io.code_ready.rising
+        );
         *failed += 1;
     }
     match parse_code_frame(&io.tx.buf[..io.tx.len]) {
@@ -196,7 +217,11 @@ fn run() -> Result<u32, encoder_nostd::Error> {
     let codec = Codec::bcae(WEIGHTS)?;
     if let Codec::Bcae { encoder, .. } = &codec {
         let kind = encoder.kind();
-        let count = if WEDGES.get(..4) == Some(b"BCQW") { u32_at(WEDGES, 4).unwrap_or(0) } else { 0 };
+        let count = if WEDGES.get(..4) == Some(b"BCQW") {
+            u32_at(WEDGES, 4).unwrap_or(0)
+        } else {
+            0
+        };
         hprintln!(
             "image model={:?} scratch={} code={} wedges={}",
             kind,
@@ -223,9 +248,27 @@ fn run() -> Result<u32, encoder_nostd::Error> {
         at += 8 + len as usize;
         sparse::decode_with(sparse_state, payload, &mut source[..])?;
 
-        let bcae = run_loop(Codec::bcae(WEIGHTS)?, id, &source[..], adc, scratch, frame, captured, &mut failed);
+        let bcae = run_loop(
+            Codec::bcae(WEIGHTS)?,
+            id,
+            &source[..],
+            adc,
+            scratch,
+            frame,
+            captured,
+            &mut failed,
+        );
         let lossless = Codec::sparse(Quality::LOSSLESS, sparse_state);
-        let sparse = run_loop(lossless, id, &source[..], adc, &mut [], frame, captured, &mut failed);
+        let sparse = run_loop(
+            lossless,
+            id,
+            &source[..],
+            adc,
+            &mut [],
+            frame,
+            captured,
+            &mut failed,
+        );
         if let (Some((bcae_crc, bcae_len)), Some((sparse_crc, sparse_len))) = (bcae, sparse) {
             codes += 2;
             hprintln!(
