@@ -143,6 +143,9 @@ pub fn conv_rows(
         let range = valid_range(out.w, in_shape.w, x, sw, pw);
         *r = (range.start, range.end);
     }
+    if sw > 1 && in_shape.w <= STRIDED_ROW {
+        return conv_rows_strided(conv, input, in_shape, out, rows, &col_ranges, output);
+    }
     let mut out_rows = output.chunks_exact_mut(out.w);
     for co in 0..out.c {
         let ch = channel(conv, co)?;
@@ -209,6 +212,122 @@ pub fn conv_rows(
                         ch.shift,
                         conv.requant.output_zero_point,
                     );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Widest input row the strided path de-interleaves (on the stack, as i16).
+const STRIDED_ROW: usize = 512;
+/// Accumulators of the strided path: a group of output channels' rows at once.
+const STRIDED_ACC: usize = 2048;
+
+/// The strided convolution (BCAE-HT's (1, 2, 2) convs): each input row is de-interleaved
+/// once into `stride` contiguous phases holding `x - zp`, then shared by a group of output
+/// channels, so every inner loop is contiguous (a plain `step_by` loop does not vectorise).
+/// Same arithmetic and output layout as [`conv_rows`]; stack use about 9 KiB.
+fn conv_rows_strided(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+    col_ranges: &[(usize, usize); 256],
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [sd, sh, sw] = conv.stride.map(usize::from);
+    let [pd, ph, pw] = conv.padding.map(usize::from);
+    let terms = conv.terms();
+    let zp = conv.input_zero_point as i16;
+    let in_plane = in_shape.h * in_shape.w;
+    let n_rows = rows.end - rows.start;
+    let phase_len = in_shape.w.div_ceil(sw);
+    let group = (STRIDED_ACC / out.w.max(1)).clamp(1, out.c.max(1));
+    let mut acc_buf = [0i32; STRIDED_ACC];
+    let mut phases = [0i16; STRIDED_ROW];
+    for od in 0..out.d {
+        for oy in rows.clone() {
+            for g0 in (0..out.c).step_by(group) {
+                let g1 = (g0 + group).min(out.c);
+                let acc = acc_buf
+                    .get_mut(..(g1 - g0) * out.w)
+                    .ok_or(Error::CorruptWeights)?;
+                for (k, acc_c) in acc.chunks_exact_mut(out.w).enumerate() {
+                    acc_c.fill(channel(conv, g0 + k)?.bias);
+                }
+                for ci in 0..in_shape.c {
+                    for z in 0..kd {
+                        let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
+                        else {
+                            continue;
+                        };
+                        for y in 0..kh {
+                            let Some(iy) =
+                                (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h)
+                            else {
+                                continue;
+                            };
+                            let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
+                            let in_row = input
+                                .get(row_start..row_start + in_shape.w)
+                                .ok_or(Error::CorruptWeights)?;
+                            for p in 0..sw {
+                                let dst = phases
+                                    .get_mut(p * phase_len..(p + 1) * phase_len)
+                                    .ok_or(Error::CorruptWeights)?;
+                                let src = in_row.get(p..).unwrap_or(&[]);
+                                for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                                    *d = v as i16 - zp;
+                                }
+                            }
+                            let w_base = ((ci * kd + z) * kh + y) * kw;
+                            for (k, acc_c) in acc.chunks_exact_mut(out.w).enumerate() {
+                                let at = (g0 + k) * terms + w_base;
+                                let w_row =
+                                    conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
+                                for (x, (&w, &(lo, hi))) in
+                                    w_row.iter().zip(col_ranges.iter()).enumerate()
+                                {
+                                    let w = w as i8 as i32;
+                                    if w == 0 || lo >= hi {
+                                        continue;
+                                    }
+                                    let first = (lo * sw + x)
+                                        .checked_sub(pw)
+                                        .ok_or(Error::CorruptWeights)?;
+                                    let start = (first % sw) * phase_len + first / sw;
+                                    let src = phases
+                                        .get(start..start + (hi - lo))
+                                        .ok_or(Error::CorruptWeights)?;
+                                    let acc_part =
+                                        acc_c.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
+                                    for (a, &v) in acc_part.iter_mut().zip(src) {
+                                        *a = a.wrapping_add(w * v as i32);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for (k, acc_c) in acc.chunks_exact(out.w).enumerate() {
+                    let co = g0 + k;
+                    let ch = channel(conv, co)?;
+                    let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
+                    let dst = output
+                        .get_mut(at..at + out.w)
+                        .ok_or(Error::CorruptWeights)?;
+                    for (o, &a) in dst.iter_mut().zip(acc_c) {
+                        *o = requantize(
+                            a,
+                            ch.multiplier,
+                            ch.negative_multiplier,
+                            ch.shift,
+                            conv.requant.output_zero_point,
+                        );
+                    }
                 }
             }
         }
