@@ -145,9 +145,7 @@ fn run_loop(
     codec: Codec<'_>,
     id: u32,
     source: &[u16],
-    adc: &mut [u16],
-    scratch: &mut [i8],
-    frame: &mut [u8],
+    buffers: Buffers<'_>,
     captured: &mut [u8],
     failed: &mut u32,
 ) -> Option<(u32, usize)> {
@@ -160,15 +158,7 @@ fn run_loop(
         busy: CountingPin::default(),
         code_ready: CountingPin::default(),
     };
-    let mut fw = match Firmware::new(
-        io,
-        codec,
-        Buffers {
-            adc,
-            scratch,
-            frame,
-        },
-    ) {
+    let mut fw = match Firmware::new(io, codec, buffers) {
         Ok(fw) => fw,
         Err(e) => {
             hprintln!("error firmware setup: {}", e);
@@ -248,27 +238,26 @@ fn run() -> Result<u32, encoder_nostd::Error> {
         at += 8 + len as usize;
         sparse::decode_with(sparse_state, payload, &mut source[..])?;
 
+        let memory = Buffers {
+            adc: &mut adc[..],
+            scratch: &mut scratch[..],
+            frame: &mut frame[..],
+        };
         let bcae = run_loop(
             Codec::bcae(WEIGHTS)?,
             id,
             &source[..],
-            adc,
-            scratch,
-            frame,
+            memory,
             captured,
             &mut failed,
         );
         let lossless = Codec::sparse(Quality::LOSSLESS, sparse_state);
-        let sparse = run_loop(
-            lossless,
-            id,
-            &source[..],
-            adc,
-            &mut [],
-            frame,
-            captured,
-            &mut failed,
-        );
+        let memory = Buffers {
+            adc: &mut adc[..],
+            scratch: &mut [],
+            frame: &mut frame[..],
+        };
+        let sparse = run_loop(lossless, id, &source[..], memory, captured, &mut failed);
         if let (Some((bcae_crc, bcae_len)), Some((sparse_crc, sparse_len))) = (bcae, sparse) {
             codes += 2;
             hprintln!(
