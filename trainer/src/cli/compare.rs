@@ -356,7 +356,14 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
         rows.push(sparse_row(&wedges, &logs, quality, &bar)?);
     }
     bar.set_message("searching sparse steps for --ratios");
+    let lossless_ratio = rows.first().map_or(0.0, |r| r.ratio);
     for &target in &args.ratios {
+        if lossless_ratio >= target {
+            notes.push(format!(
+                "sparse: lossless already reaches ratio {target} on this data ({lossless_ratio:.2})"
+            ));
+            continue;
+        }
         match search_step(&wedges, target)? {
             Some(quality) if qualities.contains(&quality) => {}
             Some(quality) => {
@@ -726,7 +733,7 @@ fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
@@ -775,7 +782,7 @@ fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
