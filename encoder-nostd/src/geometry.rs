@@ -33,6 +33,9 @@ mod tests {
     #[test]
     fn wedge_has_the_papers_voxel_count() {
         assert_eq!(WEDGE_VOXELS, 764_928);
-        assert_eq!(disk_index(AZIMUTH - 1, Z_BINS - 1, LAYERS - 1), WEDGE_VOXELS - 1);
+        assert_eq!(
+            disk_index(AZIMUTH - 1, Z_BINS - 1, LAYERS - 1),
+            WEDGE_VOXELS - 1
+        );
     }
 }

@@ -3,7 +3,17 @@
 use candle_core::Device;
 
 /// Which device the user asked for on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum DeviceChoice {
     /// The CPU (always available).
     #[default]
@@ -38,7 +48,9 @@ pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
             match std::panic::catch_unwind(|| Device::new_cuda(0)) {
                 Ok(Ok(device)) => Ok(device),
                 Ok(Err(e)) => Err(DeviceError::NoGpu(e.to_string())),
-                Err(_) => Err(DeviceError::NoGpu("the CUDA driver library could not be loaded".into())),
+                Err(_) => Err(DeviceError::NoGpu(
+                    "the CUDA driver library could not be loaded".into(),
+                )),
             }
         }
     }
