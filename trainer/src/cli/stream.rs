@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
@@ -949,7 +949,12 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_inspect(&report, args.frames);
+        // A closed pipe (`bcae inspect run.bcae | head`) ends the listing quietly.
+        let mut out = std::io::stdout().lock();
+        match print_inspect(&mut out, &report, args.frames).and_then(|_| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
     }
     if corrupt > 0 {
         bail!(
@@ -960,47 +965,58 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_inspect(r: &InspectReport, all_frames: bool) {
+fn print_inspect(out: &mut impl Write, r: &InspectReport, all_frames: bool) -> std::io::Result<()> {
     let h = &r.header;
-    println!(
+    writeln!(
+        out,
         "{}: {} bytes, .bcae format version {}",
         r.file.display(),
         r.file_bytes,
         h.format_version
-    );
+    )?;
     match h.codec {
         "int8" => {
-            println!("  codec        int8 BCAE code, model {}", h.model_kind);
-            println!(
-                "  code         shape {:?} ({} bytes), value = {} * (q - {})",
+            writeln!(out, "  codec        int8 BCAE code, model {}", h.model_kind)?;
+            writeln!(
+                out,
+                "  code         shape {:?} ({} bytes), value = {} * (q {} {})",
                 h.code_shape,
                 h.code_shape.iter().map(|&d| d as u64).product::<u64>(),
                 h.code_scale,
-                h.code_zero_point
-            );
-            println!("  fingerprint  {}", h.fingerprint);
+                if h.code_zero_point < 0 { '+' } else { '-' },
+                h.code_zero_point.unsigned_abs()
+            )?;
+            writeln!(out, "  fingerprint  {}", h.fingerprint)?;
         }
-        _ if h.codec_param == 0 => println!("  codec        sparse, lossless"),
-        _ => println!("  codec        sparse, log2 step {}/1024", h.codec_param),
+        _ if h.codec_param == 0 => writeln!(out, "  codec        sparse, lossless")?,
+        _ => writeln!(
+            out,
+            "  codec        sparse, log2 step {}/1024",
+            h.codec_param
+        )?,
     }
-    println!(
+    writeln!(
+        out,
         "  wedge shape  {:?} (azimuth, z, layer), header {} bytes",
         h.wedge_shape, h.header_bytes
-    );
-    println!("  index        {}", r.index);
-    println!(
+    )?;
+    writeln!(out, "  index        {}", r.index)?;
+    writeln!(
+        out,
         "  frames       {} ({} CRC ok), payload {} bytes (min {}, max {} per frame), framing {} bytes",
         r.frames, r.frames_crc_ok, r.payload_bytes, r.payload_bytes_min, r.payload_bytes_max, r.frame_overhead_bytes
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  ratio        {:.3} on disk, all overhead included ({} raw 16-bit bytes of {} good wedges / {} file bytes); {:.3} payload only",
         r.ratio_on_disk, r.raw_bytes_of_good_frames, r.frames_crc_ok, r.file_bytes, r.ratio_payload_only
-    );
+    )?;
     if all_frames || r.frame_list.len() <= 64 {
-        println!(
+        writeln!(
+            out,
             "  {:>6} {:>10} {:>9} {:>8}  {:<4} wedge",
             "frame", "offset", "bytes", "payload", "CRC"
-        );
+        )?;
         for f in &r.frame_list {
             let id = WedgeId {
                 event: f.event,
@@ -1008,7 +1024,8 @@ fn print_inspect(r: &InspectReport, all_frames: bool) {
                 side: f.side,
                 path: f.path.clone(),
             };
-            println!(
+            writeln!(
+                out,
                 "  {:>6} {:>10} {:>9} {:>8}  {:<4} {}",
                 f.number,
                 f.offset,
@@ -1016,14 +1033,19 @@ fn print_inspect(r: &InspectReport, all_frames: bool) {
                 f.payload_bytes,
                 if f.crc_ok { "ok" } else { "BAD" },
                 id
-            );
+            )?;
         }
     } else {
-        println!("  ({} frames; --frames lists them)", r.frame_list.len());
+        writeln!(
+            out,
+            "  ({} frames; --frames lists them)",
+            r.frame_list.len()
+        )?;
     }
     for p in &r.problems {
-        println!("  problem: {p}");
+        writeln!(out, "  problem: {p}")?;
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
