@@ -166,7 +166,7 @@ impl BenchReport {
             self.build.text()
         );
         s += &format!(
-            "{:<34} {:<9} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
+            "{:<34} {:<11} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
             "implementation",
             "precision",
             "device",
@@ -181,7 +181,7 @@ impl BenchReport {
                 v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
             };
             s += &format!(
-                "{:<34} {:<9} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
+                "{:<34} {:<11} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
                 r.implementation,
                 r.precision,
                 r.device,
