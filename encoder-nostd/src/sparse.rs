@@ -22,7 +22,7 @@
 //! need a first pass and a table header. The coder is ~150 lines and property-tested here.
 //!
 //! # Memory
-//! The codec's state ([`SparseScratch`]) is ~32 KiB; [`encode`] / [`decode`] put it on the stack,
+//! The codec's state ([`SparseScratch`]) is ~60 KiB; [`encode`] / [`decode`] put it on the stack,
 //! [`encode_with`] / [`decode_with`] take it from the caller (e.g. a `static`).
 //!
 //! # Payload layout (little endian), version 1
@@ -219,7 +219,7 @@ fn run_bucket(run: u32) -> usize {
     }
 }
 
-/// The codec's working memory: quantization tables and adaptive probabilities (~32 KiB).
+/// The codec's working memory: quantization tables and adaptive probabilities (~60 KiB).
 pub struct SparseScratch {
     quant: Quantizer,
     mask: [u16; MASK_CONTEXTS],
@@ -339,7 +339,7 @@ pub fn encode_wedge(adc: &[u16], quality: Quality, out: &mut [u8]) -> Result<usi
     encode(adc, Dims::WEDGE, quality, out)
 }
 
-/// Encode a grid of `dims` into `out` with the codec state on the stack (~32 KiB).
+/// Encode a grid of `dims` into `out` with the codec state on the stack (~60 KiB).
 pub fn encode(adc: &[u16], dims: Dims, quality: Quality, out: &mut [u8]) -> Result<usize, Error> {
     let mut scratch = SparseScratch::new();
     encode_with(&mut scratch, adc, dims, quality, out)
@@ -547,7 +547,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
 }
 
 /// Decode a payload into `out` (which must hold exactly the grid's voxel count) with the codec
-/// state on the stack (~32 KiB). Returns the header; bytes after the payload are ignored.
+/// state on the stack (~60 KiB). Returns the header; bytes after the payload are ignored.
 pub fn decode(bytes: &[u8], out: &mut [u16]) -> Result<Header, Error> {
     let mut scratch = SparseScratch::new();
     decode_with(&mut scratch, bytes, out)
