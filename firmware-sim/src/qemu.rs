@@ -436,7 +436,19 @@ pub fn run(
             weights.len()
         )));
     }
-    let inputs = opts.build_dir.join("inputs");
+    // Absolute: cargo runs in the image's directory, and CARGO_TARGET_DIR would be taken from there.
+    std::fs::create_dir_all(&opts.build_dir).map_err(|source| SimError::Io {
+        what: format!("creating {}", opts.build_dir.display()),
+        source,
+    })?;
+    let build_dir = opts
+        .build_dir
+        .canonicalize()
+        .map_err(|source| SimError::Io {
+            what: format!("resolving {}", opts.build_dir.display()),
+            source,
+        })?;
+    let inputs = build_dir.join("inputs");
     std::fs::create_dir_all(&inputs).map_err(|source| SimError::Io {
         what: format!("creating {}", inputs.display()),
         source,
@@ -460,7 +472,7 @@ pub fn run(
     write("wedges.bin", &blob)?;
 
     let build_start = Instant::now();
-    let elf = build_image(&opts.image_dir, &opts.build_dir, &inputs, opts.verbose)?;
+    let elf = build_image(&opts.image_dir, &build_dir, &inputs, opts.verbose)?;
     let build_seconds = build_start.elapsed().as_secs_f64();
     let image = image_size(&elf, embedded)?;
 
