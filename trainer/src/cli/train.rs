@@ -317,6 +317,25 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                     m.occupancy
                 );
             }
+            // The original BCAE: also its authors' own per-wedge metrics, as their CSV defines them.
+            if r.wedges.iter().any(|w| w.published_v1.is_some()) {
+                println!("  as the original BCAE's sample_metric_results.csv defines them:");
+                println!(
+                    "  {:<60} {:>12} {:>10} {:>10}",
+                    "wedge", "mse [ADC^2]", "log_mae", "psnr [B]"
+                );
+                for w in &r.wedges {
+                    if let Some(v) = &w.published_v1 {
+                        println!(
+                            "  {:<60} {:>12.5} {:>10.7} {:>10.6}",
+                            w.path.display(),
+                            v.mse,
+                            v.log_mae,
+                            v.psnr_bels
+                        );
+                    }
+                }
+            }
         }
         println!();
     }
