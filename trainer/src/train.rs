@@ -334,7 +334,11 @@ impl CropSpec {
     /// Check a crop against the model: multiples of its down-sampling, inside the wedge.
     pub fn validate(self, cfg: &ModelConfig) -> Result<CropSpec, TrainError> {
         let k = cfg.spatial_multiple();
-        if self.azimuth == 0 || self.z == 0 || !self.azimuth.is_multiple_of(k) || !self.z.is_multiple_of(k) {
+        if self.azimuth == 0
+            || self.z == 0
+            || !self.azimuth.is_multiple_of(k)
+            || !self.z.is_multiple_of(k)
+        {
             return Err(TrainError::Config(format!(
                 "--crop {}x{}: both sides must be positive multiples of {k} for {}",
                 self.azimuth,
