@@ -82,6 +82,7 @@ impl BuildInfo {
             ($($f:tt),*) => { $( if cfg!(target_feature = $f) { compiled.push($f); } )* };
         }
         compiled!(
+            "sse2",
             "sse4.2",
             "avx",
             "avx2",
@@ -102,6 +103,7 @@ impl BuildInfo {
                 ($($f:tt),*) => { $( if std::arch::is_x86_feature_detected!($f) { cpu.push($f); } )* };
             }
             runtime!(
+                "sse2",
                 "sse4.2",
                 "avx",
                 "avx2",
