@@ -132,12 +132,25 @@ pub fn bicephalous_loss(
     valid_z: usize,
     coefficient: &mut Coefficient,
 ) -> Result<LossParts> {
+    let transformed = output_transform(&crop_z(reg, valid_z)?)?;
+    bicephalous_loss_transformed(seg, &transformed, target, valid_z, coefficient)
+}
+
+/// [`bicephalous_loss`] for a regression head whose output transform is already applied
+/// (`transformed` in log2(ADC+1)): how the original BCAE, whose transform is
+/// log2(64 + 6 exp(r) + 1), is trained with the same loss.
+pub fn bicephalous_loss_transformed(
+    seg: &Tensor,
+    transformed: &Tensor,
+    target: &Tensor,
+    valid_z: usize,
+    coefficient: &mut Coefficient,
+) -> Result<LossParts> {
     let seg = crop_z(seg, valid_z)?;
-    let reg = crop_z(reg, valid_z)?;
     let target = crop_z(target, valid_z)?.detach();
     let label = target.gt(0.0)?.to_dtype(seg.dtype())?;
     let mask = seg_mask(&seg, SEG_THRESHOLD)?;
-    let recon = output_transform(&reg)?.mul(&mask)?;
+    let recon = crop_z(transformed, valid_z)?.mul(&mask)?;
 
     let seg_loss = focal_loss(&seg, &label, FOCAL_GAMMA, FOCAL_EPS)?;
     let reg_loss = mae(&recon, &target)?;

@@ -30,7 +30,7 @@ use crate::checkpoint::{
 };
 use crate::data::{DataError, Dataset, Wedge, AZIMUTH, Z_BINS, Z_PADDED};
 use crate::eval::{self, Precision};
-use crate::loss::{bicephalous_loss, Coefficient};
+use crate::loss::{bicephalous_loss, bicephalous_loss_transformed, Coefficient};
 use crate::models::{self, Bicephalous, ModelConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -485,9 +485,9 @@ impl Trainer {
         settings: TrainSettings,
         device: &Device,
     ) -> Result<Trainer, TrainError> {
-        if !model_config.log_domain() {
+        if !model_config.log_domain() && settings.crop.is_some() {
             return Err(TrainError::Config(format!(
-                "{} cannot be trained here: bcae train trains bcae-2d, bcae-ht and bcae++ (the original BCAE is import-only)",
+                "{} trains on whole wedges only (its unpadded convolutions fix the input size): drop --crop",
                 model_config.label()
             )));
         }
@@ -651,7 +651,23 @@ impl Trainer {
         let code = self.model.encode(x)?;
         let (seg, reg) = self.model.decode(&code)?;
         let mut coefficient = self.coefficient;
-        let parts = bicephalous_loss(&seg, &reg, x, valid_z, &mut coefficient)?;
+        let parts = if self.model_config.log_domain() {
+            bicephalous_loss(&seg, &reg, x, valid_z, &mut coefficient)?
+        } else {
+            // The original BCAE works on raw ADC, (N, 1, 192, 249, 16): the same bicephalous loss,
+            // in the metric domain log2(ADC+1), with its own output transform 64 + 6 exp(r).
+            let to_layers = |t: &Tensor| t.squeeze(1)?.permute((0, 3, 1, 2))?.contiguous();
+            let log2 = |t: Tensor| (t + 1.0)?.log()? * std::f64::consts::LOG2_E;
+            let target = log2(to_layers(x)?)?;
+            let transformed = log2(to_layers(&reg)?.exp()?.affine(6.0, 64.0)?)?;
+            bicephalous_loss_transformed(
+                &to_layers(&seg)?,
+                &transformed,
+                &target,
+                Z_BINS,
+                &mut coefficient,
+            )?
+        };
         let loss = parts.total_value()?;
         if !loss.is_finite() {
             return Ok(StepOutcome::NonFinite { loss });
@@ -901,6 +917,42 @@ mod tests {
         let st = opt.state_tensors();
         assert!((st["m.w"].to_vec1::<f32>().unwrap()[0] - 0.3).abs() < 1e-6);
         assert!((st["v.w"].to_vec1::<f32>().unwrap()[0] - 0.009).abs() < 1e-6);
+    }
+
+    /// The original BCAE trains with the same bicephalous loss (log2 domain, its own output
+    /// transform) on whole raw-ADC wedges; crops are refused with a clear message.
+    #[test]
+    fn the_original_bcae_trains_on_whole_wedges_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TrainSettings::paper_defaults(&ModelConfig::BcaeV1, dir.path().to_path_buf());
+        s.batch_size = 1;
+        s.eval_wedges = 0;
+        s.crop = Some((64, 64));
+        let err = Trainer::create(dir.path(), ModelConfig::BcaeV1, s.clone(), &Device::Cpu)
+            .err()
+            .expect("crops are refused for the original BCAE");
+        assert!(err.to_string().contains("drop --crop"), "{err}");
+        s.crop = None;
+        let mut tr = Trainer::create(dir.path(), ModelConfig::BcaeV1, s, &Device::Cpu).unwrap();
+        let wedges = synth::generate_wedges(5, 1);
+        let x = tr.model.input(&wedges, &Device::Cpu).unwrap();
+        assert_eq!(x.dims(), &[1, 1, AZIMUTH, Z_BINS, LAYERS]);
+        let before = all_weights(&tr.varmap);
+        match tr.train_step(&x, Z_BINS).unwrap() {
+            StepOutcome::Applied(st) => {
+                assert!(
+                    st.loss.is_finite() && st.seg_loss > 0.0 && st.reg_loss > 0.0,
+                    "{st:?}"
+                );
+                assert!(st.true_count > 0.0);
+            }
+            other => panic!("step not applied: {other:?}"),
+        }
+        assert_ne!(
+            before,
+            all_weights(&tr.varmap),
+            "the step changed no weight"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::train::{RunOptions, Trainer};
     bcae train --model bcae-2d --m 3 --n 3 --d 3 --data data/synth --out runs/2d --crop 64x64\n  \
     bcae train --out runs/ht --resume --epochs 40")]
 pub struct TrainArgs {
-    /// Model: bcae-2d, bcae-ht or bcae++.
+    /// Model: bcae-2d, bcae-ht, bcae++, or bcae-v1 (the original BCAE; whole wedges, no --crop).
     #[arg(long, default_value = "bcae-2d")]
     pub model: String,
     /// BCAE-2D encoder blocks.
