@@ -673,7 +673,7 @@ mod timing {
 
     /// `cargo test -p encoder-nostd --release -- --ignored --nocapture encode_speed`
     #[test]
-    #[ignore]
+    #[ignore = "timing probe, not a check: run in release with --ignored --nocapture"]
     fn encode_speed() {
         for (name, bytes) in [
             (

@@ -1348,7 +1348,7 @@ mod timing {
     }
 
     #[test]
-    #[ignore]
+    #[ignore = "timing probe, not a check: run with --ignored --nocapture"]
     fn timing() {
         let (s, p) = ([1, 2, 2], [1; 3]);
         time_layer(

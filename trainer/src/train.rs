@@ -1104,7 +1104,7 @@ mod speed {
 
     /// Manual timing probe: `cargo test -p trainer --lib train::speed -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "timing probe, not a check: run with --ignored --nocapture"]
     fn step_phases() {
         let spec = std::env::var("BCAE_SPEED").unwrap_or_else(|_| "bcae-ht:64x64".into());
         let (name, crop) = spec.split_once(':').unwrap();

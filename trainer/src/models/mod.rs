@@ -390,7 +390,7 @@ mod timing {
     }
 
     #[test]
-    #[ignore]
+    #[ignore = "timing probe, not a check: run with --ignored --nocapture"]
     fn timing() {
         time_model(ModelConfig::BcaeHt, 2);
         time_model(ModelConfig::BcaePlusPlus, 2);
