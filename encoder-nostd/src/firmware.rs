@@ -412,7 +412,8 @@ pub struct Peripherals<RX, TX, BUSY, READY> {
 }
 
 /// Counters since start-up. Every failed step increments exactly one of the error counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Serializable (without the last error) so host tools report them as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Input frames received whole (header and CRC good).
     pub frames_received: u32,
@@ -439,6 +440,7 @@ pub struct Stats {
     /// Pin errors (counted; the wedge is not dropped for them).
     pub pin_errors: u32,
     /// The most recent error.
+    #[serde(skip)]
     pub last_error: Option<Error>,
 }
 

@@ -12,9 +12,10 @@ use trainer::data::Wedge;
 use trainer::quantized::QuantizedEncoder;
 
 use crate::peripherals::{CaptureLink, FaultRates, Injected, SimFrontEnd};
-use crate::sim::{self, CodecChoice, Counters, Outcome, SimMemory};
+use crate::sim::{self, CodecChoice, Outcome, SimMemory};
 use crate::source::WedgeSource;
 use crate::SimError;
+use encoder_nostd::firmware::Stats;
 
 /// The first differing byte.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -55,7 +56,7 @@ pub struct ParityReport {
     /// Sparse: payloads that failed to decode back to the wedge (lossless) / its quantization.
     pub decode_failures: usize,
     pub payload_bytes: u64,
-    pub firmware: Counters,
+    pub firmware: Stats,
     pub injected: Injected,
     pub seconds: f64,
 }
@@ -308,7 +309,7 @@ fn run_with(
         pin_violations: 0,
         decode_failures: 0,
         payload_bytes: 0,
-        firmware: Counters::default(),
+        firmware: Stats::default(),
         injected: Injected::default(),
         seconds: 0.0,
     };
@@ -404,7 +405,7 @@ fn run_with(
     injected.flipped_bits += tx.flipped_bits;
     injected.failed_sends += tx.failed_sends;
     report.injected = injected;
-    report.firmware = Counters::from(fw.stats());
+    report.firmware = *fw.stats();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -1,6 +1,6 @@
 //! The firmware loop (`encoder_nostd::firmware`) wired to the simulated peripherals: the board's
 //! memory as host buffers, one wedge in, one code frame out.
-use encoder_nostd::firmware::{parse_code_frame, Codec, CodecKind, Firmware, Peripherals, Stats};
+use encoder_nostd::firmware::{parse_code_frame, Codec, CodecKind, Firmware, Peripherals};
 use encoder_nostd::geometry::WEDGE_VOXELS;
 use encoder_nostd::sparse::{Quality, SparseScratch};
 
@@ -185,41 +185,5 @@ impl PinCheck {
             busy.last().is_none_or(|e| !e.high) && ready.last().is_none_or(|e| !e.high)
         };
         PinCheck { ok }
-    }
-}
-
-/// The firmware's counters in a serializable form.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counters {
-    pub frames_received: u32,
-    pub codes_sent: u32,
-    pub payload_bytes_sent: u64,
-    pub bytes_skipped: u64,
-    pub resyncs: u32,
-    pub frames_not_found: u32,
-    pub bad_headers: u32,
-    pub crc_errors: u32,
-    pub encode_errors: u32,
-    pub rx_link_errors: u32,
-    pub tx_link_errors: u32,
-    pub pin_errors: u32,
-}
-
-impl From<&Stats> for Counters {
-    fn from(s: &Stats) -> Self {
-        Counters {
-            frames_received: s.frames_received,
-            codes_sent: s.codes_sent,
-            payload_bytes_sent: s.payload_bytes_sent,
-            bytes_skipped: s.bytes_skipped,
-            resyncs: s.resyncs,
-            frames_not_found: s.frames_not_found,
-            bad_headers: s.bad_headers,
-            crc_errors: s.crc_errors,
-            encode_errors: s.encode_errors,
-            rx_link_errors: s.rx_link_errors,
-            tx_link_errors: s.tx_link_errors,
-            pin_errors: s.pin_errors,
-        }
     }
 }
