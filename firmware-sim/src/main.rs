@@ -13,6 +13,8 @@ use firmware_sim::qemu::{self, QemuOptions};
 use firmware_sim::sim::CodecChoice;
 use firmware_sim::source::WedgeSource;
 
+mod demo;
+
 /// Run the board's firmware path (the `encoder-nostd` firmware loop over simulated embedded-hal
 /// peripherals) and prove its codes identical to the candle path; measure throughput; run the
 /// encoder on an emulated Cortex-M4F.
@@ -25,6 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole system on the shipped weights: synthetic events (or --data) through the firmware
+    /// loop, bit-exact parity with candle, a .bcae stream, float decoding, Table-1 metrics, a picture.
+    Demo(demo::DemoArgs),
     /// Every wedge through the firmware loop and the candle integer path; compare every code byte.
     Parity(ParityArgs),
     /// Throughput table: no_std int8 encoder (1 thread, all threads), sparse codec, candle paths.
@@ -281,9 +286,24 @@ fn qemu_cmd(args: QemuArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn demo_cmd(args: demo::DemoArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let report = demo::run(args)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(if report.bit_exact {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("PARITY FAILED: the firmware's codes differ from the candle path's (see above)");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => demo_cmd(args),
         Command::Parity(args) => parity_cmd(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Qemu(args) => qemu_cmd(args),

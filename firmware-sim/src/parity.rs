@@ -58,7 +58,12 @@ pub struct ParityReport {
     pub payload_bytes: u64,
     pub firmware: Stats,
     pub injected: Injected,
+    /// Wall time of the whole run.
     pub seconds: f64,
+    /// Time inside the firmware loop (one core, simulated peripherals included).
+    pub firmware_seconds: f64,
+    /// Time the reference took (candle integer path, batched; or the host sparse encoder).
+    pub reference_seconds: f64,
 }
 
 impl ParityReport {
@@ -130,7 +135,13 @@ impl ParityReport {
                 self.decode_failures
             );
         }
-        s += &format!("time             {:.1} s\n", self.seconds);
+        s += &format!(
+            "time             {:.1} s (firmware loop {:.2} s = {:.2} wedges/s on one core; reference {:.2} s)\n",
+            self.seconds,
+            self.firmware_seconds,
+            self.wedges_compared as f64 / self.firmware_seconds.max(1e-9),
+            self.reference_seconds
+        );
         s
     }
 }
@@ -235,7 +246,28 @@ pub fn run(
     device: &Device,
     opts: ParityOptions,
 ) -> Result<ParityReport, SimError> {
-    run_with(weights, weights, choice, source, device, opts)
+    run_with(
+        weights,
+        weights,
+        choice,
+        source,
+        device,
+        opts,
+        &mut |_, _| Ok(()),
+    )
+}
+
+/// Like [`run`], handing every code the firmware sent (wedge index, payload) to `sink` in order,
+/// after it was compared: how `firmware-sim demo` writes the board's bytes into a stream.
+pub fn run_collecting(
+    weights: &[u8],
+    choice: CodecChoice,
+    source: &mut WedgeSource,
+    device: &Device,
+    opts: ParityOptions,
+    sink: &mut dyn FnMut(usize, &[u8]) -> Result<(), SimError>,
+) -> Result<ParityReport, SimError> {
+    run_with(weights, weights, choice, source, device, opts, sink)
 }
 
 /// Like [`run`] for BCAE codes, with different weights on the board and in the candle reference:
@@ -247,7 +279,15 @@ pub fn run_against(
     device: &Device,
     opts: ParityOptions,
 ) -> Result<ParityReport, SimError> {
-    run_with(board, reference, CodecChoice::Bcae, source, device, opts)
+    run_with(
+        board,
+        reference,
+        CodecChoice::Bcae,
+        source,
+        device,
+        opts,
+        &mut |_, _| Ok(()),
+    )
 }
 
 fn run_with(
@@ -257,6 +297,7 @@ fn run_with(
     source: &mut WedgeSource,
     device: &Device,
     opts: ParityOptions,
+    sink: &mut dyn FnMut(usize, &[u8]) -> Result<(), SimError>,
 ) -> Result<ParityReport, SimError> {
     let start = Instant::now();
     let faults_injected = !opts.faults.is_none();
@@ -312,6 +353,8 @@ fn run_with(
         firmware: Stats::default(),
         injected: Injected::default(),
         seconds: 0.0,
+        firmware_seconds: 0.0,
+        reference_seconds: 0.0,
     };
     let bar = progress_bar(opts.progress, source.len() as u64, "parity");
     let mut first = 0;
@@ -320,10 +363,14 @@ fn run_with(
         let wedges = (first..end)
             .map(|i| source.load(i))
             .collect::<Result<Vec<_>, _>>()?;
+        let t0 = Instant::now();
         let expected = reference.encode(&wedges, first)?;
+        report.reference_seconds += t0.elapsed().as_secs_f64();
         for (k, (wedge, expected)) in wedges.iter().zip(&expected).enumerate() {
             let index = first + k;
+            let t0 = Instant::now();
             let (outcome, pins) = sim::run_wedge(&mut fw, index as u32, &wedge.adc);
+            report.firmware_seconds += t0.elapsed().as_secs_f64();
             if !pins.ok {
                 report.pin_violations += 1;
             }
@@ -390,6 +437,7 @@ fn run_with(
                     report.decode_failures += 1;
                 }
             }
+            sink(index, &code.payload)?;
             if let Some(bar) = &bar {
                 bar.inc(1);
             }

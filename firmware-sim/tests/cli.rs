@@ -123,3 +123,93 @@ fn bench_prints_one_table_with_build_flags() {
         .any(|r| r["implementation"] == "candle integer path"));
     assert!(report["build"]["target_arch"].is_string());
 }
+
+/// A BCAE-HT run with freshly initialised float weights, and random int8 weights that carry its
+/// checkpoint fingerprint (as `bcae quantize` would write them).
+fn random_run_and_weights(
+    dir: &std::path::Path,
+    seed: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use encoder_nostd::weights::owned::OwnedModel;
+    use trainer::models::ModelConfig;
+    let run = dir.join("run");
+    let cfg = ModelConfig::BcaeHt;
+    let (varmap, _model) =
+        trainer::train::init_model(&cfg, seed, &candle_core::Device::Cpu).unwrap();
+    trainer::checkpoint::save_run(&run, &cfg, &varmap).unwrap();
+    let src = trainer::quantize::source_of(&run, &run.join("model.safetensors")).unwrap();
+    let mut m = OwnedModel::random_ht(5, [2, 4, 4, 8], 8);
+    m.name = src.name;
+    m.checkpoint_crc32 = src.checkpoint_crc32;
+    m.checkpoint_len = src.checkpoint_len;
+    let weights = dir.join("ht.bcae.postcard");
+    std::fs::write(&weights, m.to_bytes().unwrap()).unwrap();
+    (run, weights)
+}
+
+#[test]
+fn demo_runs_the_whole_path_and_reports_bit_exact_codes_metrics_and_a_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, weights) = random_run_and_weights(dir.path(), 9);
+    let out_dir = dir.path().join("demo");
+    let out = firmware_sim()
+        .args([
+            "demo",
+            "--wedges",
+            "2",
+            "--seed",
+            "4",
+            "--json",
+            "--weights",
+        ])
+        .arg(&weights)
+        .arg("--run")
+        .arg(&run)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["bit_exact"], true);
+    assert_eq!(r["wedges"], 2);
+    assert_eq!(r["parity"]["mismatches"], 0);
+    assert_eq!(r["parity"]["bytes_compared"], 2 * 8 * 16 * 12 * 16);
+    // An int8 code of 24,576 bytes per wedge plus the stream's framing: just under 62.25.
+    let ratio = r["ratio_on_disk"].as_f64().unwrap();
+    assert!(ratio > 55.0 && ratio < 62.25, "ratio on disk {ratio}");
+    assert_eq!(r["ratio_16bit_code"].as_f64().unwrap(), 31.125);
+    assert_eq!(r["encoder_parameters"], 10_062);
+    let mae = r["metrics"]["mae"].as_f64().unwrap();
+    assert!(mae.is_finite() && mae >= 0.0);
+    assert!(r["all_zero_mae"].as_f64().unwrap() > 0.3);
+    assert!(out_dir.join("recon.png").is_file());
+    assert!(out_dir.join("demo.bcae").is_file());
+
+    // Decoders of another model: refused with a message that says what to do.
+    let (other_run, _) = random_run_and_weights(&dir.path().join("other"), 10);
+    let out = firmware_sim()
+        .args(["demo", "--wedges", "1", "--weights"])
+        .arg(&weights)
+        .arg("--run")
+        .arg(&other_run)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to decode"), "{err}");
+
+    // Missing weights: a clear error naming the file.
+    let out = firmware_sim()
+        .args(["demo", "--weights", "nowhere/x.bcae.postcard"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere/x.bcae.postcard not found"));
+}

@@ -200,6 +200,27 @@ fn encoder_code_shape(encoder: &Encoder<'_>) -> Vec<u32> {
     }
 }
 
+/// The header of an int8 stream written with `encoder`: model, code shape, quantization, and
+/// the weights' fingerprint (checkpoint CRC-32, length, run name) that `decompress` checks.
+pub fn int8_stream_header(encoder: &Encoder<'_>) -> StreamHeader {
+    let fp = encoder.fingerprint();
+    let mut fingerprint = Vec::with_capacity(64);
+    fingerprint.extend_from_slice(&fp.checkpoint_crc32.to_le_bytes());
+    fingerprint.extend_from_slice(&fp.checkpoint_len.to_le_bytes());
+    let name = fp.name.as_bytes();
+    fingerprint.extend_from_slice(&name[..name.len().min(52)]);
+    if std::str::from_utf8(&fingerprint[12..]).is_err() {
+        fingerprint.truncate(12);
+    }
+    StreamHeader::int8(
+        &model_kind_name(encoder.kind()),
+        &fingerprint,
+        &encoder_code_shape(encoder),
+        encoder.code_scale(),
+        encoder.code_zero_point() as i32,
+    )
+}
+
 #[derive(Serialize)]
 struct CompressSummary {
     output: PathBuf,
@@ -250,25 +271,7 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
         None => None,
     };
     let header = match (&encoder, args.codec) {
-        (Some(enc), _) => {
-            let fp = enc.fingerprint();
-            let mut fingerprint = Vec::with_capacity(64);
-            fingerprint.extend_from_slice(&fp.checkpoint_crc32.to_le_bytes());
-            fingerprint.extend_from_slice(&fp.checkpoint_len.to_le_bytes());
-            let name = fp.name.as_bytes();
-            fingerprint.extend_from_slice(&name[..name.len().min(52)]);
-            let name_ok = std::str::from_utf8(&fingerprint[12..]).is_ok();
-            if !name_ok {
-                fingerprint.truncate(12);
-            }
-            StreamHeader::int8(
-                &model_kind_name(enc.kind()),
-                &fingerprint,
-                &encoder_code_shape(enc),
-                enc.code_scale(),
-                enc.code_zero_point() as i32,
-            )
-        }
+        (Some(enc), _) => int8_stream_header(enc),
         (None, CodecChoice::Sparse(q)) => StreamHeader::sparse(q.code() as u32),
         (None, CodecChoice::Int8) => bail!("--codec int8 needs --weights"),
     };
@@ -723,6 +726,40 @@ struct DecompressSummary {
     damaged_regions: Vec<String>,
     seconds: f64,
     wedges_per_s: f64,
+}
+
+/// One decoded frame of [`decode_stream_file`]: the relative path it carries, and its wedge or
+/// why it could not be decoded.
+pub struct DecodedWedge {
+    pub path: String,
+    pub wedge: Result<Wedge>,
+}
+
+/// Decode every frame of a stream file as `decompress` does (int8 codes with `run`'s float
+/// decoders, whose checkpoint must match the stream's fingerprint unless `force`).
+pub fn decode_stream_file(
+    stream: &Path,
+    run: Option<&Path>,
+    device: DeviceChoice,
+    precision: DecoderPrecision,
+    force: bool,
+    batch: usize,
+) -> Result<Vec<DecodedWedge>> {
+    let mut reader =
+        StreamReader::open(stream).with_context(|| format!("opening {}", stream.display()))?;
+    print_problems(&reader);
+    let decoder = FrameDecoder::for_stream(reader.header(), run, device, precision, force)?;
+    let bar = progress_bar(reader.frames().len() as u64, "decode");
+    let mut out = Vec::new();
+    decode_stream(&mut reader, &decoder, batch, &bar, |d| {
+        out.push(DecodedWedge {
+            path: d.info.id.path.clone(),
+            wedge: d.wedge,
+        });
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 pub fn run_decompress(args: DecompressArgs) -> Result<()> {

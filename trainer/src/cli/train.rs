@@ -500,18 +500,6 @@ pub fn show_reconstruction(
     let truth: Vec<f32> = x.narrow(3, 0, Z_BINS)?.flatten_all()?.to_vec1()?;
     let recon: Vec<f32> = recon.flatten_all()?.to_vec1()?;
     let metrics = WedgeMetrics::compute(&truth, &recon);
-    // (layer, azimuth, z) -> sum over layers, (azimuth, z).
-    let plane = |v: &[f32]| -> Vec<f64> {
-        let mut s = vec![0f64; AZIMUTH * Z_BINS];
-        for l in 0..LAYERS {
-            for (i, acc) in s.iter_mut().enumerate() {
-                *acc += v[l * AZIMUTH * Z_BINS + i] as f64;
-            }
-        }
-        s
-    };
-    let (pin, prec) = (plane(&truth), plane(&recon));
-    let diff: Vec<f64> = prec.iter().zip(&pin).map(|(r, i)| r - i).collect();
     let title = format!(
         "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}",
         wedge_path.file_name().map_or_else(
@@ -525,9 +513,35 @@ pub fn show_reconstruction(
         metrics.precision,
         metrics.recall
     );
-    draw_panels(out, &title, &pin, &prec, &diff)?;
+    draw_reconstruction(out, &title, &truth, &recon)?;
     println!("{title}\ndrawn to {}", out.display());
     Ok(())
+}
+
+/// Draw input, reconstruction and difference panels (the paper's Figure 5) of one wedge given
+/// in log2(ADC+1), cropped layout (16, 192, 249), each summed over the 16 layers.
+pub fn draw_reconstruction(out: &Path, title: &str, truth: &[f32], recon: &[f32]) -> Result<()> {
+    let n = LAYERS * AZIMUTH * Z_BINS;
+    if truth.len() != n || recon.len() != n {
+        bail!(
+            "draw_reconstruction: expected {n} values (16 x 192 x 249) per wedge, got {} and {}",
+            truth.len(),
+            recon.len()
+        );
+    }
+    // (layer, azimuth, z) -> sum over layers, (azimuth, z).
+    let plane = |v: &[f32]| -> Vec<f64> {
+        let mut s = vec![0f64; AZIMUTH * Z_BINS];
+        for l in 0..LAYERS {
+            for (i, acc) in s.iter_mut().enumerate() {
+                *acc += v[l * AZIMUTH * Z_BINS + i] as f64;
+            }
+        }
+        s
+    };
+    let (pin, prec) = (plane(truth), plane(recon));
+    let diff: Vec<f64> = prec.iter().zip(&pin).map(|(r, i)| r - i).collect();
+    draw_panels(out, title, &pin, &prec, &diff)
 }
 
 fn sequential(t: f64) -> RGBColor {
