@@ -17,6 +17,9 @@ use crate::source::WedgeSource;
 use crate::SimError;
 use encoder_nostd::firmware::Stats;
 
+/// Receives every code the firmware sent (wedge index, payload), in order, after comparison.
+pub type CodeSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), SimError> + 'a;
+
 /// The first differing byte.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Mismatch {
@@ -265,7 +268,7 @@ pub fn run_collecting(
     source: &mut WedgeSource,
     device: &Device,
     opts: ParityOptions,
-    sink: &mut dyn FnMut(usize, &[u8]) -> Result<(), SimError>,
+    sink: &mut CodeSink<'_>,
 ) -> Result<ParityReport, SimError> {
     run_with(weights, weights, choice, source, device, opts, sink)
 }
@@ -297,7 +300,7 @@ fn run_with(
     source: &mut WedgeSource,
     device: &Device,
     opts: ParityOptions,
-    sink: &mut dyn FnMut(usize, &[u8]) -> Result<(), SimError>,
+    sink: &mut CodeSink<'_>,
 ) -> Result<ParityReport, SimError> {
     let start = Instant::now();
     let faults_injected = !opts.faults.is_none();
