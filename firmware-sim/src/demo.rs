@@ -194,7 +194,12 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let (dataset, data_label) = prepare_data(&args, &say)?;
-    let root = dataset.root().to_path_buf();
+    // Frames carry paths relative to `root`, where the originals are read back for scoring
+    // (a single .npy file: its folder).
+    let root = match dataset.root() {
+        r if r.is_file() => r.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        r => r.to_path_buf(),
+    };
     let rel_paths: Vec<PathBuf> = dataset
         .paths()
         .iter()

@@ -190,6 +190,31 @@ fn demo_runs_the_whole_path_and_reports_bit_exact_codes_metrics_and_a_picture() 
     assert!(out_dir.join("recon.png").is_file());
     assert!(out_dir.join("demo.bcae").is_file());
 
+    // A user's own wedge: one .npy file.
+    let wedge = dir.path().join("mine").join("wedge.npy");
+    std::fs::create_dir_all(wedge.parent().unwrap()).unwrap();
+    trainer::data::write_wedge(&wedge, &trainer::data::synth::generate_wedges(8, 1)[0]).unwrap();
+    let out = firmware_sim()
+        .args(["demo", "--json", "--weights"])
+        .arg(&weights)
+        .arg("--run")
+        .arg(&run)
+        .arg("--data")
+        .arg(&wedge)
+        .arg("--out")
+        .arg(dir.path().join("demo-mine"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["wedges"], 1);
+    assert_eq!(r["bit_exact"], true);
+    assert!(r["metrics"]["mae"].as_f64().unwrap().is_finite());
+
     // Decoders of another model: refused with a message that says what to do.
     let (other_run, _) = random_run_and_weights(&dir.path().join("other"), 10);
     let out = firmware_sim()
