@@ -147,34 +147,48 @@ fn random_run_and_weights(
     (run, weights)
 }
 
-#[test]
-fn demo_runs_the_whole_path_and_reports_bit_exact_codes_metrics_and_a_picture() {
-    let dir = tempfile::tempdir().unwrap();
-    let (run, weights) = random_run_and_weights(dir.path(), 9);
-    let out_dir = dir.path().join("demo");
-    let out = firmware_sim()
-        .args([
-            "demo",
-            "--wedges",
-            "2",
-            "--seed",
-            "4",
-            "--json",
-            "--weights",
-        ])
-        .arg(&weights)
+/// `firmware-sim demo --weights W --run R --out OUT EXTRA...`.
+fn demo(
+    weights: &std::path::Path,
+    run: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    firmware_sim()
+        .arg("demo")
+        .arg("--weights")
+        .arg(weights)
         .arg("--run")
-        .arg(&run)
+        .arg(run)
         .arg("--out")
-        .arg(&out_dir)
+        .arg(out)
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Stdout as JSON, after checking the command succeeded.
+fn json_of(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn demo_runs_the_whole_path_and_reports_bit_exact_codes_metrics_and_a_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, weights) = random_run_and_weights(dir.path(), 9);
+    let out_dir = dir.path().join("demo");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let r = json_of(&demo(
+        &weights,
+        &run,
+        &out_dir,
+        &[os("--wedges"), os("2"), os("--seed"), os("4"), os("--json")],
+    ));
     assert_eq!(r["bit_exact"], true);
     assert_eq!(r["wedges"], 2);
     assert_eq!(r["parity"]["mismatches"], 0);
@@ -194,38 +208,19 @@ fn demo_runs_the_whole_path_and_reports_bit_exact_codes_metrics_and_a_picture() 
     let wedge = dir.path().join("mine").join("wedge.npy");
     std::fs::create_dir_all(wedge.parent().unwrap()).unwrap();
     trainer::data::write_wedge(&wedge, &trainer::data::synth::generate_wedges(8, 1)[0]).unwrap();
-    let out = firmware_sim()
-        .args(["demo", "--json", "--weights"])
-        .arg(&weights)
-        .arg("--run")
-        .arg(&run)
-        .arg("--data")
-        .arg(&wedge)
-        .arg("--out")
-        .arg(dir.path().join("demo-mine"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_of(&demo(
+        &weights,
+        &run,
+        &dir.path().join("demo-mine"),
+        &[os("--json"), os("--data"), wedge.as_os_str()],
+    ));
     assert_eq!(r["wedges"], 1);
     assert_eq!(r["bit_exact"], true);
     assert!(r["metrics"]["mae"].as_f64().unwrap().is_finite());
 
     // Decoders of another model: refused with a message that says what to do.
     let (other_run, _) = random_run_and_weights(&dir.path().join("other"), 10);
-    let out = firmware_sim()
-        .args(["demo", "--wedges", "1", "--weights"])
-        .arg(&weights)
-        .arg("--run")
-        .arg(&other_run)
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+    let out = demo(&weights, &other_run, &out_dir, &[os("--wedges"), os("1")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to decode"), "{err}");
