@@ -1,6 +1,6 @@
 //! BCAE-HT and BCAE-2D int8 encoders over caller-provided scratch memory.
 //!
-//! ```ignore
+//! ```text
 //! let encoder = Encoder::parse(WEIGHTS)?;            // borrows WEIGHTS, validates everything once
 //! let mut scratch = [0i8; SCRATCH];                  // at least encoder.scratch_len()
 //! let mut code = [0i8; 24_576];                      // encoder.code_len()
@@ -661,58 +661,6 @@ mod tests {
                 bytes[n..].copy_from_slice(&crc.to_le_bytes());
             }
             let _ = Encoder::parse(&bytes);
-        }
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    extern crate std;
-    use super::*;
-    use crate::weights::owned::OwnedModel;
-
-    /// `cargo test -p encoder-nostd --release -- --ignored --nocapture encode_speed`
-    #[test]
-    #[ignore = "timing probe, not a check: run in release with --ignored --nocapture"]
-    fn encode_speed() {
-        for (name, bytes) in [
-            (
-                "bcae-ht",
-                OwnedModel::random_ht(1, [2, 4, 4, 8], 8)
-                    .to_bytes()
-                    .unwrap(),
-            ),
-            (
-                "bcae-2d",
-                OwnedModel::random_2d(2, 4, 3, 32).to_bytes().unwrap(),
-            ),
-        ] {
-            let enc = Encoder::parse(&bytes).unwrap();
-            let adc = std::vec![100u16; WEDGE_VOXELS];
-            let mut scratch = std::vec![0i8; enc.scratch_len()];
-            let mut code = std::vec![0i8; enc.code_len()];
-            // CPU time of this thread (Linux), so a loaded machine does not distort the figure.
-            let cpu = || -> Option<f64> {
-                let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-                Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
-            };
-            let t = std::time::Instant::now();
-            let c0 = cpu();
-            let n = 3;
-            for _ in 0..n {
-                enc.encode(&adc, &mut scratch, &mut code).unwrap();
-            }
-            let wall = t.elapsed().as_secs_f64() / n as f64;
-            let s = match (c0, cpu()) {
-                (Some(a), Some(b)) => (b - a) / n as f64,
-                _ => wall,
-            };
-            std::println!(
-                "{name}: {:.3} s CPU time per wedge, {:.2} GMAC/s (wall {:.3} s)",
-                s,
-                enc.macs_per_wedge() as f64 / s / 1e9,
-                wall
-            );
         }
     }
 }

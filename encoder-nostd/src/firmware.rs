@@ -10,7 +10,7 @@
 //! No heap, no `unsafe`, no panics: every buffer is the caller's (statics on a board), every
 //! failure is a typed [`Error`], counted in [`Stats`], and the loop goes on with the next wedge.
 //!
-//! ```ignore
+//! ```text
 //! let codec = Codec::bcae(WEIGHTS)?;                                  // or Codec::sparse(q, &mut state)
 //! let buffers = Buffers { adc: &mut ADC, scratch: &mut SCRATCH, frame: &mut FRAME };
 //! let mut fw = Firmware::new(Peripherals { rx, tx, busy, code_ready }, codec, buffers)?;
