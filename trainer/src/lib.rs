@@ -1,7 +1,8 @@
 //! `trainer`: everything bcae-rs does on a server or workstation.
 //!
 //! - [`data`]: the reference data set's reader/writer and the physics-based synthetic TPC generator.
-//! - [`nn`]: layers candle lacks (Conv3d, ConvTranspose3d built from 2D ops).
+//! - [`nn`]: layers candle lacks (Conv3d, ConvTranspose3d) and the model building blocks;
+//!   [`conv_cpu`]: their direct f32 CPU kernels (forward and both gradients).
 //! - [`models`]: BCAE-2D, BCAE-HT, BCAE++ and the original BCAE (2021) in candle.
 //! - [`loss`], [`metrics`], [`train`], [`eval`], [`checkpoint`]: the bicephalous training loop and
 //!   the paper's Table-1 evaluation.
@@ -9,10 +10,13 @@
 //!   format, and the candle integer path that reproduces the board's codes bit for bit.
 //! - [`stream`]: the `.bcae` compressed stream file.
 //! - [`device`]: choosing CPU or CUDA.
+//! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - [`cli`]: the `bcae` subcommands (the binary only parses arguments and dispatches).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod conv_cpu;
 pub mod data;
 pub mod device;
 pub mod eval;

@@ -1,5 +1,10 @@
-//! Layers candle lacks: Conv3d and ConvTranspose3d, built from candle's 2D ops (differentiable),
-//! plus the small helpers the BCAE models share (LeakyReLU, InstanceNorm3d, PyTorch-style init).
+//! Layers candle lacks: Conv3d and ConvTranspose3d (differentiable), a Conv2d on the same
+//! kernels, plus the small helpers the BCAE models share (LeakyReLU, InstanceNorm3d, PyTorch-style
+//! init).
+//!
+//! On the CPU in f32 (training and float inference) every convolution runs [`crate::conv_cpu`]'s
+//! direct kernels as a candle custom op, forward and backward. Elsewhere (CUDA, f16 / bf16) the
+//! same functions are built from candle's 2D ops, as follows (the tests hold both paths equal).
 //!
 //! How the 3D convolutions map onto candle's 2D ops: one spatial axis (the "folded" axis) is
 //! moved next to the batch axis. For [`Conv3d`], the `k` kernel taps along that axis become `k`
@@ -14,6 +19,7 @@
 //!
 //! Weight layouts are PyTorch's: (C_out, C_in, kD, kH, kW) for Conv3d and
 //! (C_in, C_out, kD, kH, kW) for ConvTranspose3d, so state_dicts load unchanged.
+use crate::conv_cpu;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -181,7 +187,58 @@ pub fn conv_transpose3d(
     Ok(ConvTranspose3d::new(weight, Some(bias), config))
 }
 
-/// A 2D convolution with bias (`weight` (C_out, C_in, k, k), `bias`) initialised as PyTorch does
+/// A 2D convolution, weight (C_out, C_in, kH, kW), optional bias, square stride and padding,
+/// as PyTorch's `nn.Conv2d` (dilation 1, groups 1). On the CPU in f32 it is a depth-1 [`Conv3d`]
+/// on the direct kernels (candle's own conv2d backward is far slower); elsewhere candle's conv2d.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: candle_nn::Conv2dConfig,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: candle_nn::Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+        }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        if c.dilation != 1 || c.groups != 1 {
+            candle_core::bail!("Conv2d: only dilation 1 and groups 1 are supported")
+        }
+        let y = if uses_cpu_kernels(x) {
+            let (s, p) = (c.stride, c.padding);
+            conv3d_forward(
+                &x.unsqueeze(2)?,
+                &self.weight.unsqueeze(2)?,
+                [1, s, s],
+                [0, p, p],
+            )?
+            .squeeze(2)?
+        } else {
+            x.conv2d(&self.weight, c.padding, c.stride, 1, 1)?
+        };
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        }
+    }
+}
+
+/// A [`Conv2d`] with bias (`weight` (C_out, C_in, k, k), `bias`) initialised as PyTorch does
 /// (candle_nn's own `conv2d` uses a different default init).
 pub fn conv2d(
     in_channels: usize,
@@ -189,11 +246,11 @@ pub fn conv2d(
     kernel: usize,
     config: candle_nn::Conv2dConfig,
     vb: VarBuilder,
-) -> Result<candle_nn::Conv2d> {
+) -> Result<Conv2d> {
     let init = pytorch_uniform(in_channels * kernel * kernel);
     let weight = vb.get_with_hints((out_channels, in_channels, kernel, kernel), "weight", init)?;
     let bias = vb.get_with_hints(out_channels, "bias", init)?;
-    Ok(candle_nn::Conv2d::new(weight, Some(bias), config))
+    Ok(Conv2d::new(weight, Some(bias), config))
 }
 
 /// LeakyReLU for slopes in [0, 1]: `max(x, slope * x)` (one op fewer than candle_nn's version).
@@ -333,6 +390,27 @@ pub fn conv3d_forward(
             )
         }
     }
+    if uses_cpu_kernels(x) {
+        return x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            Conv3dOp {
+                stride,
+                padding,
+                output_padding: [0; 3],
+                transposed: false,
+            },
+        );
+    }
+    conv3d_folded(x, w, stride, padding)
+}
+
+/// [`conv3d_forward`] built from candle's 2D ops (any device, any float dtype).
+pub(crate) fn conv3d_folded(
+    x: &Tensor,
+    w: &Tensor,
+    stride: [usize; 3],
+    padding: [usize; 3],
+) -> Result<Tensor> {
     let axis = fold_axis(stride);
     let (perm, inv) = fold_permutation(axis);
     let y = conv3d_fold_first(
@@ -404,6 +482,35 @@ pub fn conv_transpose3d_forward(
             )
         }
     }
+    for (i, &op) in output_padding.iter().enumerate() {
+        if op >= stride[i] {
+            candle_core::bail!(
+                "conv_transpose3d: output padding {output_padding:?} must be smaller than the stride {stride:?}"
+            )
+        }
+    }
+    if uses_cpu_kernels(x) {
+        return x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            Conv3dOp {
+                stride,
+                padding,
+                output_padding,
+                transposed: true,
+            },
+        );
+    }
+    conv_transpose3d_folded(x, w, stride, padding, output_padding)
+}
+
+/// [`conv_transpose3d_forward`] built from candle's 2D ops (any device, any float dtype).
+pub(crate) fn conv_transpose3d_folded(
+    x: &Tensor,
+    w: &Tensor,
+    stride: [usize; 3],
+    padding: [usize; 3],
+    output_padding: [usize; 3],
+) -> Result<Tensor> {
     let axis = fold_axis(stride);
     let (perm, inv) = fold_permutation(axis);
     let y = conv_transpose3d_fold_first(
@@ -812,6 +919,121 @@ fn conv_transpose2d_strided(x: &Tensor, w: &Tensor, s: usize) -> Result<Tensor> 
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The CPU f32 path: one custom op for Conv3d and ConvTranspose3d, forward and backward, on the
+// direct kernels of `conv_cpu` (no stacked copies, no im2col).
+
+/// Whether a convolution on `x` runs the direct CPU kernels.
+fn uses_cpu_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Conv3d (`transposed: false`, weight (C_out, C_in, k)) or ConvTranspose3d (`transposed:
+/// true`, weight (C_in, C_out, k)) on the CPU kernels. A transposed conv is the adjoint of the
+/// conv with the same weight, so both directions share one geometry: the conv's.
+struct Conv3dOp {
+    stride: [usize; 3],
+    padding: [usize; 3],
+    output_padding: [usize; 3],
+    transposed: bool,
+}
+
+impl Conv3dOp {
+    /// The conv geometry (conv input -> conv output) for an op input `x` and weight `w`.
+    fn geometry(&self, x: &[usize], w: &[usize]) -> conv_cpu::Geometry {
+        let kernel = [w[2], w[3], w[4]];
+        let spatial = [x[2], x[3], x[4]];
+        let input = if self.transposed {
+            std::array::from_fn(|i| {
+                (spatial[i] - 1) * self.stride[i] + kernel[i] + self.output_padding[i]
+                    - 2 * self.padding[i]
+            })
+        } else {
+            spatial
+        };
+        conv_cpu::Geometry {
+            batch: x[0],
+            in_channels: w[1],
+            out_channels: w[0],
+            input,
+            kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("internal: the conv op expects contiguous inputs")
+    };
+    match s {
+        CpuStorage::F32(d) => Ok(&d[a..b]),
+        _ => candle_core::bail!("internal: the CPU conv kernels take f32"),
+    }
+}
+
+fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+impl CustomOp2 for Conv3dOp {
+    fn name(&self) -> &'static str {
+        "bcae-conv3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xd, wd) = (l1.shape().dims(), l2.shape().dims());
+        if xd.len() != 5 || wd.len() != 5 {
+            candle_core::bail!("internal: the conv op takes 5D input and weight")
+        }
+        let g = self.geometry(xd, wd);
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (y, c, dims) = if self.transposed {
+            (conv_cpu::conv_adjoint(x, w, &g), g.in_channels, g.input)
+        } else {
+            (conv_cpu::conv_forward(x, w, &g), g.out_channels, g.output())
+        };
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((g.batch, c, dims[0], dims[1], dims[2])),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let geo = self.geometry(x.dims(), w.dims());
+        let (xv, wv, gv) = (f32_vec(x)?, f32_vec(w)?, f32_vec(g)?);
+        let (gx, gw) = if self.transposed {
+            // y = adj(x): dx = conv(g), dw = weight gradient with the conv input g, output x.
+            (
+                conv_cpu::conv_forward(&gv, &wv, &geo),
+                conv_cpu::conv_weight_grad(&gv, &xv, &geo),
+            )
+        } else {
+            (
+                conv_cpu::conv_adjoint(&gv, &wv, &geo),
+                conv_cpu::conv_weight_grad(&xv, &gv, &geo),
+            )
+        };
+        Ok((
+            Some(Tensor::from_vec(gx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(gw, w.shape(), w.device())?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1122,6 +1344,62 @@ mod tests {
 
     /// Gradients: d/dx sum(conv3d(x, w) * g) is conv_transpose3d(g, w) (both checked against
     /// the naive versions above) and d/dw is the correlation of g with the padded input.
+    /// The CPU kernels (training, f32 inference) and the 2D-op path (CUDA, f16) are the same
+    /// model: equal outputs and equal gradients for x and w, conv and transposed conv.
+    #[test]
+    fn cpu_kernels_and_the_folded_path_agree_with_gradients() {
+        let dev = Device::Cpu;
+        type Forward = dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
+        for case in fixed_cases() {
+            let [n, c, d, h, wd] = case.xs;
+            let conv_ws = [case.co, c, case.k[0], case.k[1], case.k[2]];
+            let t_ws = [c, case.co, case.k[0], case.k[1], case.k[2]];
+            let (s, p, op) = (case.s, case.p, case.op);
+            let pairs: [(&[usize; 5], Box<Forward>, Box<Forward>); 2] = [
+                (
+                    &conv_ws,
+                    Box::new(move |x, w| conv3d_forward(x, w, s, p)),
+                    Box::new(move |x, w| conv3d_folded(x, w, s, p)),
+                ),
+                (
+                    &t_ws,
+                    Box::new(move |x, w| conv_transpose3d_forward(x, w, s, p, op)),
+                    Box::new(move |x, w| conv_transpose3d_folded(x, w, s, p, op)),
+                ),
+            ];
+            for (ws, fast, folded) in pairs {
+                let xv = Var::from_vec(
+                    random(n * c * d * h * wd, case.seed),
+                    case.xs.to_vec(),
+                    &dev,
+                )
+                .unwrap();
+                let wv = Var::from_vec(
+                    random(ws.iter().product(), case.seed + 3),
+                    ws.to_vec(),
+                    &dev,
+                )
+                .unwrap();
+                let run = |f: &Forward| {
+                    let y = f(xv.as_tensor(), wv.as_tensor()).unwrap();
+                    let g = Tensor::from_vec(random(y.elem_count(), case.seed + 5), y.dims(), &dev)
+                        .unwrap();
+                    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    [
+                        flat(&y),
+                        flat(grads.get(xv.as_tensor()).unwrap()),
+                        flat(grads.get(wv.as_tensor()).unwrap()),
+                    ]
+                };
+                let (a, b) = (run(fast.as_ref()), run(folded.as_ref()));
+                for (what, (u, v)) in ["output", "grad x", "grad w"].iter().zip(a.iter().zip(&b)) {
+                    assert_close(u, v, 1e-4, &format!("{what} {case:?} (weight {ws:?})"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn gradients_match_adjoint_and_naive() {
         let dev = Device::Cpu;

@@ -36,6 +36,8 @@ enum Command {
     Quantize(trainer::cli::quantize::QuantizeArgs),
     /// Import PyTorch state_dicts of the reference models (bcae-2d, bcae-ht, bcae++, bcae-v1) into a run.
     ImportTorch(trainer::cli::import::ImportTorchArgs),
+    /// Time training steps and inference of the float models (the PyTorch comparison's rows).
+    Bench(trainer::cli::bench::BenchArgs),
     /// Decode the original BCAE's released codes (or re-encode its samples) against its published metrics.
     DecodeCode(trainer::cli::decode_code::DecodeCodeArgs),
 }
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::PlotLog(args) => trainer::cli::train::run_plot_log(args),
         Command::Quantize(args) => trainer::cli::quantize::run_quantize(args),
         Command::ImportTorch(args) => trainer::cli::import::run_import_torch(args),
+        Command::Bench(args) => trainer::cli::bench::run_bench(args),
         Command::DecodeCode(args) => trainer::cli::decode_code::run_decode_code(args),
     }
 }

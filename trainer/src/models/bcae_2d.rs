@@ -1,10 +1,10 @@
 //! BCAE-2D(m, n, d): radial layers as image channels, ReZero residual blocks, no normalization.
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::{check_log_input, reconstruct_log_domain, rezero_alpha, Bicephalous};
 use crate::data::{batch_tensor, Wedge, LAYERS};
-use crate::nn::{conv2d, leaky_relu};
+use crate::nn::{conv2d, leaky_relu, Conv2d};
 
 const FEATURES: usize = 2 * LAYERS;
 const SLOPE: f64 = 0.2;

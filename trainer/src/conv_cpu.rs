@@ -1,0 +1,671 @@
+//! Direct f32 CPU kernels for 3D convolutions with few channels (BCAE-HT: 1-16, BCAE-2D: 16-32),
+//! the shapes general-purpose im2col + GEMM libraries handle badly.
+//!
+//! Three kernels cover every pass of Conv3d and ConvTranspose3d (PyTorch semantics, dilation 1):
+//! - [`conv_forward`]: `y = conv(x, w)`; also the input gradient of a transposed conv.
+//! - [`conv_adjoint`]: the adjoint of `conv(., w)`: the input gradient of a conv and the forward
+//!   pass of a transposed conv (whose weight `(C_in, C_out, k)` is the conv weight it inverts).
+//! - [`conv_weight_grad`]: `dL/dw` of a conv from its input and output gradient; with the roles
+//!   of the two swapped, the weight gradient of a transposed conv.
+//!
+//! How: the input is copied once into zero-padded rows along the contiguous axis (W), split into
+//! `stride_w` phases so every tap reads a contiguous slice; a micro-kernel then accumulates a
+//! block of [`LANES`] outputs for [`co_block`] channels in registers over every tap (input row
+//! offset, weight). The micro-kernel is plain safe Rust, compiled for the CPU's best vector
+//! extension at run time through `pulp`'s dispatch (AVX2+FMA or AVX-512), where the compiler
+//! vectorises it. Rows are padded to whole blocks, so there are no remainder loops: padding lanes
+//! read zeros and their results are dropped.
+use rayon::prelude::*;
+
+/// Outputs per register block along W.
+pub const LANES: usize = 16;
+
+/// The geometry of one 3D convolution (the conv direction: `input` -> `output()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// (D, H, W) of the conv input.
+    pub input: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+impl Geometry {
+    /// (D', H', W') of the conv output.
+    pub fn output(&self) -> [usize; 3] {
+        std::array::from_fn(|i| {
+            (self.input[i] + 2 * self.padding[i] - self.kernel[i]) / self.stride[i] + 1
+        })
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.input.iter().product::<usize>()
+    }
+
+    fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.output().iter().product::<usize>()
+    }
+
+    fn weight_len(&self) -> usize {
+        self.out_channels * self.in_channels * self.taps()
+    }
+
+    /// Rows of the padded, phase-split input every forward tap and weight-gradient tap reads.
+    fn input_rows(&self) -> RowLayout {
+        let [d, h, w] = self.input;
+        let [pd, ph, pw] = self.padding;
+        let s = self.stride[2];
+        let ow = round_up(self.output()[2]);
+        let len = round_up(((w + 2 * pw).div_ceil(s)).max(ow + (self.kernel[2] - 1) / s));
+        RowLayout {
+            channels: self.in_channels,
+            rows_d: d + 2 * pd,
+            rows_h: h + 2 * ph,
+            phases: s,
+            len,
+            pad: [pd, ph, pw],
+        }
+    }
+
+    /// Rows of the output gradient, left-padded along W so the adjoint's taps never go negative.
+    fn output_rows(&self) -> RowLayout {
+        let [od, oh, ow] = self.output();
+        let s = self.stride[2];
+        let left = (self.kernel[2] - 1) / s;
+        let span = (self.input[2] + self.padding[2]).div_ceil(s);
+        RowLayout {
+            channels: self.out_channels,
+            rows_d: od,
+            rows_h: oh,
+            phases: 1,
+            len: round_up(round_up(span).max(round_up(ow)) + left),
+            pad: [0, 0, left],
+        }
+    }
+}
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(LANES) * LANES
+}
+
+/// Channels per register block: as many as the register file holds without spilling.
+pub fn co_block(channels: usize) -> usize {
+    match channels {
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    }
+}
+
+/// Zero-padded rows of a (N, C, D, H, W) tensor: `[n][c][d][h][phase][len]`, where element
+/// `(d, h, w)` sits in row `(d + pad_d, h + pad_h)` at padded position `u = w + pad_w`, i.e.
+/// phase `u % phases`, index `u / phases`.
+#[derive(Debug, Clone, Copy)]
+struct RowLayout {
+    channels: usize,
+    rows_d: usize,
+    rows_h: usize,
+    phases: usize,
+    len: usize,
+    pad: [usize; 3],
+}
+
+impl RowLayout {
+    fn offset(&self, n: usize, c: usize, d: usize, h: usize, phase: usize) -> usize {
+        ((((n * self.channels + c) * self.rows_d + d) * self.rows_h + h) * self.phases + phase)
+            * self.len
+    }
+
+    fn plane(&self) -> usize {
+        self.rows_d * self.rows_h * self.phases * self.len
+    }
+
+    /// Copy `src` (N, C, D, H, W) into this layout.
+    fn fill(&self, src: &[f32], batch: usize, [d, h, w]: [usize; 3]) -> Vec<f32> {
+        let mut out = vec![0f32; batch * self.channels * self.plane()];
+        let [pd, ph, pw] = self.pad;
+        out.par_chunks_mut(self.plane())
+            .zip(src.par_chunks(d * h * w))
+            .for_each(|(dst, plane)| {
+                for z in 0..d {
+                    for y in 0..h {
+                        let row = &plane[(z * h + y) * w..][..w];
+                        let base = self.offset(0, 0, z + pd, y + ph, 0);
+                        for (x, &v) in row.iter().enumerate() {
+                            let u = x + pw;
+                            dst[base + (u % self.phases) * self.len + u / self.phases] = v;
+                        }
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// Accumulate `acc[c][i] += w[t][c] * src[taps[t] + j0 + i]` over every tap.
+#[inline(always)]
+fn micro_kernel<const CB: usize>(
+    src: &[f32],
+    taps: &[usize],
+    weights: &[f32],
+    j0: usize,
+    acc: &mut [[f32; LANES]; CB],
+) {
+    for (t, &off) in taps.iter().enumerate() {
+        let xs: &[f32; LANES] = src[off + j0..off + j0 + LANES].try_into().unwrap();
+        let ws: &[f32; CB] = weights[t * CB..t * CB + CB].try_into().unwrap();
+        for c in 0..CB {
+            for i in 0..LANES {
+                acc[c][i] = ws[c].mul_add(xs[i], acc[c][i]);
+            }
+        }
+    }
+}
+
+/// One output row: `out[c][j]` for `j < width`, channels `c < CB` (blocks of LANES along j).
+#[inline(always)]
+fn row_blocks<const CB: usize>(
+    src: &[f32],
+    taps: &[usize],
+    weights: &[f32],
+    width: usize,
+    mut store: impl FnMut(usize, usize, f32),
+) {
+    for j0 in (0..width).step_by(LANES) {
+        let mut acc = [[0f32; LANES]; CB];
+        micro_kernel::<CB>(src, taps, weights, j0, &mut acc);
+        for (c, lanes) in acc.iter().enumerate() {
+            for (i, &v) in lanes.iter().enumerate() {
+                if j0 + i < width {
+                    store(c, j0 + i, v);
+                }
+            }
+        }
+    }
+}
+
+/// Run `f` compiled for the best vector extension this CPU has.
+#[inline(always)]
+fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// Weights `w[co][ci][tap]` repacked per channel block: `[block][ci][tap][CB]`, zero-filled past
+/// the last channel.
+fn pack_out_blocks(w: &[f32], co: usize, ci: usize, taps: usize, cb: usize) -> Vec<f32> {
+    let blocks = co.div_ceil(cb);
+    let mut out = vec![0f32; blocks * ci * taps * cb];
+    for o in 0..co {
+        let (b, c) = (o / cb, o % cb);
+        for i in 0..ci {
+            for t in 0..taps {
+                out[((b * ci + i) * taps + t) * cb + c] = w[(o * ci + i) * taps + t];
+            }
+        }
+    }
+    out
+}
+
+/// `[n][c][d][h][w]` from `[n][d][c][h][w]` (the slab-parallel kernels write the latter).
+fn slabs_to_channels(src: &[f32], c: usize, d: usize, plane: usize) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(d * plane)
+        .enumerate()
+        .for_each(|(nc, dst)| {
+            let (b, ch) = (nc / c, nc % c);
+            for z in 0..d {
+                dst[z * plane..][..plane]
+                    .copy_from_slice(&src[((b * d + z) * c + ch) * plane..][..plane]);
+            }
+        });
+    out
+}
+
+/// The convolution `y = conv(x, w)`: x (N, C_in, D, H, W), w (C_out, C_in, kD, kH, kW) ->
+/// y (N, C_out, D', H', W').
+pub fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    assert_eq!(x.len(), g.input_len(), "conv_forward: input length");
+    assert_eq!(w.len(), g.weight_len(), "conv_forward: weight length");
+    let rows = g.input_rows();
+    let xr = rows.fill(x, g.batch, g.input);
+    let cb = co_block(g.out_channels);
+    let packed = pack_out_blocks(w, g.out_channels, g.in_channels, g.taps(), cb);
+    let [od, oh, ow] = g.output();
+    let plane = oh * ow;
+    let slab = g.out_channels * plane;
+    let mut out = vec![0f32; g.batch * od * slab];
+    out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
+        let (n, z) = (nd / od, nd % od);
+        match cb {
+            1 => vectorized(|| forward_slab::<1>(&xr, &rows, &packed, g, n, z, dst)),
+            2 => vectorized(|| forward_slab::<2>(&xr, &rows, &packed, g, n, z, dst)),
+            _ => vectorized(|| forward_slab::<4>(&xr, &rows, &packed, g, n, z, dst)),
+        }
+    });
+    slabs_to_channels(&out, g.out_channels, od, plane)
+}
+
+#[inline(always)]
+fn forward_slab<const CB: usize>(
+    xr: &[f32],
+    rows: &RowLayout,
+    packed: &[f32],
+    g: &Geometry,
+    n: usize,
+    z: usize,
+    dst: &mut [f32],
+) {
+    let [_, oh, ow] = g.output();
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let per_block = g.in_channels * g.taps() * CB;
+    let mut taps = Vec::with_capacity(g.in_channels * g.taps());
+    for y in 0..oh {
+        taps.clear();
+        for ci in 0..g.in_channels {
+            for a in 0..kd {
+                for b in 0..kh {
+                    for c in 0..kw {
+                        taps.push(rows.offset(n, ci, z * sd + a, y * sh + b, c % sw) + c / sw);
+                    }
+                }
+            }
+        }
+        for (block, weights) in packed.chunks(per_block).enumerate() {
+            row_blocks::<CB>(xr, &taps, weights, ow, |c, j, v| {
+                let o = block * CB + c;
+                if o < g.out_channels {
+                    dst[(o * oh + y) * ow + j] = v;
+                }
+            });
+        }
+    }
+}
+
+/// The adjoint of `conv(., w)`: gy (N, C_out, D', H', W') -> gx (N, C_in, D, H, W).
+pub fn conv_adjoint(gy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    assert_eq!(
+        gy.len(),
+        g.output_len(),
+        "conv_adjoint: output-gradient length"
+    );
+    assert_eq!(w.len(), g.weight_len(), "conv_adjoint: weight length");
+    let rows = g.output_rows();
+    let gr = rows.fill(gy, g.batch, g.output());
+    let cb = co_block(g.in_channels);
+    let [d, h, wd] = g.input;
+    let plane = h * wd;
+    let slab = g.in_channels * plane;
+    let mut out = vec![0f32; g.batch * d * slab];
+    out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
+        let (n, z) = (nd / d, nd % d);
+        match cb {
+            1 => vectorized(|| adjoint_slab::<1>(&gr, &rows, w, g, n, z, dst)),
+            2 => vectorized(|| adjoint_slab::<2>(&gr, &rows, w, g, n, z, dst)),
+            _ => vectorized(|| adjoint_slab::<4>(&gr, &rows, w, g, n, z, dst)),
+        }
+    });
+    slabs_to_channels(&out, g.in_channels, d, plane)
+}
+
+/// The kernel offsets `k` along one axis that reach padded position `u` from an output index
+/// `o = (u - k) / s` inside `0..len`: (k, o) pairs.
+fn reaching(u: usize, k: usize, s: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..k).filter_map(move |a| {
+        let r = u.checked_sub(a)?;
+        (r % s == 0 && r / s < len).then_some((a, r / s))
+    })
+}
+
+#[inline(always)]
+fn adjoint_slab<const CB: usize>(
+    gr: &[f32],
+    rows: &RowLayout,
+    w: &[f32],
+    g: &Geometry,
+    n: usize,
+    z: usize,
+    dst: &mut [f32],
+) {
+    let [_, h, wd] = g.input;
+    let [od, oh, _] = g.output();
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [pd, ph, pw] = g.padding;
+    let taps_per = g.taps();
+    let left = rows.pad[2];
+    let blocks = g.in_channels.div_ceil(CB);
+    let span = (wd + pw).div_ceil(sw);
+    let mut taps = Vec::new();
+    let mut weights = Vec::new();
+    for y in 0..h {
+        for r in 0..sw {
+            taps.clear();
+            let mut tap_w = Vec::new(); // (co, kernel index) per tap
+            for co in 0..g.out_channels {
+                for (a, zo) in reaching(z + pd, kd, sd, od) {
+                    for (b, yo) in reaching(y + ph, kh, sh, oh) {
+                        for c in (r..kw).step_by(sw) {
+                            let m = c / sw;
+                            taps.push(rows.offset(n, co, zo, yo, 0) + left - m);
+                            tap_w.push((co, (a * kh + b) * kw + c));
+                        }
+                    }
+                }
+            }
+            for block in 0..blocks {
+                weights.clear();
+                for &(co, k) in &tap_w {
+                    for c in 0..CB {
+                        let ci = block * CB + c;
+                        weights.push(if ci < g.in_channels {
+                            w[(co * g.in_channels + ci) * taps_per + k]
+                        } else {
+                            0.0
+                        });
+                    }
+                }
+                row_blocks::<CB>(gr, &taps, &weights, span, |c, j, v| {
+                    let ci = block * CB + c;
+                    // Padded position u = j sw + r; unpadded x = u - pw.
+                    let u = j * sw + r;
+                    if ci < g.in_channels && u >= pw && u - pw < wd {
+                        dst[(ci * h + y) * wd + u - pw] = v;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// `dL/dw` of `y = conv(x, w)`: x (N, C_in, D, H, W), gy (N, C_out, D', H', W') ->
+/// (C_out, C_in, kD, kH, kW).
+pub fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geometry) -> Vec<f32> {
+    assert_eq!(x.len(), g.input_len(), "conv_weight_grad: input length");
+    assert_eq!(
+        gy.len(),
+        g.output_len(),
+        "conv_weight_grad: output-gradient length"
+    );
+    let xrows = g.input_rows();
+    let xr = xrows.fill(x, g.batch, g.input);
+    let grows = g.output_rows();
+    let gr = grows.fill(gy, g.batch, g.output());
+    let [od, oh, _] = g.output();
+    // Chunks of a few output rows: their input and gradient rows stay in cache while every
+    // (tap, channel block) sweeps them; per-chunk partial gradients are summed at the end.
+    const ROWS: usize = 8;
+    let chunks: Vec<(usize, usize, usize)> = (0..g.batch)
+        .flat_map(|n| (0..od).map(move |z| (n, z)))
+        .flat_map(|(n, z)| (0..oh).step_by(ROWS).map(move |y| (n, z, y)))
+        .collect();
+    let len = g.weight_len();
+    let cb = co_block(g.out_channels);
+    chunks
+        .par_iter()
+        .fold(
+            || vec![0f32; len],
+            |mut acc, &(n, z, y0)| {
+                let y1 = (y0 + ROWS).min(oh);
+                match cb {
+                    1 => vectorized(|| {
+                        weight_grad_chunk::<1>(&xr, &xrows, &gr, &grows, g, n, z, y0..y1, &mut acc)
+                    }),
+                    2 => vectorized(|| {
+                        weight_grad_chunk::<2>(&xr, &xrows, &gr, &grows, g, n, z, y0..y1, &mut acc)
+                    }),
+                    _ => vectorized(|| {
+                        weight_grad_chunk::<4>(&xr, &xrows, &gr, &grows, g, n, z, y0..y1, &mut acc)
+                    }),
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; len],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn weight_grad_chunk<const CB: usize>(
+    xr: &[f32],
+    xrows: &RowLayout,
+    gr: &[f32],
+    grows: &RowLayout,
+    g: &Geometry,
+    n: usize,
+    z: usize,
+    ys: std::ops::Range<usize>,
+    acc_out: &mut [f32],
+) {
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let ow = round_up(g.output()[2]);
+    let left = grows.pad[2];
+    let taps_per = g.taps();
+    for ci in 0..g.in_channels {
+        for a in 0..kd {
+            for b in 0..kh {
+                for c in 0..kw {
+                    let k = (a * kh + b) * kw + c;
+                    for block in 0..g.out_channels.div_ceil(CB) {
+                        let mut acc = [[0f32; LANES]; CB];
+                        for y in ys.clone() {
+                            let xo = xrows.offset(n, ci, z * sd + a, y * sh + b, c % sw) + c / sw;
+                            let gos: [usize; CB] = std::array::from_fn(|q| {
+                                let co = (block * CB + q).min(g.out_channels - 1);
+                                grows.offset(n, co, z, y, 0) + left
+                            });
+                            for j0 in (0..ow).step_by(LANES) {
+                                let xs: &[f32; LANES] =
+                                    xr[xo + j0..xo + j0 + LANES].try_into().unwrap();
+                                for q in 0..CB {
+                                    let gs: &[f32; LANES] =
+                                        gr[gos[q] + j0..gos[q] + j0 + LANES].try_into().unwrap();
+                                    for i in 0..LANES {
+                                        acc[q][i] = gs[i].mul_add(xs[i], acc[q][i]);
+                                    }
+                                }
+                            }
+                        }
+                        for (q, lanes) in acc.iter().enumerate() {
+                            let co = block * CB + q;
+                            if co < g.out_channels {
+                                acc_out[(co * g.in_channels + ci) * taps_per + k] +=
+                                    lanes.iter().sum::<f32>();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Plain reference: the definition of a padded, strided correlation, and its two
+    /// gradients by the chain rule, element by element: (y, gx, gw).
+    fn naive(x: &[f32], w: &[f32], gy: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let [d, h, wd] = g.input;
+        let [od, oh, ow] = g.output();
+        let [kd, kh, kw] = g.kernel;
+        let mut y = vec![0f64; g.output_len()];
+        let mut gx = vec![0f64; g.input_len()];
+        let mut gw = vec![0f64; g.weight_len()];
+        for n in 0..g.batch {
+            for o in 0..g.out_channels {
+                for z in 0..od {
+                    for yy in 0..oh {
+                        for xx in 0..ow {
+                            let yi = (((n * g.out_channels + o) * od + z) * oh + yy) * ow + xx;
+                            for i in 0..g.in_channels {
+                                for a in 0..kd {
+                                    for b in 0..kh {
+                                        for c in 0..kw {
+                                            let p = [
+                                                (z * g.stride[0] + a) as isize
+                                                    - g.padding[0] as isize,
+                                                (yy * g.stride[1] + b) as isize
+                                                    - g.padding[1] as isize,
+                                                (xx * g.stride[2] + c) as isize
+                                                    - g.padding[2] as isize,
+                                            ];
+                                            if p.iter().any(|&v| v < 0)
+                                                || p[0] as usize >= d
+                                                || p[1] as usize >= h
+                                                || p[2] as usize >= wd
+                                            {
+                                                continue;
+                                            }
+                                            let xi =
+                                                (((n * g.in_channels + i) * d + p[0] as usize) * h
+                                                    + p[1] as usize)
+                                                    * wd
+                                                    + p[2] as usize;
+                                            let wi = (((o * g.in_channels + i) * kd + a) * kh + b)
+                                                * kw
+                                                + c;
+                                            y[yi] += x[xi] as f64 * w[wi] as f64;
+                                            gx[xi] += gy[yi] as f64 * w[wi] as f64;
+                                            gw[wi] += gy[yi] as f64 * x[xi] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
+        (f(y), f(gx), f(gw))
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// All three kernels against the plain reference.
+    fn check(g: Geometry, seed: u64) {
+        let x = random(g.input_len(), seed);
+        let w = random(g.weight_len(), seed + 1);
+        let gy = random(g.output_len(), seed + 2);
+        let (y, gx, gw) = naive(&x, &w, &gy, &g);
+        close(&conv_forward(&x, &w, &g), &y, "forward");
+        close(&conv_adjoint(&gy, &w, &g), &gx, "adjoint");
+        close(&conv_weight_grad(&x, &gy, &g), &gw, "weight gradient");
+    }
+
+    #[test]
+    fn bcae_ht_layer_shapes() {
+        // The resampler (k (3,4,4), stride (1,2,2), padding 1) and the 3x3x3 conv.
+        for (ci, co, k, s) in [
+            (1, 2, [3, 4, 4], [1, 2, 2]),
+            (4, 8, [3, 4, 4], [1, 2, 2]),
+            (2, 1, [3, 3, 3], [1, 1, 1]),
+            (8, 5, [3, 3, 3], [1, 1, 1]),
+        ] {
+            check(
+                Geometry {
+                    batch: 2,
+                    in_channels: ci,
+                    out_channels: co,
+                    input: [3, 6, 20],
+                    kernel: k,
+                    stride: s,
+                    padding: [1, 1, 1],
+                },
+                ci as u64 * 7 + co as u64,
+            );
+        }
+    }
+
+    #[test]
+    fn two_d_shapes_with_wide_rows() {
+        // A 7x7 input conv, padding 3, and a 1x1 conv; rows longer than one register block.
+        check(
+            Geometry {
+                batch: 1,
+                in_channels: 3,
+                out_channels: 6,
+                input: [1, 5, 37],
+                kernel: [1, 7, 7],
+                stride: [1, 1, 1],
+                padding: [0, 3, 3],
+            },
+            11,
+        );
+        check(
+            Geometry {
+                batch: 2,
+                in_channels: 5,
+                out_channels: 3,
+                input: [1, 4, 33],
+                kernel: [1, 1, 1],
+                stride: [1, 1, 1],
+                padding: [0, 0, 0],
+            },
+            12,
+        );
+    }
+
+    fn geometry() -> impl Strategy<Value = Geometry> {
+        (
+            1usize..3,
+            1usize..6,
+            1usize..7,
+            prop::array::uniform3(1usize..4),
+            prop::array::uniform3(1usize..4),
+            prop::array::uniform3(0usize..3),
+            prop::array::uniform3(0usize..20),
+        )
+            .prop_map(|(batch, ci, co, kernel, stride, padding, extra)| {
+                let padding: [usize; 3] = std::array::from_fn(|i| padding[i].min(kernel[i] - 1));
+                Geometry {
+                    batch,
+                    in_channels: ci,
+                    out_channels: co,
+                    input: std::array::from_fn(|i| kernel[i] + extra[i] % [4, 5, 20][i]),
+                    kernel,
+                    stride,
+                    padding,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn kernels_match_the_definition(g in geometry(), seed in 0u64..1000) {
+            check(g, seed);
+        }
+    }
+}
