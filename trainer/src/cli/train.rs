@@ -81,9 +81,10 @@ pub struct TrainArgs {
     /// or a log2(ADC+1) value.
     #[arg(long, default_value = "median", value_parser = parse_reg_init)]
     pub reg_init: RegInit,
-    /// Voxels the regression loss counts: `prediction` (the paper's: predicted hits) or `truth`
-    /// (true hits; not the paper's loss).
-    #[arg(long, value_enum, default_value_t = RegressionMask::Prediction)]
+    /// Voxels the regression loss counts: `truth` (every true hit; the default, since with the
+    /// paper's mask the head collapses to its floor early in training, issue 15) or `prediction`
+    /// (the paper's loss: the predicted hits).
+    #[arg(long, value_enum, default_value_t = crate::train::DEFAULT_REG_MASK)]
     pub reg_mask: RegressionMask,
 }
 
@@ -228,14 +229,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     };
     let s = &trainer.settings;
     eprintln!(
-        "regression head: {}; regression loss over the {} hits",
+        "regression head: {}; regression loss over the {}",
         s.reg_init_log2
             .map_or("reference initialisation".to_string(), |v| format!(
                 "starts at log2(ADC+1) = {v:.3}"
             )),
         match s.reg_mask {
-            RegressionMask::Prediction => "predicted (the paper's loss)",
-            RegressionMask::Truth => "true",
+            RegressionMask::Prediction => "predicted hits (the paper's loss)",
+            RegressionMask::Truth => "true hits (not the paper's loss)",
         }
     );
     eprintln!(
