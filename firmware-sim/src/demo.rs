@@ -331,6 +331,14 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
         "  {:<10} {:>7.4}   (every voxel reconstructed as zero, for scale)",
         "all-zero", all_zero_mae
     ));
+    say(format!("values    {}", mean.value_summary()));
+    say(
+        "          (log2 values on the true positives; hits below ADC 64 sit at the floor of 6 + 3 exp(r))"
+            .to_string(),
+    );
+    if let Some(why) = mean.value_collapse() {
+        say(format!("WARNING   {why}"));
+    }
     say(String::new());
 
     // 4. The picture.

@@ -23,6 +23,7 @@ use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::loss::RegressionMask;
 use crate::models::ModelConfig;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -98,6 +99,14 @@ pub struct TrainSettings {
     pub data: PathBuf,
     /// Whole test wedges evaluated after every epoch (0: none).
     pub eval_wedges: usize,
+    /// The log2(ADC+1) value the regression head's output transform starts at: its output bias
+    /// is set to the transform's inverse of it (`bcae train` uses the median of the training
+    /// data's hits). None: PyTorch's default initialisation, as the reference.
+    #[serde(default)]
+    pub reg_init_log2: Option<f64>,
+    /// Which voxels the regression loss counts (the paper's: the predicted hits).
+    #[serde(default)]
+    pub reg_mask: RegressionMask,
 }
 
 impl TrainSettings {
@@ -124,6 +133,8 @@ impl TrainSettings {
             seed: 0,
             data,
             eval_wedges: 8,
+            reg_init_log2: None,
+            reg_mask: RegressionMask::Prediction,
         }
     }
 
@@ -467,14 +478,26 @@ pub struct EpochLog {
     pub val_recall: f64,
     pub wedges_per_s: f64,
     pub seconds: f64,
+    /// The value metrics (see `metrics::WedgeMetrics`): TP MAE and share of predicted hits
+    /// below the zero-suppression threshold over the epoch's training batches, and on the test
+    /// wedges TP MAE, TP correlation, share below the threshold, largest share at one ADC value.
+    /// NaN in logs written before they existed.
+    pub train_tp_mae: f64,
+    pub train_below_threshold: f64,
+    pub val_tp_mae: f64,
+    pub val_tp_correlation: f64,
+    pub val_below_threshold: f64,
+    pub val_mode_share: f64,
 }
 
-pub const LOG_HEADER: &str = "epoch,step,lr,loss,seg_loss,reg_loss,coefficient,train_precision,train_recall,val_mae,val_mse,val_psnr_db,val_precision,val_recall,wedges_per_s,seconds";
+pub const LOG_HEADER: &str = "epoch,step,lr,loss,seg_loss,reg_loss,coefficient,train_precision,train_recall,val_mae,val_mse,val_psnr_db,val_precision,val_recall,wedges_per_s,seconds,train_tp_mae,train_below_threshold,val_tp_mae,val_tp_correlation,val_below_threshold,val_mode_share";
+/// The header of logs written before the value metrics (read, rewritten with the new one).
+const LOG_HEADER_V1_COLUMNS: usize = 16;
 
 impl EpochLog {
     fn to_csv(&self) -> String {
         format!(
-            "{},{},{:e},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{:e},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.epoch,
             self.step,
             self.lr,
@@ -490,16 +513,26 @@ impl EpochLog {
             self.val_precision,
             self.val_recall,
             self.wedges_per_s,
-            self.seconds
+            self.seconds,
+            self.train_tp_mae,
+            self.train_below_threshold,
+            self.val_tp_mae,
+            self.val_tp_correlation,
+            self.val_below_threshold,
+            self.val_mode_share
         )
     }
 
-    fn from_csv(line: &str) -> Option<EpochLog> {
+    fn from_csv(line: &str, columns: usize) -> Option<EpochLog> {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 16 {
+        if f.len() != columns {
             return None;
         }
-        let n = |i: usize| f[i].trim().parse::<f64>().ok();
+        // Columns a log written before them lacks read as NaN.
+        let n = |i: usize| match f.get(i) {
+            Some(v) => v.trim().parse::<f64>().ok(),
+            None => Some(f64::NAN),
+        };
         Some(EpochLog {
             epoch: f[0].trim().parse().ok()?,
             step: f[1].trim().parse().ok()?,
@@ -517,6 +550,12 @@ impl EpochLog {
             val_recall: n(13)?,
             wedges_per_s: n(14)?,
             seconds: n(15)?,
+            train_tp_mae: n(16)?,
+            train_below_threshold: n(17)?,
+            val_tp_mae: n(18)?,
+            val_tp_correlation: n(19)?,
+            val_below_threshold: n(20)?,
+            val_mode_share: n(21)?,
         })
     }
 }
@@ -541,20 +580,28 @@ pub fn read_log(dir: &Path) -> Result<Vec<EpochLog>, CheckpointError> {
     }
     let text = fs::read_to_string(&path).map_err(io_err(&path))?;
     let mut lines = text.lines();
-    match lines.next() {
-        Some(h) if h.trim() == LOG_HEADER => {}
+    let columns = match lines.next() {
+        Some(h) if h.trim() == LOG_HEADER => LOG_HEADER.split(',').count(),
+        Some(h)
+            if LOG_HEADER
+                .split(',')
+                .take(LOG_HEADER_V1_COLUMNS)
+                .eq(h.trim().split(',')) =>
+        {
+            LOG_HEADER_V1_COLUMNS
+        }
         _ => {
             return Err(CheckpointError::Invalid {
                 path,
                 message: format!("unexpected header; expected `{LOG_HEADER}`"),
             })
         }
-    }
+    };
     lines
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            EpochLog::from_csv(l).ok_or_else(|| CheckpointError::Invalid {
+            EpochLog::from_csv(l, columns).ok_or_else(|| CheckpointError::Invalid {
                 path: path.clone(),
                 message: format!("line {} is not a valid log row: {l}", i + 2),
             })
@@ -731,6 +778,12 @@ mod tests {
             val_recall: 0.6,
             wedges_per_s: 3.5,
             seconds: 12.0,
+            train_tp_mae: 0.4,
+            train_below_threshold: 0.02,
+            val_tp_mae: 0.5,
+            val_tp_correlation: 0.6,
+            val_below_threshold: f64::NAN,
+            val_mode_share: 0.03,
         };
         write_log(
             dir.path(),
@@ -748,5 +801,31 @@ mod tests {
         assert_eq!(back[1].epoch, 2);
         assert!(back[0].val_mae.is_nan());
         assert_eq!(back[0].loss, 1.5);
+        assert_eq!(back[1].val_tp_correlation, 0.6);
+        assert!(back[1].val_below_threshold.is_nan());
+    }
+
+    /// Logs written before the value metrics (the shipped models', runs being resumed) still
+    /// read, their value columns as NaN.
+    #[test]
+    fn logs_without_the_value_columns_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_header: Vec<&str> = LOG_HEADER.split(',').take(16).collect();
+        let text = format!(
+            "{}\n1,50,5e-3,5.7,0.16,0.69,5.05,0.2,0.002,0.679,4.42,13.28,NaN,0,3.6,54.8\n",
+            old_header.join(",")
+        );
+        fs::write(dir.path().join(LOG_FILE), text).unwrap();
+        let back = read_log(dir.path()).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].epoch, back[0].step), (1, 50));
+        assert!(back[0].val_precision.is_nan() && back[0].val_tp_mae.is_nan());
+        // A row of the wrong width is still refused.
+        fs::write(
+            dir.path().join(LOG_FILE),
+            format!("{}\n1,50,5e-3\n", old_header.join(",")),
+        )
+        .unwrap();
+        assert!(read_log(dir.path()).is_err());
     }
 }

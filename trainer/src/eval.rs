@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::{DataError, Dataset, Wedge, Z_BINS};
 use crate::loss::SEG_THRESHOLD;
-use crate::metrics::{compression_ratio, MeanMetrics, WedgeMetrics, INPUT_VOXELS};
+use crate::metrics::{
+    compression_ratio, fmt_metric as fmt_f, fmt_percent, MeanMetrics, WedgeMetrics, INPUT_VOXELS,
+};
 use crate::models::bcae_v1::V1Metrics;
 use crate::models::{self, Bicephalous, ModelConfig};
 
@@ -375,16 +377,6 @@ pub fn evaluate(
     })
 }
 
-fn fmt_f(x: f64, prec: usize) -> String {
-    if x.is_nan() {
-        "-".into()
-    } else if x.is_infinite() {
-        "inf".into()
-    } else {
-        format!("{x:.prec$}")
-    }
-}
-
 /// A table in the style of the paper's Table 1, one row per report, plus the all-zero
 /// reconstruction of the first report's wedges as the floor any codec must beat.
 pub fn table(reports: &[EvalReport]) -> String {
@@ -399,6 +391,10 @@ pub fn table(reports: &[EvalReport]) -> String {
         "PSNR ref",
         "precision",
         "recall",
+        "TP MAE",
+        "TP corr",
+        "<ADC64",
+        "top value",
         "occ in/out",
         "ratio",
         "enc params",
@@ -417,6 +413,10 @@ pub fn table(reports: &[EvalReport]) -> String {
             fmt_f(r.mean.psnr_ratio, 2),
             fmt_f(r.mean.precision, 4),
             fmt_f(r.mean.recall, 4),
+            fmt_f(r.mean.tp_mae, 4),
+            fmt_f(r.mean.tp_correlation, 3),
+            fmt_percent(r.mean.below_threshold_share),
+            top_value(&r.mean),
             format!(
                 "{}/{}",
                 fmt_f(r.mean.occupancy, 4),
@@ -440,6 +440,10 @@ pub fn table(reports: &[EvalReport]) -> String {
             fmt_f(z.psnr_ratio, 2),
             fmt_f(z.precision, 4),
             fmt_f(z.recall, 4),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
             format!("{}/0", fmt_f(z.occupancy, 4)),
             "-".into(),
             "-".into(),
@@ -479,7 +483,29 @@ pub fn table(reports: &[EvalReport]) -> String {
     }
     out.push_str("MAE, MSE, PSNR on log2(ADC+1), cropped (16,192,249) wedges. PSNR dB = 20 log10(max/RMSE); PSNR ref = max/sqrt(MSE) as the reference code reports it.\n");
     out.push_str("precision/recall pooled over voxels; ratio = input voxels / code values (both 16-bit); enc wedges/s = encoder only, inputs on the device.\n");
+    out.push_str(VALUE_COLUMNS_NOTE);
+    for r in reports {
+        if let Some(why) = r.mean.value_collapse() {
+            out.push_str(&format!(
+                "COLLAPSED {} ({}): {why}\n",
+                r.run,
+                r.precision.name()
+            ));
+        }
+    }
     out
+}
+
+/// What the value columns of every metrics table mean.
+pub const VALUE_COLUMNS_NOTE: &str = "TP MAE / TP corr: log2 values on the true positives (MAE, Pearson r); <ADC64: reconstructed hits decoding below the zero-suppression threshold (the floor of 6 + 3 exp(r) is ADC 63); top value: the largest share of reconstructed hits at one ADC value (which).\n";
+
+/// "12.3% @63": the largest share of reconstructed hits at a single ADC value, and the value.
+pub fn top_value(m: &MeanMetrics) -> String {
+    if m.mode_share.is_nan() {
+        "-".into()
+    } else {
+        format!("{} @{}", fmt_percent(m.mode_share), m.mode_adc)
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 use candle_core::{DType, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::ZERO_SUPPRESSION_LOG2;
+
 /// Segmentation threshold h: a voxel is reconstructed as non-zero where `seg > h`.
 pub const SEG_THRESHOLD: f64 = 0.5;
 /// Focal loss exponent gamma.
@@ -27,6 +29,19 @@ pub const COEFFICIENT_INIT: f64 = 2000.0;
 pub const TRANSFORM_OFFSET: f64 = 6.0;
 /// Scale of the regression output transform.
 pub const TRANSFORM_SCALE: f64 = 3.0;
+
+/// Which voxels the regression term counts the transformed output at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RegressionMask {
+    /// The paper's: where the segmentation head predicts a hit (`seg > h`). Its false positives
+    /// (target 0, below every value `T` can take) pull the head towards the transform's floor.
+    #[default]
+    Prediction,
+    /// Where the input has a hit: the regression head learns the values of every true hit, and
+    /// the segmentation head alone decides which voxels are hits. Not the paper's loss.
+    Truth,
+}
 
 /// The regression head's output transform `T(x) = 6 + 3 exp(x)`.
 pub fn output_transform(reg: &Tensor) -> Result<Tensor> {
@@ -114,6 +129,11 @@ pub struct LossParts {
     pub true_count: f64,
     pub positive_count: f64,
     pub true_positive_count: f64,
+    /// Predicted hits whose value decodes below the zero-suppression threshold (the output
+    /// transform's floor), and the summed |reconstruction - input| over the true positives: what
+    /// the trainer's collapse check watches.
+    pub below_threshold_count: f64,
+    pub true_positive_abs_error: f64,
 }
 
 impl LossParts {
@@ -131,9 +151,10 @@ pub fn bicephalous_loss(
     target: &Tensor,
     valid_z: usize,
     coefficient: &mut Coefficient,
+    reg_mask: RegressionMask,
 ) -> Result<LossParts> {
     let transformed = output_transform(&crop_z(reg, valid_z)?)?;
-    bicephalous_loss_transformed(seg, &transformed, target, valid_z, coefficient)
+    bicephalous_loss_transformed(seg, &transformed, target, valid_z, coefficient, reg_mask)
 }
 
 /// [`bicephalous_loss`] for a regression head whose output transform is already applied
@@ -145,6 +166,7 @@ pub fn bicephalous_loss_transformed(
     target: &Tensor,
     valid_z: usize,
     coefficient: &mut Coefficient,
+    reg_mask: RegressionMask,
 ) -> Result<LossParts> {
     let seg = crop_z(seg, valid_z)?;
     let target = crop_z(target, valid_z)?.detach();
@@ -153,7 +175,10 @@ pub fn bicephalous_loss_transformed(
     let recon = crop_z(transformed, valid_z)?.mul(&mask)?;
 
     let seg_loss = focal_loss(&seg, &label, FOCAL_GAMMA, FOCAL_EPS)?;
-    let reg_loss = mae(&recon, &target)?;
+    let reg_loss = match reg_mask {
+        RegressionMask::Prediction => mae(&recon, &target)?,
+        RegressionMask::Truth => mae(&crop_z(transformed, valid_z)?.mul(&label)?, &target)?,
+    };
     let seg_value = scalar(&seg_loss)?;
     let reg_value = scalar(&reg_loss)?;
     let c = coefficient.update(reg_value, seg_value);
@@ -161,7 +186,22 @@ pub fn bicephalous_loss_transformed(
 
     let true_count = scalar(&label.sum_all()?)?;
     let positive_count = scalar(&mask.sum_all()?)?;
-    let true_positive_count = scalar(&mask.mul(&label)?.sum_all()?)?;
+    let true_positive = mask.mul(&label)?;
+    let true_positive_count = scalar(&true_positive.sum_all()?)?;
+    let transformed = crop_z(transformed, valid_z)?.detach();
+    let below = transformed
+        .lt(f64::from(ZERO_SUPPRESSION_LOG2))?
+        .to_dtype(mask.dtype())?
+        .mul(&mask)?;
+    let below_threshold_count = scalar(&below.sum_all()?)?;
+    let true_positive_abs_error = scalar(
+        &recon
+            .detach()
+            .sub(&target)?
+            .abs()?
+            .mul(&true_positive)?
+            .sum_all()?,
+    )?;
     Ok(LossParts {
         total,
         seg: seg_value,
@@ -170,6 +210,8 @@ pub fn bicephalous_loss_transformed(
         true_count,
         positive_count,
         true_positive_count,
+        below_threshold_count,
+        true_positive_abs_error,
     })
 }
 
@@ -239,7 +281,15 @@ mod tests {
         let reg = Var::from_tensor(&t(&[0.0, 0.0, 5.0]).reshape((1, 3)).unwrap()).unwrap();
         let target = t(&[8.0, 0.0, 0.0]).reshape((1, 3)).unwrap();
         let mut c = Coefficient::default();
-        let parts = bicephalous_loss(&seg, reg.as_tensor(), &target, 2, &mut c).unwrap();
+        let parts = bicephalous_loss(
+            &seg,
+            reg.as_tensor(),
+            &target,
+            2,
+            &mut c,
+            RegressionMask::Prediction,
+        )
+        .unwrap();
         // recon = [9, 0]; MAE = |9-8|/2 = 0.5.
         assert!((parts.reg - 0.5).abs() < 1e-6);
         let eps = FOCAL_EPS;
@@ -275,5 +325,44 @@ mod tests {
         assert!((g[0] - 1.5).abs() < 1e-5, "{g:?}");
         assert_eq!(g[1], 0.0);
         assert_eq!(g[2], 0.0);
+    }
+
+    #[test]
+    fn the_truth_mask_counts_true_hits_and_the_counts_watch_the_floor() {
+        // Voxels: a true positive, a false positive at the floor, a false negative.
+        let seg = t(&[0.9, 0.9, 0.1]).reshape((1, 3)).unwrap();
+        let reg = Var::from_tensor(&t(&[0.0, -30.0, 0.0]).reshape((1, 3)).unwrap()).unwrap();
+        let target = t(&[8.0, 0.0, 7.0]).reshape((1, 3)).unwrap();
+        let run = |mask| {
+            let mut c = Coefficient::default();
+            bicephalous_loss(&seg, reg.as_tensor(), &target, 3, &mut c, mask).unwrap()
+        };
+        // The paper's: |9 - 8| + |6 - 0| + |0 - 7| over 3.
+        let paper = run(RegressionMask::Prediction);
+        assert!((paper.reg - 14.0 / 3.0).abs() < 1e-5, "{}", paper.reg);
+        // Truth: T at every true hit, whatever seg says: |9 - 8| + 0 + |9 - 7| over 3.
+        let truth = run(RegressionMask::Truth);
+        assert!((truth.reg - 3.0 / 3.0).abs() < 1e-5, "{}", truth.reg);
+        let g = truth
+            .total
+            .backward()
+            .unwrap()
+            .get(&reg)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // d/dr of |3 e^r + 6 - x| / 3 at r = 0: +1 (above 8), +1 (above 7); the false positive none.
+        assert!(
+            (g[0] - 1.0).abs() < 1e-5 && g[1] == 0.0 && (g[2] - 1.0).abs() < 1e-5,
+            "{g:?}"
+        );
+        // Counts (the same for both masks): the false positive decodes below ADC 64; the true
+        // positive is 1 off.
+        for p in [&paper, &truth] {
+            assert_eq!(p.below_threshold_count, 1.0);
+            assert!((p.true_positive_abs_error - 1.0).abs() < 1e-5);
+        }
     }
 }

@@ -7,8 +7,119 @@
 //!   with `max(x)` the input wedge's maximum.
 //! - Precision and recall of the non-zero voxels (reconstruction > 0 vs input > 0).
 //! - Occupancy: fraction of non-zero voxels in the input and in the reconstruction.
-use encoder_nostd::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
+//! - The values of the reconstructed hits, which the above barely see (a regression head stuck at
+//!   its output transform's floor still scores a fair MAE through the segmentation head alone):
+//!   the MAE and the Pearson correlation of the log2 values on the true positives, the share of
+//!   reconstructed hits below the zero-suppression threshold (where `T(x) = 6 + 3 exp(x)` has its
+//!   floor: 6.0 decodes to ADC 63), and the largest share of reconstructed hits at any single ADC
+//!   value (as `bcae decompress` writes it). [`MeanMetrics::value_collapse`] names a collapsed head.
+use encoder_nostd::geometry::{
+    ADC_MAX, AZIMUTH, LAYERS, WEDGE_VOXELS, ZERO_SUPPRESSION, Z_BINS, Z_PADDED,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::data::log_to_adc;
+
+/// log2(ADC+1) below which a reconstructed value decodes to an ADC under the zero-suppression
+/// threshold: `round(2^x - 1) < 64` <=> `x < log2(64.5)`. The floor of `T(x) = 6 + 3 exp(x)`,
+/// 6.0 (ADC 63), lies below it.
+pub const ZERO_SUPPRESSION_LOG2: f32 = 6.011_227;
+
+/// A head is called collapsed when at least this share of its reconstructed hits sits below the
+/// zero-suppression threshold or at one single ADC value (a healthy head spreads its hits over
+/// hundreds of values, as the data does: no single value holds more than a few percent).
+pub const COLLAPSE_SHARE: f64 = 0.5;
+
+/// Reconstructed hits per ADC value (0..=1023), and the sums over true positives that the
+/// value metrics are formed from; sums, so that they pool over wedges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValueSums {
+    /// True positives: `n`, sum |y - x|, sums of x, y, x^2, y^2, x*y (log2 domain).
+    pub tp: [f64; 7],
+    /// Reconstructed hits (y > 0) below [`ZERO_SUPPRESSION_LOG2`].
+    pub below_threshold: u64,
+    /// Reconstructed hits per decoded ADC value.
+    pub hits_per_adc: [u32; ADC_MAX as usize + 1],
+}
+
+impl Default for ValueSums {
+    fn default() -> Self {
+        Self {
+            tp: [0.0; 7],
+            below_threshold: 0,
+            hits_per_adc: [0; ADC_MAX as usize + 1],
+        }
+    }
+}
+
+impl ValueSums {
+    fn add_hit(&mut self, x: f32, y: f32) {
+        let adc = log_to_adc(y);
+        self.hits_per_adc[adc as usize] += 1;
+        self.below_threshold += u64::from(adc < ZERO_SUPPRESSION);
+        if x > 0.0 {
+            let (x, y) = (f64::from(x), f64::from(y));
+            for (acc, v) in self
+                .tp
+                .iter_mut()
+                .zip([1.0, (y - x).abs(), x, y, x * x, y * y, x * y])
+            {
+                *acc += v;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &ValueSums) {
+        for (a, b) in self.tp.iter_mut().zip(other.tp) {
+            *a += b;
+        }
+        self.below_threshold += other.below_threshold;
+        for (a, b) in self.hits_per_adc.iter_mut().zip(other.hits_per_adc) {
+            *a += b;
+        }
+    }
+
+    /// The value metrics: (TP MAE, TP correlation, share below threshold, largest share at one
+    /// value, that value). NaN where undefined (no true positive, no hit, a constant side).
+    fn metrics(&self) -> ValueMetrics {
+        let [n, abs, sx, sy, sxx, syy, sxy] = self.tp;
+        let cov = sxy - sx * sy / n;
+        let var_x = sxx - sx * sx / n;
+        let var_y = syy - sy * sy / n;
+        let hits: u64 = self.hits_per_adc.iter().map(|&c| u64::from(c)).sum();
+        let (mode_adc, mode_count) = self
+            .hits_per_adc
+            .iter()
+            .enumerate()
+            .max_by_key(|&(adc, &c)| (c, std::cmp::Reverse(adc)))
+            .map_or((0, 0), |(adc, &c)| (adc as u16, c));
+        // A constant side (every value the same) has no correlation; report 0, not NaN, when the
+        // reconstruction is the constant one, since that is exactly what a collapsed head does.
+        let correlation = if n < 2.0 || var_x <= 0.0 {
+            f64::NAN
+        } else if var_y <= 1e-12 * n {
+            0.0
+        } else {
+            cov / (var_x * var_y).sqrt()
+        };
+        ValueMetrics {
+            tp_mae: abs / n,
+            tp_correlation: correlation,
+            below_threshold_share: self.below_threshold as f64 / hits as f64,
+            mode_share: mode_count as f64 / hits as f64,
+            mode_adc,
+        }
+    }
+}
+
+/// What [`ValueSums`] gives.
+struct ValueMetrics {
+    tp_mae: f64,
+    tp_correlation: f64,
+    below_threshold_share: f64,
+    mode_share: f64,
+    mode_adc: u16,
+}
 
 /// Bits per value the paper counts on both sides of the compression ratio.
 pub const VALUE_BITS: usize = 16;
@@ -61,6 +172,21 @@ pub struct WedgeMetrics {
     pub true_count: u64,
     pub positive_count: u64,
     pub true_positive_count: u64,
+    /// MAE of the log2 values on the true positives (NaN without any).
+    pub tp_mae: f64,
+    /// Pearson correlation of true and reconstructed log2 values on the true positives (0 when
+    /// every reconstructed value is the same, NaN with fewer than two true positives).
+    pub tp_correlation: f64,
+    /// Share of the reconstructed hits that decode below the zero-suppression threshold (ADC
+    /// < 64): for `T(x) = 6 + 3 exp(x)`, the hits at its floor.
+    pub below_threshold_share: f64,
+    /// The largest share of the reconstructed hits at any single decoded ADC value ...
+    pub mode_share: f64,
+    /// ... and that value.
+    pub mode_adc: u16,
+    /// The sums the value metrics come from, for pooling over wedges (not serialized).
+    #[serde(skip)]
+    pub value_sums: ValueSums,
 }
 
 impl WedgeMetrics {
@@ -75,6 +201,7 @@ impl WedgeMetrics {
         let n = input.len().max(1) as f64;
         let (mut abs_sum, mut sq_sum, mut max) = (0f64, 0f64, 0f64);
         let (mut t, mut p, mut tp) = (0u64, 0u64, 0u64);
+        let mut value_sums = ValueSums::default();
         for (&x, &y) in input.iter().zip(recon) {
             let d = (y - x) as f64;
             abs_sum += d.abs();
@@ -85,9 +212,13 @@ impl WedgeMetrics {
             t += truth as u64;
             p += pred as u64;
             tp += (truth && pred) as u64;
+            if pred {
+                value_sums.add_hit(x, y);
+            }
         }
         let mse = sq_sum / n;
         let psnr_ratio = max / mse.sqrt();
+        let v = value_sums.metrics();
         WedgeMetrics {
             mae: abs_sum / n,
             mse,
@@ -100,6 +231,12 @@ impl WedgeMetrics {
             true_count: t,
             positive_count: p,
             true_positive_count: tp,
+            tp_mae: v.tp_mae,
+            tp_correlation: v.tp_correlation,
+            below_threshold_share: v.below_threshold_share,
+            mode_share: v.mode_share,
+            mode_adc: v.mode_adc,
+            value_sums,
         }
     }
 
@@ -111,7 +248,8 @@ impl WedgeMetrics {
 
 /// Mean metrics over a set of wedges. MAE, MSE, PSNR and occupancy are means of the per-wedge
 /// values (PSNR averaged over wedges with a finite value); precision and recall are pooled over
-/// all voxels (total true positives / total predicted, / total true), as the reference does.
+/// all voxels (total true positives / total predicted, / total true), as the reference does;
+/// so are the value metrics (over all true positives / all reconstructed hits of the set).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MeanMetrics {
     pub wedges: usize,
@@ -123,6 +261,12 @@ pub struct MeanMetrics {
     pub recall: f64,
     pub occupancy: f64,
     pub recon_occupancy: f64,
+    /// See [`WedgeMetrics`]; pooled.
+    pub tp_mae: f64,
+    pub tp_correlation: f64,
+    pub below_threshold_share: f64,
+    pub mode_share: f64,
+    pub mode_adc: u16,
 }
 
 impl MeanMetrics {
@@ -140,6 +284,11 @@ impl MeanMetrics {
         let t: u64 = per_wedge.iter().map(|m| m.true_count).sum();
         let p: u64 = per_wedge.iter().map(|m| m.positive_count).sum();
         let tp: u64 = per_wedge.iter().map(|m| m.true_positive_count).sum();
+        let mut sums = ValueSums::default();
+        for m in per_wedge {
+            sums.merge(&m.value_sums);
+        }
+        let v = sums.metrics();
         MeanMetrics {
             wedges: per_wedge.len(),
             mae: mean(&|m| m.mae),
@@ -150,7 +299,77 @@ impl MeanMetrics {
             recall: tp as f64 / t as f64,
             occupancy: mean(&|m| m.occupancy),
             recon_occupancy: mean(&|m| m.recon_occupancy),
+            tp_mae: v.tp_mae,
+            tp_correlation: v.tp_correlation,
+            below_threshold_share: v.below_threshold_share,
+            mode_share: v.mode_share,
+            mode_adc: v.mode_adc,
         }
+    }
+
+    /// Why the regression head looks collapsed, or `None`: at least [`COLLAPSE_SHARE`] of the
+    /// reconstructed hits below the zero-suppression threshold or at one ADC value.
+    pub fn value_collapse(&self) -> Option<String> {
+        value_collapse(self.below_threshold_share, self.mode_share, self.mode_adc)
+    }
+
+    /// The value metrics in one short line, ending in a loud `COLLAPSED` where they are.
+    pub fn value_summary(&self) -> String {
+        let mut s = format!(
+            "TP value MAE {}  TP corr {}  hits below ADC 64 {}  most at one value {} (ADC {})",
+            fmt_metric(self.tp_mae, 4),
+            fmt_metric(self.tp_correlation, 3),
+            fmt_percent(self.below_threshold_share),
+            fmt_percent(self.mode_share),
+            self.mode_adc
+        );
+        if self.value_collapse().is_some() {
+            s.push_str("  COLLAPSED");
+        }
+        s
+    }
+}
+
+/// [`MeanMetrics::value_collapse`] from the two shares (the trainer's batch counts use it too).
+pub fn value_collapse(
+    below_threshold_share: f64,
+    mode_share: f64,
+    mode_adc: u16,
+) -> Option<String> {
+    if below_threshold_share >= COLLAPSE_SHARE {
+        Some(format!(
+            "{} of the reconstructed hits decode below the zero-suppression threshold (ADC < 64: \
+             the output transform's floor); the regression head has collapsed",
+            fmt_percent(below_threshold_share)
+        ))
+    } else if mode_share >= COLLAPSE_SHARE {
+        Some(format!(
+            "{} of the reconstructed hits decode to the single value ADC {mode_adc}; the \
+             regression head has collapsed",
+            fmt_percent(mode_share)
+        ))
+    } else {
+        None
+    }
+}
+
+/// A metric for a table: `-` for NaN, `inf`, or `prec` decimals.
+pub fn fmt_metric(x: f64, prec: usize) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x.is_infinite() {
+        "inf".into()
+    } else {
+        format!("{x:.prec$}")
+    }
+}
+
+/// A share as a percentage with one decimal (`-` for NaN).
+pub fn fmt_percent(share: f64) -> String {
+    if share.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * share)
     }
 }
 
@@ -207,6 +426,83 @@ mod tests {
         assert_eq!(m.precision, 2.0 / 3.0);
         assert_eq!(m.recall, 2.0 / 3.0);
         assert_eq!(m.mae, (4.0 + 4.0) / 2.0);
+    }
+
+    /// log2(ADC+1), the metric domain.
+    fn l(adc: u16) -> f32 {
+        crate::data::adc_to_log(adc)
+    }
+
+    #[test]
+    fn value_metrics_by_hand() {
+        // Truth hits 100, 200, 400, 0; reconstruction 100, 300, 0, 63 (a false positive at the
+        // floor): TPs (100,100), (200,300); hits 100, 300, 63.
+        let x = [l(100), l(200), l(400), 0.0];
+        let y = [l(100), l(300), 0.0, 6.0];
+        let m = WedgeMetrics::compute(&x, &y);
+        let want_tp_mae = f64::from((l(300) - l(200)).abs()) / 2.0;
+        assert!((m.tp_mae - want_tp_mae).abs() < 1e-9, "{}", m.tp_mae);
+        // Two points always lie on a line: r = 1.
+        assert!(
+            (m.tp_correlation - 1.0).abs() < 1e-9,
+            "{}",
+            m.tp_correlation
+        );
+        assert!((m.below_threshold_share - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m.mode_share - 1.0 / 3.0).abs() < 1e-12);
+        // Ties go to the lowest value: ADC 63.
+        assert_eq!(m.mode_adc, 63);
+    }
+
+    #[test]
+    fn a_collapsed_head_is_named_and_a_healthy_one_is_not() {
+        // Every hit at the floor 6.0 (ADC 63): correlation 0, 100 % below the threshold.
+        let x: Vec<f32> = (0..200).map(|i| l(64 + 3 * i as u16)).collect();
+        let floor = vec![6.0f32; x.len()];
+        let m = MeanMetrics::of(&[WedgeMetrics::compute(&x, &floor)]);
+        assert_eq!(m.tp_correlation, 0.0);
+        assert_eq!(
+            (m.below_threshold_share, m.mode_share, m.mode_adc),
+            (1.0, 1.0, 63)
+        );
+        let why = m
+            .value_collapse()
+            .expect("a head at its floor is collapsed");
+        assert!(why.contains("100.0%") && why.contains("ADC < 64"), "{why}");
+        assert!(m.value_summary().ends_with("COLLAPSED"));
+        // All at one legal value (the original BCAE's floor, ADC 64): collapsed by the mode.
+        let at_64 = vec![l(64); x.len()];
+        let m = MeanMetrics::of(&[WedgeMetrics::compute(&x, &at_64)]);
+        assert_eq!(m.below_threshold_share, 0.0);
+        assert!(m.value_collapse().unwrap().contains("ADC 64"));
+        // A reconstruction off by a little everywhere: correlated, spread, not collapsed.
+        let near: Vec<f32> = x.iter().map(|v| v + 0.05).collect();
+        let m = MeanMetrics::of(&[WedgeMetrics::compute(&x, &near)]);
+        assert!(m.tp_correlation > 0.999 && (m.tp_mae - 0.05).abs() < 1e-6);
+        assert!(m.mode_share <= 0.01 && m.below_threshold_share == 0.0);
+        assert_eq!(m.value_collapse(), None);
+    }
+
+    #[test]
+    fn value_metrics_pool_over_wedges_and_are_nan_without_hits() {
+        let a = WedgeMetrics::compute(&[l(100), l(200)], &[l(100), l(200)]);
+        let b = WedgeMetrics::compute(&[l(300), 0.0], &[l(500), 6.0]);
+        let m = MeanMetrics::of(&[a, b]);
+        // Pooled over the three true positives, not a mean of per-wedge values.
+        let want = f64::from(l(500) - l(300)) / 3.0;
+        assert!((m.tp_mae - want).abs() < 1e-9);
+        assert!((m.below_threshold_share - 0.25).abs() < 1e-12);
+        let empty = WedgeMetrics::all_zero_baseline(&[l(100), 0.0]);
+        assert!(empty.tp_mae.is_nan() && empty.below_threshold_share.is_nan());
+        assert!(empty.mode_share.is_nan());
+        assert_eq!(MeanMetrics::of(&[empty]).value_collapse(), None);
+    }
+
+    #[test]
+    fn the_threshold_constant_matches_the_decoder() {
+        use crate::data::log_to_adc;
+        assert_eq!(log_to_adc(ZERO_SUPPRESSION_LOG2 - 1e-5), 63);
+        assert_eq!(log_to_adc(ZERO_SUPPRESSION_LOG2 + 1e-5), 64);
     }
 
     #[test]

@@ -28,9 +28,10 @@ use rand_distr::{Distribution, Normal, Uniform};
 use crate::checkpoint::{
     self, CheckpointError, EpochLog, RngState, RunConfig, TrainSettings, TrainState, RUN_FORMAT,
 };
-use crate::data::{DataError, Dataset, Wedge, AZIMUTH, Z_BINS, Z_PADDED};
+use crate::data::{DataError, Dataset, Wedge, ADC_MAX, AZIMUTH, Z_BINS, Z_PADDED};
 use crate::eval::{self, Precision};
-use crate::loss::{bicephalous_loss, bicephalous_loss_transformed, Coefficient};
+use crate::loss::{bicephalous_loss, bicephalous_loss_transformed, Coefficient, RegressionMask};
+use crate::metrics::{fmt_metric, fmt_percent, value_collapse};
 use crate::models::{self, Bicephalous, ModelConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +390,32 @@ pub fn random_crop(
     Ok((Tensor::cat(&parts, 0)?.contiguous()?, valid_z))
 }
 
+/// The regression loss `bcae train` uses unless told otherwise: over the true hits. The paper's
+/// (over the predicted hits) pulls the head to its output transform's floor while precision is
+/// below 0.5, as it is early in training: a false positive's target 0 lies below every value
+/// `6 + 3 exp(r)` can take, and once `exp(r)` ~ 0 its gradient is gone (issue 15; measured in the
+/// README). A properly initialised head (`median_hit_log2`) does not prevent it.
+pub const DEFAULT_REG_MASK: RegressionMask = RegressionMask::Truth;
+
+/// The median log2(ADC+1) of the hits (non-zero voxels) of `wedges`: where `bcae train` starts
+/// the regression head. None when they hold no hit.
+pub fn median_hit_log2(wedges: &[Wedge]) -> Option<f64> {
+    let mut counts = [0u64; ADC_MAX as usize + 1];
+    for w in wedges {
+        for &adc in &w.adc {
+            if adc > 0 {
+                counts[usize::from(adc.min(ADC_MAX))] += 1;
+            }
+        }
+    }
+    let hits: u64 = counts.iter().sum();
+    let mut below = 0;
+    counts.iter().enumerate().find_map(|(adc, &c)| {
+        below += c;
+        (hits > 0 && 2 * below >= hits).then(|| f64::from(crate::data::adc_to_log(adc as u16)))
+    })
+}
+
 /// The wedge indices of one epoch: successive shuffles of the data set, `batches` full batches.
 fn epoch_order(len: usize, batches: usize, batch_size: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
     let need = batches * batch_size;
@@ -415,6 +442,8 @@ pub struct StepStats {
     pub true_count: f64,
     pub positive_count: f64,
     pub true_positive_count: f64,
+    pub below_threshold_count: f64,
+    pub true_positive_abs_error: f64,
 }
 
 /// The outcome of a step: applied, or refused because the loss was not finite.
@@ -443,6 +472,23 @@ impl Default for RunOptions {
             stop_after: None,
         }
     }
+}
+
+/// The training-time collapse check of one epoch: the test wedges' value metrics where they
+/// were evaluated, else the training batches' share of predicted hits below the threshold.
+pub fn collapse_check(row: &EpochLog, val_mode_adc: u16) -> Option<String> {
+    let (what, why) = if !row.val_below_threshold.is_nan() {
+        (
+            "on the test wedges",
+            value_collapse(row.val_below_threshold, row.val_mode_share, val_mode_adc),
+        )
+    } else {
+        (
+            "in this epoch's training batches",
+            value_collapse(row.train_below_threshold, f64::NAN, 0),
+        )
+    };
+    why.map(|w| format!("{what}, {w}"))
 }
 
 /// A training run in a run directory.
@@ -519,6 +565,9 @@ impl Trainer {
             source,
         })?;
         let (varmap, model) = init_model(&model_config, settings.seed, device)?;
+        if let Some(value) = settings.reg_init_log2 {
+            models::init_regression_output(&model_config, &varmap, value)?;
+        }
         let optimizer = AdamW::new(&varmap, adamw_params(&settings))?;
         let mut trainer = Trainer {
             dir: dir.to_path_buf(),
@@ -657,20 +706,31 @@ impl Trainer {
         let (seg, reg) = self.model.decode(&code)?;
         let mut coefficient = self.coefficient;
         let parts = if self.model_config.log_domain() {
-            bicephalous_loss(&seg, &reg, x, valid_z, &mut coefficient)?
+            bicephalous_loss(
+                &seg,
+                &reg,
+                x,
+                valid_z,
+                &mut coefficient,
+                self.settings.reg_mask,
+            )?
         } else {
             // The original BCAE works on raw ADC, (N, 1, 192, 249, 16): the same bicephalous loss,
             // in the metric domain log2(ADC+1), with its own output transform 64 + 6 exp(r).
             let to_layers = |t: &Tensor| t.squeeze(1)?.permute((0, 3, 1, 2))?.contiguous();
             let log2 = |t: Tensor| (t + 1.0)?.log()? * std::f64::consts::LOG2_E;
             let target = log2(to_layers(x)?)?;
-            let transformed = log2(to_layers(&reg)?.exp()?.affine(6.0, 64.0)?)?;
+            let transformed = log2(to_layers(&reg)?.exp()?.affine(
+                models::bcae_v1::OUTPUT_SCALE,
+                models::bcae_v1::OUTPUT_OFFSET,
+            )?)?;
             bicephalous_loss_transformed(
                 &to_layers(&seg)?,
                 &transformed,
                 &target,
                 Z_BINS,
                 &mut coefficient,
+                self.settings.reg_mask,
             )?
         };
         let loss = parts.total_value()?;
@@ -689,6 +749,8 @@ impl Trainer {
             true_count: parts.true_count,
             positive_count: parts.positive_count,
             true_positive_count: parts.true_positive_count,
+            below_threshold_count: parts.below_threshold_count,
+            true_positive_abs_error: parts.true_positive_abs_error,
         }))
     }
 
@@ -760,6 +822,7 @@ impl Trainer {
             );
             let (mut loss, mut seg, mut reg) = (0.0, 0.0, 0.0);
             let (mut t, mut p, mut tp) = (0.0, 0.0, 0.0);
+            let (mut below, mut tp_abs) = (0.0, 0.0);
             let mut rolled_back = false;
             for (b, indices) in order.chunks(self.settings.batch_size).enumerate() {
                 let (x, valid_z) = self.batch(train, indices)?;
@@ -771,16 +834,22 @@ impl Trainer {
                         t += s.true_count;
                         p += s.positive_count;
                         tp += s.true_positive_count;
+                        below += s.below_threshold_count;
+                        tp_abs += s.true_positive_abs_error;
                         let done = (b + 1) as f64;
                         let rate =
                             done * self.settings.batch_size as f64 / start.elapsed().as_secs_f64();
                         bar.set_message(format!(
-                            "epoch {}/{} loss {:.4} (reg {:.4}) c {:.1} {:.2} wedges/s",
+                            "epoch {}/{} loss {:.4} (reg {:.4}) c {:.1} P/R {:.2}/{:.2} TP MAE {} <ADC64 {} {:.2} wedges/s",
                             self.epoch + 1,
                             self.settings.epochs,
                             loss / done,
                             reg / done,
                             s.coefficient,
+                            tp / p,
+                            tp / t,
+                            fmt_metric(tp_abs / tp, 3),
+                            fmt_percent(below / p),
                             rate
                         ));
                         bar.inc(1);
@@ -829,7 +898,14 @@ impl Trainer {
                 val_recall: f64::NAN,
                 wedges_per_s: nb * self.settings.batch_size as f64 / seconds,
                 seconds,
+                train_tp_mae: tp_abs / tp,
+                train_below_threshold: below / p,
+                val_tp_mae: f64::NAN,
+                val_tp_correlation: f64::NAN,
+                val_below_threshold: f64::NAN,
+                val_mode_share: f64::NAN,
             };
+            let mut val_mode_adc = 0;
             if let (Some(test), true) = (test, self.settings.eval_wedges > 0) {
                 let m = eval::EvalModel::from_varmap(
                     self.model_config,
@@ -849,12 +925,28 @@ impl Trainer {
                 row.val_psnr_db = report.mean.psnr_db;
                 row.val_precision = report.mean.precision;
                 row.val_recall = report.mean.recall;
+                row.val_tp_mae = report.mean.tp_mae;
+                row.val_tp_correlation = report.mean.tp_correlation;
+                row.val_below_threshold = report.mean.below_threshold_share;
+                row.val_mode_share = report.mean.mode_share;
+                val_mode_adc = report.mean.mode_adc;
             }
             say(&bar, format!(
-                "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3}  test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3}  {:.2} wedges/s",
+                "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3} TP MAE {} <ADC64 {}  test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3} TP MAE {} corr {} <ADC64 {} top {}  {:.2} wedges/s",
                 row.epoch, row.lr, row.loss, row.seg_loss, row.reg_loss, row.coefficient, row.train_precision,
-                row.train_recall, row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall, row.wedges_per_s
+                row.train_recall, fmt_metric(row.train_tp_mae, 3), fmt_percent(row.train_below_threshold),
+                row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall,
+                fmt_metric(row.val_tp_mae, 3), fmt_metric(row.val_tp_correlation, 3),
+                fmt_percent(row.val_below_threshold), fmt_percent(row.val_mode_share), row.wedges_per_s
             ));
+            if let Some(why) = collapse_check(&row, val_mode_adc) {
+                say(&bar, format!(
+                    "WARNING epoch {}: {why}. Its reconstructed values are physically impossible and \
+                     its gradient through exp() has all but vanished, so more training rarely brings \
+                     it back: restart with the defaults --reg-mask truth --reg-init median.",
+                    row.epoch
+                ));
+            }
             self.epoch += 1;
             self.log.push(row);
             self.save()?;
@@ -868,6 +960,7 @@ impl Trainer {
 mod tests {
     use super::*;
     use crate::data::{synth, LAYERS};
+    use crate::metrics::{MeanMetrics, WedgeMetrics};
 
     const TINY: ModelConfig = ModelConfig::Bcae2d { m: 1, n: 1, d: 1 };
 
@@ -1105,6 +1198,82 @@ mod tests {
         assert_eq!(log.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2]);
         // A finished run refuses a fresh start in the same folder.
         assert!(Trainer::create(&b, TINY, settings(data.path()), &Device::Cpu).is_err());
+    }
+
+    /// Train a small model briefly on random 32x32 crops of a few synthetic wedges at the
+    /// shipped models' learning rate, then score the value metrics on fixed crops of other
+    /// wedges: what `bcae eval` would show, at crop size.
+    fn train_briefly(cfg: ModelConfig, mut s: TrainSettings, steps: usize) -> MeanMetrics {
+        let train = synth::generate_wedges(21, 4);
+        let held_out = synth::generate_wedges(22, 2);
+        let dir = tempfile::tempdir().unwrap();
+        s.crop = Some((32, 32));
+        s.batch_size = 4;
+        s.lr = 5e-3;
+        let mut tr = Trainer::create(dir.path(), cfg, s, &Device::Cpu).unwrap();
+        let x = crate::data::batch_tensor(&train, &Device::Cpu).unwrap();
+        let crop = CropSpec { azimuth: 32, z: 32 };
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..steps {
+            let (xb, valid) = random_crop(&x, crop, &mut rng).unwrap();
+            tr.train_step(&xb, valid).unwrap();
+        }
+        let x = crate::data::batch_tensor(&held_out, &Device::Cpu).unwrap();
+        let (x, _) = random_crop(
+            &x,
+            CropSpec {
+                azimuth: 64,
+                z: 128,
+            },
+            &mut rng,
+        )
+        .unwrap();
+        let (seg, reg) = tr.model.decode(&tr.model.encode(&x).unwrap()).unwrap();
+        let recon = tr.model.reconstruct_log2(&seg, &reg, 0.5).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let m = MeanMetrics::of(&[WedgeMetrics::compute(&flat(&x), &flat(&recon))]);
+        eprintln!(
+            "{} after {steps} steps: MAE {:.4} precision {:.3} recall {:.3}; {}",
+            cfg.label(),
+            m.mae,
+            m.precision,
+            m.recall,
+            m.value_summary()
+        );
+        m
+    }
+
+    /// The regression head must not collapse to its output transform's floor (issue 15: the
+    /// shipped models' heads did, at lr 5e-3, and every value they emitted decoded to ADC 63).
+    /// The paper's recipe (reference initialisation, loss over the predicted hits; `bcae train`'s
+    /// only path before issue 15) is trained alongside as the control: it must collapse on the
+    /// same budget, or this test would no longer tell the two apart.
+    #[test]
+    fn values_do_not_collapse_in_brief_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paper = settings(dir.path());
+        paper.reg_init_log2 = None;
+        paper.reg_mask = RegressionMask::Prediction;
+        let control = train_briefly(TINY, paper.clone(), 60);
+        assert!(
+            control.value_collapse().is_some(),
+            "the paper's recipe no longer collapses here: {}",
+            control.value_summary()
+        );
+        // What `bcae train` does by default.
+        let mut cured = paper;
+        cured.reg_init_log2 = median_hit_log2(&synth::generate_wedges(21, 4));
+        cured.reg_mask = DEFAULT_REG_MASK;
+        // On this budget the cured head may still output about the value it started at (the
+        // median hit), so what is asserted is the collapse itself: hits are predicted, and
+        // (almost) none of them sits at the transform's floor.
+        let m = train_briefly(TINY, cured, 60);
+        assert!(
+            m.recon_occupancy > 0.0,
+            "no hit predicted: {}",
+            m.value_summary()
+        );
+        assert!(m.below_threshold_share < 0.05, "{}", m.value_summary());
     }
 
     #[test]

@@ -22,7 +22,10 @@ use serde::Serialize;
 use crate::data::{adc_to_log, disk_index, to_network, Dataset, Split, Wedge};
 use crate::device::{self, DeviceChoice};
 use crate::eval::{EvalModel, Precision};
-use crate::metrics::{crop_padded, MeanMetrics, WedgeMetrics};
+use crate::metrics::{
+    crop_padded, fmt_metric, fmt_percent, value_collapse, MeanMetrics, WedgeMetrics,
+    ZERO_SUPPRESSION_LOG2,
+};
 
 /// Bytes of one raw wedge at 16 bits per voxel: the numerator of every ratio.
 pub const RAW_WEDGE_BYTES: usize = WEDGE_VOXELS * 2;
@@ -92,6 +95,10 @@ pub struct CompareRow {
     /// Raw bytes over the largest payload.
     pub worst_ratio: f64,
     pub metrics: MeanMetrics,
+    /// Share of the decoder's own hits that decode below the zero-suppression threshold (ADC
+    /// < 64), which the re-thresholding drops before `metrics` are taken: for a BCAE, the hits
+    /// its regression head puts at the output transform's floor.
+    pub dropped_below_threshold: f64,
     /// Encoder speed on one core (wedges/s).
     pub encode_per_s: f64,
     /// Whether every wedge decoded bit for bit.
@@ -114,6 +121,8 @@ struct WedgeResult {
     bytes: usize,
     encode_s: f64,
     metrics: WedgeMetrics,
+    /// (decoded hits below ADC 64, decoded hits) before re-thresholding.
+    below: (u64, u64),
     exact: bool,
 }
 
@@ -138,6 +147,12 @@ fn summarize(
         ratio: RAW_WEDGE_BYTES as f64 / mean_bytes,
         worst_ratio: RAW_WEDGE_BYTES as f64 / worst.max(1) as f64,
         metrics: MeanMetrics::of(&per_wedge),
+        dropped_below_threshold: {
+            let (below, hits) = results
+                .iter()
+                .fold((0, 0), |(b, h), r| (b + r.below.0, h + r.below.1));
+            below as f64 / hits as f64
+        },
         encode_per_s: results.len() as f64 / seconds.max(1e-12),
         exact: results.iter().all(|r| r.exact),
     }
@@ -148,8 +163,15 @@ fn log_domain(adc: &[u16]) -> Vec<f32> {
     adc.iter().map(|&a| adc_to_log(a)).collect()
 }
 
-/// Metrics of a reconstruction after re-thresholding (ADC < 64 -> 0), as `bcae eval` scores.
-fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool) {
+/// Metrics of a reconstruction after re-thresholding (ADC < 64 -> 0), whether it is exact, and
+/// (hits below ADC 64, hits) before the re-thresholding.
+fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool, (u64, u64)) {
+    let below = recon.iter().fold((0, 0), |(b, h), &v| {
+        (
+            b + u64::from(v > 0 && v < ZERO_SUPPRESSION),
+            h + u64::from(v > 0),
+        )
+    });
     let rethresholded: Vec<u16> = recon
         .iter()
         .map(|&v| if v < ZERO_SUPPRESSION { 0 } else { v })
@@ -158,6 +180,7 @@ fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool
     (
         WedgeMetrics::compute(truth_log, &log_domain(&rethresholded)),
         exact,
+        below,
     )
 }
 
@@ -184,12 +207,13 @@ fn sparse_row(
         .zip(logs)
         .map(|(w, log)| {
             let (bytes, encode_s, back) = sparse_round_trip(&w.adc, quality)?;
-            let (metrics, exact) = score(log, &w.adc, &back);
+            let (metrics, exact, below) = score(log, &w.adc, &back);
             bar.inc(1);
             Ok(WedgeResult {
                 bytes,
                 encode_s,
                 metrics,
+                below,
                 exact,
             })
         })
@@ -279,12 +303,13 @@ fn zstd_row(
                 bail!("zstd round trip differs");
             }
             // The decoder knows the shape and order; only the zstd frame travels.
-            let (metrics, _) = score(log, &w.adc, &w.adc);
+            let (metrics, _, below) = score(log, &w.adc, &w.adc);
             bar.inc(1);
             Ok(WedgeResult {
                 bytes: packed.len(),
                 encode_s,
                 metrics,
+                below,
                 exact: true,
             })
         })
@@ -436,21 +461,25 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// log2(ADC+1) of the threshold the decompressed ADC is cut at: round(2^x - 1) < 64 <=> x < log2(64.5).
-const RETHRESHOLD_LOG2: f32 = 6.011_227;
-
 /// Truth in the decoders' layout (16, 192, 249), log2(ADC+1).
 fn truth_layer_major(w: &Wedge) -> Vec<f32> {
     crop_padded(&to_network(w))
 }
 
-/// Metrics of a BCAE reconstruction (16, 192, 249) after re-thresholding.
-fn score_log2(w: &Wedge, recon: &[f32]) -> WedgeMetrics {
+/// Metrics of a BCAE reconstruction (16, 192, 249) after re-thresholding, and (hits below ADC
+/// 64, hits) before it.
+fn score_log2(w: &Wedge, recon: &[f32]) -> (WedgeMetrics, (u64, u64)) {
+    let below = recon.iter().fold((0, 0), |(b, h), &x| {
+        (
+            b + u64::from(x > 0.0 && x < ZERO_SUPPRESSION_LOG2),
+            h + u64::from(x > 0.0),
+        )
+    });
     let recon: Vec<f32> = recon
         .iter()
-        .map(|&x| if x < RETHRESHOLD_LOG2 { 0.0 } else { x })
+        .map(|&x| if x < ZERO_SUPPRESSION_LOG2 { 0.0 } else { x })
         .collect();
-    WedgeMetrics::compute(&truth_layer_major(w), &recon)
+    (WedgeMetrics::compute(&truth_layer_major(w), &recon), below)
 }
 
 fn run_name(run: &Path) -> String {
@@ -488,10 +517,12 @@ fn bcae_float_row(
             .to_vec1::<f32>()?;
         let per = recon.len() / batch.len();
         for (w, r) in batch.iter().zip(recon.chunks_exact(per)) {
+            let (metrics, below) = score_log2(w, r);
             results.push(WedgeResult {
                 bytes: values_per_wedge * 2,
                 encode_s: encode_s / batch.len() as f64,
-                metrics: score_log2(w, r),
+                metrics,
+                below,
                 exact: false,
             });
             bar.inc(1);
@@ -573,10 +604,12 @@ fn bcae_int8_row(
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        let (metrics, below) = score_log2(w, &recon);
         results.push(WedgeResult {
             bytes: code.len(),
             encode_s,
-            metrics: score_log2(w, &recon),
+            metrics,
+            below,
             exact: false,
         });
         bar.inc(1);
@@ -609,6 +642,8 @@ fn print_table(c: &Comparison) {
         "ratio = raw / mean payload (every byte a decoder needs); worst = raw / largest payload."
     );
     println!("MAE in log2(ADC+1) over all voxels after re-thresholding (ADC < 64 -> 0); precision/recall of hits.");
+    println!("dropped: the decoder's hits below ADC 64 that the re-thresholding removes (a BCAE's hits at its output transform's floor);");
+    println!("TP MAE / TP corr: log2 values on the true positives; top value: the largest share of hits at one ADC value.");
     println!("enc/s: sparse, zstd and int8 encoders on one core; float BCAE encoders in candle (all threads).");
     println!();
     let header = [
@@ -621,6 +656,10 @@ fn print_table(c: &Comparison) {
         "MAE",
         "precision",
         "recall",
+        "TP MAE",
+        "TP corr",
+        "dropped",
+        "top value",
         "enc/s",
         "exact",
     ];
@@ -638,6 +677,10 @@ fn print_table(c: &Comparison) {
                 format!("{:.5}", r.metrics.mae),
                 format!("{:.4}", r.metrics.precision),
                 format!("{:.4}", r.metrics.recall),
+                fmt_metric(r.metrics.tp_mae, 4),
+                fmt_metric(r.metrics.tp_correlation, 3),
+                fmt_percent(r.dropped_below_threshold),
+                crate::eval::top_value(&r.metrics),
                 format!("{:.1}", r.encode_per_s),
                 if r.exact { "yes" } else { "no" }.to_string(),
             ]
@@ -671,6 +714,15 @@ fn print_table(c: &Comparison) {
     }
     for note in &c.notes {
         println!("note: {note}");
+    }
+    for r in &c.rows {
+        if let Some(why) = value_collapse(
+            r.dropped_below_threshold,
+            r.metrics.mode_share,
+            r.metrics.mode_adc,
+        ) {
+            println!("COLLAPSED {} ({}): {why}", r.codec, r.setting);
+        }
     }
 }
 
@@ -903,10 +955,9 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        assert_eq!(
-            row.metrics,
-            MeanMetrics::of(&[score_log2(&wedges[0], &recon)])
-        );
+        let (metrics, below) = score_log2(&wedges[0], &recon);
+        assert_eq!(row.metrics, MeanMetrics::of(&[metrics]));
+        assert_eq!(row.dropped_below_threshold, below.0 as f64 / below.1 as f64);
 
         let models = vec![(run.clone(), model, dims)];
         let int8 = bcae_int8_row(&weights, &models, &wedges, &bar)

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::checkpoint;
 use crate::data::{Dataset, Split, Wedge};
 use crate::device::{self, DeviceChoice};
+use crate::metrics::{fmt_metric, fmt_percent};
 use crate::quantize::{self, AccuracyReport, Calibration, FloatEncoder, LayerBound};
 use crate::quantized::QuantizedEncoder;
 
@@ -324,17 +325,39 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
             a.wedges
         );
         println!(
-            "{:<34} {:>8} {:>10} {:>10} {:>10} {:>8}",
-            "mode", "MAE", "PSNR(dB)", "precision", "recall", "ratio"
+            "{:<34} {:>8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7} {:>11} {:>8}",
+            "mode",
+            "MAE",
+            "PSNR(dB)",
+            "precision",
+            "recall",
+            "TP MAE",
+            "TP corr",
+            "<ADC64",
+            "top value",
+            "ratio"
         );
         for (name, m, ratio) in [
             ("float encoder, f16 code", &a.float_f16_code, a.ratio_f16),
             ("int8 encoder, int8 code", &a.int8_code, a.ratio_int8),
         ] {
             println!(
-                "{:<34} {:>8.4} {:>10.2} {:>10.4} {:>10.4} {:>8.3}",
-                name, m.mae, m.psnr_db, m.precision, m.recall, ratio
+                "{:<34} {:>8.4} {:>10.2} {:>10.4} {:>10.4} {:>8} {:>7} {:>7} {:>11} {:>8.3}",
+                name,
+                m.mae,
+                m.psnr_db,
+                m.precision,
+                m.recall,
+                fmt_metric(m.tp_mae, 4),
+                fmt_metric(m.tp_correlation, 3),
+                fmt_percent(m.below_threshold_share),
+                crate::eval::top_value(m),
+                ratio
             );
+        }
+        print!("{}", crate::eval::VALUE_COLUMNS_NOTE);
+        if let Some(why) = a.int8_code.value_collapse() {
+            println!("COLLAPSED: {why}");
         }
         println!(
             "code error: mean |float - dequantized int8| = {:.4} (mean |code| {:.4})",

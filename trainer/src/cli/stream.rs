@@ -35,7 +35,7 @@ use crate::checkpoint;
 use crate::data::{self, Dataset, Split, Wedge};
 use crate::device::{self, DeviceChoice};
 use crate::loss::SEG_THRESHOLD;
-use crate::metrics::{crop_padded, MeanMetrics, WedgeMetrics};
+use crate::metrics::{crop_padded, fmt_metric, fmt_percent, MeanMetrics, WedgeMetrics};
 use crate::models::{self, Bicephalous, ModelConfig};
 use crate::stream::{
     Codec, FrameInfo, IndexStatus, StreamHeader, StreamReader, StreamWriter, WedgeId,
@@ -1222,14 +1222,21 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
     } else {
         if o.per_wedge {
             println!(
-                "  {:<64} {:>8} {:>8} {:>9} {:>7}",
-                "wedge", "MAE", "PSNR dB", "precision", "recall"
+                "  {:<64} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7}",
+                "wedge", "MAE", "PSNR dB", "precision", "recall", "TP MAE", "TP corr", "<ADC64"
             );
             for r in &report.per_wedge {
                 let m = &r.metrics;
                 println!(
-                    "  {:<64} {:>8.4} {:>8.2} {:>9.4} {:>7.4}",
-                    r.path, m.mae, m.psnr_db, m.precision, m.recall
+                    "  {:<64} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>8} {:>7} {:>7}",
+                    r.path,
+                    m.mae,
+                    m.psnr_db,
+                    m.precision,
+                    m.recall,
+                    fmt_metric(m.tp_mae, 4),
+                    fmt_metric(m.tp_correlation, 3),
+                    fmt_percent(m.below_threshold_share)
                 );
             }
         }
@@ -1247,13 +1254,37 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
             o.truth.display()
         );
         println!(
-            "  {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>14}",
-            "MAE", "MSE", "PSNR dB", "precision", "recall", "occ out", "ratio on disk"
+            "  {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>11} {:>9} {:>14}",
+            "MAE",
+            "MSE",
+            "PSNR dB",
+            "precision",
+            "recall",
+            "TP MAE",
+            "TP corr",
+            "<ADC64",
+            "top value",
+            "occ out",
+            "ratio on disk"
         );
         println!(
-            "  {:>8.4} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>9.4} {:>14.3}",
-            m.mae, m.mse, m.psnr_db, m.precision, m.recall, m.recon_occupancy, report.ratio_on_disk
+            "  {:>8.4} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>8} {:>7} {:>7} {:>11} {:>9.4} {:>14.3}",
+            m.mae,
+            m.mse,
+            m.psnr_db,
+            m.precision,
+            m.recall,
+            fmt_metric(m.tp_mae, 4),
+            fmt_metric(m.tp_correlation, 3),
+            fmt_percent(m.below_threshold_share),
+            crate::eval::top_value(m),
+            m.recon_occupancy,
+            report.ratio_on_disk
         );
+        print!("  {}", crate::eval::VALUE_COLUMNS_NOTE);
+        if let Some(why) = m.value_collapse() {
+            println!("  COLLAPSED: {why}");
+        }
         if !report.failed.is_empty() {
             println!(
                 "  {} frame(s) could not be scored (see warnings)",

@@ -9,9 +9,10 @@ use crate::checkpoint::{self, TrainSettings};
 use crate::data::{read_wedge, DataError, Dataset, Split, Wedge, AZIMUTH, LAYERS, Z_BINS};
 use crate::device::{self, DeviceChoice};
 use crate::eval::{self, EvalModel, EvalReport, Precision};
-use crate::metrics::WedgeMetrics;
+use crate::loss::RegressionMask;
+use crate::metrics::{fmt_metric, fmt_percent, WedgeMetrics};
 use crate::models::ModelConfig;
-use crate::train::{RunOptions, Trainer};
+use crate::train::{median_hit_log2, RunOptions, Trainer};
 
 /// Train a BCAE on wedge data (CPU by default; CUDA with a `--features cuda` build).
 #[derive(Debug, clap::Args)]
@@ -74,6 +75,43 @@ pub struct TrainArgs {
     /// Consecutive NaN roll-backs tolerated before giving up.
     #[arg(long, default_value_t = 3)]
     pub max_rollbacks: usize,
+    /// Where the regression head starts: `median` sets its output bias so that it starts at the
+    /// median log2(ADC+1) of the training data's hits (first 8 wedges); `reference` keeps
+    /// PyTorch's default initialisation (as the reference code; its head starts near ADC 511);
+    /// or a log2(ADC+1) value.
+    #[arg(long, default_value = "median", value_parser = parse_reg_init)]
+    pub reg_init: RegInit,
+    /// Voxels the regression loss counts: `truth` (every true hit; the default, since with the
+    /// paper's mask the head collapses to its floor early in training, issue 15) or `prediction`
+    /// (the paper's loss: the predicted hits).
+    #[arg(long, value_enum, default_value_t = crate::train::DEFAULT_REG_MASK)]
+    pub reg_mask: RegressionMask,
+}
+
+/// `--reg-init`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RegInit {
+    Median,
+    Reference,
+    Value(f64),
+}
+
+fn parse_reg_init(s: &str) -> std::result::Result<RegInit, String> {
+    match s {
+        "median" => Ok(RegInit::Median),
+        "reference" => Ok(RegInit::Reference),
+        v => v
+            .parse::<f64>()
+            .ok()
+            .filter(|x| *x > crate::loss::TRANSFORM_OFFSET && x.is_finite())
+            .map(RegInit::Value)
+            .ok_or_else(|| {
+                format!(
+                    "--reg-init {s}: expected median, reference, or a log2(ADC+1) value above {}",
+                    crate::loss::TRANSFORM_OFFSET
+                )
+            }),
+    }
 }
 
 fn parse_crop(s: &str) -> std::result::Result<(usize, usize), String> {
@@ -150,6 +188,25 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         s.decay_every = args.decay_every.unwrap_or(s.decay_every);
         s.seed = args.seed;
         s.eval_wedges = args.eval_wedges;
+        s.reg_mask = args.reg_mask;
+        s.reg_init_log2 = match args.reg_init {
+            RegInit::Reference => None,
+            RegInit::Value(v) => Some(v),
+            RegInit::Median => {
+                let train = open_split(&s.data, Split::Train)?;
+                let wedges = (0..train.len().min(8))
+                    .map(|i| train.load(i))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .with_context(|| format!("reading {}", s.data.display()))?;
+                let median = median_hit_log2(&wedges)
+                    .context("--reg-init median: the first 8 training wedges hold no hit; give --reg-init VALUE")?;
+                eprintln!(
+                    "regression head starts at the training hits' median log2(ADC+1) = {median:.3} (ADC {})",
+                    crate::data::log_to_adc(median as f32)
+                );
+                Some(median)
+            }
+        };
         let t = Trainer::create(&args.out, cfg, s, &device)?;
         eprintln!(
             "training {} ({} encoder + {} decoder parameters) into {}",
@@ -172,6 +229,17 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     };
     let s = &trainer.settings;
     eprintln!(
+        "regression head: {}; regression loss over the {}",
+        s.reg_init_log2
+            .map_or("reference initialisation".to_string(), |v| format!(
+                "starts at log2(ADC+1) = {v:.3}"
+            )),
+        match s.reg_mask {
+            RegressionMask::Prediction => "predicted hits (the paper's loss)",
+            RegressionMask::Truth => "true hits (not the paper's loss)",
+        }
+    );
+    eprintln!(
         "{} training wedges, batch {}, {} batches/epoch, crop {}, lr {:.1e} held {} epochs then x{} every {}",
         train.len(),
         s.batch_size,
@@ -190,11 +258,15 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     trainer.run(&train, test.as_ref(), &opts)?;
     if let Some(last) = trainer.log.last() {
         eprintln!(
-            "done: {} epochs, {} steps; last epoch loss {:.4}, test MAE {:.4}, {:.2} wedges/s; run in {}",
+            "done: {} epochs, {} steps; last epoch loss {:.4}, test MAE {:.4}, TP value MAE {} (train {}), hits below ADC 64 {} (train {}), {:.2} wedges/s; run in {}",
             trainer.epoch,
             trainer.step,
             last.loss,
             last.val_mae,
+            fmt_metric(last.val_tp_mae, 4),
+            fmt_metric(last.train_tp_mae, 4),
+            fmt_percent(last.val_below_threshold),
+            fmt_percent(last.train_below_threshold),
             last.wedges_per_s,
             args.out.display()
         );
@@ -301,19 +373,31 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         for r in &reports {
             println!("{} ({}):", r.run, r.precision.name());
             println!(
-                "  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}",
-                "wedge", "MAE", "MSE", "PSNR dB", "precision", "recall", "occ"
+                "  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7}",
+                "wedge",
+                "MAE",
+                "MSE",
+                "PSNR dB",
+                "precision",
+                "recall",
+                "TP MAE",
+                "TP corr",
+                "<ADC64",
+                "occ"
             );
             for w in &r.wedges {
                 let m = &w.metrics;
                 println!(
-                    "  {:<60} {:>8.4} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>7.4}",
+                    "  {:<60} {:>8.4} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>8} {:>7} {:>7} {:>7.4}",
                     w.path.display(),
                     m.mae,
                     m.mse,
                     m.psnr_db,
                     m.precision,
                     m.recall,
+                    fmt_metric(m.tp_mae, 4),
+                    fmt_metric(m.tp_correlation, 3),
+                    fmt_percent(m.below_threshold_share),
                     m.occupancy
                 );
             }
@@ -501,7 +585,7 @@ pub fn show_reconstruction(
     let recon: Vec<f32> = recon.flatten_all()?.to_vec1()?;
     let metrics = WedgeMetrics::compute(&truth, &recon);
     let title = format!(
-        "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}",
+        "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}, TP value MAE {}, <ADC64 {}",
         wedge_path.file_name().map_or_else(
             || wedge_path.display().to_string(),
             |n| n.to_string_lossy().into_owned()
@@ -511,7 +595,9 @@ pub fn show_reconstruction(
         metrics.mae,
         metrics.psnr_db,
         metrics.precision,
-        metrics.recall
+        metrics.recall,
+        fmt_metric(metrics.tp_mae, 3),
+        fmt_percent(metrics.below_threshold_share)
     );
     draw_reconstruction(out, &title, &truth, &recon)?;
     println!("{title}\ndrawn to {}", out.display());
@@ -657,6 +743,12 @@ mod tests {
                 val_recall: 0.5,
                 wedges_per_s: 2.0,
                 seconds: 5.0,
+                train_tp_mae: 0.5,
+                train_below_threshold: 0.01,
+                val_tp_mae: 0.6,
+                val_tp_correlation: 0.5,
+                val_below_threshold: 0.02,
+                val_mode_share: 0.03,
             })
             .collect();
         let png = dir.path().join("loss.png");

@@ -32,8 +32,8 @@ const DECODER: [(usize, usize, [usize; 3], [usize; 3]); 4] = [
     (4, 2, [4, 3, 3], [1, 0, 1]),
 ];
 /// Zero suppression offset and scale of the output transform `64 + 6 exp(r)`.
-const OUTPUT_OFFSET: f64 = 64.0;
-const OUTPUT_SCALE: f64 = 6.0;
+pub const OUTPUT_OFFSET: f64 = 64.0;
+pub const OUTPUT_SCALE: f64 = 6.0;
 /// The code of one wedge.
 pub const CODE_SHAPE: [usize; 4] = [8, 12, 15, 16];
 

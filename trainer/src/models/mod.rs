@@ -248,6 +248,48 @@ pub fn decoder_param_count(cfg: &ModelConfig) -> usize {
     count_with_prefix(cfg, &["decoder_seg.", "decoder_reg."])
 }
 
+/// The regression head's output-layer bias: the one variable every voxel's raw regression
+/// output shares.
+pub fn regression_output_bias(cfg: &ModelConfig) -> &'static str {
+    match cfg {
+        ModelConfig::Bcae2d { .. } => "decoder_reg.output_layer.bias",
+        ModelConfig::BcaeHt | ModelConfig::BcaePlusPlus | ModelConfig::BcaeV1 => {
+            "decoder_reg.layers.decoder_output.0.bias"
+        }
+    }
+}
+
+/// The raw regression output whose output transform gives `value_log2` (log2(ADC+1)): the
+/// inverse of `6 + 3 exp(r)` (of `64 + 6 exp(r)` in ADC for the original BCAE). None where the
+/// transform cannot reach the value (at or below its floor).
+pub fn inverse_output_transform(cfg: &ModelConfig, value_log2: f64) -> Option<f64> {
+    let above_floor = if cfg.log_domain() {
+        (value_log2 - crate::loss::TRANSFORM_OFFSET) / crate::loss::TRANSFORM_SCALE
+    } else {
+        (value_log2.exp2() - 1.0 - bcae_v1::OUTPUT_OFFSET) / bcae_v1::OUTPUT_SCALE
+    };
+    (above_floor > 0.0 && above_floor.is_finite()).then(|| above_floor.ln())
+}
+
+/// Start the regression head at `value_log2`: its output bias set so that a zero input to the
+/// output layer decodes to that value (the reference leaves PyTorch's small random bias, so its
+/// head starts near `T(0)` = 9, i.e. ADC 511, far above typical hits).
+pub fn init_regression_output(cfg: &ModelConfig, varmap: &VarMap, value_log2: f64) -> Result<()> {
+    let Some(bias) = inverse_output_transform(cfg, value_log2) else {
+        candle_core::bail!(
+            "{}: cannot start the regression head at log2(ADC+1) = {value_log2}: its output \
+             transform's floor lies above",
+            cfg.label()
+        )
+    };
+    let name = regression_output_bias(cfg);
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    let var = data
+        .get(name)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{}: no variable {name}", cfg.label())))?;
+    var.set(&var.as_tensor().ones_like()?.affine(0.0, bias)?)
+}
+
 /// A ReZero scale, shape (1,), initialised to 0.
 fn rezero_alpha(vb: &VarBuilder) -> Result<Tensor> {
     vb.get_with_hints(1, "rezero_alpha", candle_nn::Init::Const(0.0))
@@ -313,6 +355,42 @@ mod tests {
             .compression_ratio();
         assert!((r - 31.125).abs() < 1e-9);
         assert!((ModelConfig::BcaeHt.compression_ratio() - 31.125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_regression_head_starts_where_it_is_told() {
+        use crate::train::init_model;
+        for cfg in [
+            ModelConfig::Bcae2d { m: 1, n: 1, d: 1 },
+            ModelConfig::BcaeHt,
+            ModelConfig::BcaeV1,
+        ] {
+            let (vm, model) = init_model(&cfg, 1, &Device::Cpu).unwrap();
+            init_regression_output(&cfg, &vm, 6.4).unwrap();
+            // The output layer's bias decodes to 6.4; with its input zeroed (ReZero and the
+            // random weights aside) that is the head's output everywhere.
+            let bias = crate::checkpoint::varmap_tensors(&vm)[regression_output_bias(&cfg)]
+                .to_vec1::<f32>()
+                .unwrap();
+            let want = inverse_output_transform(&cfg, 6.4).unwrap();
+            assert!(
+                bias.iter().all(|b| (f64::from(*b) - want).abs() < 1e-6),
+                "{cfg}"
+            );
+            let r = Tensor::full(want as f32, (1, 16, 1, 1), &Device::Cpu).unwrap();
+            if cfg.log_domain() {
+                let seg = Tensor::ones((1, 16, 1, 1), DType::F32, &Device::Cpu).unwrap();
+                let y = model.reconstruct_log2(&seg, &r, 0.5).unwrap();
+                let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!((y[0] - 6.4).abs() < 1e-5, "{cfg}: {y:?}");
+            }
+            // At or below the floor there is no such bias.
+            assert!(inverse_output_transform(&cfg, 5.9).is_none());
+            assert!(init_regression_output(&cfg, &vm, 5.9).is_err());
+        }
+        // The original BCAE: log2(64 + 6 e^b + 1) = 6.4.
+        let b = inverse_output_transform(&ModelConfig::BcaeV1, 6.4).unwrap();
+        assert!(((64.0 + 6.0 * b.exp() + 1.0f64).log2() - 6.4).abs() < 1e-12);
     }
 
     #[test]
