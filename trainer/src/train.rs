@@ -353,7 +353,8 @@ impl CropSpec {
         }
         if self.azimuth > AZIMUTH || self.z > Z_PADDED {
             return Err(TrainError::Config(format!(
-                "--crop {}x{}: larger than a wedge ({AZIMUTH}x{Z_PADDED})",
+                "--crop {}x{}: larger than a wedge (at most {AZIMUTH} in azimuth and {Z_PADDED} in z: \
+                 the wedge's {Z_BINS} z bins, zero-padded to {Z_PADDED} for the network)",
                 self.azimuth, self.z
             )));
         }
@@ -541,6 +542,7 @@ impl Trainer {
                 format: RUN_FORMAT,
                 model: model_config,
                 training: Some(trainer.settings.clone()),
+                model_file: None,
             },
         )?;
         // Epoch 0: what a NaN in the first epoch rolls back to, and a resumable start.
@@ -639,14 +641,9 @@ impl Trainer {
     /// Change the total number of epochs (e.g. to extend a resumed run); recorded in config.json.
     pub fn set_epochs(&mut self, epochs: usize) -> Result<(), TrainError> {
         self.settings.epochs = epochs;
-        checkpoint::write_config(
-            &self.dir,
-            &RunConfig {
-                format: RUN_FORMAT,
-                model: self.model_config,
-                training: Some(self.settings.clone()),
-            },
-        )?;
+        let mut config = checkpoint::read_config(&self.dir)?;
+        config.training = Some(self.settings.clone());
+        checkpoint::write_config(&self.dir, &config)?;
         Ok(())
     }
 
@@ -850,10 +847,18 @@ impl Trainer {
                 row.val_precision = report.mean.precision;
                 row.val_recall = report.mean.recall;
             }
+            let test = if row.val_mae.is_nan() {
+                "no test wedges".to_string()
+            } else {
+                format!(
+                    "test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3}",
+                    row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall
+                )
+            };
             say(&bar, format!(
-                "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3}  test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3}  {:.2} wedges/s",
+                "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3}  {test}  {:.2} wedges/s",
                 row.epoch, row.lr, row.loss, row.seg_loss, row.reg_loss, row.coefficient, row.train_precision,
-                row.train_recall, row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall, row.wedges_per_s
+                row.train_recall, row.wedges_per_s
             ));
             self.epoch += 1;
             self.log.push(row);
