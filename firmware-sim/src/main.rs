@@ -233,9 +233,8 @@ fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        let clean = report.mismatches == 0
-            && report.pin_violations == 0
-            && report.decode_failures == 0;
+        let clean =
+            report.mismatches == 0 && report.pin_violations == 0 && report.decode_failures == 0;
         if report.wedges_compared == 0 {
             eprintln!(
                 "PARITY NOT SHOWN: no wedge was compared ({} unreadable input(s))",

@@ -66,10 +66,40 @@ fn parity_without_weights_names_the_missing_flag() {
 fn numeric_flags_refuse_nonsense_values() {
     let cases: &[(&[&str], &str)] = &[
         (&["parity", "--codec", "sparse", "--synth", "0"], "--synth"),
-        (&["parity", "--codec", "sparse", "--synth", "1", "--batch", "0"], "--batch"),
-        (&["parity", "--codec", "sparse", "--synth", "1", "--flip-bit", "2"], "--flip-bit"),
-        (&["parity", "--codec", "sparse", "--synth", "1", "--drop-byte", "nan"], "--drop-byte"),
-        (&["bench", "--weights", "w", "--seconds", "nan"], "--seconds"),
+        (
+            &[
+                "parity", "--codec", "sparse", "--synth", "1", "--batch", "0",
+            ],
+            "--batch",
+        ),
+        (
+            &[
+                "parity",
+                "--codec",
+                "sparse",
+                "--synth",
+                "1",
+                "--flip-bit",
+                "2",
+            ],
+            "--flip-bit",
+        ),
+        (
+            &[
+                "parity",
+                "--codec",
+                "sparse",
+                "--synth",
+                "1",
+                "--drop-byte",
+                "nan",
+            ],
+            "--drop-byte",
+        ),
+        (
+            &["bench", "--weights", "w", "--seconds", "nan"],
+            "--seconds",
+        ),
         (&["bench", "--weights", "w", "--seconds", "-1"], "--seconds"),
         (&["bench", "--weights", "w", "--wedges", "0"], "--wedges"),
         (&["qemu", "--weights", "w", "--wedges", "0"], "--wedges"),
@@ -95,7 +125,15 @@ fn parity_skips_a_bad_wedge_and_says_so() {
         .arg(&dir)
         .output()
         .unwrap();
-    fails_clearly(&out, &["w1.npy", "truncated", "PARITY INCOMPLETE", "the 2 wedges read matched"]);
+    fails_clearly(
+        &out,
+        &[
+            "w1.npy",
+            "truncated",
+            "PARITY INCOMPLETE",
+            "the 2 wedges read matched",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("wedges compared  2"), "{}", text(&out));
     assert!(!stdout.contains("PARITY OK"), "{}", text(&out));

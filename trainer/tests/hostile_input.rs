@@ -51,7 +51,11 @@ fn fails_clearly(out: &Output, words: &[&str]) -> String {
         "EOCD",
         ".part",
     ] {
-        assert!(!err.contains(internal), "{internal:?} reached the user: {}", text(out));
+        assert!(
+            !err.contains(internal),
+            "{internal:?} reached the user: {}",
+            text(out)
+        );
     }
     // A cause is never printed twice.
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -71,7 +75,12 @@ fn succeeds(out: &Output) -> String {
 fn wedge(k: usize) -> Wedge {
     let mut w = Wedge::zeros();
     for i in 0..40 {
-        w.set((i * 7 + k) % 192, (i * 13 + 3 * k) % 249, i % 16, 64 + ((i * 37 + k) % 900) as u16);
+        w.set(
+            (i * 7 + k) % 192,
+            (i * 13 + 3 * k) % 249,
+            i % 16,
+            64 + ((i * 37 + k) % 900) as u16,
+        );
     }
     w
 }
@@ -194,7 +203,10 @@ fn concatenated_streams_are_refused_with_the_split_offset() {
     let c = tmp.path().join("c.bcae");
     std::fs::write(&c, [bytes(&a), bytes(&b)].concat()).unwrap();
     let offset = bytes(&a).len().to_string();
-    fails_clearly(&run(bcae().arg("inspect").arg(&c)), &["two .bcae streams", &offset]);
+    fails_clearly(
+        &run(bcae().arg("inspect").arg(&c)),
+        &["two .bcae streams", &offset],
+    );
     fails_clearly(
         &run(bcae().arg("inspect").arg(&c).arg("--json")),
         &["two .bcae streams"],
@@ -258,7 +270,10 @@ fn truncated_streams_are_reported_at_every_kind_of_cut() {
                 fails_clearly(&inspect, &["incomplete"]);
                 fails_clearly(
                     &decompress,
-                    &["incomplete", &format!("its {whole} whole wedge(s) were written")],
+                    &[
+                        "incomplete",
+                        &format!("its {whole} whole wedge(s) were written"),
+                    ],
                 );
             }
             // Cut inside the footer: every frame is there, nothing is lost.
@@ -299,9 +314,8 @@ fn swapped_frames_lose_no_wedge() {
         .unwrap()
         .frames()
         .to_vec();
-    let range = |k: usize| {
-        frames[k].offset as usize..(frames[k].offset + frames[k].total_len()) as usize
-    };
+    let range =
+        |k: usize| frames[k].offset as usize..(frames[k].offset + frames[k].total_len()) as usize;
     let mut swapped = full[..range(0).end].to_vec();
     swapped.extend_from_slice(&full[range(2)]);
     swapped.extend_from_slice(&full[range(1)]);
@@ -309,7 +323,11 @@ fn swapped_frames_lose_no_wedge() {
     assert_eq!(swapped.len(), full.len());
     std::fs::write(&stream, &swapped).unwrap();
     let out_dir = tmp.path().join("out");
-    succeeds(&run(bcae().arg("decompress").arg(&stream).arg("-o").arg(&out_dir)));
+    succeeds(&run(bcae()
+        .arg("decompress")
+        .arg(&stream)
+        .arg("-o")
+        .arg(&out_dir)));
     for f in &files {
         assert_eq!(bytes(&out_dir.join(f.file_name().unwrap())), bytes(f));
     }
@@ -345,7 +363,11 @@ fn eval_stream_fails_when_wedges_are_missing() {
         .arg(&data));
     fails_clearly(&out, &["unfinished", "leave out wedges", "1 frame(s)"]);
     // The one wedge that is there is still scored and shown.
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 wedges of"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 wedges of"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Case 5: a failed `bcae train` leaves nothing that blocks the corrected command.
@@ -359,14 +381,28 @@ fn a_failed_train_leaves_no_run_behind() {
         .arg("--out")
         .arg(&run_dir));
     fails_clearly(&out, &["typo"]);
-    assert!(!run_dir.exists(), "a failed train left {}", run_dir.display());
+    assert!(
+        !run_dir.exists(),
+        "a failed train left {}",
+        run_dir.display()
+    );
     // Data that opens but holds a wedge that does not read: the run folder is removed again.
     let data = tmp.path().join("d");
     let files = wedges(&data, 1);
     std::fs::write(&files[0], b"\x93NUMPY garbage").unwrap();
     let out = run(bcae()
-        .args(["train", "--model", "bcae-ht", "--crop", "16x16", "--epochs", "1"])
-        .args(["--batches-per-epoch", "1", "--batch-size", "1", "--eval-wedges", "0", "--data"])
+        .args([
+            "train", "--model", "bcae-ht", "--crop", "16x16", "--epochs", "1",
+        ])
+        .args([
+            "--batches-per-epoch",
+            "1",
+            "--batch-size",
+            "1",
+            "--eval-wedges",
+            "0",
+            "--data",
+        ])
         .arg(&data)
         .arg("--out")
         .arg(&run_dir));
@@ -400,30 +436,135 @@ fn synth_refuses_folders_with_wedges_in_them() {
 #[test]
 fn numeric_flags_refuse_nonsense_values() {
     let cases: &[(&[&str], &str)] = &[
-        (&["train", "--data", "d", "--out", "r", "--lr", "nan"], "--lr"),
-        (&["train", "--data", "d", "--out", "r", "--lr", "inf"], "--lr"),
+        (
+            &["train", "--data", "d", "--out", "r", "--lr", "nan"],
+            "--lr",
+        ),
+        (
+            &["train", "--data", "d", "--out", "r", "--lr", "inf"],
+            "--lr",
+        ),
         (&["train", "--data", "d", "--out", "r", "--lr=-1"], "--lr"),
         (&["train", "--data", "d", "--out", "r", "--lr", "0"], "--lr"),
-        (&["train", "--data", "d", "--out", "r", "--batches-per-epoch", "0"], "--batches-per-epoch"),
-        (&["train", "--data", "d", "--out", "r", "--batch-size", "0"], "--batch-size"),
-        (&["train", "--data", "d", "--out", "r", "--epochs", "0"], "--epochs"),
-        (&["train", "--data", "d", "--out", "r", "--decay-every", "0"], "--decay-every"),
-        (&["eval", "--run", "r", "--data", "d", "--batch-size", "0"], "--batch-size"),
-        (&["eval", "--run", "r", "--data", "d", "--max-wedges", "0"], "--max-wedges"),
-        (&["decompress", "s.bcae", "-o", "o", "--batch-size", "0"], "--batch-size"),
+        (
+            &[
+                "train",
+                "--data",
+                "d",
+                "--out",
+                "r",
+                "--batches-per-epoch",
+                "0",
+            ],
+            "--batches-per-epoch",
+        ),
+        (
+            &["train", "--data", "d", "--out", "r", "--batch-size", "0"],
+            "--batch-size",
+        ),
+        (
+            &["train", "--data", "d", "--out", "r", "--epochs", "0"],
+            "--epochs",
+        ),
+        (
+            &["train", "--data", "d", "--out", "r", "--decay-every", "0"],
+            "--decay-every",
+        ),
+        (
+            &["eval", "--run", "r", "--data", "d", "--batch-size", "0"],
+            "--batch-size",
+        ),
+        (
+            &["eval", "--run", "r", "--data", "d", "--max-wedges", "0"],
+            "--max-wedges",
+        ),
+        (
+            &["decompress", "s.bcae", "-o", "o", "--batch-size", "0"],
+            "--batch-size",
+        ),
         (&["synth", "--out", "d", "--events", "0"], "--events"),
-        (&["synth", "--out", "d", "--test-fraction", "1.5"], "--test-fraction"),
-        (&["synth", "--out", "d", "--test-fraction", "nan"], "--test-fraction"),
+        (
+            &["synth", "--out", "d", "--test-fraction", "1.5"],
+            "--test-fraction",
+        ),
+        (
+            &["synth", "--out", "d", "--test-fraction", "nan"],
+            "--test-fraction",
+        ),
         (&["stats", "d", "--limit", "0"], "--limit"),
         (&["compare", "--data", "d", "--limit", "0"], "--limit"),
-        (&["compare", "--data", "d", "--batch-size", "0"], "--batch-size"),
-        (&["compare", "--data", "d", "--ratios", "31,nan"], "--ratios"),
-        (&["compare", "--data", "d", "--zstd-level", "99"], "--zstd-level"),
-        (&["decode-code", "--run", "r", "--release", "d", "--threshold", "nan"], "--threshold"),
-        (&["quantize", "--run", "r", "--calib", "d", "--out", "w", "--wedges", "0"], "--wedges"),
-        (&["quantize", "--run", "r", "--calib", "d", "--out", "w", "--percentile", "nan"], "--percentile"),
-        (&["quantize", "--run", "r", "--calib", "d", "--out", "w", "--percentile", "101"], "--percentile"),
-        (&["quantize", "--run", "r", "--calib", "d", "--out", "w", "--batch-size", "0"], "--batch-size"),
+        (
+            &["compare", "--data", "d", "--batch-size", "0"],
+            "--batch-size",
+        ),
+        (
+            &["compare", "--data", "d", "--ratios", "31,nan"],
+            "--ratios",
+        ),
+        (
+            &["compare", "--data", "d", "--zstd-level", "99"],
+            "--zstd-level",
+        ),
+        (
+            &[
+                "decode-code",
+                "--run",
+                "r",
+                "--release",
+                "d",
+                "--threshold",
+                "nan",
+            ],
+            "--threshold",
+        ),
+        (
+            &[
+                "quantize", "--run", "r", "--calib", "d", "--out", "w", "--wedges", "0",
+            ],
+            "--wedges",
+        ),
+        (
+            &[
+                "quantize",
+                "--run",
+                "r",
+                "--calib",
+                "d",
+                "--out",
+                "w",
+                "--percentile",
+                "nan",
+            ],
+            "--percentile",
+        ),
+        (
+            &[
+                "quantize",
+                "--run",
+                "r",
+                "--calib",
+                "d",
+                "--out",
+                "w",
+                "--percentile",
+                "101",
+            ],
+            "--percentile",
+        ),
+        (
+            &[
+                "quantize",
+                "--run",
+                "r",
+                "--calib",
+                "d",
+                "--out",
+                "w",
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size",
+        ),
     ];
     for (args, flag) in cases {
         let out = run(bcae().args(*args));
@@ -529,7 +670,12 @@ fn a_closed_pipe_ends_commands_quietly() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {}", text(&out));
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {}",
+            text(&out)
+        );
         assert!(err.is_empty(), "{args:?}: {err}");
     }
 }
@@ -557,14 +703,14 @@ pub fn closed_pipe() -> Stdio {
 fn one_event_data_set_trains_and_names_the_empty_split() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    let out = run(bcae()
-        .args(["synth", "--events", "1", "--out"])
-        .arg(&data));
+    let out = run(bcae().args(["synth", "--events", "1", "--out"]).arg(&data));
     succeeds(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("test.txt is empty"));
     let run_dir = tmp.path().join("run");
     let out = run(bcae()
-        .args(["train", "--model", "bcae-ht", "--crop", "16x16", "--epochs", "1"])
+        .args([
+            "train", "--model", "bcae-ht", "--crop", "16x16", "--epochs", "1",
+        ])
         .args(["--batches-per-epoch", "1", "--batch-size", "1", "--data"])
         .arg(&data)
         .arg("--out")
@@ -591,10 +737,19 @@ fn broken_npy_files_get_plain_messages() {
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("empty.npy", vec![], &["not a valid .npy"]),
         ("header-cut.npy", full[..20].to_vec(), &["truncated"]),
-        ("data-cut.npy", full[..full.len() / 2].to_vec(), &["truncated", "copy it again"]),
+        (
+            "data-cut.npy",
+            full[..full.len() / 2].to_vec(),
+            &["truncated", "copy it again"],
+        ),
         (
             "garbage-header.npy",
-            [&full[..10], b"{'descr': -<u2, 'shape': x}".as_slice(), &full[37..]].concat(),
+            [
+                &full[..10],
+                b"{'descr': -<u2, 'shape': x}".as_slice(),
+                &full[37..],
+            ]
+            .concat(),
             &["header is damaged"],
         ),
         ("text.npy", b"hello, world".to_vec(), &["not a valid .npy"]),
@@ -630,7 +785,15 @@ fn quantize_calibrates_on_a_plain_folder_and_refuses_to_overwrite() {
             .arg(repo().join("weights/bcae-ht"))
             .arg("--calib")
             .arg(&data)
-            .args(["--wedges", "1", "--eval-wedges", "0", "--check-wedges", "0", "--out"])
+            .args([
+                "--wedges",
+                "1",
+                "--eval-wedges",
+                "0",
+                "--check-wedges",
+                "0",
+                "--out",
+            ])
             .arg(&out_w)
             .args(extra))
     };
@@ -668,7 +831,11 @@ fn compress_skips_a_bad_wedge_and_says_so() {
         .arg(&only_bad));
     fails_clearly(&out, &["nothing was written"]);
     assert!(!only_bad.exists());
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2, "a temporary file was left");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        2,
+        "a temporary file was left"
+    );
 }
 
 /// Case 13 for eval: the bad wedge is named and left out, the others are scored, exit non-zero.
@@ -684,7 +851,11 @@ fn eval_skips_a_bad_wedge_and_says_so() {
         .arg("--data")
         .arg(&data));
     fails_clearly(&out, &["w0.npy", "1 wedge(s) could not be read"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 wedges of"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 wedges of"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Case 14: a data set that cannot fit on the disk is refused before anything is written.

@@ -120,7 +120,9 @@ fn clear_synth_output(out: &Path, overwrite: bool) -> Result<()> {
     if !out.is_dir() {
         bail!("--out {} is a file; give a folder", out.display());
     }
-    let has_lists = ["train.txt", "test.txt"].iter().any(|l| out.join(l).is_file());
+    let has_lists = ["train.txt", "test.txt"]
+        .iter()
+        .any(|l| out.join(l).is_file());
     let present = crate::data::npy_files_under(out)?;
     if !overwrite && (has_lists || !present.is_empty()) {
         bail!(
@@ -162,10 +164,14 @@ fn clear_synth_output(out: &Path, overwrite: bool) -> Result<()> {
             first.display()
         );
     }
-    for p in listed
-        .iter()
-        .chain([out.join("train.txt"), out.join("test.txt"), out.join("synth.json")].iter())
-    {
+    for p in listed.iter().chain(
+        [
+            out.join("train.txt"),
+            out.join("test.txt"),
+            out.join("synth.json"),
+        ]
+        .iter(),
+    ) {
         if p.is_file() {
             std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
         }

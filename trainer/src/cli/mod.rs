@@ -50,9 +50,7 @@ pub fn exit_quietly_on_closed_pipe() {
 /// so NaN, infinities, zero or negative values never reach a computation (or a saved run).
 pub mod numbers {
     fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
-        s.trim()
-            .parse()
-            .map_err(|_| format!("'{s}' is not {what}"))
+        s.trim().parse().map_err(|_| format!("'{s}' is not {what}"))
     }
 
     /// A finite number > 0 (learning rates, seconds).

@@ -322,15 +322,14 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
     let part = temporary_beside(&args.output);
     let file =
         File::create(&part).with_context(|| format!("cannot write {}", args.output.display()))?;
-    let result = compress_into(&inputs, encoder.as_ref(), args.codec, header, file)
-        .and_then(|r| {
-            if r.written == 0 {
-                bail!("no input could be compressed (see the errors above); nothing was written");
-            }
-            std::fs::rename(&part, &args.output)
-                .with_context(|| format!("cannot write {}", args.output.display()))?;
-            Ok(r)
-        });
+    let result = compress_into(&inputs, encoder.as_ref(), args.codec, header, file).and_then(|r| {
+        if r.written == 0 {
+            bail!("no input could be compressed (see the errors above); nothing was written");
+        }
+        std::fs::rename(&part, &args.output)
+            .with_context(|| format!("cannot write {}", args.output.display()))?;
+        Ok(r)
+    });
     let CompressResult {
         payload_bytes: writer_stats,
         seconds,
@@ -889,9 +888,9 @@ fn plan_outputs(
         if !path.exists() {
             continue;
         }
-        let inside_run = run_dir.as_ref().is_some_and(|r| {
-            std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(r))
-        });
+        let inside_run = run_dir
+            .as_ref()
+            .is_some_and(|r| std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(r)));
         if same_file(path, stream) || inside_run {
             bail!(
                 "decompressing into {} would overwrite {}, one of this command's inputs; choose \

@@ -299,7 +299,10 @@ mod tests {
         std::os::unix::fs::symlink(sub.join("e_0.npy"), dir.path().join("link.npy")).unwrap();
         let all = Dataset::open(dir.path(), Split::All).unwrap();
         assert_eq!(all.len(), 3, "{:?}", all.paths());
-        assert!(all.paths().iter().all(|p| p.starts_with(dir.path().join("outer"))));
+        assert!(all
+            .paths()
+            .iter()
+            .all(|p| p.starts_with(dir.path().join("outer"))));
     }
 
     #[test]

@@ -130,7 +130,10 @@ fn two_streams_joined_are_refused_with_the_offset_of_the_second() {
                 Err(StreamError::Concatenated { offset, .. }) => {
                     assert_eq!(offset, first.len() as u64)
                 }
-                other => panic!("joined streams not refused: {:?}", other.map(|r| r.frames().len())),
+                other => panic!(
+                    "joined streams not refused: {:?}",
+                    other.map(|r| r.frames().len())
+                ),
             }
         }
     }
@@ -170,7 +173,10 @@ fn swapped_frames_are_both_kept() {
         let want: Vec<_> = [0, 2, 1, 3].iter().map(|&k| frames[k].0.clone()).collect();
         assert_eq!(ids, want, "finish {finish}");
         assert!(got.iter().all(|(_, p)| p.is_some()));
-        assert!(problems.contains(&FrameProblem::OutOfOrder { number: 1, after: 2 }));
+        assert!(problems.contains(&FrameProblem::OutOfOrder {
+            number: 1,
+            after: 2
+        }));
         assert!(problems.iter().all(|p| !p.is_corruption()), "{problems:?}");
     }
 }
