@@ -79,9 +79,10 @@ pub struct ShowArgs {
 
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor).
 fn free_bytes(path: &Path) -> Option<u64> {
-    let mut dir = path;
+    let path = std::path::absolute(path).ok()?;
+    let mut dir = path.as_path();
     while !dir.exists() {
-        dir = dir.parent().filter(|d| !d.as_os_str().is_empty())?;
+        dir = dir.parent()?;
     }
     free_bytes_of(dir)
 }
@@ -97,7 +98,8 @@ fn free_bytes_of(dir: &Path) -> Option<u64> {
         return None;
     }
     #[allow(clippy::useless_conversion)] // the field types differ between platforms
-    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    Some(free)
 }
 
 #[cfg(not(unix))]

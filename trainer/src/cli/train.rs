@@ -121,7 +121,12 @@ fn open_validation_split(data: &Path, eval_wedges: usize) -> Result<Option<Datas
     }
     match open_split(data, Split::Test) {
         Ok(ds) => Ok(Some(ds)),
-        Err(e) if matches!(e.downcast_ref(), Some(DataError::EmptySplit { .. })) => {
+        Err(e)
+            if matches!(
+                e.downcast_ref::<DataError>(),
+                Some(DataError::EmptySplit { .. })
+            ) =>
+        {
             eprintln!(
                 "note: {} has no test wedges (test.txt is empty), so no validation runs after each \
                  epoch; generate 2 or more events (`bcae synth --events 2`) to hold one out",
