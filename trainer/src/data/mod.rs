@@ -117,7 +117,7 @@ pub enum DataError {
     },
     #[error("{path}: no .npy wedge files found")]
     Empty { path: PathBuf },
-    #[error("{path}: the {split} split is empty ({lists} list no wedges; `bcae synth --events 1` puts its only event in train.txt): use another split (--split train or all), or generate at least 2 events so one is held out for testing")]
+    #[error("{path}: the {split} split is empty (no wedge is listed in {lists}; `bcae synth --events 1` puts its only event in train.txt): use another split (--split train or all), or generate at least 2 events so one is held out for testing")]
     EmptySplit {
         path: PathBuf,
         split: String,
