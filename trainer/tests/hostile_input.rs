@@ -65,6 +65,16 @@ fn fails_clearly(out: &Output, words: &[&str]) -> String {
     err
 }
 
+/// The scores (or report) were still printed on stdout.
+#[track_caller]
+fn stdout_says(out: &Output, what: &str) {
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(what),
+        "{}",
+        text(out)
+    );
+}
+
 #[track_caller]
 fn succeeds(out: &Output) -> String {
     assert!(out.status.success(), "{}", text(out));
@@ -363,11 +373,7 @@ fn eval_stream_fails_when_wedges_are_missing() {
         .arg(&data));
     fails_clearly(&out, &["unfinished", "leave out wedges", "1 frame(s)"]);
     // The one wedge that is there is still scored and shown.
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 wedges of"),
-        "{}",
-        text(&out)
-    );
+    stdout_says(&out, "1 wedges of");
 }
 
 /// Case 5: a failed `bcae train` leaves nothing that blocks the corrected command.
@@ -851,11 +857,7 @@ fn eval_skips_a_bad_wedge_and_says_so() {
         .arg("--data")
         .arg(&data));
     fails_clearly(&out, &["w0.npy", "1 wedge(s) could not be read"]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 wedges of"),
-        "{}",
-        text(&out)
-    );
+    stdout_says(&out, "1 wedges of");
 }
 
 /// Case 14: a data set that cannot fit on the disk is refused before anything is written.
