@@ -32,7 +32,7 @@ cp "$RUN/config.json" "$RUN/model.safetensors" "$OUT/"
 
 run() { echo "+ $*" >&2; "$@"; }
 run "$BCAE" quantize --run "$OUT" --calib "$DATA" --wedges 64 --eval-wedges 8 --check-wedges 8 \
-  --out "$WEIGHTS" | tee "$REPORT/quantize.txt"
+  --out "$WEIGHTS" --force | tee "$REPORT/quantize.txt"
 run "$BCAE" eval --run "$OUT" --data "$DATA" --split test --precision f32,f16 --json >"$REPORT/float-test.json"
 run "$BCAE" compress --weights "$WEIGHTS" "$DATA" --split test -o "$REPORT/test.bcae" --force --json \
   >"$REPORT/compress-test.json"

@@ -42,7 +42,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Wedges to run (synthetic: from as many 24-wedge events as needed).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = trainer::cli::numbers::at_least_one)]
     pub wedges: usize,
     /// Seed of the synthetic events (the shipped models were trained on seed 2026).
     #[arg(long, default_value_t = 2027)]
@@ -82,6 +82,8 @@ pub struct DemoReport {
     pub all_zero_mae: f64,
     pub picture: PathBuf,
     pub seconds: f64,
+    /// Input wedges that could not be read (file and fault); left out of everything above.
+    pub skipped: Vec<String>,
 }
 
 /// Where the demo's wedges come from, with their data root (the truth for scoring).
@@ -205,12 +207,12 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
         .iter()
         .map(|p| p.strip_prefix(&root).unwrap_or(p).to_path_buf())
         .collect();
-    let n = dataset.len();
-
-    // 1. The board's path, compared with candle, its codes written to a stream as they arrive.
+    // 1. The board's path, compared with candle, its codes written to a stream as they arrive
+    // (under a temporary name, renamed when whole: a failed run leaves no stream that looks valid).
     let stream_path = args.out.join("demo.bcae");
-    let file = File::create(&stream_path)
-        .with_context(|| format!("creating {}", stream_path.display()))?;
+    let part = args.out.join(".demo.bcae.part");
+    let file =
+        File::create(&part).with_context(|| format!("cannot write {}", stream_path.display()))?;
     let mut writer = StreamWriter::new(BufWriter::new(file), header)?;
     let device = trainer::device::open(args.device)?;
     let mut source = WedgeSource::Files(dataset);
@@ -234,13 +236,32 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
         opts,
         &mut sink,
     )
-    .context("the firmware / candle parity run failed")?;
-    writer
-        .finish()?
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
-    let bit_exact = report.passed(false);
+    .context("the firmware / candle parity run failed")
+    .and_then(|report| {
+        if report.wedges_compared == 0 {
+            bail!("no input wedge could be read (see the errors above); nothing was written");
+        }
+        writer
+            .finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        std::fs::rename(&part, &stream_path)
+            .with_context(|| format!("cannot write {}", stream_path.display()))?;
+        Ok(report)
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    // Wedges that could not be read are left out (and reported); the rest is the demo.
+    let n = report.wedges_compared;
+    let bit_exact = report.mismatches == 0
+        && report.pin_violations == 0
+        && report.wedges_compared + report.unreadable.len() == report.wedges;
     let firmware_wps = report.wedges_compared as f64 / report.firmware_seconds.max(1e-9);
     let candle_wps = report.wedges_compared as f64 / report.reference_seconds.max(1e-9);
     say(format!(
@@ -365,6 +386,7 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
         data: data_label,
         wedges: n,
         bit_exact,
+        skipped: report.unreadable.clone(),
         parity: report,
         stream: stream_path,
         stream_bytes,

@@ -81,7 +81,7 @@ struct SourceArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// N synthetic wedges (events 0, 1, ... of the physics generator).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = trainer::cli::numbers::at_least_one)]
     synth: Option<usize>,
 }
 
@@ -109,19 +109,19 @@ struct ParityArgs {
     #[arg(long, default_value = "bcae", value_parser = CodecChoice::parse)]
     codec: CodecChoice,
     /// Wedges per candle batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
     batch: usize,
     /// Inject faults: probability per byte of a dropped byte on the front-end link.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
     drop_byte: f64,
     /// Inject faults: probability per byte of a flipped bit (both links).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
     flip_bit: f64,
     /// Inject faults: probability per byte of a link error on the front-end read holding it.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
     fail_read: f64,
     /// Inject faults: probability per sent frame of a link error.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
     fail_send: f64,
     /// Device of the candle reference.
     #[arg(long, value_enum)]
@@ -140,13 +140,13 @@ struct BenchArgs {
     #[arg(long, value_name = "runs/NAME")]
     run: Option<PathBuf>,
     /// Distinct synthetic wedges to cycle through.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
     wedges: usize,
     /// Minimum measuring time per row, seconds.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = trainer::cli::numbers::positive_f64)]
     seconds: f64,
     /// Batch size of the candle rows.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
     batch: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -159,7 +159,7 @@ struct QemuArgs {
     #[arg(long, value_name = "W.bcae.postcard")]
     weights: PathBuf,
     /// Wedges to embed in the image (each about 100-200 kB as a sparse payload; 4 MiB code memory).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = trainer::cli::numbers::at_least_one)]
     wedges: usize,
     /// Take the wedges from .npy files instead of the synthetic generator.
     #[arg(long, value_name = "DIR")]
@@ -198,9 +198,13 @@ fn device(choice: Option<trainer::device::DeviceChoice>) -> anyhow::Result<candl
 }
 
 fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
-    let weights = match &args.weights {
-        Some(path) => firmware_sim::read_weights(path)?,
-        None => vec![],
+    let weights = match (&args.weights, args.codec) {
+        (Some(path), _) => firmware_sim::read_weights(path)?,
+        (None, CodecChoice::Bcae) => bail!(
+            "--codec bcae (the default) needs --weights W.bcae.postcard: the shipped \
+             weights/bcae-ht.bcae.postcard, or one from `bcae quantize`; or use --codec sparse"
+        ),
+        (None, CodecChoice::Sparse(_)) => vec![],
     };
     let mut source = args.source.open(args.seed)?;
     let device = device(args.device)?;
@@ -229,7 +233,22 @@ fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("PARITY FAILED: {} mismatching bytes in {} wedges, {} pin violations, {} decode failures", report.mismatches, report.mismatched_wedges, report.pin_violations, report.decode_failures);
+        let clean =
+            report.mismatches == 0 && report.pin_violations == 0 && report.decode_failures == 0;
+        if report.wedges_compared == 0 {
+            eprintln!(
+                "PARITY NOT SHOWN: no wedge was compared ({} unreadable input(s))",
+                report.unreadable.len()
+            );
+        } else if clean && !report.unreadable.is_empty() {
+            eprintln!(
+                "PARITY INCOMPLETE: {} input(s) could not be read (see above); the {} wedges read matched byte for byte",
+                report.unreadable.len(),
+                report.wedges_compared
+            );
+        } else {
+            eprintln!("PARITY FAILED: {} mismatching bytes in {} wedges, {} pin violations, {} decode failures, {} unreadable input(s)", report.mismatches, report.mismatched_wedges, report.pin_violations, report.decode_failures, report.unreadable.len());
+        }
         Ok(ExitCode::FAILURE)
     }
 }
@@ -292,6 +311,13 @@ fn demo_cmd(args: demo::DemoArgs) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    if !report.skipped.is_empty() {
+        bail!(
+            "{} input wedge(s) could not be read and were left out of the demo: {}",
+            report.skipped.len(),
+            report.skipped.join("; ")
+        );
+    }
     Ok(if report.bit_exact {
         ExitCode::SUCCESS
     } else {
@@ -300,13 +326,18 @@ fn demo_cmd(args: demo::DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    trainer::cli::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Demo(args) => demo_cmd(args),
         Command::Parity(args) => parity_cmd(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Qemu(args) => qemu_cmd(args),
         Command::RandomWeights(args) => random_weights_cmd(args),
-    }
+    };
+    result.unwrap_or_else(|e| {
+        trainer::cli::report_error(&e);
+        ExitCode::FAILURE
+    })
 }

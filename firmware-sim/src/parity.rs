@@ -58,6 +58,8 @@ pub struct ParityReport {
     pub pin_violations: usize,
     /// Sparse: payloads that failed to decode back to the wedge (lossless) / its quantization.
     pub decode_failures: usize,
+    /// Input wedges that could not be read (each: its file and why); skipped, the run goes on.
+    pub unreadable: Vec<String>,
     pub payload_bytes: u64,
     pub firmware: Stats,
     pub injected: Injected,
@@ -76,6 +78,7 @@ impl ParityReport {
         self.mismatches == 0
             && self.pin_violations == 0
             && self.decode_failures == 0
+            && self.unreadable.is_empty()
             && self.wedges_compared > 0
             && (faults_injected || self.wedges_compared == self.wedges)
     }
@@ -92,6 +95,13 @@ impl ParityReport {
         s += &format!("wedges           {} from {}\n", self.wedges, self.source);
         s += &format!("reference        {}\n", self.reference);
         s += &format!("wedges compared  {}\n", self.wedges_compared);
+        if !self.unreadable.is_empty() {
+            s += &format!(
+                "unreadable       {} wedge(s) skipped: {}\n",
+                self.unreadable.len(),
+                self.unreadable.join("; ")
+            );
+        }
         s += &format!("bytes compared   {}\n", self.bytes_compared);
         s += &format!(
             "mismatches       {} (in {} wedges)\n",
@@ -352,6 +362,7 @@ fn run_with(
         corrupted_on_link: 0,
         pin_violations: 0,
         decode_failures: 0,
+        unreadable: Vec::new(),
         payload_bytes: 0,
         firmware: Stats::default(),
         injected: Injected::default(),
@@ -363,14 +374,39 @@ fn run_with(
     let mut first = 0;
     while first < source.len() {
         let end = (first + batch).min(source.len());
-        let wedges = (first..end)
-            .map(|i| source.load(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        // An unreadable input is reported and skipped: one bad file must not hide the others.
+        let mut indices = Vec::new();
+        let mut wedges = Vec::new();
+        for i in first..end {
+            match source.load(i) {
+                Ok(w) => {
+                    indices.push(i);
+                    wedges.push(w);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let msg = if msg.contains(&source.label(i)) {
+                        msg
+                    } else {
+                        format!("{}: {msg}", source.label(i))
+                    };
+                    let show = |m: &str| eprintln!("error: skipped {m}");
+                    match &bar {
+                        Some(b) => b.suspend(|| show(&msg)),
+                        None => show(&msg),
+                    }
+                    report.unreadable.push(msg);
+                }
+            }
+        }
         let t0 = Instant::now();
-        let expected = reference.encode(&wedges, first)?;
+        let expected = if wedges.is_empty() {
+            Vec::new()
+        } else {
+            reference.encode(&wedges, indices[0])?
+        };
         report.reference_seconds += t0.elapsed().as_secs_f64();
-        for (k, (wedge, expected)) in wedges.iter().zip(&expected).enumerate() {
-            let index = first + k;
+        for ((wedge, expected), &index) in wedges.iter().zip(&expected).zip(&indices) {
             let t0 = Instant::now();
             let (outcome, pins) = sim::run_wedge(&mut fw, index as u32, &wedge.adc);
             report.firmware_seconds += t0.elapsed().as_secs_f64();

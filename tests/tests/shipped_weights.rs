@@ -109,6 +109,16 @@ fn shipped_models_match_their_cards_fingerprints_and_metrics() {
         assert_eq!(crc32(&checkpoint), fp.checkpoint_crc32, "{name}: decoders");
         assert_eq!(checkpoint.len() as u64, fp.checkpoint_len);
         assert_eq!(fp.checkpoint_crc32, hex(field(card, "checkpoint CRC-32")));
+        // config.json records the same checksum, which every load checks (no state.json here).
+        let config = trainer::checkpoint::read_config(&run).unwrap();
+        let recorded = config
+            .model_file
+            .unwrap_or_else(|| panic!("{name}: config.json records no model_file checksum"));
+        assert_eq!(
+            recorded,
+            trainer::checkpoint::FileChecksum::of(&checkpoint),
+            "{name}: config.json's model_file"
+        );
 
         // The card's fixed wedges: the first N of synthetic seed S.
         let seed = num(field(card, "check seed")) as u64;

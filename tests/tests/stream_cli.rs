@@ -234,7 +234,8 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     assert_eq!((report.wedges, report.mean.mae), (3, 0.0));
     assert_eq!((report.mean.precision, report.mean.recall), (1.0, 1.0));
 
-    // A copy cut off inside the last frame still gives the first two wedges.
+    // A copy cut off inside the last frame still gives the first two wedges, and says the
+    // stream is incomplete (status 1), so the missing third is not mistaken for a whole run.
     let bytes = std::fs::read(&stream).unwrap();
     let last = trainer::stream::StreamReader::open(&stream)
         .unwrap()
@@ -247,7 +248,8 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     )
     .unwrap();
     let out_cut = tmp.path().join("out-cut");
-    decompress(&cut, None, &out_cut, false).unwrap();
+    let err = decompress(&cut, None, &out_cut, false).unwrap_err();
+    assert!(format!("{err:#}").contains("incomplete"), "{err:#}");
     assert!(out_cut.join(&wedges[1].0).is_file());
     assert!(!out_cut.join(&wedges[2].0).exists());
 

@@ -13,6 +13,12 @@
 //! over the old one). `state.json` is written last and records the CRC-32 of the two safetensors
 //! files it belongs with, so a checkpoint interrupted half way is detected on resume instead of
 //! silently mixing weights of two epochs.
+//!
+//! `config.json` also records the length and CRC-32 of `model.safetensors` (`"model_file"`,
+//! updated with every checkpoint), so a run folder holding only the float model (an import, or
+//! the shipped `weights/NAME/`, which leave `state.json` behind) is checked on load as well. The
+//! checksum lives beside the weights rather than inside them: the weights' own bytes (and so the
+//! checkpoint fingerprint every int8 weights file and `.bcae` stream records) stay unchanged.
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -43,14 +49,16 @@ pub enum CheckpointError {
     },
     #[error("{path}: not a bcae run directory (no {CONFIG_FILE}); pass the folder `bcae train --out` created")]
     NotARun { path: PathBuf },
-    #[error("{path}: invalid JSON: {source}")]
+    // Not a `source`: serde's wording ("invalid type: null, expected f64") is said in the
+    // user's terms by `json_fault` instead of being printed as a cause.
+    #[error("{path}: {}; the file is damaged or was edited by hand: restore it from a copy of the run", json_fault(.fault))]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        fault: serde_json::Error,
     },
     #[error("{path}: run format {found} is newer than this bcae understands ({RUN_FORMAT}); upgrade bcae")]
     Format { path: PathBuf, found: u32 },
-    #[error("{path}: cannot read or write weights: {source}")]
+    #[error("{path}: cannot use the weights: {source}")]
     Weights {
         path: PathBuf,
         source: candle_core::Error,
@@ -61,10 +69,53 @@ pub enum CheckpointError {
         found: u32,
         expected: u32,
     },
+    #[error("{path}: {found} does not match the checksum recorded in {CONFIG_FILE} ({expected}): the weights are damaged or were replaced; restore the run folder from a copy")]
+    Checksum {
+        path: PathBuf,
+        found: FileChecksum,
+        expected: FileChecksum,
+    },
+    #[error("{path}: not a complete weights file (a damaged or truncated safetensors file); restore it from a copy of the run")]
+    DamagedWeights { path: PathBuf },
     #[error("{path}: has no training state ({STATE_FILE}); it cannot be resumed (imported runs can only be evaluated)")]
     NoState { path: PathBuf },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+/// What is wrong with a JSON file, in the user's terms (serde's wording names Rust types).
+fn json_fault(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = format!("line {}, column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Eof => format!("it ends early, at {at} (truncated)"),
+        Category::Syntax => format!("it is not valid JSON ({at})"),
+        Category::Data => format!("a value is missing or of the wrong kind at {at}"),
+        Category::Io => "it cannot be read".to_string(),
+    }
+}
+
+/// Length and CRC-32 of a file, as `config.json` records them for `model.safetensors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChecksum {
+    pub bytes: u64,
+    /// CRC-32/ISO-HDLC, as `0x` and 8 hex digits (the form the model cards print).
+    pub crc32: String,
+}
+
+impl FileChecksum {
+    pub fn of(bytes: &[u8]) -> FileChecksum {
+        FileChecksum {
+            bytes: bytes.len() as u64,
+            crc32: format!("{:#010x}", encoder_nostd::checksum::crc32(bytes)),
+        }
+    }
+}
+
+impl std::fmt::Display for FileChecksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes, CRC-32 {}", self.bytes, self.crc32)
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -156,6 +207,9 @@ pub struct RunConfig {
     pub model: ModelConfig,
     /// How the run was trained; None for imported weights.
     pub training: Option<TrainSettings>,
+    /// `model.safetensors`' length and CRC-32 (absent in runs written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_file: Option<FileChecksum>,
 }
 
 /// The state of a ChaCha8 generator, exactly.
@@ -230,11 +284,11 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Write named tensors as safetensors, atomically; returns the file's CRC-32.
+/// Write named tensors as safetensors, atomically; returns the file's length and CRC-32.
 pub fn write_tensors(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
-) -> Result<u32, CheckpointError> {
+) -> Result<FileChecksum, CheckpointError> {
     let tmp = temp_path(path);
     let mut cpu = HashMap::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -255,23 +309,28 @@ pub fn write_tensors(
         .and_then(|f| f.sync_all())
         .map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(encoder_nostd::checksum::crc32(&bytes))
+    Ok(FileChecksum::of(&bytes))
 }
 
-/// Read a safetensors file onto `device`; returns the tensors and the file's CRC-32.
+/// Read a safetensors file onto `device`; returns the tensors and the file's length and CRC-32.
 pub fn read_tensors(
     path: &Path,
     device: &Device,
-) -> Result<(HashMap<String, Tensor>, u32), CheckpointError> {
+) -> Result<(HashMap<String, Tensor>, FileChecksum), CheckpointError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let crc = encoder_nostd::checksum::crc32(&bytes);
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|source| {
-        CheckpointError::Weights {
+    let sum = FileChecksum::of(&bytes);
+    // safetensors' own wording ("incomplete metadata, file not fully covered") means nothing to
+    // a user: every parse failure of a file we wrote is damage or truncation.
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|_| {
+        CheckpointError::DamagedWeights {
             path: path.to_path_buf(),
-            source,
         }
     })?;
-    Ok((tensors, crc))
+    Ok((tensors, sum))
+}
+
+fn crc_of(sum: &FileChecksum) -> u32 {
+    u32::from_str_radix(sum.crc32.trim_start_matches("0x"), 16).unwrap_or(0)
 }
 
 /// All variables of a VarMap as named tensors.
@@ -325,9 +384,9 @@ pub fn assign_varmap(
 pub fn write_config(dir: &Path, config: &RunConfig) -> Result<(), CheckpointError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join(CONFIG_FILE);
-    let json = serde_json::to_vec_pretty(config).map_err(|source| CheckpointError::Json {
+    let json = serde_json::to_vec_pretty(config).map_err(|fault| CheckpointError::Json {
         path: path.clone(),
-        source,
+        fault,
     })?;
     write_atomic(&path, &json)
 }
@@ -342,9 +401,9 @@ pub fn read_config(dir: &Path) -> Result<RunConfig, CheckpointError> {
     }
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let config: RunConfig =
-        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json {
+        serde_json::from_slice(&bytes).map_err(|fault| CheckpointError::Json {
             path: path.clone(),
-            source,
+            fault,
         })?;
     if config.format > RUN_FORMAT {
         return Err(CheckpointError::Format {
@@ -355,35 +414,61 @@ pub fn read_config(dir: &Path) -> Result<RunConfig, CheckpointError> {
     Ok(config)
 }
 
-/// Save a model as a run directory (config.json without training settings + model.safetensors):
-/// what importers and exporters use. Training runs use [`save_checkpoint`] as well.
+/// Save a model as a run directory (config.json without training settings + model.safetensors,
+/// whose checksum config.json records): what importers and exporters use. Training runs use
+/// [`save_checkpoint`] as well.
 pub fn save_run(dir: &Path, model: &ModelConfig, varmap: &VarMap) -> Result<(), CheckpointError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let sum = write_tensors(&dir.join(MODEL_FILE), &varmap_tensors(varmap))?;
     write_config(
         dir,
         &RunConfig {
             format: RUN_FORMAT,
             model: *model,
             training: None,
+            model_file: Some(sum),
         },
-    )?;
-    write_tensors(&dir.join(MODEL_FILE), &varmap_tensors(varmap))?;
-    Ok(())
+    )
+}
+
+/// Record `model.safetensors`' checksum in the run's `config.json`.
+fn record_model_checksum(dir: &Path, sum: FileChecksum) -> Result<(), CheckpointError> {
+    let mut config = read_config(dir)?;
+    config.model_file = Some(sum);
+    write_config(dir, &config)
 }
 
 /// Load a run's model: its configuration and a VarMap with its weights on `device`
 /// (build the network with `VarBuilder::from_varmap(&varmap, DType::F32, device)`).
+///
+/// The weights are checked against `state.json` (training runs) or the checksum in
+/// `config.json` (every run written since it was recorded); a run with neither loads with a note.
 pub fn load_run(dir: &Path, device: &Device) -> Result<(ModelConfig, VarMap), CheckpointError> {
     let config = read_config(dir)?;
     let path = dir.join(MODEL_FILE);
-    let (tensors, crc) = read_tensors(&path, device)?;
+    let (tensors, sum) = read_tensors(&path, device)?;
     if let Some(state) = read_state(dir)? {
-        if state.model_crc32 != crc {
+        if state.model_crc32 != crc_of(&sum) {
             return Err(CheckpointError::Crc {
                 path,
-                found: crc,
+                found: crc_of(&sum),
                 expected: state.model_crc32,
             });
         }
+    } else if let Some(expected) = config.model_file {
+        if (expected.bytes, crc_of(&expected)) != (sum.bytes, crc_of(&sum)) {
+            return Err(CheckpointError::Checksum {
+                path,
+                found: sum,
+                expected,
+            });
+        }
+    } else {
+        eprintln!(
+            "note: {} records no checksum of {MODEL_FILE} (written by an older bcae), so damage \
+             to it cannot be detected",
+            dir.join(CONFIG_FILE).display()
+        );
     }
     let varmap =
         varmap_from_tensors(tensors).map_err(|source| CheckpointError::Weights { path, source })?;
@@ -399,7 +484,7 @@ pub fn read_state(dir: &Path) -> Result<Option<TrainState>, CheckpointError> {
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| CheckpointError::Json { path, source })
+        .map_err(|fault| CheckpointError::Json { path, fault })
 }
 
 /// Write a training checkpoint: weights, optimizer moments, then `state.json` (with their
@@ -410,12 +495,18 @@ pub fn save_checkpoint(
     optimizer: &HashMap<String, Tensor>,
     mut state: TrainState,
 ) -> Result<TrainState, CheckpointError> {
-    state.model_crc32 = write_tensors(&dir.join(MODEL_FILE), &varmap_tensors(varmap))?;
-    state.optimizer_crc32 = write_tensors(&dir.join(OPTIMIZER_FILE), optimizer)?;
+    let model = write_tensors(&dir.join(MODEL_FILE), &varmap_tensors(varmap))?;
+    state.model_crc32 = crc_of(&model);
+    state.optimizer_crc32 = crc_of(&write_tensors(&dir.join(OPTIMIZER_FILE), optimizer)?);
+    // config.json carries the model's checksum too, so a copy of the float model alone (what
+    // `scripts/ship-model.sh` ships) stays checkable without state.json.
+    if dir.join(CONFIG_FILE).exists() {
+        record_model_checksum(dir, model)?;
+    }
     let path = dir.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(&state).map_err(|source| CheckpointError::Json {
+    let json = serde_json::to_vec_pretty(&state).map_err(|fault| CheckpointError::Json {
         path: path.clone(),
-        source,
+        fault,
     })?;
     write_atomic(&path, &json)?;
     Ok(state)
@@ -434,7 +525,8 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint, Checkp
         path: dir.to_path_buf(),
     })?;
     let model_path = dir.join(MODEL_FILE);
-    let (model, crc) = read_tensors(&model_path, device)?;
+    let (model, sum) = read_tensors(&model_path, device)?;
+    let crc = crc_of(&sum);
     if crc != state.model_crc32 {
         return Err(CheckpointError::Crc {
             path: model_path,
@@ -443,7 +535,8 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint, Checkp
         });
     }
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let (optimizer, crc) = read_tensors(&opt_path, device)?;
+    let (optimizer, sum) = read_tensors(&opt_path, device)?;
+    let crc = crc_of(&sum);
     if crc != state.optimizer_crc32 {
         return Err(CheckpointError::Crc {
             path: opt_path,
@@ -701,6 +794,7 @@ mod tests {
                 format: RUN_FORMAT,
                 model: ModelConfig::BcaeHt,
                 training: None,
+                model_file: None,
             },
         )
         .unwrap();
@@ -732,6 +826,26 @@ mod tests {
         let err = load_checkpoint(dir.path(), &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("CRC-32"), "{err}");
         assert!(load_run(dir.path(), &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn a_damaged_model_without_training_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save_run(dir.path(), &ModelConfig::BcaeHt, &small_varmap()).unwrap();
+        let p = dir.path().join(MODEL_FILE);
+        let mut bytes = fs::read(&p).unwrap();
+        // An exponent bit of the last weight: still a valid safetensors file, other values.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        fs::write(&p, &bytes).unwrap();
+        let err = load_run(dir.path(), &Device::Cpu).err().unwrap();
+        assert!(matches!(err, CheckpointError::Checksum { .. }), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        // Cut short: named as damage, not in safetensors' words.
+        fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_run(dir.path(), &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert!(!err.to_string().contains("metadata"), "{err}");
     }
 
     #[test]

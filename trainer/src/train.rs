@@ -354,7 +354,8 @@ impl CropSpec {
         }
         if self.azimuth > AZIMUTH || self.z > Z_PADDED {
             return Err(TrainError::Config(format!(
-                "--crop {}x{}: larger than a wedge ({AZIMUTH}x{Z_PADDED})",
+                "--crop {}x{}: larger than a wedge (at most {AZIMUTH} in azimuth and {Z_PADDED} in z: \
+                 the wedge's {Z_BINS} z bins, zero-padded to {Z_PADDED} for the network)",
                 self.azimuth, self.z
             )));
         }
@@ -590,6 +591,7 @@ impl Trainer {
                 format: RUN_FORMAT,
                 model: model_config,
                 training: Some(trainer.settings.clone()),
+                model_file: None,
             },
         )?;
         // Epoch 0: what a NaN in the first epoch rolls back to, and a resumable start.
@@ -688,14 +690,9 @@ impl Trainer {
     /// Change the total number of epochs (e.g. to extend a resumed run); recorded in config.json.
     pub fn set_epochs(&mut self, epochs: usize) -> Result<(), TrainError> {
         self.settings.epochs = epochs;
-        checkpoint::write_config(
-            &self.dir,
-            &RunConfig {
-                format: RUN_FORMAT,
-                model: self.model_config,
-                training: Some(self.settings.clone()),
-            },
-        )?;
+        let mut config = checkpoint::read_config(&self.dir)?;
+        config.training = Some(self.settings.clone());
+        checkpoint::write_config(&self.dir, &config)?;
         Ok(())
     }
 
@@ -931,13 +928,30 @@ impl Trainer {
                 row.val_mode_share = report.mean.mode_share;
                 val_mode_adc = report.mean.mode_adc;
             }
+            let test = if row.val_mae.is_nan() {
+                "no test wedges".to_string()
+            } else {
+                format!(
+                    "test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3}",
+                    row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall
+                )
+            };
             say(&bar, format!(
-                "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3} TP MAE {} <ADC64 {}  test MAE {:.4} PSNR {:.2} dB P/R {:.3}/{:.3} TP MAE {} corr {} <ADC64 {} top {}  {:.2} wedges/s",
+                "epoch {:>3}  lr {:.2e}  loss {:.4}  seg {:.5}  reg {:.4}  c {:.1}  train P/R {:.3}/{:.3} TP MAE {} <ADC64 {}  {test}{}  {:.2} wedges/s",
                 row.epoch, row.lr, row.loss, row.seg_loss, row.reg_loss, row.coefficient, row.train_precision,
                 row.train_recall, fmt_metric(row.train_tp_mae, 3), fmt_percent(row.train_below_threshold),
-                row.val_mae, row.val_psnr_db, row.val_precision, row.val_recall,
-                fmt_metric(row.val_tp_mae, 3), fmt_metric(row.val_tp_correlation, 3),
-                fmt_percent(row.val_below_threshold), fmt_percent(row.val_mode_share), row.wedges_per_s
+                if row.val_mae.is_nan() {
+                    String::new()
+                } else {
+                    format!(
+                        " TP MAE {} corr {} <ADC64 {} top {}",
+                        fmt_metric(row.val_tp_mae, 3),
+                        fmt_metric(row.val_tp_correlation, 3),
+                        fmt_percent(row.val_below_threshold),
+                        fmt_percent(row.val_mode_share)
+                    )
+                },
+                row.wedges_per_s
             ));
             if let Some(why) = collapse_check(&row, val_mode_adc) {
                 say(&bar, format!(

@@ -42,9 +42,10 @@ enum Command {
     DecodeCode(trainer::cli::decode_code::DecodeCodeArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    trainer::cli::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Synth(args) => trainer::cli::data::run_synth(args),
         Command::Stats(args) => trainer::cli::data::run_stats(args),
         Command::Show(args) => trainer::cli::data::run_show(args),
@@ -59,5 +60,12 @@ fn main() -> anyhow::Result<()> {
         Command::ImportTorch(args) => trainer::cli::import::run_import_torch(args),
         Command::Bench(args) => trainer::cli::bench::run_bench(args),
         Command::DecodeCode(args) => trainer::cli::decode_code::run_decode_code(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            trainer::cli::report_error(&e);
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -10,14 +10,14 @@ use rayon::prelude::*;
 
 use crate::data::stats::{self, Accumulator, Stats, TargetCheck};
 use crate::data::synth::{self, SynthConfig};
-use crate::data::{read_wedge, Dataset, Split, Wedge, AZIMUTH, LAYERS, Z_BINS};
+use crate::data::{read_wedge, Dataset, Split, Wedge, AZIMUTH, LAYERS, WEDGES_PER_EVENT, Z_BINS};
 
 /// Generate a synthetic data set in the reference layout (24 wedges per event,
 /// `outer/12-2_{sector}-{side}/*.npy`, `train.txt` / `test.txt` split by event).
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
     /// Number of events (24 wedges each).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::cli::numbers::at_least_one)]
     pub events: usize,
     /// Random seed: the same seed gives the same data, bit for bit.
     #[arg(long, default_value_t = 0)]
@@ -26,9 +26,10 @@ pub struct SynthArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction of events listed in test.txt (the last events).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = crate::cli::numbers::fraction)]
     pub test_fraction: f64,
-    /// Write into a folder that already holds a data set (train.txt / test.txt).
+    /// Replace the data set synth wrote into --out before (the files its train.txt / test.txt
+    /// list); other .npy files there are never touched (synth then refuses the folder).
     #[arg(long)]
     pub overwrite: bool,
 }
@@ -44,7 +45,7 @@ pub struct StatsArgs {
     #[arg(long, default_value = "all")]
     pub split: Split,
     /// Use at most this many wedges of each input.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
     pub limit: Option<usize>,
     /// Print JSON instead of the table.
     #[arg(long)]
@@ -76,16 +77,134 @@ pub struct ShowArgs {
     pub device: crate::device::DeviceChoice,
 }
 
+/// Free bytes on the file system that holds `path` (or its nearest existing ancestor).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let path = std::path::absolute(path).ok()?;
+    let mut dir = path.as_path();
+    while !dir.exists() {
+        dir = dir.parent()?;
+    }
+    free_bytes_of(dir)
+}
+
+#[cfg(unix)]
+fn free_bytes_of(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data, for which all-zero bytes are a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized, writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    Some(free)
+}
+
+#[cfg(not(unix))]
+fn free_bytes_of(_dir: &Path) -> Option<u64> {
+    None
+}
+
+/// Bytes of one wedge file as `bcae synth` writes it.
+fn wedge_file_bytes() -> u64 {
+    crate::data::wedge_to_npy_bytes(&Wedge::zeros()).map_or(1_530_000, |b| b.len() as u64)
+}
+
+/// Refuse an output folder that already holds wedges synth would mix its own with. With
+/// `overwrite`, a data set synth wrote there (the files train.txt / test.txt list) is removed
+/// first; any other `.npy` file is never touched and still refuses.
+fn clear_synth_output(out: &Path, overwrite: bool) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        bail!("--out {} is a file; give a folder", out.display());
+    }
+    let has_lists = ["train.txt", "test.txt"]
+        .iter()
+        .any(|l| out.join(l).is_file());
+    let present = crate::data::npy_files_under(out)?;
+    if !overwrite && (has_lists || !present.is_empty()) {
+        bail!(
+            "{} already holds {} (e.g. {}); new wedges would be mixed with them: choose a new \
+             or empty --out, or pass --overwrite to replace a data set that synth wrote there",
+            out.display(),
+            if has_lists {
+                "a data set (train.txt / test.txt)".to_string()
+            } else {
+                format!("{} .npy file(s)", present.len())
+            },
+            present
+                .first()
+                .map_or_else(|| out.join("train.txt"), Clone::clone)
+                .display()
+        );
+    }
+    let listed = if has_lists {
+        Dataset::open(out, Split::All)
+            .map(|d| d.paths().to_vec())
+            .with_context(|| format!("reading the data set in {} to replace it", out.display()))?
+    } else {
+        Vec::new()
+    };
+    let listed_set: std::collections::HashSet<PathBuf> = listed
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let foreign: Vec<&PathBuf> = present
+        .iter()
+        .filter(|p| !std::fs::canonicalize(p).is_ok_and(|c| listed_set.contains(&c)))
+        .collect();
+    if let Some(first) = foreign.first() {
+        bail!(
+            "{} holds {} .npy file(s) that are not part of its train.txt / test.txt data set \
+             (e.g. {}); synth never deletes those: choose a new or empty --out",
+            out.display(),
+            foreign.len(),
+            first.display()
+        );
+    }
+    for p in listed.iter().chain(
+        [
+            out.join("train.txt"),
+            out.join("test.txt"),
+            out.join("synth.json"),
+        ]
+        .iter(),
+    ) {
+        if p.is_file() {
+            std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run_synth(args: SynthArgs) -> Result<()> {
     if args.events == 0 {
         bail!("--events must be at least 1");
     }
-    if args.out.join("train.txt").exists() && !args.overwrite {
-        bail!(
-            "{} already holds a data set (train.txt); choose another --out or pass --overwrite",
-            args.out.display()
-        );
+    let need = (args.events as u64)
+        .saturating_mul(WEDGES_PER_EVENT as u64)
+        .saturating_mul(wedge_file_bytes());
+    if let Some(free) = free_bytes(&args.out) {
+        if need > free {
+            let fit = free / (WEDGES_PER_EVENT as u64 * wedge_file_bytes());
+            bail!(
+                "{} events would write {:.1} GB ({} wedges of {:.2} MB), but the disk holding {} \
+                 has {:.1} GB free; nothing was written: use --events {} or fewer, or another disk",
+                args.events,
+                need as f64 / 1e9,
+                args.events * WEDGES_PER_EVENT,
+                wedge_file_bytes() as f64 / 1e6,
+                args.out.display(),
+                free as f64 / 1e9,
+                fit
+            );
+        }
     }
+    clear_synth_output(&args.out, args.overwrite)?;
     let bar = ProgressBar::new(args.events as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -106,6 +225,14 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
     .with_context(|| format!("writing the synthetic data set to {}", args.out.display()))?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    if summary.test_events == 0 {
+        eprintln!(
+            "note: every event went to train.txt and test.txt is empty ({} event(s) x test \
+             fraction {}): `bcae train` runs without per-epoch validation, and `bcae eval` needs \
+             --split train or all; use --events 2 or more for a held-out test split",
+            args.events, args.test_fraction
+        );
+    }
     println!(
         "wrote {} wedges ({} train events, {} test events) to {} in {:.1} s ({:.1} wedges/s, seed {})",
         summary.wedges,

@@ -33,7 +33,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub calib: PathBuf,
     /// Calibration wedges.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::cli::numbers::at_least_one)]
     pub wedges: usize,
     /// Evaluation data (default: the --calib root's test split).
     #[arg(long)]
@@ -49,14 +49,17 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 0)]
     pub check_seed: u64,
     /// Range estimator percentile p in (50, 100]; 100 = min/max.
-    #[arg(long, default_value_t = 99.99)]
+    #[arg(long, default_value_t = 99.99, value_parser = percentile)]
     pub percentile: f64,
     /// Output weights file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -94,6 +97,16 @@ pub struct QuantizeReport {
     pub mae_loss_percent: Option<f64>,
 }
 
+/// `--percentile`: a finite number in (50, 100].
+fn percentile(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if p.is_finite() && p > 50.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' must be a number above 50 and at most 100 (100 = min/max)"
+        )),
+    }
+}
+
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
@@ -107,18 +120,8 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 fn open_data(root: &Path, split: Split, n: usize) -> Result<Dataset> {
-    let mut ds =
-        Dataset::open(root, split).with_context(|| format!("opening data {}", root.display()))?;
-    if ds.is_empty() {
-        ds = Dataset::open(root, Split::All)
-            .with_context(|| format!("opening data {}", root.display()))?;
-    }
-    if ds.is_empty() {
-        bail!(
-            "{} holds no wedges (.npy files or train.txt / test.txt lists)",
-            root.display()
-        );
-    }
+    let mut ds = crate::cli::train::open_split(root, split)
+        .with_context(|| format!("opening data {}", root.display()))?;
     ds.truncate(n);
     Ok(ds)
 }
@@ -133,6 +136,20 @@ fn load(ds: &Dataset, range: std::ops::Range<usize>) -> Result<Vec<Wedge>> {
 }
 
 pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} exists; pass --force to replace it (or choose another --out)",
+            args.out.display()
+        );
+    }
+    if args.out.starts_with(&args.run) {
+        bail!(
+            "--out {} is inside the run folder {}: write the int8 weights beside it, e.g. {}.bcae.postcard",
+            args.out.display(),
+            args.run.display(),
+            args.run.display()
+        );
+    }
     let device = device::open(args.device)?;
     let (cfg, varmap) = checkpoint::load_run(&args.run, &device)
         .with_context(|| format!("loading run {}", args.run.display()))?;

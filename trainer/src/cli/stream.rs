@@ -14,7 +14,7 @@
 //! (UTF-8, up to 52 bytes). `decompress` compares the first 12 bytes with the run's
 //! `model.safetensors` and refuses a mismatch unless `--force`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
@@ -235,6 +235,23 @@ struct CompressSummary {
     wedges_per_s: f64,
     encoder_wedges_per_s_per_thread: f64,
     threads: usize,
+    /// Inputs that could not be read and are not in the stream.
+    skipped: Vec<String>,
+}
+
+/// Whether two paths name the same file (both must exist to be compared by identity).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A temporary name beside `output` for writing it whole before it appears under its name
+/// (hidden, and unique to this process, so it never replaces a file of the user's).
+fn temporary_beside(output: &Path) -> PathBuf {
+    let name = output.file_name().unwrap_or_default().to_string_lossy();
+    output.with_file_name(format!(".{name}.{}.part", std::process::id()))
 }
 
 pub fn run_compress(args: CompressArgs) -> Result<()> {
@@ -242,11 +259,35 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
     if inputs.is_empty() {
         bail!("no wedges found in the inputs");
     }
+    if let Some(input) = inputs.iter().find(|i| same_file(&i.path, &args.output)) {
+        bail!(
+            "-o {} is one of the inputs ({}): compressing would replace the wedge with its own \
+             stream; choose another output name, e.g. run.bcae",
+            args.output.display(),
+            input.path.display()
+        );
+    }
+    if args.output.is_dir() {
+        bail!(
+            "-o {} is a folder; give the stream file's name, e.g. {}",
+            args.output.display(),
+            args.output.join("run.bcae").display()
+        );
+    }
     if args.output.exists() && !args.force {
         bail!(
             "{} exists; pass --force to overwrite it",
             args.output.display()
         );
+    }
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!(
+                "cannot write {}: the folder {} does not exist; create it first",
+                args.output.display(),
+                dir.display()
+            );
+        }
     }
     let weights_bytes = match (&args.codec, &args.weights) {
         (CodecChoice::Int8, None) => {
@@ -276,20 +317,33 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
         (None, CodecChoice::Int8) => bail!("--codec int8 needs --weights"),
     };
 
-    let part = args.output.with_extension("bcae.part");
-    let file = File::create(&part).with_context(|| format!("creating {}", part.display()))?;
-    let result = compress_into(&inputs, encoder.as_ref(), args.codec, header, file);
-    let (writer_stats, seconds, encode_seconds) = match result {
+    // The stream is written under a temporary name and renamed when whole: a failure leaves
+    // neither a partial stream nor the temporary file behind.
+    let part = temporary_beside(&args.output);
+    let file =
+        File::create(&part).with_context(|| format!("cannot write {}", args.output.display()))?;
+    let result = compress_into(&inputs, encoder.as_ref(), args.codec, header, file).and_then(|r| {
+        if r.written == 0 {
+            bail!("no input could be compressed (see the errors above); nothing was written");
+        }
+        std::fs::rename(&part, &args.output)
+            .with_context(|| format!("cannot write {}", args.output.display()))?;
+        Ok(r)
+    });
+    let CompressResult {
+        payload_bytes: writer_stats,
+        seconds,
+        encode_seconds,
+        written: n,
+        skipped,
+    } = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&part);
             return Err(e);
         }
     };
-    std::fs::rename(&part, &args.output)
-        .with_context(|| format!("renaming {} to {}", part.display(), args.output.display()))?;
 
-    let n = inputs.len();
     let raw_bytes = (n * WEDGE_VOXELS * 2) as u64;
     let file_bytes = std::fs::metadata(&args.output)?.len();
     let threads = rayon::current_num_threads();
@@ -306,6 +360,7 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
         wedges_per_s: n as f64 / seconds,
         encoder_wedges_per_s_per_thread: n as f64 / encode_seconds,
         threads,
+        skipped: skipped.clone(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -324,6 +379,15 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
         println!(
             "{:.1} wedges/s end to end ({:.2} s: read .npy, encode on {} threads, write); encoder alone {:.2} wedges/s per thread",
             summary.wedges_per_s, seconds, threads, summary.encoder_wedges_per_s_per_thread
+        );
+    }
+    if !skipped.is_empty() {
+        bail!(
+            "{} of {} input(s) could not be read and are NOT in {} (see the errors above); fix or \
+             remove them and compress again",
+            skipped.len(),
+            inputs.len(),
+            args.output.display()
         );
     }
     Ok(())
@@ -349,19 +413,31 @@ fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Encode every input and write the frames in input order. Returns (payload bytes, wall
-/// seconds, summed encoder seconds).
+/// What [`compress_into`] did.
+struct CompressResult {
+    payload_bytes: u64,
+    seconds: f64,
+    /// Summed encoder seconds over all threads.
+    encode_seconds: f64,
+    written: usize,
+    /// Inputs that could not be read or encoded (each reported on stderr), left out.
+    skipped: Vec<String>,
+}
+
+/// Encode every input and write the frames in input order. An input that cannot be read or
+/// encoded is reported and left out; the others are written.
 fn compress_into(
     inputs: &[Input],
     encoder: Option<&Encoder<'_>>,
     codec: CodecChoice,
     header: StreamHeader,
     file: File,
-) -> Result<(u64, f64, f64)> {
+) -> Result<CompressResult> {
     let mut writer = StreamWriter::new(BufWriter::new(file), header)?;
     let bar = progress_bar(inputs.len() as u64, "compress");
     let start = Instant::now();
     let mut encode_seconds = 0.0;
+    let mut skipped = Vec::new();
     // Chunks keep memory bounded and frames in input order while every core encodes.
     let chunk = (rayon::current_num_threads() * 4).max(4);
     for group in inputs.chunks(chunk) {
@@ -379,21 +455,35 @@ fn compress_into(
             )
             .collect();
         for (input, result) in group.iter().zip(encoded) {
-            let (payload, secs) = result?;
+            bar.inc(1);
+            let (payload, secs) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.suspend(|| eprintln!("error: skipped {}", crate::cli::one_line(&e)));
+                    skipped.push(input.path.display().to_string());
+                    continue;
+                }
+            };
             encode_seconds += secs;
             writer.write_frame(&input.id, &payload)?;
-            bar.inc(1);
         }
         writer.flush()?;
     }
     let payload_bytes = writer.payload_bytes();
+    let written = writer.frame_count();
     writer
         .finish()?
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()?;
     bar.finish_and_clear();
-    Ok((payload_bytes, start.elapsed().as_secs_f64(), encode_seconds))
+    Ok(CompressResult {
+        payload_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        encode_seconds,
+        written,
+        skipped,
+    })
 }
 
 fn encode_one(
@@ -705,11 +795,13 @@ pub struct DecompressArgs {
     /// Precision of the float decoders.
     #[arg(long, value_enum, default_value_t = DecoderPrecision::F32)]
     pub precision: DecoderPrecision,
-    /// Decode even if the run's checkpoint does not match the stream's weights fingerprint.
+    /// Replace .npy files that already exist in the output folder, and decode even if the run's
+    /// checkpoint does not match the stream's weights fingerprint. (The stream and the run's
+    /// files are never overwritten.)
     #[arg(long)]
     pub force: bool,
     /// Wedges decoded per batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -724,6 +816,8 @@ struct DecompressSummary {
     written: usize,
     failed: Vec<String>,
     damaged_regions: Vec<String>,
+    /// Why wedges after the end of the file may be missing (unfinished or cut-off stream).
+    incomplete: Vec<String>,
     seconds: f64,
     wedges_per_s: f64,
 }
@@ -762,10 +856,77 @@ pub fn decode_stream_file(
     Ok(out)
 }
 
+/// Where each frame's wedge goes (by frame number), checked before anything is written: never
+/// onto the stream or a file of the run, never onto an existing file without `force`, and
+/// never two frames onto one file.
+fn plan_outputs(
+    frames: &[FrameInfo],
+    root: &Path,
+    stream: &Path,
+    run: Option<&Path>,
+    force: bool,
+) -> Result<HashMap<u32, PathBuf>> {
+    let mut plan = HashMap::new();
+    let mut taken = HashSet::new();
+    for info in frames {
+        let mut path = output_path(root, info);
+        if !taken.insert(path.clone()) {
+            path = root.join(format!("frame_{:06}.npy", info.number));
+            eprintln!(
+                "warning: frame {} ({}) names the same file as an earlier frame; written as {}",
+                info.number,
+                info.id,
+                path.display()
+            );
+            taken.insert(path.clone());
+        }
+        plan.insert(info.number, path);
+    }
+    let run_dir = run.and_then(|r| std::fs::canonicalize(r).ok());
+    let mut existing = Vec::new();
+    for path in plan.values() {
+        if !path.exists() {
+            continue;
+        }
+        let inside_run = run_dir
+            .as_ref()
+            .is_some_and(|r| std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(r)));
+        if same_file(path, stream) || inside_run {
+            bail!(
+                "decompressing into {} would overwrite {}, one of this command's inputs; choose \
+                 another output folder",
+                root.display(),
+                path.display()
+            );
+        }
+        existing.push(path.display().to_string());
+    }
+    if !existing.is_empty() && !force {
+        existing.sort();
+        bail!(
+            "{} of the {} wedge file(s) to write already exist in {} (first: {}); nothing was \
+             written. Decompress into an empty folder (decoded wedges are lossy: never over the \
+             originals), or pass --force to replace them",
+            existing.len(),
+            plan.len(),
+            root.display(),
+            existing[0]
+        );
+    }
+    Ok(plan)
+}
+
 pub fn run_decompress(args: DecompressArgs) -> Result<()> {
     let mut reader = StreamReader::open(&args.stream)
         .with_context(|| format!("opening {}", args.stream.display()))?;
     print_problems(&reader);
+    let plan = plan_outputs(
+        reader.frames(),
+        &args.output,
+        &args.stream,
+        args.run.as_deref(),
+        args.force,
+    )?;
     let decoder = FrameDecoder::for_stream(
         reader.header(),
         args.run.as_deref(),
@@ -782,7 +943,10 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
     decode_stream(&mut reader, &decoder, args.batch_size, &bar, |d| {
         match d.wedge {
             Ok(w) => {
-                let path = output_path(&args.output, &d.info);
+                let path = plan
+                    .get(&d.info.number)
+                    .cloned()
+                    .unwrap_or_else(|| output_path(&args.output, &d.info));
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
@@ -792,9 +956,19 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
             }
             Err(e) => {
                 bar.suspend(|| {
-                    eprintln!("warning: frame {} ({}): {e:#}", d.info.number, d.info.id)
+                    eprintln!(
+                        "warning: frame {} ({}): {}",
+                        d.info.number,
+                        d.info.id,
+                        crate::cli::one_line(&e)
+                    )
                 });
-                failed.push(format!("frame {} ({}): {e:#}", d.info.number, d.info.id));
+                failed.push(format!(
+                    "frame {} ({}): {}",
+                    d.info.number,
+                    d.info.id,
+                    crate::cli::one_line(&e)
+                ));
             }
         }
         Ok(())
@@ -807,6 +981,12 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
         .filter(|p| p.is_corruption())
         .map(|p| p.to_string())
         .collect();
+    let incomplete: Vec<String> = reader
+        .problems()
+        .iter()
+        .filter(|p| p.is_incomplete())
+        .map(|p| p.to_string())
+        .collect();
     let summary = DecompressSummary {
         stream: args.stream.clone(),
         output: args.output.clone(),
@@ -814,6 +994,7 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
         written,
         failed: failed.clone(),
         damaged_regions: damaged.clone(),
+        incomplete: incomplete.clone(),
         seconds,
         wedges_per_s: written as f64 / seconds,
     };
@@ -832,6 +1013,12 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
              every other wedge was written",
             failed.len(),
             damaged.len()
+        );
+    }
+    if !incomplete.is_empty() {
+        bail!(
+            "{} is incomplete (see the warning above); its {written} whole wedge(s) were written",
+            args.stream.display()
         );
     }
     Ok(())
@@ -999,6 +1186,9 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
             args.stream.display()
         );
     }
+    if let Some(p) = reader.problems().iter().find(|p| p.is_incomplete()) {
+        bail!("{} is incomplete: {p}", args.stream.display());
+    }
     Ok(())
 }
 
@@ -1165,7 +1355,13 @@ pub fn eval_stream(o: &StreamEvalOptions<'_>) -> Result<StreamEvalReport> {
     let decoder = FrameDecoder::for_stream(&header, o.run, o.device, o.precision, o.force)?;
     let bar = progress_bar(reader.frames().len() as u64, "eval --stream");
     let mut rows = Vec::new();
-    let mut failed = Vec::new();
+    // Damage or a missing end loses wedges the score cannot include: a failure, not a note.
+    let mut failed: Vec<String> = reader
+        .problems()
+        .iter()
+        .filter(|p| p.is_failure())
+        .map(|p| p.to_string())
+        .collect();
     decode_stream(&mut reader, &decoder, o.batch_size, &bar, |d| {
         let truth_path = o.truth.join(&d.info.id.path);
         let result = d.wedge.and_then(|w| {
@@ -1181,7 +1377,12 @@ pub fn eval_stream(o: &StreamEvalOptions<'_>) -> Result<StreamEvalReport> {
                 metrics,
             }),
             Err(e) => {
-                let msg = format!("frame {} ({}): {e:#}", d.info.number, d.info.id);
+                let msg = format!(
+                    "frame {} ({}): {}",
+                    d.info.number,
+                    d.info.id,
+                    crate::cli::one_line(&e)
+                );
                 bar.suspend(|| eprintln!("warning: {msg}"));
                 failed.push(msg);
             }
@@ -1287,15 +1488,17 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
         }
         if !report.failed.is_empty() {
             println!(
-                "  {} frame(s) could not be scored (see warnings)",
+                "  {} frame(s) or region(s) could not be scored (see warnings)",
                 report.failed.len()
             );
         }
     }
     if !report.failed.is_empty() {
         bail!(
-            "{} frame(s) of the stream could not be scored",
-            report.failed.len()
+            "the scores above leave out wedges: {} frame(s) or region(s) of {} could not be used \
+             (see the warnings above)",
+            report.failed.len(),
+            o.stream.display()
         );
     }
     Ok(())

@@ -43,25 +43,25 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Total epochs (default 200; on --resume, extends or shortens the run).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
     pub epochs: Option<usize>,
     /// Batches per epoch (default: the whole training split).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
     pub batches_per_epoch: Option<usize>,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
     pub batch_size: usize,
     /// Train on random AxZ crops (azimuth x z, multiples of 8 for BCAE-2D with d=3, of 16 for
     /// the 3D models); evaluation always uses whole wedges.
     #[arg(long, value_parser = parse_crop)]
     pub crop: Option<(usize, usize)>,
     /// Initial learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli::numbers::positive_f64)]
     pub lr: f64,
     /// Epochs at the initial learning rate (default: 50 for BCAE-2D, 100 for the 3D models).
     #[arg(long)]
     pub warmup_epochs: Option<usize>,
     /// Then x0.95 every this many epochs (default: 10 for BCAE-2D, 20 for the 3D models).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
     pub decay_every: Option<usize>,
     /// Seed of the initialisation, data order and crops.
     #[arg(long, default_value_t = 0)]
@@ -138,7 +138,7 @@ fn model_config(name: &str, m: usize, n: usize, d: usize) -> Result<ModelConfig>
 }
 
 /// Open a split, falling back to every wedge of a plain folder / single file (with a note).
-fn open_split(root: &Path, split: Split) -> Result<Dataset> {
+pub(crate) fn open_split(root: &Path, split: Split) -> Result<Dataset> {
     match Dataset::open(root, split) {
         Ok(ds) => Ok(ds),
         Err(DataError::MissingListFile { .. }) => {
@@ -152,9 +152,51 @@ fn open_split(root: &Path, split: Split) -> Result<Dataset> {
     }
 }
 
+/// The test split for per-epoch validation: None (with a note) when there is none to use.
+fn open_validation_split(data: &Path, eval_wedges: usize) -> Result<Option<Dataset>> {
+    if eval_wedges == 0 {
+        return Ok(None);
+    }
+    match open_split(data, Split::Test) {
+        Ok(ds) => Ok(Some(ds)),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<DataError>(),
+                Some(DataError::EmptySplit { .. })
+            ) =>
+        {
+            eprintln!(
+                "note: {} has no test wedges (test.txt is empty), so no validation runs after each \
+                 epoch; generate 2 or more events (`bcae synth --events 2`) to hold one out",
+                data.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove what a new run wrote into `dir` before its first epoch completed (and `dir` itself
+/// when it was created here and is left empty), so the corrected command can simply be re-run.
+fn remove_unstarted_run(dir: &Path, created_dir: bool) {
+    for f in [
+        checkpoint::CONFIG_FILE,
+        checkpoint::MODEL_FILE,
+        checkpoint::OPTIMIZER_FILE,
+        checkpoint::STATE_FILE,
+        checkpoint::LOG_FILE,
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    if created_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let device = device::open(args.device)?;
-    let mut trainer = if args.resume {
+    let mut new_run_dir = None;
+    let (mut trainer, train, test) = if args.resume {
         let mut t = Trainer::resume(&args.out, &device)
             .with_context(|| format!("resuming {}", args.out.display()))?;
         if let Some(e) = args.epochs {
@@ -169,13 +211,20 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             t.step,
             t.coefficient.value
         );
-        t
+        let data = args.data.clone().unwrap_or_else(|| t.settings.data.clone());
+        let train = open_split(&data, Split::Train)?;
+        let test = open_validation_split(&data, t.settings.eval_wedges)?;
+        (t, train, test)
     } else {
         let cfg = model_config(&args.model, args.m, args.n, args.d)?;
         let data = args
             .data
             .clone()
             .context("--data DIR is required for a new run")?;
+        // The data is opened before the run folder exists: a typo in --data must not leave a
+        // half-made run behind that blocks the corrected command.
+        let train = open_split(&data, Split::Train)?;
+        let test = open_validation_split(&data, args.eval_wedges)?;
         let mut s = TrainSettings::paper_defaults(&cfg, data);
         if let Some(e) = args.epochs {
             s.epochs = e;
@@ -207,7 +256,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 Some(median)
             }
         };
+        let created_dir = !args.out.exists();
         let t = Trainer::create(&args.out, cfg, s, &device)?;
+        new_run_dir = Some(created_dir);
         eprintln!(
             "training {} ({} encoder + {} decoder parameters) into {}",
             cfg.label(),
@@ -215,17 +266,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             crate::models::decoder_param_count(&cfg),
             args.out.display()
         );
-        t
-    };
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| trainer.settings.data.clone());
-    let train = open_split(&data, Split::Train)?;
-    let test = if trainer.settings.eval_wedges > 0 {
-        Some(open_split(&data, Split::Test)?)
-    } else {
-        None
+        (t, train, test)
     };
     let s = &trainer.settings;
     eprintln!(
@@ -255,14 +296,35 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         max_rollbacks: args.max_rollbacks,
         stop_after: None,
     };
-    trainer.run(&train, test.as_ref(), &opts)?;
+    if let Err(e) = trainer.run(&train, test.as_ref(), &opts) {
+        let e = anyhow::Error::from(e);
+        return Err(match new_run_dir {
+            Some(created_dir) if trainer.epoch == 0 => {
+                remove_unstarted_run(&args.out, created_dir);
+                e.context(format!(
+                    "training stopped before its first epoch completed; {} was removed, so the \
+                     corrected command can be run again",
+                    args.out.display()
+                ))
+            }
+            _ => e.context(format!(
+                "training stopped after epoch {}; fix the cause and continue with `bcae train --out {} --resume`",
+                trainer.epoch,
+                args.out.display()
+            )),
+        });
+    }
     if let Some(last) = trainer.log.last() {
+        let test = if last.val_mae.is_finite() {
+            format!("test MAE {:.4}", last.val_mae)
+        } else {
+            "no test evaluation".to_string()
+        };
         eprintln!(
-            "done: {} epochs, {} steps; last epoch loss {:.4}, test MAE {:.4}, TP value MAE {} (train {}), hits below ADC 64 {} (train {}), {:.2} wedges/s; run in {}",
+            "done: {} epochs, {} steps; last epoch loss {:.4}, {test}, TP value MAE {} (train {}), hits below ADC 64 {} (train {}), {:.2} wedges/s; run in {}",
             trainer.epoch,
             trainer.step,
             last.loss,
-            last.val_mae,
             fmt_metric(last.val_tp_mae, 4),
             fmt_metric(last.train_tp_mae, 4),
             fmt_percent(last.val_below_threshold),
@@ -306,12 +368,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     /// Evaluate at most this many wedges.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
     pub max_wedges: Option<usize>,
     /// Also print every wedge's metrics.
     #[arg(long)]
     pub per_wedge: bool,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
@@ -322,8 +384,18 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         return crate::cli::stream::run_eval_stream_args(stream, &args);
     }
     let device = device::open(args.device)?;
-    let data = open_split(&args.data, args.split)?;
-    let n = args.max_wedges.map_or(data.len(), |m| m.min(data.len()));
+    let mut data = open_split(&args.data, args.split)?;
+    if let Some(m) = args.max_wedges {
+        data.truncate(m);
+    }
+    let unreadable = crate::cli::drop_unreadable(&mut data);
+    if data.is_empty() {
+        bail!(
+            "none of the wedges of {} could be read (see the errors above)",
+            args.data.display()
+        );
+    }
+    let n = data.len();
     let mut reports: Vec<EvalReport> = Vec::new();
     let mut failures = Vec::new();
     for run in &args.runs {
@@ -349,7 +421,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 }
                 // Keep going: one unsupported precision should not hide the other rows.
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("{}", crate::cli::error_text(&e));
                     failures.push(format!("{} {}", run.display(), precision.name()));
                 }
             }
@@ -358,6 +430,12 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if reports.is_empty() {
         bail!("no evaluation succeeded ({})", failures.join(", "));
     }
+    let unreadable_error = || {
+        anyhow::anyhow!(
+            "{} wedge(s) could not be read and are not in the scores (see the errors above)",
+            unreadable.len()
+        )
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         if !failures.is_empty() {
@@ -366,6 +444,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 failures.len(),
                 failures.join(", ")
             );
+        }
+        if !unreadable.is_empty() {
+            return Err(unreadable_error());
         }
         return Ok(());
     }
@@ -438,6 +519,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             failures.len() + reports.len(),
             failures.join(", ")
         );
+    }
+    if !unreadable.is_empty() {
+        return Err(unreadable_error());
     }
     Ok(())
 }

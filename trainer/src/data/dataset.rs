@@ -1,6 +1,7 @@
 //! A set of wedge files: a reference-layout data root (`train.txt` / `test.txt` listing relative
 //! `.npy` paths), a plain folder of `.npy` files (searched recursively), or one `.npy` file.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::{read_wedge, DataError, Wedge};
@@ -70,7 +71,7 @@ impl Dataset {
             paths
         } else if split == Split::All {
             let mut paths = Vec::new();
-            collect_npy(root, &mut paths)?;
+            collect_npy(root, &mut paths, &mut HashSet::new())?;
             paths.sort();
             paths
         } else {
@@ -80,6 +81,13 @@ impl Dataset {
                 list: list.into(),
             });
         };
+        if paths.is_empty() && has_lists {
+            return Err(DataError::EmptySplit {
+                path: root.to_path_buf(),
+                split: format!("{split:?}").to_lowercase(),
+                lists: split.list_names().join(" and "),
+            });
+        }
         if paths.is_empty() {
             return Err(DataError::Empty {
                 path: root.to_path_buf(),
@@ -128,6 +136,11 @@ impl Dataset {
     pub fn truncate(&mut self, n: usize) {
         self.paths.truncate(n);
     }
+
+    /// Keep only the wedges whose path `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
+        self.paths.retain(|p| keep(p));
+    }
 }
 
 fn read_list(root: &Path, list: &str) -> Result<Vec<PathBuf>, DataError> {
@@ -162,21 +175,46 @@ fn read_list(root: &Path, list: &str) -> Result<Vec<PathBuf>, DataError> {
     Ok(paths)
 }
 
-fn collect_npy(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| DataError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let p = entry.path();
+/// Every `.npy` file under `dir`, recursively (each once, whatever links lead to it), sorted.
+pub fn npy_files_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut paths = Vec::new();
+    collect_npy(dir, &mut paths, &mut HashSet::new())?;
+    paths.sort();
+    Ok(paths)
+}
+
+/// Every `.npy` file under `dir`, recursively. Each folder and file is visited once, by its
+/// canonical path, so a link back up the tree (`self -> .`) or two links to the same place never
+/// count a wedge twice.
+fn collect_npy(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+) -> Result<(), DataError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
+    if !seen.insert(std::fs::canonicalize(dir).map_err(io(dir))?) {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).map_err(io(dir))?;
+    let mut entries = entries
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io(dir))?;
+    // Real entries before links, each sorted: a wedge reached both ways keeps its real path,
+    // whatever order the file system lists them in.
+    entries.sort_by_key(|p| (p.is_symlink(), p.clone()));
+    for p in entries {
         if p.is_dir() {
-            collect_npy(&p, out)?;
+            collect_npy(&p, out, seen)?;
         } else if p.extension().is_some_and(|e| e == "npy") {
-            out.push(p);
+            // A dangling link is kept: reading it then names the file and the fault.
+            let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+            if seen.insert(key) {
+                out.push(p);
+            }
         }
     }
     Ok(())
@@ -249,6 +287,22 @@ mod tests {
             matches!(err, DataError::MissingListedFile { line: 2, .. }),
             "{err}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folder_links_in_circles_count_each_wedge_once() {
+        let dir = make_root();
+        let sub = dir.path().join("outer/12-2_0-0");
+        std::os::unix::fs::symlink(".", dir.path().join("self")).unwrap();
+        std::os::unix::fs::symlink(&sub, dir.path().join("again")).unwrap();
+        std::os::unix::fs::symlink(sub.join("e_0.npy"), dir.path().join("link.npy")).unwrap();
+        let all = Dataset::open(dir.path(), Split::All).unwrap();
+        assert_eq!(all.len(), 3, "{:?}", all.paths());
+        assert!(all
+            .paths()
+            .iter()
+            .all(|p| p.starts_with(dir.path().join("outer"))));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod synth;
 
 use std::path::PathBuf;
 
-pub use dataset::{Dataset, Split};
+pub use dataset::{npy_files_under, Dataset, Split};
 pub use encoder_nostd::geometry::{
     disk_index, ADC_MAX, AZIMUTH, LAYERS, WEDGES_PER_EVENT, WEDGE_VOXELS, ZERO_SUPPRESSION, Z_BINS,
     Z_PADDED,
@@ -117,6 +117,12 @@ pub enum DataError {
     },
     #[error("{path}: no .npy wedge files found")]
     Empty { path: PathBuf },
+    #[error("{path}: the {split} split is empty (no wedge is listed in {lists}; `bcae synth --events 1` puts its only event in train.txt): use another split (--split train or all), or generate at least 2 events so one is held out for testing")]
+    EmptySplit {
+        path: PathBuf,
+        split: String,
+        lists: String,
+    },
     #[error("{path}: wedge index {index} out of range (data set has {len} wedges)")]
     IndexOutOfRange {
         path: PathBuf,

@@ -58,16 +58,18 @@ pub fn parse_wedge(bytes: &[u8], path: &Path) -> Result<ReadReport, DataError> {
     }));
     let header = match header {
         Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
+        // npyz's own wording ("expected minus_sign", "failed to fill whole buffer") describes
+        // its parser, not the file: say what is wrong with the file instead.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(DataError::NotNpy {
                 path: p(),
-                reason: format!("bad header: {e}"),
+                reason: "the file ends inside its header: it is truncated, copy it again".into(),
             })
         }
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             return Err(DataError::NotNpy {
                 path: p(),
-                reason: "unparseable header".into(),
+                reason: "its header is damaged: not the dictionary text np.save writes".into(),
             })
         }
     };
@@ -200,8 +202,12 @@ pub fn write_wedge(path: &Path, wedge: &Wedge) -> Result<(), DataError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    // Errors name the wedge, not the temporary file, which is never left behind.
+    let written = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 #[cfg(test)]

@@ -369,8 +369,14 @@ pub fn read_code_npz(path: &Path, device: &Device) -> std::result::Result<Tensor
         path: path.display().to_string(),
         source,
     })?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| format_err(path, format!("not a .npz (zip) archive: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|_| {
+        format_err(
+            path,
+            "not a .npz archive, or a truncated one (its zip directory is missing); \
+                 copy the released file again"
+                .to_string(),
+        )
+    })?;
     let entry = archive.by_name("data.npy").map_err(|e| {
         format_err(
             path,

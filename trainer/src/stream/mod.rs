@@ -99,7 +99,13 @@
 //!   locates more frames.
 //! - A file that ends inside a frame (cut off mid-write) yields every whole frame before it and a
 //!   notice for the incomplete tail; a file without index and trailer is a valid, unfinished
-//!   stream.
+//!   stream, reported as such (frames written after the cut are missing).
+//! - Frames are kept in file order; one whose number is lower than its predecessor's (reordered
+//!   frames) is intact and kept, with a notice; a repeated frame number keeps the first copy.
+//! - One file holds one stream. Two streams joined together (`cat a.bcae b.bcae`) are refused
+//!   with the offset where the second starts (`StreamError::Concatenated`), rather than read
+//!   whole: the two may carry different codecs or models, and a reader that merged them would
+//!   hide which wedges came from which encoder.
 
 mod format;
 mod reader;
@@ -131,6 +137,8 @@ pub enum StreamError {
     MalformedHeader(String),
     #[error("cannot write this frame: {0}")]
     InvalidFrame(String),
+    #[error("the file holds two .bcae streams joined together (a second stream header starts at byte {offset}; `cat a.bcae b.bcae`?). A .bcae file holds one stream: split it with `head -c {offset} FILE > first.bcae` and `tail -c +{} FILE > second.bcae`, and read each", .offset + 1)]
+    Concatenated { offset: u64, len: u64 },
     #[error("frame {number} does not exist (the stream has {count} readable frames)")]
     NoSuchFrame { number: usize, count: usize },
     #[error("frame {number} ({id}): CRC mismatch in its path and payload (stored {stored:#010x}, computed {computed:#010x}); this wedge is lost, the others are unaffected")]

@@ -1,5 +1,6 @@
 //! Reader: header check, index or sequential scan with resynchronisation, CRC-checked payloads.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -73,6 +74,12 @@ pub enum FrameProblem {
     TruncatedIndex { offset: u64 },
     /// The footer index (where a valid trailer points) is damaged: no frame is lost.
     CorruptIndex { offset: u64 },
+    /// The file ends after a whole frame but without the footer index: the writer has not
+    /// finished (or the file was cut at a frame boundary), so frames written later are missing.
+    Unfinished { frames: usize },
+    /// A frame whose number is lower than the one before it (frames reordered); it is intact
+    /// and kept, at the position the file holds it.
+    OutOfOrder { number: u32, after: u32 },
 }
 
 impl FrameProblem {
@@ -83,7 +90,23 @@ impl FrameProblem {
             FrameProblem::Truncated { .. }
                 | FrameProblem::TruncatedIndex { .. }
                 | FrameProblem::CorruptIndex { .. }
+                | FrameProblem::Unfinished { .. }
+                | FrameProblem::OutOfOrder { .. }
         )
+    }
+
+    /// True when frames may be missing because the file ends early (cut off, or not finished).
+    pub fn is_incomplete(&self) -> bool {
+        matches!(
+            self,
+            FrameProblem::Truncated { .. } | FrameProblem::Unfinished { .. }
+        )
+    }
+
+    /// True when the stream cannot be taken as whole: damaged, or missing its end. A command
+    /// that reads a stream with such a problem writes every intact wedge and exits non-zero.
+    pub fn is_failure(&self) -> bool {
+        self.is_corruption() || self.is_incomplete()
     }
 }
 
@@ -123,6 +146,17 @@ impl std::fmt::Display for FrameProblem {
                 f,
                 "the footer index at offset {offset} is incomplete (cut off while finishing); no frame is lost"
             ),
+            FrameProblem::Unfinished { frames } => write!(
+                f,
+                "the stream is unfinished: it ends after {frames} whole frame(s) without its footer \
+                 index (the writer has not finished, or the file was cut at a frame boundary); \
+                 those frames are intact, any written after them are missing: if the writer is \
+                 still running, wait for it, else recover the rest from the source"
+            ),
+            FrameProblem::OutOfOrder { number, after } => write!(
+                f,
+                "frame {number} comes after frame {after} (frames reordered); it is intact and kept"
+            ),
         }
     }
 }
@@ -157,6 +191,8 @@ pub struct StreamReader<R: Read + Seek> {
     index: IndexStatus,
     /// Where a valid trailer says the index starts (even if the index itself is damaged).
     trailer_index_offset: Option<u64>,
+    /// Numbers of the frames in `frames` (a repeated number is refused).
+    numbers: HashSet<u32>,
 }
 
 impl StreamReader<BufReader<File>> {
@@ -178,6 +214,15 @@ impl<R: Read + Seek> StreamReader<R> {
         let len = src.seek(SeekFrom::End(0))?;
         let mut prefix = vec![0u8; len.min(12) as usize];
         read_at(&mut src, 0, &mut prefix)?;
+        let magic = super::format::HEADER_MAGIC;
+        let n = prefix.len().min(magic.len());
+        if !prefix.is_empty() && prefix.len() < 12 && prefix[..n] == magic[..n] {
+            // The start of a stream, cut off before its header length: truncated, not foreign.
+            return Err(StreamError::TruncatedHeader {
+                available: len,
+                needed: 12,
+            });
+        }
         let header_len = StreamHeader::announced_len(&prefix)?;
         if len < header_len as u64 {
             return Err(StreamError::TruncatedHeader {
@@ -197,6 +242,7 @@ impl<R: Read + Seek> StreamReader<R> {
             problems: Vec::new(),
             index: IndexStatus::Absent,
             trailer_index_offset: None,
+            numbers: HashSet::new(),
         };
         match reader.try_index()? {
             Ok(entries) => {
@@ -208,10 +254,11 @@ impl<R: Read + Seek> StreamReader<R> {
                     let by_index = (
                         std::mem::take(&mut reader.frames),
                         std::mem::take(&mut reader.problems),
+                        std::mem::take(&mut reader.numbers),
                     );
                     reader.scan()?;
                     if reader.frames.len() <= by_index.0.len() {
-                        (reader.frames, reader.problems) = by_index;
+                        (reader.frames, reader.problems, reader.numbers) = by_index;
                     } else {
                         reader.index = IndexStatus::Invalid(
                             "the index does not match the frames (bytes inserted or removed?); frames were found by scanning".into(),
@@ -222,6 +269,17 @@ impl<R: Read + Seek> StreamReader<R> {
             Err(status) => {
                 reader.index = status;
                 reader.scan()?;
+            }
+        }
+        if reader.index != IndexStatus::Used {
+            // Without a valid index the frames were found by scanning; a second stream header
+            // inside the file means two streams joined (`cat a.bcae b.bcae`), whose second half
+            // a scan cannot tell from the first: refuse rather than return part of it.
+            if let Some(offset) = reader.find_second_header()? {
+                return Err(StreamError::Concatenated {
+                    offset,
+                    len: reader.len,
+                });
             }
         }
         Ok(reader)
@@ -347,6 +405,8 @@ impl<R: Read + Seek> StreamReader<R> {
     fn scan(&mut self) -> io::Result<()> {
         let mut pos = self.header_len;
         let mut last_number: Option<u32> = None;
+        let mut ended_at_index = false;
+        let problems_before = self.problems.len();
         while pos < self.len {
             match self.frame_header_at(pos)? {
                 HeaderParse::Valid(h) => {
@@ -369,7 +429,18 @@ impl<R: Read + Seek> StreamReader<R> {
                 }
                 parse @ (HeaderParse::Incomplete | HeaderParse::Invalid) => {
                     let index = self.index_at(pos, None)?;
-                    if let IndexParse::Valid(_) = index {
+                    if let IndexParse::Valid(entries) = &index {
+                        ended_at_index = true;
+                        // Bytes after the index and its trailer belong to no stream (appended
+                        // junk; a second stream is refused by the caller): report them.
+                        let end = pos + index_len(entries.len() as u64) + TRAILER_LEN;
+                        if end < self.len {
+                            self.problems.push(FrameProblem::CorruptRegion {
+                                offset: end,
+                                len: self.len - end,
+                                frames_lost: None,
+                            });
+                        }
                         break; // the end of the frames
                     }
                     let next = self.find_next_sync(pos + 1)?;
@@ -415,7 +486,55 @@ impl<R: Read + Seek> StreamReader<R> {
                 }
             }
         }
+        // The end is accounted for by a (possibly damaged or cut) index, or already reported
+        // as a cut inside a frame; otherwise the file simply stops after a whole frame.
+        let end_reported = self.problems[problems_before..].iter().any(|p| {
+            matches!(
+                p,
+                FrameProblem::Truncated { .. }
+                    | FrameProblem::TruncatedIndex { .. }
+                    | FrameProblem::CorruptIndex { .. }
+            )
+        });
+        if !ended_at_index && !end_reported {
+            self.problems.push(FrameProblem::Unfinished {
+                frames: self.frames.len(),
+            });
+        }
         Ok(())
+    }
+
+    /// Offset of a second valid stream header (magic, length and CRC) after the first one.
+    fn find_second_header(&mut self) -> io::Result<Option<u64>> {
+        let magic = super::format::HEADER_MAGIC;
+        let mut start = self.header_len;
+        let mut window = vec![0u8; SCAN_WINDOW + magic.len()];
+        while start < self.len {
+            let want = (self.len - start).min(window.len() as u64) as usize;
+            let got = read_at(&mut self.src, start, &mut window[..want])?;
+            if got < magic.len() {
+                break;
+            }
+            for i in 0..=(got - magic.len()).min(SCAN_WINDOW - 1) {
+                if window[i..i + magic.len()] != magic {
+                    continue;
+                }
+                let at = start + i as u64;
+                let mut prefix = [0u8; 12];
+                let n = read_at(&mut self.src, at, &mut prefix)?;
+                let Ok(len) = StreamHeader::announced_len(&prefix[..n]) else {
+                    continue;
+                };
+                let mut head = vec![0u8; len];
+                if read_at(&mut self.src, at, &mut head)? == len
+                    && StreamHeader::decode(&head).is_ok()
+                {
+                    return Ok(Some(at));
+                }
+            }
+            start += SCAN_WINDOW as u64;
+        }
+        Ok(None)
     }
 
     /// Record a frame whose header checked out, unless it is unusable. Returns whether accepted.
@@ -425,11 +544,12 @@ impl<R: Read + Seek> StreamReader<R> {
         h: FrameHeader,
         last_number: Option<u32>,
     ) -> io::Result<bool> {
-        let reason = if last_number.is_some_and(|n| h.number <= n) {
+        // A frame number seen before is a stale or repeated copy; a lower number than the last
+        // one is a reordered frame, intact, and kept (noted).
+        let reason = if self.numbers.contains(&h.number) {
             Some(format!(
-                "frame number {} is out of sequence (after frame {})",
-                h.number,
-                last_number.unwrap_or(0)
+                "frame number {} appears twice; the first copy is kept",
+                h.number
             ))
         } else if self.header.codec == Codec::Int8Code
             && h.payload_len as u64 != self.header.code_len()
@@ -451,9 +571,16 @@ impl<R: Read + Seek> StreamReader<R> {
             });
             return Ok(false);
         }
+        if let Some(after) = last_number.filter(|&n| h.number < n) {
+            self.problems.push(FrameProblem::OutOfOrder {
+                number: h.number,
+                after,
+            });
+        }
         // The path is checked with the payload (body CRC); until then it is shown as read.
         let mut path = vec![0u8; h.path_len as usize];
         read_at(&mut self.src, offset + FRAME_HEADER_LEN as u64, &mut path)?;
+        self.numbers.insert(h.number);
         self.frames.push(FrameInfo {
             number: h.number,
             id: WedgeId {

@@ -88,12 +88,96 @@ fn round_trip_finished_and_unfinished() {
         };
         assert_eq!(r.index_status(), &expected);
         let (got, problems) = read_all(&bytes).unwrap();
-        assert!(problems.is_empty(), "{problems:?}");
+        if finish {
+            assert!(problems.is_empty(), "{problems:?}");
+        } else {
+            // Reported (frames written after the end may be missing), not as damage.
+            assert_eq!(problems, vec![FrameProblem::Unfinished { frames: 5 }]);
+            assert!(problems[0].is_incomplete() && !problems[0].is_corruption());
+        }
         let want: Vec<_> = frames
             .iter()
             .map(|(i, p)| (i.clone(), Some(p.clone())))
             .collect();
         assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_cut_at_a_frame_boundary_is_reported_as_unfinished() {
+    let frames = sample_frames(4);
+    let clean = write_stream(int8_header(), &frames, true);
+    for (k, &(_, end)) in frame_ranges(&clean).iter().enumerate() {
+        let (got, problems) = read_all(&clean[..end]).unwrap();
+        assert_eq!(got.len(), k + 1);
+        assert_eq!(
+            problems,
+            vec![FrameProblem::Unfinished { frames: k + 1 }],
+            "cut after frame {k}"
+        );
+    }
+}
+
+#[test]
+fn two_streams_joined_are_refused_with_the_offset_of_the_second() {
+    let a = write_stream(int8_header(), &sample_frames(2), true);
+    let b = write_stream(int8_header(), &sample_frames(3), true);
+    let unfinished_a = &a[..frame_ranges(&a)[1].1];
+    for first in [&a[..], unfinished_a] {
+        for second in [&b[..], &b[..b.len() - 20]] {
+            let joined = [first, second].concat();
+            match StreamReader::new(Cursor::new(&joined)) {
+                Err(StreamError::Concatenated { offset, .. }) => {
+                    assert_eq!(offset, first.len() as u64)
+                }
+                other => panic!(
+                    "joined streams not refused: {:?}",
+                    other.map(|r| r.frames().len())
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn bytes_appended_after_a_finished_stream_are_reported() {
+    let frames = sample_frames(2);
+    let clean = write_stream(int8_header(), &frames, true);
+    let bytes = [&clean[..], b"trailing junk".as_slice()].concat();
+    let (got, problems) = read_all(&bytes).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(_, p)| p.is_some()));
+    assert_eq!(
+        problems,
+        vec![FrameProblem::CorruptRegion {
+            offset: clean.len() as u64,
+            len: 13,
+            frames_lost: None
+        }]
+    );
+}
+
+#[test]
+fn swapped_frames_are_both_kept() {
+    let frames = sample_frames(4);
+    for finish in [true, false] {
+        let clean = write_stream(int8_header(), &frames, finish);
+        let r = frame_ranges(&clean);
+        // Swap frames 1 and 2 (same size: int8 codes, same path length).
+        let mut bytes = clean[..r[1].0].to_vec();
+        bytes.extend_from_slice(&clean[r[2].0..r[2].1]);
+        bytes.extend_from_slice(&clean[r[1].0..r[1].1]);
+        bytes.extend_from_slice(&clean[r[2].1..]);
+        let (got, problems) = read_all(&bytes).unwrap();
+        let ids: Vec<_> = got.iter().map(|(id, _)| id.clone()).collect();
+        let want: Vec<_> = [0, 2, 1, 3].iter().map(|&k| frames[k].0.clone()).collect();
+        assert_eq!(ids, want, "finish {finish}");
+        assert!(got.iter().all(|(_, p)| p.is_some()));
+        assert!(problems.contains(&FrameProblem::OutOfOrder {
+            number: 1,
+            after: 2
+        }));
+        assert!(problems.iter().all(|p| !p.is_corruption()), "{problems:?}");
     }
 }
 
@@ -182,8 +266,9 @@ fn bit_flips_in_index_or_trailer_lose_no_frame() {
         let (got, problems) = read_all(&bytes).unwrap();
         assert_eq!(got.len(), 3, "bit {bit}");
         assert!(got.iter().all(|(_, p)| p.is_some()));
+        // A finished stream whose footer is damaged is not taken for an unfinished one.
         assert!(
-            problems.iter().all(|p| !p.is_corruption()),
+            problems.iter().all(|p| !p.is_failure()),
             "bit {bit}: {problems:?}"
         );
     }
@@ -476,7 +561,11 @@ proptest! {
             unfinished_bytes(StreamHeader::sparse(9), &frames)
         };
         let (got, problems) = read_all(&bytes).unwrap();
-        prop_assert!(problems.is_empty());
+        if finish {
+            prop_assert!(problems.is_empty());
+        } else {
+            prop_assert_eq!(problems, vec![FrameProblem::Unfinished { frames: frames.len() }]);
+        }
         let want: Vec<_> = frames.into_iter().map(|(i, p)| (i, Some(p))).collect();
         prop_assert_eq!(got, want);
     }
