@@ -108,6 +108,29 @@ pub fn conv_rows(
     rows: Range<usize>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    conv_rows_with(conv, input, in_shape, rows, output, true)
+}
+
+/// [`conv_rows`] without the sparse-input path, whatever the input: the dense kernels' cost on
+/// the same data, for benchmarks (the result is identical).
+pub fn conv_rows_dense(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    conv_rows_with(conv, input, in_shape, rows, output, false)
+}
+
+fn conv_rows_with(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+    allow_sparse: bool,
+) -> Result<(), Error> {
     let out = conv_output_shape(conv, in_shape)?;
     if conv.in_channels as usize != in_shape.c || rows.end > out.h || rows.start > rows.end {
         return Err(Error::CorruptWeights);
@@ -143,7 +166,7 @@ pub fn conv_rows(
         let range = valid_range(out.w, in_shape.w, x, sw, pw);
         *r = (range.start, range.end);
     }
-    if pw < kw && kw <= SPARSE_TAPS && in_shape.w <= MAX_ROW {
+    if allow_sparse && pw < kw && kw <= SPARSE_TAPS && in_shape.w <= MAX_ROW {
         let (lo, hi) = input_rows(&rows, in_shape.h, kh, sh, ph);
         if mostly_zero_point(input, in_shape, lo..hi, conv.input_zero_point) {
             // Few output channels (BCAE-HT's first block: 2) get narrower vectors.
@@ -389,7 +412,7 @@ fn gather_nonzero(
     row: &[i8],
     zp: i8,
     cols: &mut [u16; MAX_ROW],
-    vals: &mut [i32; MAX_ROW],
+    vals: &mut [i16; MAX_ROW],
 ) -> usize {
     let mut n = 0usize;
     for (b, block) in row.chunks(16).enumerate() {
@@ -400,7 +423,7 @@ fn gather_nonzero(
             if v != zp {
                 if let (Some(c), Some(x)) = (cols.get_mut(n), vals.get_mut(n)) {
                     *c = (b * 16 + i) as u16;
-                    *x = v as i32 - zp as i32;
+                    *x = v as i16 - zp as i16;
                     n += 1;
                 }
             }
@@ -442,9 +465,10 @@ fn conv_rows_sparse<const LANES: usize>(
         return Err(Error::CorruptWeights);
     }
     let mut acc = [[0i32; LANES]; SPARSE_ACC];
-    let mut taps = [[0i32; LANES]; SPARSE_TAPS];
+    // i16 products are exact: |w| <= 127 and |v - zp| <= 255, so |w * (v - zp)| <= 32,385.
+    let mut taps = [[0i16; LANES]; SPARSE_TAPS];
     let mut cols = [0u16; MAX_ROW];
-    let mut vals = [0i32; MAX_ROW];
+    let mut vals = [0i16; MAX_ROW];
     for od in 0..out.d {
         for oy in rows.clone() {
             for g0 in (0..out.c).step_by(LANES) {
@@ -482,7 +506,7 @@ fn conv_rows_sparse<const LANES: usize>(
                                     conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
                                 for (tap, &w) in taps.iter_mut().zip(w_row.iter().rev()) {
                                     if let Some(lane) = tap.get_mut(k) {
-                                        *lane = w as i8 as i32;
+                                        *lane = w as i8 as i16;
                                     }
                                 }
                             }
@@ -492,7 +516,7 @@ fn conv_rows_sparse<const LANES: usize>(
                                 let dst = acc.get_mut(ix..ix + kw).ok_or(Error::CorruptWeights)?;
                                 for (a, tap) in dst.iter_mut().zip(taps) {
                                     for (a, &w) in a.iter_mut().zip(tap) {
-                                        *a = a.wrapping_add(w.wrapping_mul(v));
+                                        *a = a.wrapping_add(w.wrapping_mul(v) as i32);
                                     }
                                 }
                             }
@@ -531,8 +555,7 @@ const PAIR_GROUP: usize = 8;
 /// The dense stride-1 convolution. Each input row is prepared once as `x - zp` in i16 (exact:
 /// `|x - zp| <= 255`), zero-padded, and as pairs `(x[m], x[m + 1])`, then shared by
 /// [`PAIR_GROUP`] output channels; every pass adds two taps' products per output,
-/// `x[m] * w[t] + x[m + 1] * w[t + 1]` (an i16 x i16 -> i32 pair dot product: `pmaddwd` on x86,
-/// `smlad` on a Cortex-M4), along a contiguous output row. Stack use about 10 KiB.
+/// `x[m] * w[t] + x[m + 1] * w[t + 1]` (i16 products, i32 sums), along a contiguous output row. Stack use about 10 KiB.
 // Not inlined: its stack buffers stay out of the callers' frames.
 #[inline(never)]
 fn conv_rows_pairs(
@@ -626,6 +649,7 @@ fn conv_rows_pairs(
 
 /// `acc[ox] += sum over taps t of w_row[t] * x[ox + t]`, `pairs[m] = (x[m], x[m + 1])`, taps
 /// taken two per pair and four per pass over `acc` (an odd last tap pairs with weight 0).
+/// Products in i16 are exact (|w| <= 127, |x| <= 255), sums in i32.
 #[inline]
 fn add_tap_pairs(acc: &mut [i32], pairs: &[[i16; 2]], w_row: &[u8]) -> Result<(), Error> {
     let n = acc.len();
@@ -638,14 +662,14 @@ fn add_tap_pairs(acc: &mut [i32], pairs: &[[i16; 2]], w_row: &[u8]) -> Result<()
             let (w2, w3) = (w(t + 2), w(t + 3));
             let p1 = pairs.get(t + 2..t + 2 + n).ok_or(Error::CorruptWeights)?;
             for ((a, x), y) in acc.iter_mut().zip(p0).zip(p1) {
-                let s = (x[0] as i32 * w0 as i32 + x[1] as i32 * w1 as i32)
-                    + (y[0] as i32 * w2 as i32 + y[1] as i32 * w3 as i32);
+                let s = (x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w1) as i32)
+                    + (y[0].wrapping_mul(w2) as i32 + y[1].wrapping_mul(w3) as i32);
                 *a = a.wrapping_add(s);
             }
             t += 4;
         } else {
             for (a, x) in acc.iter_mut().zip(p0) {
-                *a = a.wrapping_add(x[0] as i32 * w0 as i32 + x[1] as i32 * w1 as i32);
+                *a = a.wrapping_add(x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w1) as i32);
             }
             t += 2;
         }
@@ -1066,6 +1090,9 @@ mod tests {
                 let (expected, out) = reference_conv(&c, x, shape);
                 let mut got = vec![0i8; out.len()];
                 conv(&c.view(), x, shape, &mut got).unwrap();
+                prop_assert_eq!(&got, &expected);
+                got.fill(0);
+                conv_rows_dense(&c.view(), x, shape, 0..out.h, &mut got).unwrap();
                 prop_assert_eq!(&got, &expected);
                 {
                     let (lo, hi) = (out.h / 3, out.h);
