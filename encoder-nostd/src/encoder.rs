@@ -8,7 +8,7 @@
 //! let value = encoder.code_scale() * (code[i] as f32 - encoder.code_zero_point() as f32);
 //! ```
 //!
-//! # Memory (bounded, stated per model; no heap; stack: about 10 KiB, the strided conv's row and accumulator buffers)
+//! # Memory (bounded, stated per model; no heap; stack: about 16 KiB, a convolution kernel's row and accumulator buffers)
 //!
 //! - BCAE-HT (channels 2,4,4,8): scratch = input (1x16x192x256 = 786,432 B) + 2 x the largest
 //!   block tensor (2x16x96x128 = 393,216 B) = **1,572,864 bytes**; code 8x16x12x16 = 24,576 B.

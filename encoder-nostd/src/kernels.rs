@@ -108,6 +108,29 @@ pub fn conv_rows(
     rows: Range<usize>,
     output: &mut [i8],
 ) -> Result<(), Error> {
+    conv_rows_with(conv, input, in_shape, rows, output, true)
+}
+
+/// [`conv_rows`] without the sparse-input path, whatever the input: the dense kernels' cost on
+/// the same data, for benchmarks (the result is identical).
+pub fn conv_rows_dense(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    conv_rows_with(conv, input, in_shape, rows, output, false)
+}
+
+fn conv_rows_with(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+    allow_sparse: bool,
+) -> Result<(), Error> {
     let out = conv_output_shape(conv, in_shape)?;
     if conv.in_channels as usize != in_shape.c || rows.end > out.h || rows.start > rows.end {
         return Err(Error::CorruptWeights);
@@ -142,6 +165,20 @@ pub fn conv_rows(
     for (x, r) in col_ranges.iter_mut().enumerate().take(kw) {
         let range = valid_range(out.w, in_shape.w, x, sw, pw);
         *r = (range.start, range.end);
+    }
+    if allow_sparse && pw < kw && kw <= SPARSE_TAPS && in_shape.w <= MAX_ROW {
+        let (lo, hi) = input_rows(&rows, in_shape.h, kh, sh, ph);
+        if mostly_zero_point(input, in_shape, lo..hi, conv.input_zero_point) {
+            // Few output channels (BCAE-HT's first block: 2) get narrower vectors.
+            return if out.c <= 4 {
+                conv_rows_sparse::<4>(conv, input, in_shape, out, rows, output)
+            } else {
+                conv_rows_sparse::<8>(conv, input, in_shape, out, rows, output)
+            };
+        }
+    }
+    if sw == 1 && pw < kw && kw <= PAIR_TAPS && in_shape.w <= MAX_ROW {
+        return conv_rows_pairs(conv, input, in_shape, out, rows, output);
     }
     if sw > 1 && in_shape.w <= STRIDED_ROW {
         return conv_rows_strided(conv, input, in_shape, out, rows, &col_ranges, output);
@@ -330,6 +367,311 @@ fn conv_rows_strided(
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Input rows (height positions) that output rows `rows` read: `lo..hi`, clamped to the input.
+fn input_rows(rows: &Range<usize>, in_h: usize, kh: usize, sh: usize, ph: usize) -> (usize, usize) {
+    let lo = (rows.start * sh).saturating_sub(ph).min(in_h);
+    let hi = match rows.end.checked_sub(1) {
+        Some(last) => (last * sh + kh).saturating_sub(ph).min(in_h),
+        None => lo,
+    };
+    (lo, hi.max(lo))
+}
+
+/// Whether at most 1/[`SPARSE_DENSITY`] of the input values in rows `iy` (every channel and
+/// depth) differ from the zero point: zero-suppressed TPC data (about 11 % non-zero) makes the
+/// scatter kernel [`conv_rows_sparse`] several times cheaper than a dense one there.
+fn mostly_zero_point(input: &[i8], in_shape: Shape, iy: Range<usize>, zp: i8) -> bool {
+    let plane = in_shape.h * in_shape.w;
+    let (start, end) = (iy.start * in_shape.w, iy.end * in_shape.w);
+    let mut nonzero = 0usize;
+    for p in 0..in_shape.c * in_shape.d {
+        let Some(rows) = input.get(p * plane + start..p * plane + end) else {
+            return false;
+        };
+        nonzero += rows.iter().filter(|&&v| v != zp).count();
+    }
+    nonzero * SPARSE_DENSITY <= in_shape.c * in_shape.d * (end - start)
+}
+
+/// Widest kernel (taps along w) of the sparse path.
+const SPARSE_TAPS: usize = 8;
+/// The sparse path is taken where at most one input value in this many is not the zero point.
+const SPARSE_DENSITY: usize = 5;
+/// Accumulator columns of the sparse path: every `ix + t`, `ix < MAX_ROW`, `t < SPARSE_TAPS`.
+const SPARSE_ACC: usize = MAX_ROW + SPARSE_TAPS;
+
+/// Collects the input values of `row` that differ from `zp`: columns into `cols`, `v - zp` into
+/// `vals`; returns how many. Blocks of 16 equal to `zp` (most of a zero-suppressed row) are
+/// skipped with one vectorised test.
+fn gather_nonzero(
+    row: &[i8],
+    zp: i8,
+    cols: &mut [u16; MAX_ROW],
+    vals: &mut [i16; MAX_ROW],
+) -> usize {
+    let mut n = 0usize;
+    for (b, block) in row.chunks(16).enumerate() {
+        if block.iter().fold(0u8, |acc, &v| acc | (v ^ zp) as u8) == 0 {
+            continue;
+        }
+        for (i, &v) in block.iter().enumerate() {
+            if v != zp {
+                if let (Some(c), Some(x)) = (cols.get_mut(n), vals.get_mut(n)) {
+                    *c = (b * 16 + i) as u16;
+                    *x = v as i16 - zp as i16;
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// The convolution for inputs that are mostly the zero point (the zero-suppressed wedge
+/// entering the first layer): for each input value `v != zp`, scatter `w * (v - zp)` into every
+/// output it reaches; zero-point inputs contribute nothing and cost nothing. Accumulators are
+/// channel-last (`acc[column][channel]`, `LANES` output channels at a time, one i32 vector) so
+/// each tap is one vector multiply-add whose lanes are channels. A stride along w scatters at
+/// full resolution and reads every `stride`-th column. The integer sums are the dense kernel's
+/// exactly (i32 wrapping adds commute). Stack use at most about 10 KiB.
+// Not inlined: its stack buffers stay out of the callers' frames.
+#[inline(never)]
+fn conv_rows_sparse<const LANES: usize>(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [sd, sh, sw] = conv.stride.map(usize::from);
+    let [pd, ph, pw] = conv.padding.map(usize::from);
+    let terms = conv.terms();
+    let zp = conv.input_zero_point;
+    let in_plane = in_shape.h * in_shape.w;
+    let n_rows = rows.end - rows.start;
+    // Input column ix with tap x feeds position ix + pw - x = ox * sw, kept at
+    // acc[ix + kw - 1 - x], so output column ox is acc[kw - 1 - pw + ox * sw] (pw < kw is
+    // checked by the caller; the last output's position is below span).
+    let first = kw - 1 - pw;
+    let span = in_shape.w + kw - 1;
+    if pw >= kw || first + (out.w.max(1) - 1) * sw >= span {
+        return Err(Error::CorruptWeights);
+    }
+    let mut acc = [[0i32; LANES]; SPARSE_ACC];
+    // i16 products are exact: |w| <= 127 and |v - zp| <= 255, so |w * (v - zp)| <= 32,385.
+    let mut taps = [[0i16; LANES]; SPARSE_TAPS];
+    let mut cols = [0u16; MAX_ROW];
+    let mut vals = [0i16; MAX_ROW];
+    for od in 0..out.d {
+        for oy in rows.clone() {
+            for g0 in (0..out.c).step_by(LANES) {
+                let g = (out.c - g0).min(LANES);
+                let mut bias = [0i32; LANES];
+                for (k, b) in bias.iter_mut().enumerate().take(g) {
+                    *b = channel(conv, g0 + k)?.bias;
+                }
+                acc.get_mut(..span).ok_or(Error::CorruptWeights)?.fill(bias);
+                for ci in 0..in_shape.c {
+                    for z in 0..kd {
+                        let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
+                        else {
+                            continue;
+                        };
+                        for y in 0..kh {
+                            let Some(iy) =
+                                (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h)
+                            else {
+                                continue;
+                            };
+                            let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
+                            let in_row = input
+                                .get(row_start..row_start + in_shape.w)
+                                .ok_or(Error::CorruptWeights)?;
+                            let n = gather_nonzero(in_row, zp, &mut cols, &mut vals);
+                            if n == 0 {
+                                continue;
+                            }
+                            // taps[t][k]: weight of tap kw - 1 - t for channel g0 + k.
+                            let w_base = ((ci * kd + z) * kh + y) * kw;
+                            for k in 0..g {
+                                let at = (g0 + k) * terms + w_base;
+                                let w_row =
+                                    conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
+                                for (tap, &w) in taps.iter_mut().zip(w_row.iter().rev()) {
+                                    if let Some(lane) = tap.get_mut(k) {
+                                        *lane = w as i8 as i16;
+                                    }
+                                }
+                            }
+                            let taps = taps.get(..kw).ok_or(Error::CorruptWeights)?;
+                            for (&ix, &v) in cols.iter().zip(vals.iter()).take(n) {
+                                let ix = ix as usize;
+                                let dst = acc.get_mut(ix..ix + kw).ok_or(Error::CorruptWeights)?;
+                                for (a, tap) in dst.iter_mut().zip(taps) {
+                                    for (a, &w) in a.iter_mut().zip(tap) {
+                                        *a = a.wrapping_add(w.wrapping_mul(v) as i32);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let acc_out = acc.get(first..span).ok_or(Error::CorruptWeights)?;
+                for k in 0..g {
+                    let co = g0 + k;
+                    let ch = channel(conv, co)?;
+                    let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
+                    let dst = output
+                        .get_mut(at..at + out.w)
+                        .ok_or(Error::CorruptWeights)?;
+                    for (o, a) in dst.iter_mut().zip(acc_out.iter().step_by(sw)) {
+                        *o = requantize(
+                            a.get(k).copied().unwrap_or(0),
+                            ch.multiplier,
+                            ch.negative_multiplier,
+                            ch.shift,
+                            conv.requant.output_zero_point,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Widest kernel (taps along w) of the paired dense path.
+const PAIR_TAPS: usize = 8;
+/// Output channels sharing one prepared input row in the paired dense path.
+const PAIR_GROUP: usize = 8;
+
+/// The dense stride-1 convolution. Each input row is prepared once as `x - zp` in i16 (exact:
+/// `|x - zp| <= 255`), zero-padded, and as pairs `(x[m], x[m + 1])`, then shared by
+/// [`PAIR_GROUP`] output channels; every pass adds two taps' products per output,
+/// `x[m] * w[t] + x[m + 1] * w[t + 1]` (i16 products, i32 sums), along a contiguous output row. Stack use about 10 KiB.
+// Not inlined: its stack buffers stay out of the callers' frames.
+#[inline(never)]
+fn conv_rows_pairs(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [sd, sh, _] = conv.stride.map(usize::from);
+    let [pd, ph, pw] = conv.padding.map(usize::from);
+    let terms = conv.terms();
+    let zp = conv.input_zero_point as i16;
+    let in_plane = in_shape.h * in_shape.w;
+    let n_rows = rows.end - rows.start;
+    // Output ox with tap x reads padded position ox + x; pairs reach ox + x + 1 < out.w + kw.
+    let padded = out.w + kw;
+    let mut acc = [[0i32; MAX_ROW]; PAIR_GROUP];
+    let mut xp = [0i16; MAX_ROW + PAIR_TAPS + 1];
+    let mut pairs = [[0i16; 2]; MAX_ROW + PAIR_TAPS];
+    let xp = xp.get_mut(..padded).ok_or(Error::CorruptWeights)?;
+    let pairs = pairs.get_mut(..padded - 1).ok_or(Error::CorruptWeights)?;
+    for od in 0..out.d {
+        for oy in rows.clone() {
+            for g0 in (0..out.c).step_by(PAIR_GROUP) {
+                let g = (out.c - g0).min(PAIR_GROUP);
+                for (k, acc_c) in acc.iter_mut().enumerate().take(g) {
+                    acc_c.fill(channel(conv, g0 + k)?.bias);
+                }
+                for ci in 0..in_shape.c {
+                    for z in 0..kd {
+                        let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
+                        else {
+                            continue;
+                        };
+                        for y in 0..kh {
+                            let Some(iy) =
+                                (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h)
+                            else {
+                                continue;
+                            };
+                            let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
+                            let in_row = input
+                                .get(row_start..row_start + in_shape.w)
+                                .ok_or(Error::CorruptWeights)?;
+                            xp.fill(0);
+                            let body = xp
+                                .get_mut(pw..pw + in_shape.w)
+                                .ok_or(Error::CorruptWeights)?;
+                            for (d, &v) in body.iter_mut().zip(in_row) {
+                                *d = v as i16 - zp;
+                            }
+                            for (p, w) in pairs.iter_mut().zip(xp.windows(2)) {
+                                *p = [w[0], w[1]];
+                            }
+                            let w_base = ((ci * kd + z) * kh + y) * kw;
+                            for (k, acc_c) in acc.iter_mut().enumerate().take(g) {
+                                let at = (g0 + k) * terms + w_base;
+                                let w_row =
+                                    conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
+                                let acc_c = acc_c.get_mut(..out.w).ok_or(Error::CorruptWeights)?;
+                                add_tap_pairs(acc_c, pairs, w_row)?;
+                            }
+                        }
+                    }
+                }
+                for (k, acc_c) in acc.iter().enumerate().take(g) {
+                    let co = g0 + k;
+                    let ch = channel(conv, co)?;
+                    let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
+                    let dst = output
+                        .get_mut(at..at + out.w)
+                        .ok_or(Error::CorruptWeights)?;
+                    for (o, &a) in dst.iter_mut().zip(acc_c.iter()) {
+                        *o = requantize(
+                            a,
+                            ch.multiplier,
+                            ch.negative_multiplier,
+                            ch.shift,
+                            conv.requant.output_zero_point,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `acc[ox] += sum over taps t of w_row[t] * x[ox + t]`, `pairs[m] = (x[m], x[m + 1])`, taps
+/// taken two per pair and four per pass over `acc` (an odd last tap pairs with weight 0).
+/// Products in i16 are exact (|w| <= 127, |x| <= 255), sums in i32.
+#[inline]
+fn add_tap_pairs(acc: &mut [i32], pairs: &[[i16; 2]], w_row: &[u8]) -> Result<(), Error> {
+    let n = acc.len();
+    let w = |t: usize| w_row.get(t).map_or(0, |&v| v as i8 as i16);
+    let mut t = 0;
+    while t < w_row.len() {
+        let (w0, w1) = (w(t), w(t + 1));
+        let p0 = pairs.get(t..t + n).ok_or(Error::CorruptWeights)?;
+        if t + 2 < w_row.len() {
+            let (w2, w3) = (w(t + 2), w(t + 3));
+            let p1 = pairs.get(t + 2..t + 2 + n).ok_or(Error::CorruptWeights)?;
+            for ((a, x), y) in acc.iter_mut().zip(p0).zip(p1) {
+                let s = (x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w1) as i32)
+                    + (y[0].wrapping_mul(w2) as i32 + y[1].wrapping_mul(w3) as i32);
+                *a = a.wrapping_add(s);
+            }
+            t += 4;
+        } else {
+            for (a, x) in acc.iter_mut().zip(p0) {
+                *a = a.wrapping_add(x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w1) as i32);
+            }
+            t += 2;
         }
     }
     Ok(())
@@ -628,12 +970,14 @@ mod tests {
     }
 
     fn conv_case() -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
+        // Up to 11 output channels (more than one channel group of the sparse and paired
+        // kernels) and kernels up to 9 wide (past their 8-tap limit).
         (
             1u16..4,
-            1u16..4,
+            1u16..12,
             1u8..4,
             1u8..5,
-            1u8..5,
+            1u8..10,
             1u8..3,
             1u8..3,
             1u8..4,
@@ -729,6 +1073,48 @@ mod tests {
             for (i, chunk) in rows.chunks(plane.max(1)).enumerate() {
                 let start = i * out.h * out.w + split * out.w;
                 prop_assert_eq!(chunk, &expected[start..start + plane]);
+            }
+        }
+
+        /// Zero-suppressed inputs (most values at the zero point) take the sparse path; every
+        /// stride-1 case is also run through the sparse and paired kernels directly, whatever
+        /// their density, against the same reference.
+        #[test]
+        fn sparse_and_paired_kernels_match_reference((c, shape, input) in conv_case(), keep in 1u64..12, seed in any::<u64>()) {
+            let sparse: Vec<i8> = input
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17).is_multiple_of(keep) { v } else { c.zp_in })
+                .collect();
+            for x in [&sparse, &input] {
+                let (expected, out) = reference_conv(&c, x, shape);
+                let mut got = vec![0i8; out.len()];
+                conv(&c.view(), x, shape, &mut got).unwrap();
+                prop_assert_eq!(&got, &expected);
+                got.fill(0);
+                conv_rows_dense(&c.view(), x, shape, 0..out.h, &mut got).unwrap();
+                prop_assert_eq!(&got, &expected);
+                {
+                    let (lo, hi) = (out.h / 3, out.h);
+                    let start = |co: usize, d: usize| ((co * out.d + d) * out.h + lo) * out.w;
+                    let slice: Vec<i8> = (0..out.c)
+                        .flat_map(|co| (0..out.d).map(move |d| (co, d)))
+                        .flat_map(|(co, d)| expected[start(co, d)..start(co, d) + (hi - lo) * out.w].to_vec())
+                        .collect();
+                    let mut rows = vec![0i8; slice.len()];
+                    if c.kernel[2] <= 8 {
+                        conv_rows_sparse::<4>(&c.view(), x, shape, out, lo..hi, &mut rows).unwrap();
+                        prop_assert_eq!(&rows, &slice);
+                        rows.fill(0);
+                        conv_rows_sparse::<8>(&c.view(), x, shape, out, lo..hi, &mut rows).unwrap();
+                        prop_assert_eq!(&rows, &slice);
+                    }
+                    if c.stride[2] == 1 && c.kernel[2] <= 8 {
+                        rows.fill(0);
+                        conv_rows_pairs(&c.view(), x, shape, out, lo..hi, &mut rows).unwrap();
+                        prop_assert_eq!(&rows, &slice);
+                    }
+                }
             }
         }
 

@@ -1,13 +1,19 @@
 //! Throughput, one table: the no_std int8 encoder (1 thread, all threads), the sparse codec, the
 //! candle integer path, the candle float encoder in f32 and f16 on the CPU (from a float run), and
-//! f16 on CUDA when built with it and a GPU answers. Data already in memory / on the device, as
-//! the paper measures encoder throughput; ratios against candle f32 in the same run.
+//! f16 on CUDA when built with it and a GPU answers, and PyTorch fp32 (the reference checkout's
+//! own encoder, `scripts/torch_bench.py`) when given a torch Python. Data already in memory / on
+//! the device, as the paper measures encoder throughput; ratios against candle f32 in the same
+//! run. GMAC/s is dense-equivalent (the dense network's MACs per wedge x wedges/s, whatever the
+//! kernels skip), and the int8 rows give it as a share of the cores' int8 peak.
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use encoder_nostd::encoder::Encoder;
 use encoder_nostd::sparse::{self, MAX_WEDGE_ENCODED_LEN};
+use encoder_nostd::weights::ModelKind;
 use rayon::prelude::*;
 use trainer::data::{synth, Wedge};
 use trainer::eval::{EvalError, EvalModel, Precision};
@@ -28,7 +34,21 @@ pub struct BenchOptions {
     pub run: Option<PathBuf>,
     /// Sparse-codec quality for its row.
     pub sparse_quality: sparse::Quality,
+    /// A PyTorch fp32 row: a Python with torch and the reference checkout.
+    pub torch: Option<TorchOptions>,
 }
+
+/// Where the PyTorch reference row comes from (nothing is downloaded by the bench).
+#[derive(Debug, Clone)]
+pub struct TorchOptions {
+    /// A Python interpreter that can `import torch`.
+    pub python: PathBuf,
+    /// A NeuralCompression_v2 checkout (its `neuralcompress_v2.models` are timed).
+    pub reference: PathBuf,
+}
+
+/// The PyTorch timing script, run with the given Python (`python - encoder ...`).
+const TORCH_BENCH: &str = include_str!("../../scripts/torch_bench.py");
 
 impl Default for BenchOptions {
     fn default() -> Self {
@@ -38,6 +58,7 @@ impl Default for BenchOptions {
             batch: 4,
             run: None,
             sparse_quality: sparse::Quality::LOSSLESS,
+            torch: None,
         }
     }
 }
@@ -57,6 +78,8 @@ pub struct BenchRow {
     pub gmac_per_s: Option<f64>,
     /// Throughput relative to the candle f32 row.
     pub vs_candle_f32: Option<f64>,
+    /// int8 rows: dense-equivalent GMAC/s as a percentage of `threads` cores' int8 peak.
+    pub pct_of_int8_peak: Option<f64>,
     /// Why a row did not run, or what it means.
     pub note: Option<String>,
 }
@@ -146,11 +169,66 @@ impl BuildInfo {
     }
 }
 
+/// One core's int8 multiply-accumulate peak, from the widest int8 dot-product instruction the
+/// CPU has (run-time detection, whatever the binary was compiled for) and its clock.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Int8Peak {
+    /// The instruction the peak assumes, two per cycle (two vector multiply ports).
+    pub instruction: &'static str,
+    pub mac_per_cycle: f64,
+    /// The clock from /proc/cpuinfo (`cpu MHz`, nominal on a VM).
+    pub ghz: f64,
+    pub gmac_per_s: f64,
+}
+
+impl Int8Peak {
+    pub fn detect() -> Option<Self> {
+        let (instruction, mac_per_cycle) = int8_instruction()?;
+        let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let mhz: f64 = info
+            .lines()
+            .find(|l| l.starts_with("cpu MHz"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()?;
+        let ghz = mhz / 1000.0;
+        Some(Int8Peak {
+            instruction,
+            mac_per_cycle,
+            ghz,
+            gmac_per_s: mac_per_cycle * ghz,
+        })
+    }
+}
+
+/// (instruction, MAC per cycle at two per cycle).
+#[cfg(target_arch = "x86_64")]
+fn int8_instruction() -> Option<(&'static str, f64)> {
+    Some(if std::arch::is_x86_feature_detected!("avx512vnni") {
+        ("vpdpbusd zmm (64 MAC)", 128.0)
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        ("vpmaddubsw ymm (32 MAC)", 64.0)
+    } else if std::arch::is_x86_feature_detected!("ssse3") {
+        ("pmaddubsw xmm (16 MAC)", 32.0)
+    } else {
+        ("pmaddwd xmm (8 MAC)", 16.0)
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int8_instruction() -> Option<(&'static str, f64)> {
+    None
+}
+
 /// The whole report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
     pub model: String,
     pub macs_per_wedge: u64,
+    /// One core's int8 peak (x86-64 with a readable /proc/cpuinfo).
+    pub int8_peak: Option<Int8Peak>,
     pub scratch_bytes: usize,
     pub code_bytes: usize,
     pub build: BuildInfo,
@@ -167,8 +245,15 @@ impl BenchReport {
             self.code_bytes,
             self.build.text()
         );
+        if let Some(p) = &self.int8_peak {
+            s += &format!(
+                "int8 peak per core: {} x 2 per cycle = {:.0} MAC/cycle x {:.2} GHz = {:.0} GMAC/s\n",
+                p.instruction, p.mac_per_cycle, p.ghz, p.gmac_per_s
+            );
+        }
+        s += "GMAC/s: dense-equivalent (the network's MACs per wedge x wedges/s)\n\n";
         s += &format!(
-            "{:<34} {:<11} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
+            "{:<34} {:<11} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9} {:>7}\n",
             "implementation",
             "precision",
             "device",
@@ -176,14 +261,15 @@ impl BenchReport {
             "wedges",
             "wedges/s",
             "GMAC/s",
-            "vs f32"
+            "vs f32",
+            "% peak"
         );
         for r in &self.rows {
             let num = |v: Option<f64>, prec: usize| {
                 v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
             };
             s += &format!(
-                "{:<34} {:<11} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9}\n",
+                "{:<34} {:<11} {:<7} {:>7} {:>7} {:>11} {:>8} {:>9} {:>7}\n",
                 r.implementation,
                 r.precision,
                 r.device,
@@ -193,6 +279,7 @@ impl BenchReport {
                 num(r.gmac_per_s, 2),
                 r.vs_candle_f32
                     .map_or_else(|| "-".to_string(), |v| format!("{v:.2}x")),
+                num(r.pct_of_int8_peak, 1),
             );
             if let Some(note) = &r.note {
                 s += &format!("    note: {note}\n");
@@ -213,8 +300,92 @@ fn row(implementation: &str, precision: &str, device: &str, threads: usize) -> B
         wedges_per_s: None,
         gmac_per_s: None,
         vs_candle_f32: None,
+        pct_of_int8_peak: None,
         note: None,
     }
+}
+
+/// The reference checkout's name for a model, where it has one.
+fn torch_model(kind: ModelKind) -> Option<&'static str> {
+    match kind {
+        ModelKind::BcaeHt {
+            channels: [2, 4, 4, 8],
+            code_channels: 8,
+        } => Some("bcae-ht"),
+        ModelKind::BcaeHt {
+            channels: [8, 16, 32, 32],
+            code_channels: 8,
+        } => Some("bcae++"),
+        ModelKind::Bcae2d {
+            m: 4,
+            d: 3,
+            channels: 32,
+        } => Some("bcae-2d"),
+        _ => None,
+    }
+}
+
+/// PyTorch fp32: the reference's encoder on `threads` threads, steady-state median of batches.
+fn torch_row(
+    t: &TorchOptions,
+    kind: ModelKind,
+    threads: usize,
+    opts: &BenchOptions,
+    macs: u64,
+) -> Result<BenchRow, SimError> {
+    let mut r = row("PyTorch encoder (reference)", "f32", "CPU", threads);
+    let Some(name) = torch_model(kind) else {
+        r.note = Some("not measured: the reference has no model of this shape".into());
+        return Ok(r);
+    };
+    let what = format!("running {} scripts/torch_bench.py", t.python.display());
+    let io = |source| SimError::Io {
+        what: what.clone(),
+        source,
+    };
+    let mut child = Command::new(&t.python)
+        .arg("-")
+        .arg("encoder")
+        .arg("--ref")
+        .arg(&t.reference)
+        .args(["--models", name, "--json"])
+        .args(["--threads", &threads.to_string()])
+        .args(["--batch", &opts.batch.max(1).to_string()])
+        .args(["--seconds", &opts.min_seconds.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(TORCH_BENCH.as_bytes()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let parsed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    let (Some(v), true) = (parsed, out.status.success()) else {
+        return Err(SimError::Input(format!(
+            "{what} --ref {} failed ({}): {}",
+            t.reference.display(),
+            out.status,
+            stderr.trim()
+        )));
+    };
+    let rate = v["wedges_per_s"].as_f64().unwrap_or(0.0);
+    let batches = v["calls"].as_u64().unwrap_or(0) as usize;
+    let secs = v["median_s_per_batch"].as_f64().unwrap_or(0.0) * batches as f64;
+    r.wedges = batches * opts.batch.max(1);
+    r.seconds = secs;
+    r.wedges_per_s = Some(rate);
+    r.gmac_per_s = Some(macs as f64 * rate / 1e9);
+    r.note = Some(format!(
+        "torch {}, batch {}, median of {batches} batches, random weights",
+        v["torch"].as_str().unwrap_or("?"),
+        opts.batch.max(1)
+    ));
+    Ok(r)
 }
 
 /// Runs `work` (which encodes some wedges and returns how many) until `min` has passed, after
@@ -471,6 +642,19 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
         }
     }
 
+    if let Some(t) = &opts.torch {
+        rows.push(torch_row(t, encoder.kind(), threads, opts, macs)?);
+    }
+
+    let peak = Int8Peak::detect();
+    if let Some(p) = &peak {
+        for r in rows.iter_mut().filter(|r| r.precision == "int8") {
+            r.pct_of_int8_peak = r
+                .gmac_per_s
+                .map(|g| 100.0 * g / (p.gmac_per_s * r.threads as f64));
+        }
+    }
+
     let f32_rate = rows
         .iter()
         .find(|r| {
@@ -485,6 +669,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
     Ok(BenchReport {
         model: crate::model_name(encoder.kind()),
         macs_per_wedge: macs,
+        int8_peak: peak,
         scratch_bytes: encoder.scratch_len(),
         code_bytes: encoder.code_len(),
         build: BuildInfo::detect(),

@@ -145,9 +145,15 @@ struct BenchArgs {
     /// Minimum measuring time per row, seconds.
     #[arg(long, default_value_t = 3.0, value_parser = trainer::cli::numbers::positive_f64)]
     seconds: f64,
-    /// Batch size of the candle rows.
+    /// Batch size of the candle rows (and of the PyTorch row).
     #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
     batch: usize,
+    /// A Python with PyTorch for a PyTorch fp32 row (scripts/bench-vs-torch.sh makes one).
+    #[arg(long, value_name = "PYTHON", requires = "torch_ref")]
+    torch_python: Option<PathBuf>,
+    /// The NeuralCompression_v2 checkout whose encoder the PyTorch row times.
+    #[arg(long, value_name = "DIR", requires = "torch_python")]
+    torch_ref: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -260,6 +266,10 @@ fn bench_cmd(args: BenchArgs) -> anyhow::Result<ExitCode> {
         min_seconds: args.seconds,
         batch: args.batch,
         run: args.run,
+        torch: args
+            .torch_python
+            .zip(args.torch_ref)
+            .map(|(python, reference)| bench::TorchOptions { python, reference }),
         ..Default::default()
     };
     let report = bench::run(&weights, &opts)?;

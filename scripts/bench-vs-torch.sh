@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The int8 encoder against PyTorch fp32, in one run per model: `firmware-sim bench` (no_std int8 on
+# 1 and all threads, with dense-equivalent GMAC/s and % of the core's int8 peak) plus a PyTorch fp32
+# row from the reference checkout's own encoder (scripts/torch_bench.py), for BCAE-HT (the shipped
+# weights) and BCAE-2D(4,8,3) (random weights: speed does not depend on their values).
+#
+#   scripts/bench-vs-torch.sh REF_CHECKOUT [--venv DIR] [--mode encoder] [--native] [--seconds N]
+#
+# REF_CHECKOUT: a NeuralCompression_v2 checkout (nothing is downloaded at run time).
+# --venv DIR: a Python venv with torch; without it, CPU torch is installed from PyPI into a
+#   scratch venv (${BCAE_TORCH_VENV:-${TMPDIR:-/tmp}/bcae-torch-venv}), once.
+# --native: build with RUSTFLAGS="-C target-cpu=native" (into target/native so the default build
+#   is kept).
+# --mode encoder (default) is the only mode for now; torch_bench.py has one function per mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+[[ $# -ge 1 ]] || usage 2
+[[ $1 == -h || $1 == --help ]] && usage 0
+REF=$1; shift
+VENV="" MODE=encoder NATIVE=0 SECONDS_PER_ROW=10 THREADS=2 BATCH=4
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --venv) VENV=$2; shift 2 ;;
+    --mode) MODE=$2; shift 2 ;;
+    --native) NATIVE=1; shift ;;
+    --seconds) SECONDS_PER_ROW=$2; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) echo "unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ -d $REF/neuralcompress_v2/models ]] || {
+  echo "$REF: not a NeuralCompression_v2 checkout (no neuralcompress_v2/models): pass the reference checkout's path" >&2
+  exit 2
+}
+[[ $MODE == encoder ]] || { echo "mode '$MODE' is not implemented yet: use --mode encoder" >&2; exit 2; }
+
+if [[ -z $VENV ]]; then
+  VENV=${BCAE_TORCH_VENV:-${TMPDIR:-/tmp}/bcae-torch-venv}
+  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "installing CPU torch into $VENV (once)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q torch
+  fi
+fi
+PY=$VENV/bin/python
+"$PY" -c 'import torch' || { echo "$PY cannot import torch: pass a venv with torch (--venv DIR)" >&2; exit 2; }
+
+if [[ $NATIVE == 1 ]]; then
+  export RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target/native
+fi
+cargo build --release -q -p firmware-sim
+BIN=${CARGO_TARGET_DIR:-target}/release/firmware-sim
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
+"$BIN" random-weights --model bcae-2d --out "$WORK/bcae-2d-483.bcae.postcard" >/dev/null
+
+echo "# $(date -u '+%F %T') UTC, load average $(cut -d' ' -f1-3 /proc/loadavg), RUSTFLAGS='${RUSTFLAGS:-}'"
+for W in weights/bcae-ht.bcae.postcard "$WORK/bcae-2d-483.bcae.postcard"; do
+  RAYON_NUM_THREADS=$THREADS "$BIN" bench --weights "$W" --batch "$BATCH" --seconds "$SECONDS_PER_ROW" \
+    --torch-python "$PY" --torch-ref "$REF"
+done

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""PyTorch reference timings for bcae-rs, using the reference NeuralCompression_v2 checkout's own
+model classes (nothing is downloaded: random initial weights, synthetic zero-suppressed input).
+
+Modes (one function each, so more can be added beside them):
+  encoder  fp32 whole-wedge encoder throughput (inference, no autograd), steady-state median.
+
+Prints one JSON object per measured row on stdout (with --json) or a table.
+
+  python3 scripts/torch_bench.py encoder --ref /path/to/NeuralCompression_v2 \
+      --models bcae-ht,bcae-2d --threads 2 --batch 4 --seconds 10
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+# Wedge geometry (layers, azimuth, z padded to 256 as the reference's training code pads it).
+LAYERS, AZIMUTH, Z_PADDED = 16, 192, 256
+# Fraction of non-zero voxels in zero-suppressed sPHENIX wedges (see the repo README).
+OCCUPANCY = 0.108
+
+
+def build_encoder(name, ref):
+    """The reference's encoder for a model name, and the input shape of one wedge."""
+    sys.path.insert(0, ref)
+    if name == "bcae-ht":
+        from neuralcompress_v2.models.network3d import Encoder
+
+        # train_test/train3d.py: BCAE-HT is conv_features (2, 4, 4, 8).
+        return Encoder(conv_features=(2, 4, 4, 8)), (1, LAYERS, AZIMUTH, Z_PADDED)
+    if name == "bcae++":
+        from neuralcompress_v2.models.network3d import Encoder
+
+        return Encoder(conv_features=(8, 16, 32, 32)), (1, LAYERS, AZIMUTH, Z_PADDED)
+    if name == "bcae-2d":
+        from neuralcompress_v2.models.network2d import Encoder
+
+        # train_test/train2d.py: Encoder(16, num_encoder_layers, num_downsamples=3); (4, 8, 3).
+        return Encoder(16, 4, num_downsamples=3), (LAYERS, AZIMUTH, Z_PADDED)
+    raise SystemExit(f"unknown model '{name}': use bcae-ht, bcae++ or bcae-2d")
+
+
+def synthetic_batch(torch, shape, batch, seed):
+    """log2(ADC + 1) of a zero-suppressed wedge: ~11 % of voxels in 64..1023, the rest 0."""
+    g = torch.Generator().manual_seed(seed)
+    adc = torch.randint(64, 1024, (batch, *shape), generator=g).float()
+    mask = torch.rand((batch, *shape), generator=g) < OCCUPANCY
+    return torch.log2(adc + 1) * mask
+
+
+def steady_median(step, seconds, warmup):
+    """Median seconds of `step` after `warmup` calls, over at least `seconds` (and 5 calls)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), len(times)
+
+
+def mode_encoder(args, torch):
+    rows = []
+    for name in args.models.split(","):
+        model, shape = build_encoder(name, args.ref)
+        model.eval()
+        x = synthetic_batch(torch, shape, args.batch, 7)
+        with torch.inference_mode():
+            median, n = steady_median(lambda: model(x), args.seconds, args.warmup)
+        rows.append(
+            {
+                "mode": "encoder",
+                "model": name,
+                "precision": "fp32",
+                "threads": torch.get_num_threads(),
+                "batch": args.batch,
+                "calls": n,
+                "median_s_per_batch": median,
+                "wedges_per_s": args.batch / median,
+                "torch": torch.__version__,
+            }
+        )
+    return rows
+
+
+MODES = {"encoder": mode_encoder}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=sorted(MODES))
+    p.add_argument("--ref", required=True, help="NeuralCompression_v2 checkout")
+    p.add_argument("--models", default="bcae-ht,bcae-2d")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=10.0, help="minimum measuring time per row")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    args = p.parse_args()
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit(f"PyTorch is not importable ({e}): run scripts/bench-vs-torch.sh, which installs it into a venv")
+    torch.set_num_threads(args.threads)
+    for row in MODES[args.mode](args, torch):
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{row['model']:<8} {row['precision']} threads {row['threads']} batch {row['batch']}: "
+                  f"{row['wedges_per_s']:.2f} wedges/s (median {row['median_s_per_batch'] * 1e3:.1f} ms/batch, {row['calls']} calls)")
+
+
+if __name__ == "__main__":
+    main()
