@@ -237,8 +237,7 @@ impl<'a> StreamEncoder<'a> {
         Ok(Stream {
             encoder: self,
             scratch,
-            counters: Counters::new(),
-            slices: 0,
+            state: StreamState::new(),
         })
     }
 
@@ -574,15 +573,28 @@ pub fn scatter_code_slice(
     Ok(())
 }
 
-/// One wedge in progress over the caller's scratch.
-pub struct Stream<'e, 'a, 's> {
-    encoder: &'e StreamEncoder<'a>,
-    scratch: &'s mut [i8],
+/// Where one wedge stands (no buffers: the caller keeps it with its scratch, e.g. in a firmware loop).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamState {
     counters: Counters,
     slices: usize,
 }
 
-impl Stream<'_, '_, '_> {
+impl Default for StreamState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamState {
+    /// The start of a wedge.
+    pub const fn new() -> Self {
+        StreamState {
+            counters: Counters::new(),
+            slices: 0,
+        }
+    }
+
     /// Slices pushed so far in this wedge.
     pub fn slices_pushed(&self) -> usize {
         self.slices
@@ -595,16 +607,87 @@ impl Stream<'_, '_, '_> {
 
     /// Forgets the wedge in progress; the next push starts a new wedge.
     pub fn reset(&mut self) {
-        self.counters = Counters::new();
-        self.slices = 0;
+        *self = Self::new();
+    }
+}
+
+/// One wedge in progress over the caller's scratch.
+pub struct Stream<'e, 'a, 's> {
+    encoder: &'e StreamEncoder<'a>,
+    scratch: &'s mut [i8],
+    state: StreamState,
+}
+
+impl Stream<'_, '_, '_> {
+    /// Slices pushed so far in this wedge.
+    pub fn slices_pushed(&self) -> usize {
+        self.state.slices_pushed()
     }
 
+    /// Whether the wedge is complete (every slice pushed, every code slice emitted).
+    pub fn is_complete(&self) -> bool {
+        self.state.is_complete()
+    }
+
+    /// Forgets the wedge in progress; the next push starts a new wedge.
+    pub fn reset(&mut self) {
+        self.state.reset();
+    }
+
+    /// See [`StreamEncoder::push`].
+    pub fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
+    where
+        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+    {
+        self.encoder
+            .push(&mut self.state, self.scratch, slice, emit)
+    }
+}
+
+impl StreamEncoder<'_> {
     /// Feeds the next z slice (192 azimuth x 16 layers, layer fastest, each at most 1023) and
     /// hands every code slice it completes to `emit(o, slice)` (slice laid out (c, d, h)). The
     /// 249th slice completes the wedge; pushing more is [`Error::WrongShape`] until
-    /// [`Stream::reset`]. A slice with an ADC value above 1023 is refused before anything is
+    /// [`StreamState::reset`]. A slice with an ADC value above 1023 is refused before anything is
     /// changed; an `emit` error ends the push (reset before reusing the stream).
-    pub fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
+    /// `state` and `scratch` (at least [`StreamEncoder::scratch_bytes`]) belong to one wedge from
+    /// its first slice to its last.
+    pub fn push<F>(
+        &self,
+        state: &mut StreamState,
+        scratch: &mut [i8],
+        slice: &[u16],
+        emit: &mut F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+    {
+        if scratch.len() < self.plan.scratch {
+            return Err(Error::BufferTooSmall {
+                needed: self.plan.scratch,
+                got: scratch.len(),
+            });
+        }
+        let mut run = Run {
+            encoder: self,
+            scratch,
+            counters: &mut state.counters,
+            slices: &mut state.slices,
+        };
+        run.push(slice, emit)
+    }
+}
+
+/// One push at work.
+struct Run<'r, 'e, 'a> {
+    encoder: &'e StreamEncoder<'a>,
+    scratch: &'r mut [i8],
+    counters: &'r mut Counters,
+    slices: &'r mut usize,
+}
+
+impl Run<'_, '_, '_> {
+    fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
     where
         F: FnMut(usize, &[i8]) -> Result<(), Error>,
     {
@@ -614,23 +697,23 @@ impl Stream<'_, '_, '_> {
                 got: slice.len(),
             });
         }
-        if self.slices >= Z_BINS {
+        if *self.slices >= Z_BINS {
             return Err(Error::WrongShape {
                 expected: Z_BINS,
-                got: self.slices + 1,
+                got: *self.slices + 1,
             });
         }
         if let Some((i, &value)) = slice.iter().enumerate().find(|(_, &v)| v > 1023) {
             let (a, l) = (i / LAYERS, i % LAYERS);
             return Err(Error::AdcOutOfRange {
-                index: (a * Z_BINS + self.slices) * LAYERS + l,
+                index: (a * Z_BINS + *self.slices) * LAYERS + l,
                 value,
             });
         }
         self.input_column(Some(slice))?;
-        self.slices += 1;
+        *self.slices += 1;
         self.drain(emit)?;
-        if self.slices == Z_BINS {
+        if *self.slices == Z_BINS {
             // The networks' z padding (ADC 0) up to 256.
             for _ in Z_BINS..Z_PADDED {
                 self.input_column(None)?;
@@ -672,7 +755,7 @@ impl Stream<'_, '_, '_> {
         F: FnMut(usize, &[i8]) -> Result<(), Error>,
     {
         let enc = self.encoder;
-        while let Some(s) = enc.ready_stage(&self.counters) {
+        while let Some(s) = enc.ready_stage(self.counters) {
             let op = *enc.plan.stages.get(s).ok_or(Error::CorruptWeights)?;
             let o = self.counters.next[s];
             self.run(op, o)?;
