@@ -280,6 +280,15 @@ impl CodeFrame<'_> {
 
 /// Parses and checks (magic, version, codec, length, CRC) the code frame at the start of `bytes`.
 pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, Error> {
+    parse_code_frame_version(bytes, FRAME_VERSION).map(|(frame, _)| frame)
+}
+
+/// [`parse_code_frame`] for frame-format `version`; also returns bytes 6..8 (version 2: the code
+/// slice's index).
+pub(crate) fn parse_code_frame_version(
+    bytes: &[u8],
+    version: u8,
+) -> Result<(CodeFrame<'_>, u16), Error> {
     let header = bytes.get(..CODE_HEADER_LEN).ok_or(Error::FrameMalformed {
         reason: "shorter than a code frame header",
     })?;
@@ -288,12 +297,13 @@ pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, Error> {
             reason: "code frame magic missing",
         });
     }
-    if header[4] != FRAME_VERSION {
+    if header[4] != version {
         return Err(Error::FrameVersion {
             found: header[4],
-            supported: FRAME_VERSION,
+            supported: version,
         });
     }
+    let slice = u16::from_le_bytes([header[6], header[7]]);
     let codec = CodecKind::from_u8(header[5]).ok_or(Error::FrameMalformed {
         reason: "unknown codec kind",
     })?;
@@ -310,12 +320,13 @@ pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, Error> {
         return Err(Error::FrameCrc { stored, computed });
     }
     let payload = body.get(CODE_HEADER_LEN..).ok_or(Error::Overflow)?;
-    Ok(CodeFrame {
+    let frame = CodeFrame {
         codec,
         wedge_id,
         tag,
         payload,
-    })
+    };
+    Ok((frame, slice))
 }
 
 /// What the board encodes with. (One per board, never moved around: the size difference between
@@ -338,11 +349,7 @@ impl<'a> Codec<'a> {
     /// Parses and validates a weights file (see [`Encoder::parse`]).
     pub fn bcae(weights: &'a [u8]) -> Result<Self, Error> {
         let encoder = Encoder::parse(weights)?;
-        let weights_crc = weights
-            .len()
-            .checked_sub(CRC_LEN)
-            .and_then(|at| u32_at(weights, at))
-            .ok_or(Error::TruncatedWeights)?;
+        let weights_crc = weights_crc(weights)?;
         Ok(Codec::Bcae {
             encoder,
             weights_crc,
@@ -455,7 +462,7 @@ impl Stats {
             + self.tx_link_errors
     }
 
-    fn count(&mut self, error: Error) {
+    pub(crate) fn count(&mut self, error: Error) {
         let counter = match error {
             Error::LinkReceive(_) => &mut self.rx_link_errors,
             Error::LinkSend(_) => &mut self.tx_link_errors,
@@ -481,7 +488,7 @@ pub struct Sent {
     pub frame_len: usize,
 }
 
-fn drive<P: OutputPin>(pin: &mut P, high: bool, stats: &mut Stats) {
+pub(crate) fn drive<P: OutputPin>(pin: &mut P, high: bool, stats: &mut Stats) {
     let result = if high { pin.set_high() } else { pin.set_low() };
     if let Err(e) = result {
         stats.count(Error::Pin(e.kind()));
@@ -602,7 +609,7 @@ where
     fn receive_header(&mut self) -> Result<(InputHeader, [u8; INPUT_HEADER_LEN]), Error> {
         let mut h = [0u8; INPUT_HEADER_LEN];
         let mut skipped = 0usize;
-        let found = self.hunt(&mut h, &mut skipped);
+        let found = hunt(&mut self.io.rx, &mut h, &mut skipped, MAX_HUNT);
         self.stats.bytes_skipped = self.stats.bytes_skipped.saturating_add(skipped as u64);
         found?;
         if skipped > 0 {
@@ -611,41 +618,7 @@ where
         Ok((parse_input_header(&h)?, h))
     }
 
-    fn hunt(&mut self, h: &mut [u8; INPUT_HEADER_LEN], skipped: &mut usize) -> Result<(), Error> {
-        self.io
-            .rx
-            .read(h)
-            .map_err(|e| Error::LinkReceive(e.kind()))?;
-        while h[..4] != INPUT_MAGIC {
-            // The next offset whose bytes could begin the magic; 16 if none.
-            let shift = (1..INPUT_HEADER_LEN)
-                .find(|&k| {
-                    h.iter()
-                        .skip(k)
-                        .zip(INPUT_MAGIC.iter())
-                        .all(|(a, b)| a == b)
-                })
-                .unwrap_or(INPUT_HEADER_LEN);
-            if *skipped + shift > MAX_HUNT {
-                return Err(Error::FrameNotFound { skipped: *skipped });
-            }
-            h.copy_within(shift.., 0);
-            let tail = h
-                .get_mut(INPUT_HEADER_LEN - shift..)
-                .ok_or(Error::Overflow)?;
-            *skipped += shift;
-            self.io
-                .rx
-                .read(tail)
-                .map_err(|e| Error::LinkReceive(e.kind()))?;
-        }
-        Ok(())
-    }
-
     fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), Error> {
-        let mut crc = Crc32::new();
-        crc.update(header);
-        let mut chunk = [0u8; RX_CHUNK];
         let got = self.buffers.adc.len();
         let adc = self
             .buffers
@@ -655,29 +628,7 @@ where
                 needed: WEDGE_VOXELS,
                 got,
             })?;
-        for samples in adc.chunks_mut(RX_CHUNK / 2) {
-            let bytes = chunk.get_mut(..2 * samples.len()).ok_or(Error::Overflow)?;
-            self.io
-                .rx
-                .read(bytes)
-                .map_err(|e| Error::LinkReceive(e.kind()))?;
-            crc.update(bytes);
-            for (sample, pair) in samples.iter_mut().zip(bytes.chunks_exact(2)) {
-                if let [lo, hi] = *pair {
-                    *sample = u16::from_le_bytes([lo, hi]);
-                }
-            }
-        }
-        let mut trailer = [0u8; CRC_LEN];
-        self.io
-            .rx
-            .read(&mut trailer)
-            .map_err(|e| Error::LinkReceive(e.kind()))?;
-        let (stored, computed) = (u32::from_le_bytes(trailer), crc.finalize());
-        if stored != computed {
-            return Err(Error::FrameCrc { stored, computed });
-        }
-        Ok(())
+        receive_samples(&mut self.io.rx, header, adc)
     }
 
     /// Encodes the received wedge into the frame's payload area; returns the payload length.
@@ -726,22 +677,119 @@ where
 
     /// Writes the code frame's header and CRC around a payload of `payload_len`; returns the frame length.
     fn seal(&mut self, wedge_id: u32, payload_len: usize) -> Result<usize, Error> {
-        let frame = &mut *self.buffers.frame;
-        let len = u32::try_from(payload_len).map_err(|_| Error::Overflow)?;
-        let header = frame.get_mut(..CODE_HEADER_LEN).ok_or(Error::Overflow)?;
-        header[..4].copy_from_slice(&CODE_MAGIC);
-        header[4] = FRAME_VERSION;
-        header[5] = self.codec.kind() as u8;
-        header[6] = 0;
-        header[7] = 0;
-        put_u32(header, 8, wedge_id)?;
-        put_u32(header, 12, len)?;
-        put_u32(header, 16, self.codec.tag())?;
-        let body_end = CODE_HEADER_LEN + payload_len;
-        let crc = crc32(frame.get(..body_end).ok_or(Error::Overflow)?);
-        put_u32(frame, body_end, crc)?;
-        Ok(body_end + CRC_LEN)
+        let header = CodeHeader {
+            version: FRAME_VERSION,
+            codec: self.codec.kind(),
+            slice: 0,
+            wedge_id,
+            tag: self.codec.tag(),
+        };
+        seal_code_frame(self.buffers.frame, header, payload_len)
     }
+}
+
+/// Reads an input header from `rx` until it starts with the magic, skipping at most `max_hunt`
+/// bytes ([`Error::FrameNotFound`] beyond); `skipped` counts the bytes slid over.
+pub(crate) fn hunt<RX: SpiBus<u8>>(
+    rx: &mut RX,
+    h: &mut [u8; INPUT_HEADER_LEN],
+    skipped: &mut usize,
+    max_hunt: usize,
+) -> Result<(), Error> {
+    rx.read(h).map_err(|e| Error::LinkReceive(e.kind()))?;
+    while h[..4] != INPUT_MAGIC {
+        // The next offset whose bytes could begin the magic; 16 if none.
+        let shift = (1..INPUT_HEADER_LEN)
+            .find(|&k| {
+                h.iter()
+                    .skip(k)
+                    .zip(INPUT_MAGIC.iter())
+                    .all(|(a, b)| a == b)
+            })
+            .unwrap_or(INPUT_HEADER_LEN);
+        if *skipped + shift > max_hunt {
+            return Err(Error::FrameNotFound { skipped: *skipped });
+        }
+        h.copy_within(shift.., 0);
+        let tail = h
+            .get_mut(INPUT_HEADER_LEN - shift..)
+            .ok_or(Error::Overflow)?;
+        *skipped += shift;
+        rx.read(tail).map_err(|e| Error::LinkReceive(e.kind()))?;
+    }
+    Ok(())
+}
+
+/// Receives `samples.len()` little-endian u16 samples and the CRC trailer of the frame whose
+/// `header` was read, in [`RX_CHUNK`]-byte reads; [`Error::FrameCrc`] unless the CRC matches.
+pub(crate) fn receive_samples<RX: SpiBus<u8>>(
+    rx: &mut RX,
+    header: &[u8; INPUT_HEADER_LEN],
+    samples: &mut [u16],
+) -> Result<(), Error> {
+    let mut crc = Crc32::new();
+    crc.update(header);
+    let mut chunk = [0u8; RX_CHUNK];
+    for part in samples.chunks_mut(RX_CHUNK / 2) {
+        let bytes = chunk.get_mut(..2 * part.len()).ok_or(Error::Overflow)?;
+        rx.read(bytes).map_err(|e| Error::LinkReceive(e.kind()))?;
+        crc.update(bytes);
+        for (sample, pair) in part.iter_mut().zip(bytes.chunks_exact(2)) {
+            if let [lo, hi] = *pair {
+                *sample = u16::from_le_bytes([lo, hi]);
+            }
+        }
+    }
+    let mut trailer = [0u8; CRC_LEN];
+    rx.read(&mut trailer)
+        .map_err(|e| Error::LinkReceive(e.kind()))?;
+    let (stored, computed) = (u32::from_le_bytes(trailer), crc.finalize());
+    if stored != computed {
+        return Err(Error::FrameCrc { stored, computed });
+    }
+    Ok(())
+}
+
+/// The CRC-32 a weights file ends with (which model made a code).
+pub(crate) fn weights_crc(weights: &[u8]) -> Result<u32, Error> {
+    weights
+        .len()
+        .checked_sub(CRC_LEN)
+        .and_then(|at| u32_at(weights, at))
+        .ok_or(Error::TruncatedWeights)
+}
+
+/// The fields of a code frame's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CodeHeader {
+    pub version: u8,
+    pub codec: CodecKind,
+    /// Frame version 2: the code slice's index (bytes 6..8); version 1: reserved, 0.
+    pub slice: u16,
+    pub wedge_id: u32,
+    pub tag: u32,
+}
+
+/// Writes a code frame's header and CRC around the payload already at
+/// `frame[CODE_HEADER_LEN..][..payload_len]`; returns the frame length.
+pub(crate) fn seal_code_frame(
+    frame: &mut [u8],
+    h: CodeHeader,
+    payload_len: usize,
+) -> Result<usize, Error> {
+    let len = u32::try_from(payload_len).map_err(|_| Error::Overflow)?;
+    let header = frame.get_mut(..CODE_HEADER_LEN).ok_or(Error::Overflow)?;
+    header[..4].copy_from_slice(&CODE_MAGIC);
+    header[4] = h.version;
+    header[5] = h.codec as u8;
+    header[6..8].copy_from_slice(&h.slice.to_le_bytes());
+    put_u32(header, 8, h.wedge_id)?;
+    put_u32(header, 12, len)?;
+    put_u32(header, 16, h.tag)?;
+    let body_end = CODE_HEADER_LEN + payload_len;
+    let crc = crc32(frame.get(..body_end).ok_or(Error::Overflow)?);
+    put_u32(frame, body_end, crc)?;
+    Ok(body_end + CRC_LEN)
 }
 
 fn split_at_checked(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), Error> {
@@ -753,6 +801,8 @@ fn split_at_checked(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]),
     }
     Ok(buf.split_at_mut(at))
 }
+
+pub mod streaming;
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 //! - [`weights`]: the int8 weights format (the one place it is defined), read with postcard.
 //! - [`kernels`]: integer convolution, pooling, activation and requantization kernels.
 //! - [`encoder`]: BCAE-HT and BCAE-2D int8 encoders over caller-provided scratch memory.
+//! - [`streaming`]: the same encoders fed one z slice at a time, in a few dozen KiB of line buffers.
 //! - [`sparse`]: a classical sparse codec (zero-run mask + log-quantized values, entropy coded).
 //! - [`firmware`]: the board's loop over embedded-hal links and pins (input / code frame formats).
 #![no_std]
@@ -20,6 +21,7 @@ pub mod firmware;
 pub mod geometry;
 pub mod kernels;
 pub mod sparse;
+pub mod streaming;
 pub mod weights;
 
 pub use error::Error;

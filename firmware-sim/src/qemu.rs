@@ -359,7 +359,13 @@ pub fn build_image(
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(image_dir)
-        .args(["build", "--release", "--quiet"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "bcae-cortex-m-image",
+        ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("BCAE_IMAGE_INPUTS", inputs)
         // Host flags (e.g. -C target-cpu=native) must not leak into the thumbv7em build, and

@@ -1,4 +1,4 @@
-//! The loop against minimal in-memory peripherals (the full simulator with fault injection lives
+//! The loop against minimal in-memory peripherals (shared with the streaming loop's tests) (the full simulator with fault injection lives
 //! in `firmware-sim`).
 extern crate std;
 
@@ -13,7 +13,7 @@ use super::*;
 use crate::weights::owned::{OwnedModel, SplitMix};
 
 #[derive(Debug)]
-struct LinkError(spi::ErrorKind);
+pub(super) struct LinkError(spi::ErrorKind);
 
 impl spi::Error for LinkError {
     fn kind(&self) -> spi::ErrorKind {
@@ -22,15 +22,15 @@ impl spi::Error for LinkError {
 }
 
 /// A front-end byte stream; idle (0xFF) once exhausted; fails the read number `fail_read`.
-struct Stream {
+pub(super) struct Stream {
     data: Vec<u8>,
     pos: usize,
     reads: usize,
-    fail_read: Option<usize>,
+    pub(super) fail_read: Option<usize>,
 }
 
 impl Stream {
-    fn new(data: Vec<u8>) -> Self {
+    pub(super) fn new(data: Vec<u8>) -> Self {
         Stream {
             data,
             pos: 0,
@@ -71,9 +71,9 @@ impl SpiBus<u8> for Stream {
 }
 
 #[derive(Default)]
-struct Capture {
-    frames: Vec<Vec<u8>>,
-    fail_next: bool,
+pub(super) struct Capture {
+    pub(super) frames: Vec<Vec<u8>>,
+    pub(super) fail_next: bool,
 }
 
 impl ErrorType for Capture {
@@ -97,8 +97,8 @@ impl SpiDevice<u8> for Capture {
 }
 
 #[derive(Default)]
-struct Pin {
-    edges: Vec<bool>,
+pub(super) struct Pin {
+    pub(super) edges: Vec<bool>,
     broken: bool,
 }
 
@@ -125,7 +125,7 @@ impl OutputPin for Pin {
     }
 }
 
-fn wedge(seed: u64) -> Vec<u16> {
+pub(super) fn wedge(seed: u64) -> Vec<u16> {
     let mut rng = SplitMix(seed);
     (0..WEDGE_VOXELS)
         .map(|_| {

@@ -45,7 +45,7 @@ static WEDGES: &[u8] = include_bytes!(concat!(env!("BCAE_IMAGE_INPUTS"), "/wedge
 include!(concat!(env!("OUT_DIR"), "/sizes.rs"));
 const FRAME_BYTES: usize = CODE_HEADER_LEN + MAX_WEDGE_ENCODED_LEN + CRC_LEN;
 
-// Every big buffer is a zero-initialised static: .bss, which memory.x places in the 16 MiB PSRAM.
+// Every big buffer is a zero-initialised static: .bss, which memory/whole-wedge.x places in the 16 MiB PSRAM.
 static SOURCE: ConstStaticCell<[u16; WEDGE_VOXELS]> = ConstStaticCell::new([0; WEDGE_VOXELS]);
 static ADC: ConstStaticCell<[u16; WEDGE_VOXELS]> = ConstStaticCell::new([0; WEDGE_VOXELS]);
 static SCRATCH: ConstStaticCell<[i8; SCRATCH_BYTES]> = ConstStaticCell::new([0; SCRATCH_BYTES]);

@@ -1,0 +1,1066 @@
+//! The streaming int8 encoder: the wedge arrives one drift-time (z) slice at a time, every layer
+//! keeps only the z-columns its kernel still needs (ring-indexed line buffers), and each code
+//! slice leaves as soon as its receptive field is complete. Bit-identical to
+//! [`crate::encoder::Encoder`] (same integer arithmetic; integer sums do not depend on order).
+//!
+//! ```text
+//! let encoder = StreamEncoder::parse(WEIGHTS)?;
+//! let mut scratch = [0i8; SCRATCH];                       // at least encoder.scratch_bytes()
+//! let mut stream = encoder.begin(&mut scratch)?;
+//! for z in 0..249 {                                       // one slice: 192 azimuth x 16 layers u16
+//!     stream.push(&slice[z], &mut |o, code_slice| send(o, code_slice))?;
+//! }                                                       // the last push emits the last code slice
+//! ```
+//!
+//! # Why the z (drift-time) axis
+//!
+//! - A TPC digitises every pad at each drift-time bin, so z is the order in which a front end
+//!   produces a wedge: streaming along z is what removes the wedge of buffering and of latency.
+//!   A z slice is the 192 x 16 pads of one time bin (on-disk order with z removed: azimuth,
+//!   layer; layer fastest).
+//! - z is the networks' widest axis (256 after padding, vs 192 azimuth and 16 layers), so a line
+//!   (a z-column of a tensor: channels x layers x azimuth) is the smallest cross-section, and z is
+//!   never reduced by a layer with a kernel wider than 7, so every ring stays a few columns deep.
+//! - Inside a column the kernels run along azimuth (contiguous, de-interleaved once per input
+//!   row when the stride is 2), so the inner loops vectorise as the whole-wedge kernels' do.
+//!
+//! # Memory
+//!
+//! Every tensor of the network is a ring of z-columns, laid out `[slot][c][d][h]`; a ring has as
+//! many slots as the schedule ever needs at once, found by running the schedule once without data
+//! when the weights are parsed ([`StreamEncoder::scratch_bytes`] is that exact figure). Figures for
+//! the shipped shapes are in the tests and in `firmware-sim bench`.
+//!
+//! # Schedule
+//!
+//! Stages (a convolution; a convolution followed by its residual add; a 2x2 average pooling) run
+//! in network order, round-robin, one output column at a time, while any of them can run: a stage
+//! runs once the last input column its kernel reaches (or the tensor's last column) has been
+//! written and, for an add, once the skip column exists. z positions 249..255 (the networks'
+//! padding, ADC 0) are fed by the encoder itself after the last slice.
+use crate::encoder::Encoder;
+use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
+use crate::kernels::{add_in_place, conv_output_shape, requantize};
+use crate::weights::{
+    le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
+};
+use crate::Error;
+
+/// Most rings (tensors) and stages a network may have (BCAE-2D with 8 blocks needs 42 and 41).
+const MAX_NODES: usize = 48;
+/// Most kernel taps along z (BCAE-2D's input conv has 7).
+pub const MAX_Z_TAPS: usize = 8;
+/// Most kernel taps along azimuth.
+const MAX_H_TAPS: usize = 8;
+/// Accumulators of one column conv (a group of output channels' azimuth rows), on the stack.
+const ACC_LEN: usize = 1024;
+/// ADC samples in one z slice (192 azimuth x 16 layers).
+pub const SLICE_SAMPLES: usize = AZIMUTH * LAYERS;
+
+/// A layer of the model, by position (stages borrow nothing, so the plan is small and `Copy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    HtMain1(usize),
+    HtMain2(usize),
+    HtSkip(usize),
+    HtOutput,
+    Input2d,
+    /// (block, residual block, second conv?)
+    Res2d(usize, usize, bool),
+}
+
+/// A residual add of the model, by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddAt {
+    Ht(usize),
+    Res2d(usize, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `dst = conv(src)`.
+    Conv {
+        layer: Layer,
+        src: usize,
+        dst: usize,
+    },
+    /// `dst = add(a = conv(src), b = skip)`, the conv's column held in the shared temporary.
+    ConvAdd {
+        layer: Layer,
+        add: AddAt,
+        src: usize,
+        skip: usize,
+        dst: usize,
+    },
+    /// `dst = avg_pool_2x2(src)` over (azimuth, z).
+    Pool { src: usize, dst: usize },
+}
+
+impl Op {
+    fn dst(&self) -> usize {
+        match *self {
+            Op::Conv { dst, .. } | Op::ConvAdd { dst, .. } | Op::Pool { dst, .. } => dst,
+        }
+    }
+}
+
+/// One tensor as a ring of z-columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ring {
+    /// The whole tensor's shape; `w` is its number of z-columns.
+    shape: Shape,
+    slots: usize,
+    offset: usize,
+}
+
+impl Ring {
+    fn col_len(&self) -> usize {
+        self.shape.c * self.shape.d * self.shape.h
+    }
+}
+
+/// The network as rings and stages, with the scratch layout.
+#[derive(Debug, Clone)]
+struct Plan {
+    rings: heapless::Vec<Ring, MAX_NODES>,
+    stages: heapless::Vec<Op, MAX_NODES>,
+    /// The code's ring (one slot: each code column is handed out as soon as it is written).
+    code: usize,
+    /// The shared temporary column of [`Op::ConvAdd`].
+    tmp_offset: usize,
+    tmp_len: usize,
+    scratch: usize,
+}
+
+/// Progress through one wedge.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    /// Columns written per ring.
+    written: [usize; MAX_NODES],
+    /// Next output column per stage.
+    next: [usize; MAX_NODES],
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Counters {
+            written: [0; MAX_NODES],
+            next: [0; MAX_NODES],
+        }
+    }
+}
+
+/// A parsed, validated streaming int8 encoder borrowing its weights.
+#[derive(Debug, Clone)]
+pub struct StreamEncoder<'a> {
+    encoder: Encoder<'a>,
+    plan: Plan,
+}
+
+fn err_corrupt<T>() -> Result<T, Error> {
+    Err(Error::CorruptWeights)
+}
+
+fn push<T, const N: usize>(v: &mut heapless::Vec<T, N>, item: T) -> Result<usize, Error> {
+    v.push(item).map_err(|_| Error::CorruptWeights)?;
+    Ok(v.len() - 1)
+}
+
+impl<'a> StreamEncoder<'a> {
+    /// Parses and validates a weights file (see [`Encoder::parse`]).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        Self::new(Encoder::parse(bytes)?)
+    }
+
+    /// Plans the streaming schedule of an already validated encoder.
+    pub fn new(encoder: Encoder<'a>) -> Result<Self, Error> {
+        let mut plan = Plan {
+            rings: heapless::Vec::new(),
+            stages: heapless::Vec::new(),
+            code: 0,
+            tmp_offset: 0,
+            tmp_len: 0,
+            scratch: 0,
+        };
+        match &encoder.model().network {
+            Network::BcaeHt(net) => build_ht(net, &mut plan)?,
+            Network::Bcae2d(net) => build_2d(net, &mut plan)?,
+        }
+        let mut this = StreamEncoder { encoder, plan };
+        this.size_rings()?;
+        let code = this
+            .plan
+            .rings
+            .get(this.plan.code)
+            .ok_or(Error::CorruptWeights)?;
+        if code.shape != this.encoder.code_shape() {
+            return err_corrupt();
+        }
+        Ok(this)
+    }
+
+    /// The whole-wedge encoder over the same weights (model, code scale, fingerprint).
+    pub fn encoder(&self) -> &Encoder<'a> {
+        &self.encoder
+    }
+
+    /// Bytes of scratch memory a stream needs: every ring plus one temporary column.
+    pub fn scratch_bytes(&self) -> usize {
+        self.plan.scratch
+    }
+
+    /// The code's shape (c, d, h, w); code slice `o` is `code[.., .., .., o]`.
+    pub fn code_shape(&self) -> Shape {
+        self.encoder.code_shape()
+    }
+
+    /// Code slices per wedge (the code's z extent).
+    pub fn code_slices(&self) -> usize {
+        self.code_shape().w
+    }
+
+    /// int8 values per code slice, laid out (c, d, h).
+    pub fn code_slice_len(&self) -> usize {
+        let s = self.code_shape();
+        s.c * s.d * s.h
+    }
+
+    /// Starts a wedge over `scratch` (at least [`StreamEncoder::scratch_bytes`]; contents
+    /// overwritten as the wedge goes).
+    pub fn begin<'e, 's>(&'e self, scratch: &'s mut [i8]) -> Result<Stream<'e, 'a, 's>, Error> {
+        if scratch.len() < self.plan.scratch {
+            return Err(Error::BufferTooSmall {
+                needed: self.plan.scratch,
+                got: scratch.len(),
+            });
+        }
+        Ok(Stream {
+            encoder: self,
+            scratch,
+            state: StreamState::new(),
+        })
+    }
+
+    /// Encodes a whole wedge by streaming it (same arguments and code layout as
+    /// [`Encoder::encode`]; `scratch` only needs [`StreamEncoder::scratch_bytes`]).
+    pub fn encode(&self, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), Error> {
+        if adc.len() != SLICE_SAMPLES * Z_BINS {
+            return Err(Error::WrongShape {
+                expected: SLICE_SAMPLES * Z_BINS,
+                got: adc.len(),
+            });
+        }
+        let shape = self.code_shape();
+        if code.len() < shape.len() {
+            return Err(Error::BufferTooSmall {
+                needed: shape.len(),
+                got: code.len(),
+            });
+        }
+        let mut stream = self.begin(scratch)?;
+        let mut slice = [0u16; SLICE_SAMPLES];
+        let mut scatter = |o: usize, col: &[i8]| scatter_code_slice(shape, o, col, code);
+        for z in 0..Z_BINS {
+            for (a, dst) in slice.chunks_exact_mut(LAYERS).enumerate() {
+                let at = (a * Z_BINS + z) * LAYERS;
+                dst.copy_from_slice(adc.get(at..at + LAYERS).ok_or(Error::Overflow)?);
+            }
+            stream.push(&slice, &mut scatter)?;
+        }
+        Ok(())
+    }
+
+    /// Finds each ring's depth by running the schedule once without data, then lays out scratch.
+    fn size_rings(&mut self) -> Result<(), Error> {
+        let mut needed = [1usize; MAX_NODES];
+        let mut c = Counters::new();
+        let input_cols = self
+            .plan
+            .rings
+            .first()
+            .ok_or(Error::CorruptWeights)?
+            .shape
+            .w;
+        for _ in 0..input_cols {
+            self.note_write(&c, 0, &mut needed);
+            c.written[0] += 1;
+            while let Some(s) = self.ready_stage(&c) {
+                let op = *self.plan.stages.get(s).ok_or(Error::CorruptWeights)?;
+                let col = c.next[s];
+                self.note_write(&c, op.dst(), &mut needed);
+                c.written[op.dst()] += 1;
+                c.next[s] = col + 1;
+            }
+        }
+        if c.written[self.plan.code] != self.code_slices() {
+            return err_corrupt();
+        }
+        let mut offset = 0usize;
+        for (ring, &slots) in self.plan.rings.iter_mut().zip(needed.iter()) {
+            ring.slots = slots;
+            ring.offset = offset;
+            offset += slots * ring.col_len();
+        }
+        self.plan.tmp_offset = offset;
+        self.plan.scratch = offset + self.plan.tmp_len;
+        Ok(())
+    }
+
+    /// Records how deep ring `r` must be for its next column to be written now.
+    fn note_write(&self, c: &Counters, r: usize, needed: &mut [usize; MAX_NODES]) {
+        let col = c.written[r];
+        let oldest = self.oldest_needed(c, r).unwrap_or(col);
+        if let Some(n) = needed.get_mut(r) {
+            *n = (*n).max(col + 1 - oldest.min(col));
+        }
+    }
+
+    /// The oldest column of ring `r` some stage still needs (`None` when none does).
+    fn oldest_needed(&self, c: &Counters, r: usize) -> Option<usize> {
+        let mut oldest: Option<usize> = None;
+        let mut note = |col: usize| oldest = Some(oldest.map_or(col, |o: usize| o.min(col)));
+        for (s, op) in self.plan.stages.iter().enumerate() {
+            let o = c.next[s];
+            match *op {
+                Op::Conv { layer, src, dst }
+                | Op::ConvAdd {
+                    layer, src, dst, ..
+                } => {
+                    if o >= self.ring(dst).map_or(0, |d| d.shape.w) {
+                        continue;
+                    }
+                    if src == r {
+                        let conv = self.conv(layer);
+                        note(
+                            (o * conv.stride[2] as usize).saturating_sub(conv.padding[2] as usize),
+                        );
+                    }
+                    if let Op::ConvAdd { skip, .. } = *op {
+                        if skip == r {
+                            note(o);
+                        }
+                    }
+                }
+                Op::Pool { src, dst } => {
+                    if src == r && o < self.ring(dst).map_or(0, |d| d.shape.w) {
+                        note(2 * o);
+                    }
+                }
+            }
+        }
+        oldest
+    }
+
+    /// The last stage (in network order) that can produce its next column now: consumers run
+    /// before their producers write again, which keeps every ring as shallow as the kernels allow.
+    fn ready_stage(&self, c: &Counters) -> Option<usize> {
+        self.plan
+            .stages
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(s, op)| {
+                let o = c.next[s];
+                let dst = self.ring(op.dst())?;
+                if o >= dst.shape.w {
+                    return None;
+                }
+                let ready = match *op {
+                    Op::Conv { layer, src, .. } => self.conv_ready(c, layer, src, o),
+                    Op::ConvAdd {
+                        layer, src, skip, ..
+                    } => self.conv_ready(c, layer, src, o) && c.written[skip] > o,
+                    Op::Pool { src, .. } => c.written[src] >= 2 * o + 2,
+                };
+                ready.then_some(s)
+            })
+    }
+
+    fn conv_ready(&self, c: &Counters, layer: Layer, src: usize, o: usize) -> bool {
+        let conv = self.conv(layer);
+        let Some(ring) = self.ring(src) else {
+            return false;
+        };
+        let reach = (o * conv.stride[2] as usize + conv.kernel[2] as usize)
+            .saturating_sub(conv.padding[2] as usize + 1);
+        c.written[src] > reach.min(ring.shape.w.saturating_sub(1))
+    }
+
+    fn ring(&self, r: usize) -> Option<&Ring> {
+        self.plan.rings.get(r)
+    }
+
+    fn conv(&self, layer: Layer) -> &Conv<'a> {
+        conv_of(&self.encoder, layer)
+    }
+}
+
+/// The conv at `layer` (positions are built from the same network, so they always exist; a
+/// mismatch falls back to the first layer, and the shape checks then report it).
+fn conv_of<'e, 'a>(encoder: &'e Encoder<'a>, layer: Layer) -> &'e Conv<'a> {
+    match (&encoder.model().network, layer) {
+        (Network::BcaeHt(n), Layer::HtMain1(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.main1),
+        (Network::BcaeHt(n), Layer::HtMain2(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.main2),
+        (Network::BcaeHt(n), Layer::HtSkip(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.skip),
+        (Network::BcaeHt(n), _) => &n.output,
+        (Network::Bcae2d(n), Layer::Res2d(b, r, second)) => n
+            .blocks
+            .get(b)
+            .and_then(|b| b.res.get(r))
+            .map_or(&n.input, |r| if second { &r.conv2 } else { &r.conv1 }),
+        (Network::Bcae2d(n), _) => &n.input,
+    }
+}
+
+fn add_of<'e>(encoder: &'e Encoder<'_>, at: AddAt) -> Option<&'e Add> {
+    match (&encoder.model().network, at) {
+        (Network::BcaeHt(n), AddAt::Ht(b)) => n.blocks.get(b).map(|b| &b.add),
+        (Network::Bcae2d(n), AddAt::Res2d(b, r)) => {
+            n.blocks.get(b).and_then(|b| b.res.get(r)).map(|r| &r.add)
+        }
+        _ => None,
+    }
+}
+
+fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, Error> {
+    if shape.h > MAX_ROW || shape.w == 0 {
+        return err_corrupt();
+    }
+    push(
+        &mut plan.rings,
+        Ring {
+            shape,
+            slots: 1,
+            offset: 0,
+        },
+    )
+}
+
+/// A conv stage from ring `src` into a new ring; returns the new ring.
+fn add_conv(plan: &mut Plan, conv: &Conv<'_>, layer: Layer, src: usize) -> Result<usize, Error> {
+    let in_shape = plan.rings.get(src).ok_or(Error::CorruptWeights)?.shape;
+    let shape = conv_output_shape(conv, in_shape)?;
+    check_conv(conv, in_shape)?;
+    let dst = new_ring(plan, shape)?;
+    push(&mut plan.stages, Op::Conv { layer, src, dst })?;
+    Ok(dst)
+}
+
+/// A conv + residual add stage (`add(conv(src), skip)`) into a new ring; returns the new ring.
+fn add_conv_add(
+    plan: &mut Plan,
+    conv: &Conv<'_>,
+    layer: Layer,
+    add: AddAt,
+    src: usize,
+    skip: usize,
+) -> Result<usize, Error> {
+    let in_shape = plan.rings.get(src).ok_or(Error::CorruptWeights)?.shape;
+    let shape = conv_output_shape(conv, in_shape)?;
+    check_conv(conv, in_shape)?;
+    if plan.rings.get(skip).map(|r| r.shape) != Some(shape) {
+        return err_corrupt();
+    }
+    let dst = new_ring(plan, shape)?;
+    plan.tmp_len = plan.tmp_len.max(shape.c * shape.d * shape.h);
+    push(
+        &mut plan.stages,
+        Op::ConvAdd {
+            layer,
+            add,
+            src,
+            skip,
+            dst,
+        },
+    )?;
+    Ok(dst)
+}
+
+fn add_pool(plan: &mut Plan, src: usize) -> Result<usize, Error> {
+    let s = plan.rings.get(src).ok_or(Error::CorruptWeights)?.shape;
+    if (s.h | s.w) & 1 != 0 {
+        return err_corrupt();
+    }
+    let dst = new_ring(
+        plan,
+        Shape {
+            h: s.h / 2,
+            w: s.w / 2,
+            ..s
+        },
+    )?;
+    push(&mut plan.stages, Op::Pool { src, dst })?;
+    Ok(dst)
+}
+
+/// What [`conv_column`] supports beyond the weights format's own checks.
+fn check_conv(conv: &Conv<'_>, input: Shape) -> Result<(), Error> {
+    let [_, kh, kw] = conv.kernel.map(usize::from);
+    if kw > MAX_Z_TAPS || kh > MAX_H_TAPS || input.h > MAX_ROW || conv.stride[1] == 0 {
+        return err_corrupt();
+    }
+    Ok(())
+}
+
+fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), Error> {
+    let mut x = new_ring(plan, HT_INPUT)?;
+    for (b, block) in net.blocks.iter().enumerate() {
+        // skip, main1, then main2 + add: downstream runs first, so the add consumes each skip
+        // column before the skip conv writes the next one (a one-column skip ring).
+        let x_shape = plan.rings.get(x).ok_or(Error::CorruptWeights)?.shape;
+        let skip_shape = conv_output_shape(&block.skip, x_shape)?;
+        check_conv(&block.skip, x_shape)?;
+        let s = new_ring(plan, skip_shape)?;
+        push(
+            &mut plan.stages,
+            Op::Conv {
+                layer: Layer::HtSkip(b),
+                src: x,
+                dst: s,
+            },
+        )?;
+        let h = add_conv(plan, &block.main1, Layer::HtMain1(b), x)?;
+        x = add_conv_add(plan, &block.main2, Layer::HtMain2(b), AddAt::Ht(b), h, s)?;
+    }
+    plan.code = add_conv(plan, &net.output, Layer::HtOutput, x)?;
+    Ok(())
+}
+
+fn build_2d(net: &Network2d<'_>, plan: &mut Plan) -> Result<(), Error> {
+    let input = new_ring(plan, INPUT_2D)?;
+    let mut x = add_conv(plan, &net.input, Layer::Input2d, input)?;
+    for (b, block) in net.blocks.iter().enumerate() {
+        if block.pool {
+            x = add_pool(plan, x)?;
+        }
+        for r in 0..block.res.len() {
+            let res = &block.res[r];
+            let h = add_conv(plan, &res.conv1, Layer::Res2d(b, r, false), x)?;
+            x = add_conv_add(
+                plan,
+                &res.conv2,
+                Layer::Res2d(b, r, true),
+                AddAt::Res2d(b, r),
+                h,
+                x,
+            )?;
+        }
+    }
+    plan.code = x;
+    Ok(())
+}
+
+/// Writes code slice `o` ((c, d, h) values) into a whole code laid out (c, d, h, w).
+pub fn scatter_code_slice(
+    shape: Shape,
+    o: usize,
+    slice: &[i8],
+    code: &mut [i8],
+) -> Result<(), Error> {
+    if o >= shape.w || slice.len() != shape.c * shape.d * shape.h {
+        return Err(Error::WrongShape {
+            expected: shape.c * shape.d * shape.h,
+            got: slice.len(),
+        });
+    }
+    let got = code.len();
+    for (i, &v) in slice.iter().enumerate() {
+        *code.get_mut(i * shape.w + o).ok_or(Error::BufferTooSmall {
+            needed: shape.len(),
+            got,
+        })? = v;
+    }
+    Ok(())
+}
+
+/// Where one wedge stands (no buffers: the caller keeps it with its scratch, e.g. in a firmware loop).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamState {
+    counters: Counters,
+    slices: usize,
+}
+
+impl Default for StreamState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamState {
+    /// The start of a wedge.
+    pub const fn new() -> Self {
+        StreamState {
+            counters: Counters::new(),
+            slices: 0,
+        }
+    }
+
+    /// Slices pushed so far in this wedge.
+    pub fn slices_pushed(&self) -> usize {
+        self.slices
+    }
+
+    /// Whether the wedge is complete (every slice pushed, every code slice emitted).
+    pub fn is_complete(&self) -> bool {
+        self.slices == Z_BINS
+    }
+
+    /// Forgets the wedge in progress; the next push starts a new wedge.
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+/// One wedge in progress over the caller's scratch.
+pub struct Stream<'e, 'a, 's> {
+    encoder: &'e StreamEncoder<'a>,
+    scratch: &'s mut [i8],
+    state: StreamState,
+}
+
+impl Stream<'_, '_, '_> {
+    /// Slices pushed so far in this wedge.
+    pub fn slices_pushed(&self) -> usize {
+        self.state.slices_pushed()
+    }
+
+    /// Whether the wedge is complete (every slice pushed, every code slice emitted).
+    pub fn is_complete(&self) -> bool {
+        self.state.is_complete()
+    }
+
+    /// Forgets the wedge in progress; the next push starts a new wedge.
+    pub fn reset(&mut self) {
+        self.state.reset();
+    }
+
+    /// See [`StreamEncoder::push`].
+    pub fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
+    where
+        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+    {
+        self.encoder
+            .push(&mut self.state, self.scratch, slice, emit)
+    }
+}
+
+impl StreamEncoder<'_> {
+    /// Feeds the next z slice (192 azimuth x 16 layers, layer fastest, each at most 1023) and
+    /// hands every code slice it completes to `emit(o, slice)` (slice laid out (c, d, h)). The
+    /// 249th slice completes the wedge; pushing more is [`Error::WrongShape`] until
+    /// [`StreamState::reset`]. A slice with an ADC value above 1023 is refused before anything is
+    /// changed; an `emit` error ends the push (reset before reusing the stream).
+    /// `state` and `scratch` (at least [`StreamEncoder::scratch_bytes`]) belong to one wedge from
+    /// its first slice to its last.
+    pub fn push<F>(
+        &self,
+        state: &mut StreamState,
+        scratch: &mut [i8],
+        slice: &[u16],
+        emit: &mut F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+    {
+        if scratch.len() < self.plan.scratch {
+            return Err(Error::BufferTooSmall {
+                needed: self.plan.scratch,
+                got: scratch.len(),
+            });
+        }
+        let mut run = Run {
+            encoder: self,
+            scratch,
+            counters: &mut state.counters,
+            slices: &mut state.slices,
+        };
+        run.push(slice, emit)
+    }
+}
+
+/// One push at work.
+struct Run<'r, 'e, 'a> {
+    encoder: &'e StreamEncoder<'a>,
+    scratch: &'r mut [i8],
+    counters: &'r mut Counters,
+    slices: &'r mut usize,
+}
+
+impl Run<'_, '_, '_> {
+    fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
+    where
+        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+    {
+        if slice.len() != SLICE_SAMPLES {
+            return Err(Error::WrongShape {
+                expected: SLICE_SAMPLES,
+                got: slice.len(),
+            });
+        }
+        if *self.slices >= Z_BINS {
+            return Err(Error::WrongShape {
+                expected: Z_BINS,
+                got: *self.slices + 1,
+            });
+        }
+        if let Some((i, &value)) = slice.iter().enumerate().find(|(_, &v)| v > 1023) {
+            let (a, l) = (i / LAYERS, i % LAYERS);
+            return Err(Error::AdcOutOfRange {
+                index: (a * Z_BINS + *self.slices) * LAYERS + l,
+                value,
+            });
+        }
+        self.input_column(Some(slice))?;
+        *self.slices += 1;
+        self.drain(emit)?;
+        if *self.slices == Z_BINS {
+            // The networks' z padding (ADC 0) up to 256.
+            for _ in Z_BINS..Z_PADDED {
+                self.input_column(None)?;
+                self.drain(emit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the next input column (`None`: a padding column) through the input table.
+    fn input_column(&mut self, slice: Option<&[u16]>) -> Result<(), Error> {
+        let enc = self.encoder;
+        let table = enc.encoder.model().input_table;
+        let pad = *table.first().ok_or(Error::CorruptWeights)? as i8;
+        let col = self.counters.written[0];
+        let dst = self.slot_mut(0, col)?;
+        match slice {
+            None => dst.fill(pad),
+            Some(slice) => {
+                // Column layout (layer, azimuth) for both families: HT (1, 16, 192), 2D (16, 1, 192).
+                for (a, voxel) in slice.chunks_exact(LAYERS).enumerate() {
+                    for (l, &v) in voxel.iter().enumerate() {
+                        if let (Some(o), Some(&t)) =
+                            (dst.get_mut(l * AZIMUTH + a), table.get(v as usize))
+                        {
+                            *o = t as i8;
+                        }
+                    }
+                }
+            }
+        }
+        self.counters.written[0] += 1;
+        Ok(())
+    }
+
+    /// Runs every stage that can run, handing code columns to `emit`.
+    fn drain<F>(&mut self, emit: &mut F) -> Result<(), Error>
+    where
+        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+    {
+        let enc = self.encoder;
+        while let Some(s) = enc.ready_stage(self.counters) {
+            let op = *enc.plan.stages.get(s).ok_or(Error::CorruptWeights)?;
+            let o = self.counters.next[s];
+            self.run(op, o)?;
+            let dst = op.dst();
+            self.counters.written[dst] += 1;
+            self.counters.next[s] = o + 1;
+            if dst == enc.plan.code {
+                emit(o, self.slot(dst, o)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes output column `o` of one stage.
+    fn run(&mut self, op: Op, o: usize) -> Result<(), Error> {
+        let enc = self.encoder;
+        let plan = &enc.plan;
+        match op {
+            Op::Conv { layer, src, dst } => {
+                let out = plan.rings.get(dst).ok_or(Error::CorruptWeights)?;
+                let (out_shape, out_at) = (out.shape, self.slot_range(dst, o)?);
+                let (input, output) = split_input_output(self.scratch, plan, src, out_at)?;
+                conv_stage(enc, layer, input, src, o, out_shape, output)
+            }
+            Op::ConvAdd {
+                layer,
+                add,
+                src,
+                skip,
+                dst,
+            } => {
+                let out = plan.rings.get(dst).ok_or(Error::CorruptWeights)?;
+                let out_shape = out.shape;
+                let col = out.col_len();
+                let tmp_at = plan.tmp_offset..plan.tmp_offset + col;
+                let (input, tmp) = split_input_output(self.scratch, plan, src, tmp_at.clone())?;
+                conv_stage(enc, layer, input, src, o, out_shape, tmp)?;
+                // dst <- skip column, then dst = add(a = tmp, b = dst).
+                let skip_at = self.slot_range(skip, o)?;
+                let dst_at = self.slot_range(dst, o)?;
+                self.scratch.copy_within(skip_at, dst_at.start);
+                let add = add_of(&enc.encoder, add).ok_or(Error::CorruptWeights)?;
+                let (a, b) = two_ranges(self.scratch, tmp_at, dst_at)?;
+                add_in_place(add, a, b)
+            }
+            Op::Pool { src, dst } => {
+                let ring = plan.rings.get(src).ok_or(Error::CorruptWeights)?;
+                let (cd, h) = (ring.shape.c * ring.shape.d, ring.shape.h);
+                let first = self.slot_range(src, 2 * o)?;
+                let second = self.slot_range(src, 2 * o + 1)?;
+                let dst_at = self.slot_range(dst, o)?;
+                pool_columns(self.scratch, cd, h, first.start, second.start, dst_at)
+            }
+        }
+    }
+
+    /// Byte range of column `col` of ring `r`, refusing a column already overwritten or not yet written.
+    fn slot_range(&self, r: usize, col: usize) -> Result<core::ops::Range<usize>, Error> {
+        slot_range(&self.encoder.plan, r, col)
+    }
+
+    fn slot(&self, r: usize, col: usize) -> Result<&[i8], Error> {
+        let at = self.slot_range(r, col)?;
+        self.scratch.get(at).ok_or(Error::CorruptWeights)
+    }
+
+    fn slot_mut(&mut self, r: usize, col: usize) -> Result<&mut [i8], Error> {
+        let at = self.slot_range(r, col)?;
+        self.scratch.get_mut(at).ok_or(Error::CorruptWeights)
+    }
+}
+
+fn slot_range(plan: &Plan, r: usize, col: usize) -> Result<core::ops::Range<usize>, Error> {
+    let ring = plan.rings.get(r).ok_or(Error::CorruptWeights)?;
+    let len = ring.col_len();
+    let start = ring.offset + (col % ring.slots.max(1)) * len;
+    Ok(start..start + len)
+}
+
+/// The whole ring `src` (shared) and the disjoint range `out` (mutable) of scratch.
+fn split_input_output<'s>(
+    scratch: &'s mut [i8],
+    plan: &Plan,
+    src: usize,
+    out: core::ops::Range<usize>,
+) -> Result<(&'s [i8], &'s mut [i8]), Error> {
+    let ring = plan.rings.get(src).ok_or(Error::CorruptWeights)?;
+    let input = ring.offset..ring.offset + ring.slots * ring.col_len();
+    let (a, b) = two_ranges(scratch, input, out)?;
+    Ok((a, b))
+}
+
+/// Two disjoint ranges of `buf`, the first shared and the second mutable.
+fn two_ranges(
+    buf: &mut [i8],
+    first: core::ops::Range<usize>,
+    second: core::ops::Range<usize>,
+) -> Result<(&[i8], &mut [i8]), Error> {
+    let too_small = Error::BufferTooSmall {
+        needed: first.end.max(second.end),
+        got: buf.len(),
+    };
+    if first.end > buf.len() || second.end > buf.len() {
+        return Err(too_small);
+    }
+    if first.end <= second.start {
+        let (lo, hi) = buf.split_at_mut(second.start);
+        Ok((&lo[first], &mut hi[..second.end - second.start]))
+    } else if second.end <= first.start {
+        let (lo, hi) = buf.split_at_mut(first.start);
+        Ok((&hi[..first.end - first.start], &mut lo[second]))
+    } else {
+        err_corrupt()
+    }
+}
+
+/// Output column `o` of the conv at `layer` reading ring `src` (all of it in `ring`, from its
+/// offset) into `output`.
+fn conv_stage(
+    enc: &StreamEncoder<'_>,
+    layer: Layer,
+    ring_bytes: &[i8],
+    src: usize,
+    o: usize,
+    out_shape: Shape,
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let conv = conv_of(&enc.encoder, layer);
+    let ring = enc.plan.rings.get(src).ok_or(Error::CorruptWeights)?;
+    let (kw, sw, pw) = (
+        conv.kernel[2] as usize,
+        conv.stride[2] as usize,
+        conv.padding[2] as usize,
+    );
+    let len = ring.col_len();
+    let mut cols: [Option<&[i8]>; MAX_Z_TAPS] = [None; MAX_Z_TAPS];
+    for (x, col) in cols.iter_mut().enumerate().take(kw) {
+        let Some(z) = (o * sw + x).checked_sub(pw).filter(|&z| z < ring.shape.w) else {
+            continue;
+        };
+        let at = (z % ring.slots.max(1)) * len;
+        *col = Some(ring_bytes.get(at..at + len).ok_or(Error::CorruptWeights)?);
+    }
+    conv_column(
+        conv,
+        ring.shape,
+        out_shape,
+        cols.get(..kw).unwrap_or(&[]),
+        output,
+    )
+}
+
+/// One output z-column of `conv`, all channels, depths and azimuth positions, from the input
+/// columns `cols[x]` (kernel tap x along z; `None` where the tap falls in the padding), each
+/// laid out (c, d, h). `output` receives (out.c, out.d, out.h). Same arithmetic as
+/// [`crate::kernels::conv`]; each input row is converted to `x - zp` (and de-interleaved by the
+/// azimuth stride) once, then shared by a group of output channels.
+pub fn conv_column(
+    conv: &Conv<'_>,
+    in_shape: Shape,
+    out: Shape,
+    cols: &[Option<&[i8]>],
+    output: &mut [i8],
+) -> Result<(), Error> {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [sd, sh, _] = conv.stride.map(usize::from);
+    let [pd, ph, _] = conv.padding.map(usize::from);
+    if cols.len() != kw || kh > MAX_H_TAPS || sh == 0 || in_shape.h > MAX_ROW || out.h == 0 {
+        return err_corrupt();
+    }
+    if conv.in_channels as usize != in_shape.c || conv.out_channels as usize != out.c {
+        return err_corrupt();
+    }
+    let needed = out.c * out.d * out.h;
+    if output.len() < needed {
+        return Err(Error::BufferTooSmall {
+            needed,
+            got: output.len(),
+        });
+    }
+    let terms = conv.terms();
+    let zp = conv.input_zero_point as i16;
+    let phase_len = in_shape.h.div_ceil(sh);
+    let group = (ACC_LEN / out.h).clamp(1, out.c);
+    // Valid output rows per azimuth tap y: o * sh + y - ph in 0..in_h.
+    let mut ranges = [(0usize, 0usize); MAX_H_TAPS];
+    for (y, r) in ranges.iter_mut().enumerate().take(kh) {
+        let lo = if ph > y { (ph - y).div_ceil(sh) } else { 0 };
+        let hi = match (in_shape.h + ph).checked_sub(y + 1) {
+            Some(v) => (v / sh + 1).min(out.h),
+            None => 0,
+        };
+        *r = (lo, hi.max(lo));
+    }
+    let mut acc_buf = [0i32; ACC_LEN];
+    let mut phases = [0i16; MAX_ROW + MAX_H_TAPS];
+    for od in 0..out.d {
+        for g0 in (0..out.c).step_by(group) {
+            let g1 = (g0 + group).min(out.c);
+            let acc = acc_buf
+                .get_mut(..(g1 - g0) * out.h)
+                .ok_or(Error::CorruptWeights)?;
+            for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                acc_c.fill(le_i32(conv.bias, g0 + k).ok_or(Error::CorruptWeights)?);
+            }
+            for ci in 0..in_shape.c {
+                for z in 0..kd {
+                    let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d) else {
+                        continue;
+                    };
+                    let row_at = (ci * in_shape.d + id) * in_shape.h;
+                    for (x, col) in cols.iter().enumerate() {
+                        let Some(col) = col else {
+                            continue;
+                        };
+                        let row = col
+                            .get(row_at..row_at + in_shape.h)
+                            .ok_or(Error::CorruptWeights)?;
+                        for p in 0..sh {
+                            let dst = phases
+                                .get_mut(p * phase_len..(p + 1) * phase_len)
+                                .ok_or(Error::CorruptWeights)?;
+                            let src = row.get(p..).unwrap_or(&[]);
+                            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sh)) {
+                                *d = v as i16 - zp;
+                            }
+                        }
+                        let w_base = (ci * kd + z) * kh * kw + x;
+                        for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                            let w_co = (g0 + k) * terms + w_base;
+                            for (y, &(lo, hi)) in ranges.iter().enumerate().take(kh) {
+                                let w = *conv
+                                    .weights
+                                    .get(w_co + y * kw)
+                                    .ok_or(Error::CorruptWeights)?
+                                    as i8 as i32;
+                                if w == 0 || lo >= hi {
+                                    continue;
+                                }
+                                let first =
+                                    (lo * sh + y).checked_sub(ph).ok_or(Error::CorruptWeights)?;
+                                let start = (first % sh) * phase_len + first / sh;
+                                let src = phases
+                                    .get(start..start + (hi - lo))
+                                    .ok_or(Error::CorruptWeights)?;
+                                let part = acc_c.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
+                                for (a, &v) in part.iter_mut().zip(src) {
+                                    *a = a.wrapping_add(w * v as i32);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (k, acc_c) in acc.chunks_exact(out.h).enumerate() {
+                let co = g0 + k;
+                let m = le_i32(conv.requant.multiplier, co).ok_or(Error::CorruptWeights)?;
+                let n =
+                    le_i32(conv.requant.negative_multiplier, co).ok_or(Error::CorruptWeights)?;
+                let shift = *conv.requant.shift.get(co).ok_or(Error::CorruptWeights)?;
+                let at = (co * out.d + od) * out.h;
+                let dst = output
+                    .get_mut(at..at + out.h)
+                    .ok_or(Error::CorruptWeights)?;
+                for (q, &a) in dst.iter_mut().zip(acc_c) {
+                    *q = requantize(a, m, n, shift, conv.requant.output_zero_point);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 2x2 average pooling of two z-columns (at `first` and `second` in `scratch`, each `cd` rows of
+/// `h` azimuth values) into the column `dst`: `y = (q00 + q01 + q10 + q11 + 2) >> 2`, as
+/// [`crate::kernels::avg_pool_2x2`].
+fn pool_columns(
+    scratch: &mut [i8],
+    cd: usize,
+    h: usize,
+    first: usize,
+    second: usize,
+    dst: core::ops::Range<usize>,
+) -> Result<(), Error> {
+    let half = h / 2;
+    if dst.len() != cd * half {
+        return err_corrupt();
+    }
+    for r in 0..cd {
+        for j in 0..half {
+            let at = |base: usize, k: usize| -> Result<i32, Error> {
+                scratch
+                    .get(base + r * h + 2 * j + k)
+                    .map(|&v| v as i32)
+                    .ok_or(Error::CorruptWeights)
+            };
+            let sum = at(first, 0)? + at(first, 1)? + at(second, 0)? + at(second, 1)?;
+            let out = scratch
+                .get_mut(dst.start + r * half + j)
+                .ok_or(Error::CorruptWeights)?;
+            *out = ((sum + 2) >> 2).clamp(-128, 127) as i8;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
