@@ -11,7 +11,10 @@
 #   scratch venv (${BCAE_TORCH_VENV:-${TMPDIR:-/tmp}/bcae-torch-venv}), once.
 # --native: build with RUSTFLAGS="-C target-cpu=native" (into target/native so the default build
 #   is kept).
-# --mode encoder (default) is the only mode for now; torch_bench.py has one function per mode.
+# --mode encoder (default): the int8 encoder rows above.
+# --mode float: the float models on candle (`bcae bench --json`: train steps on 64x64 and 128x128
+#   crops, both encoders, BCAE-HT encoder + decoders) against the same rows of the reference
+#   PyTorch modules (torch_bench.py train / encoder / decode), one table with the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,7 @@ done
   echo "$REF: not a NeuralCompression_v2 checkout (no neuralcompress_v2/models): pass the reference checkout's path" >&2
   exit 2
 }
-[[ $MODE == encoder ]] || { echo "mode '$MODE' is not implemented yet: use --mode encoder" >&2; exit 2; }
+[[ $MODE == encoder || $MODE == float ]] || { echo "unknown mode '$MODE': use --mode encoder or --mode float" >&2; exit 2; }
 
 if [[ -z $VENV ]]; then
   VENV=${BCAE_TORCH_VENV:-${TMPDIR:-/tmp}/bcae-torch-venv}
@@ -46,6 +49,51 @@ if [[ -z $VENV ]]; then
 fi
 PY=$VENV/bin/python
 "$PY" -c 'import torch' || { echo "$PY cannot import torch: pass a venv with torch (--venv DIR)" >&2; exit 2; }
+
+if [[ $MODE == float ]]; then
+  [[ $NATIVE == 1 ]] && export RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target/native
+  cargo build --release -q -p trainer --bin bcae
+  BCAE=${CARGO_TARGET_DIR:-target}/release/bcae
+  WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
+  echo "# $(date -u '+%F %T') UTC, load average $(cut -d' ' -f1-3 /proc/loadavg), $THREADS threads, batch $BATCH"
+  RAYON_NUM_THREADS=$THREADS "$BCAE" bench --batch "$BATCH" --json > "$WORK/ours.json"
+  for m in train encoder decode; do
+    "$PY" scripts/torch_bench.py "$m" --ref "$REF" --threads "$THREADS" --batch "$BATCH" \
+      --seconds "$SECONDS_PER_ROW" --json
+  done > "$WORK/torch.jsonl"
+  "$PY" - "$WORK/ours.json" "$WORK/torch.jsonl" <<'PYEOF'
+import json, sys
+ours = json.load(open(sys.argv[1]))
+torch = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+names = {"BCAE-HT": "bcae-ht", "BCAE-2D(4,8,3)": "bcae-2d"}
+def theirs(row):
+    name, work = names.get(row["model"]), row["work"]
+    for t in torch:
+        if t["model"] != name:
+            continue
+        if work["kind"] == "train-step" and t["mode"] == "train" and t["crop"] == f"{work['azimuth']}x{work['z']}":
+            return t["crops_per_s"]
+        if work["kind"] == "encode" and t["mode"] == "encoder":
+            return t["wedges_per_s"]
+        if work["kind"] == "encode-decode" and t["mode"] == "decode":
+            return t["wedges_per_s"]
+    return None
+print("| work | PyTorch CPU | bcae | ratio | bcae peak RSS |")
+print("|---|---|---|---|---|")
+for r in ours:
+    w = r["work"]
+    label = {"train-step": f"{r['model']} train step, {w.get('azimuth')}x{w.get('z')} crops",
+             "encode": f"{r['model']} encoder, whole wedges",
+             "encode-decode": f"{r['model']} encoder + both decoders"}[w["kind"]]
+    unit = "crops/s" if w["kind"] == "train-step" else "wedges/s"
+    t = theirs(r)
+    ratio = f"{r['items_per_second'] / t:.2f}x" if t else "-"
+    rss = f"{r['peak_rss_bytes'] / 1e6:.0f} MB" if r.get("peak_rss_bytes") else "-"
+    print(f"| {label} | {t:.2f} {unit} | {r['items_per_second']:.2f} | {ratio} | {rss} |" if t else
+          f"| {label} | - | {r['items_per_second']:.2f} | - | {rss} |")
+PYEOF
+  exit 0
+fi
 
 if [[ $NATIVE == 1 ]]; then
   export RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target/native

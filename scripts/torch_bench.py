@@ -4,6 +4,9 @@ model classes (nothing is downloaded: random initial weights, synthetic zero-sup
 
 Modes (one function each, so more can be added beside them):
   encoder  fp32 whole-wedge encoder throughput (inference, no autograd), steady-state median.
+  decode   fp32 whole-wedge encoder + both decoder heads (inference).
+  train    one optimizer step (forward, the reference BCAELoss with the 6 + 3 exp output
+           transform, backward, AdamW) on random crops, as `bcae bench` times ours.
 
 Prints one JSON object per measured row on stdout (with --json) or a table.
 
@@ -87,7 +90,72 @@ def mode_encoder(args, torch):
     return rows
 
 
-MODES = {"encoder": mode_encoder}
+def build_pair(name, ref):
+    """The reference's encoder and two-headed decoder, and whether it takes (N, 1, ...) input."""
+    sys.path.insert(0, ref)
+    if name in ("bcae-ht", "bcae++"):
+        from neuralcompress_v2.models.network3d import BiDecoder, Encoder
+
+        feats = (2, 4, 4, 8) if name == "bcae-ht" else (8, 16, 32, 32)
+        return Encoder(conv_features=feats), BiDecoder(), True
+    if name == "bcae-2d":
+        from neuralcompress_v2.models.network2d import BiDecoder, Encoder
+
+        # train_test/train2d.py: BCAE-2D(4, 8, 3).
+        return Encoder(16, 4, num_downsamples=3), BiDecoder(16, 8, num_downsamples=3), False
+    raise SystemExit(f"unknown model '{name}': use bcae-ht, bcae++ or bcae-2d")
+
+
+def mode_decode(args, torch):
+    rows = []
+    for name in args.models.split(","):
+        enc, dec, three_d = build_pair(name, args.ref)
+        enc.eval()
+        dec.eval()
+        x = synthetic_batch(torch, (LAYERS, AZIMUTH, Z_PADDED), args.batch, 7)
+        x = x.unsqueeze(1) if three_d else x
+        with torch.inference_mode():
+            median, n = steady_median(lambda: dec(enc(x)), args.seconds, args.warmup)
+        rows.append({"mode": "decode", "model": name, "precision": "fp32", "threads": torch.get_num_threads(),
+                     "batch": args.batch, "calls": n, "median_s_per_batch": median,
+                     "wedges_per_s": args.batch / median, "torch": torch.__version__})
+    return rows
+
+
+def mode_train(args, torch):
+    from itertools import chain
+
+    from neuralcompress_v2.models.loss import BCAELoss
+
+    rows = []
+    for name in args.models.split(","):
+        for crop in args.crops.split(","):
+            az, z = (int(v) for v in crop.split("x"))
+            enc, dec, three_d = build_pair(name, args.ref)
+            loss_fn = BCAELoss(clf_threshold=0.5, reg_loss="mae")
+            opt = torch.optim.AdamW(chain(enc.parameters(), dec.parameters()), lr=1e-4)
+            batches = [synthetic_batch(torch, (LAYERS, az, z), args.batch, s) for s in range(4)]
+            state = {"i": 0}
+
+            def step():
+                x = batches[state["i"] % len(batches)]
+                state["i"] += 1
+                x = x.unsqueeze(1) if three_d else x
+                clf, reg = dec(enc(x))
+                res = loss_fn(clf, 6.0 + 3.0 * torch.exp(reg), x > 0, x)
+                opt.zero_grad()
+                res["loss"].backward()
+                opt.step()
+
+            median, n = steady_median(step, args.seconds, args.warmup)
+            rows.append({"mode": "train", "model": name, "crop": crop, "precision": "fp32",
+                         "threads": torch.get_num_threads(), "batch": args.batch, "calls": n,
+                         "median_s_per_batch": median, "crops_per_s": args.batch / median,
+                         "torch": torch.__version__})
+    return rows
+
+
+MODES = {"encoder": mode_encoder, "decode": mode_decode, "train": mode_train}
 
 
 def main():
@@ -99,6 +167,7 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seconds", type=float, default=10.0, help="minimum measuring time per row")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--crops", default="64x64,128x128", help="train mode: AZIMUTHxZ crops")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     args = p.parse_args()
     try:
@@ -110,8 +179,10 @@ def main():
         if args.json:
             print(json.dumps(row), flush=True)
         else:
-            print(f"{row['model']:<8} {row['precision']} threads {row['threads']} batch {row['batch']}: "
-                  f"{row['wedges_per_s']:.2f} wedges/s (median {row['median_s_per_batch'] * 1e3:.1f} ms/batch, {row['calls']} calls)")
+            rate = (f"{row['crops_per_s']:.2f} crops/s ({row['crop']})" if "crops_per_s" in row
+                    else f"{row['wedges_per_s']:.2f} wedges/s")
+            print(f"{row['mode']:<7} {row['model']:<8} {row['precision']} threads {row['threads']} batch {row['batch']}: "
+                  f"{rate} (median {row['median_s_per_batch'] * 1e3:.1f} ms/batch, {row['calls']} calls)")
 
 
 if __name__ == "__main__":

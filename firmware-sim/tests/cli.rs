@@ -101,7 +101,7 @@ fn bench_prints_one_table_with_build_flags() {
             "--wedges",
             "1",
             "--seconds",
-            "0",
+            "0.01",
             "--batch",
             "1",
             "--json",

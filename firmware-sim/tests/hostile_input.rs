@@ -100,7 +100,7 @@ fn numeric_flags_refuse_nonsense_values() {
             &["bench", "--weights", "w", "--seconds", "nan"],
             "--seconds",
         ),
-        (&["bench", "--weights", "w", "--seconds", "-1"], "--seconds"),
+        (&["bench", "--weights", "w", "--seconds=-1"], "--seconds"),
         (&["bench", "--weights", "w", "--wedges", "0"], "--wedges"),
         (&["qemu", "--weights", "w", "--wedges", "0"], "--wedges"),
         (&["demo", "--wedges", "0"], "--wedges"),

@@ -163,7 +163,7 @@ fn micro_kernel<const CB: usize>(
         let ws: &[f32; CB] = weights[t * CB..t * CB + CB].try_into().unwrap();
         for c in 0..CB {
             for i in 0..LANES {
-                acc[c][i] = ws[c].mul_add(xs[i], acc[c][i]);
+                acc[c][i] += ws[c] * xs[i];
             }
         }
     }
@@ -475,7 +475,7 @@ fn weight_grad_chunk<const CB: usize>(
                                     let gs: &[f32; LANES] =
                                         gr[gos[q] + j0..gos[q] + j0 + LANES].try_into().unwrap();
                                     for i in 0..LANES {
-                                        acc[q][i] = gs[i].mul_add(xs[i], acc[q][i]);
+                                        acc[q][i] += gs[i] * xs[i];
                                     }
                                 }
                             }

@@ -407,6 +407,10 @@ fn a_failed_train_leaves_no_run_behind() {
             "1",
             "--eval-wedges",
             "0",
+            // The default `--reg-init median` reads wedges before the run exists; the reference
+            // start reaches the bad wedge only in the first epoch, after the folder was made.
+            "--reg-init",
+            "reference",
             "--data",
         ])
         .arg(&data)
