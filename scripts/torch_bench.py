@@ -125,6 +125,7 @@ def mode_decode(args, torch):
 def mode_train(args, torch):
     from itertools import chain
 
+    sys.path.insert(0, args.ref)
     from neuralcompress_v2.models.loss import BCAELoss
 
     rows = []
