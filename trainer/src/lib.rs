@@ -9,8 +9,11 @@
 //!   format, and the candle integer path that reproduces the board's codes bit for bit.
 //! - [`stream`]: the `.bcae` compressed stream file.
 //! - [`device`]: choosing CPU or CUDA.
+//! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
 //! - [`cli`]: the `bcae` subcommands (the binary only parses arguments and dispatches).
 
+#[cfg(feature = "baselines")]
+pub mod baselines;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -450,6 +450,10 @@ fn fixed_rate_sparse_frames_have_one_size_and_match_the_host_encoder() {
         assert_eq!(f.tag, rate.tag());
         let mut host = vec![0u8; rate.budget];
         sparse::encode_fixed_rate(adc, Dims::WEDGE, rate, &mut host).unwrap();
-        assert_eq!(f.payload, &host[..], "firmware bytes differ from the host encoder");
+        assert_eq!(
+            f.payload,
+            &host[..],
+            "firmware bytes differ from the host encoder"
+        );
     }
 }

@@ -184,16 +184,21 @@ pub fn encode_fixed_rate_with(
         let n = encode_with(scratch, adc, dims, Quality::LOSSLESS, out)?;
         return Ok(finish(out, Quality::LOSSLESS, no_drop, n, 1));
     }
-    let limit = budget.checked_sub(HEADER_LEN).ok_or(Error::SparseBudgetTooSmall {
-        budget,
-        needed: HEADER_LEN + 1,
-    })?;
+    let limit = budget
+        .checked_sub(HEADER_LEN)
+        .ok_or(Error::SparseBudgetTooSmall {
+            budget,
+            needed: HEADER_LEN + 1,
+        })?;
     let mut attempts = 0u32;
-    let mut fits = |scratch: &mut SparseScratch, quality: Quality, drop_below: u16, out: &mut [u8]| {
-        attempts += 1;
-        let body = out.get_mut(HEADER_LEN..).unwrap_or(&mut []);
-        attempt(scratch, adc, dims, rate.drop, quality, drop_below, body, limit)
-    };
+    let mut fits =
+        |scratch: &mut SparseScratch, quality: Quality, drop_below: u16, out: &mut [u8]| {
+            attempts += 1;
+            let body = out.get_mut(HEADER_LEN..).unwrap_or(&mut []);
+            attempt(
+                scratch, adc, dims, rate.drop, quality, drop_below, body, limit,
+            )
+        };
 
     let (quality, drop_below) = if fits(scratch, Quality::LOSSLESS, no_drop, out).is_some() {
         (Quality::LOSSLESS, no_drop)
@@ -435,7 +440,10 @@ mod tests {
             let report = encode_fixed_rate_with(&mut scratch, &adc, dims, rate, &mut out).unwrap();
             assert!(report.payload_len <= rate.budget, "grid {i}: {report:?}");
             assert!(out[report.payload_len..rate.budget].iter().all(|&b| b == 0));
-            assert!(out[rate.budget..].iter().all(|&b| b == 0xAA), "wrote past the budget");
+            assert!(
+                out[rate.budget..].iter().all(|&b| b == 0xAA),
+                "wrote past the budget"
+            );
             let header = decode(&out[..rate.budget], &mut back).unwrap();
             assert_eq!(header.quality, report.quality);
             assert_eq!(header.encoded_len(), report.payload_len);
@@ -457,9 +465,15 @@ mod tests {
             }
         }
         assert_eq!(mismatches, 0);
-        assert!(occ_min < 0.03 && occ_max > 0.25, "occupancy {occ_min}..{occ_max}");
+        assert!(
+            occ_min < 0.03 && occ_max > 0.25,
+            "occupancy {occ_min}..{occ_max}"
+        );
         // Every branch is exercised.
-        assert!(dropped > 50 && stepped > 50 && lossless > 0, "{dropped} {stepped} {lossless}");
+        assert!(
+            dropped > 50 && stepped > 50 && lossless > 0,
+            "{dropped} {stepped} {lossless}"
+        );
     }
 
     #[test]
@@ -509,6 +523,9 @@ mod tests {
         assert_eq!(FixedRate::for_ratio(wedge, 0.5), None);
         assert_eq!(FixedRate::for_ratio(wedge, f64::NAN), None);
         let tag = FixedRate::for_ratio(wedge, 62.25).unwrap().tag();
-        assert_eq!((tag & FIXED_RATE_TAG, tag & !FIXED_RATE_TAG), (FIXED_RATE_TAG, 24_576));
+        assert_eq!(
+            (tag & FIXED_RATE_TAG, tag & !FIXED_RATE_TAG),
+            (FIXED_RATE_TAG, 24_576)
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! binary only parses and dispatches. `anyhow` lives here, at the CLI edge.
 
 pub mod compare;
+pub mod compare_fixed;
 pub mod data;
 pub mod decode_code;
 pub mod import;
