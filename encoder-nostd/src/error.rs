@@ -31,6 +31,8 @@ pub enum Error {
     SparseVersion { found: u8, supported: u8 },
     /// A sparse payload is corrupt (the reason says how it was detected).
     SparseCorrupt { reason: &'static str },
+    /// A fixed-rate sparse budget too small even for an empty grid's payload (`needed` bytes).
+    SparseBudgetTooSmall { budget: usize, needed: usize },
     /// Firmware: the front-end link failed while an input frame was being received.
     LinkReceive(embedded_hal::spi::ErrorKind),
     /// Firmware: the outgoing link failed while a code frame was being sent.
@@ -86,6 +88,10 @@ impl core::fmt::Display for Error {
                 "sparse payload version {found} is not supported (this build reads version {supported})"
             ),
             Error::SparseCorrupt { reason } => write!(f, "sparse payload is corrupt: {reason}"),
+            Error::SparseBudgetTooSmall { budget, needed } => write!(
+                f,
+                "fixed-rate sparse budget of {budget} bytes is too small: even an empty grid needs {needed} (use a lower ratio)"
+            ),
             Error::LinkReceive(kind) => write!(f, "front-end link error while receiving a wedge: {kind}"),
             Error::LinkSend(kind) => write!(f, "outgoing link error while sending a code frame: {kind}"),
             Error::Pin(kind) => write!(f, "could not drive a busy / code-ready pin: {kind}"),

@@ -11,7 +11,7 @@
 //! failure is a typed [`Error`], counted in [`Stats`], and the loop goes on with the next wedge.
 //!
 //! ```text
-//! let codec = Codec::bcae(WEIGHTS)?;                                  // or Codec::sparse(q, &mut state)
+//! let codec = Codec::bcae(WEIGHTS)?; // or Codec::sparse(q, &mut state), Codec::sparse_fixed_rate(rate, &mut state)
 //! let buffers = Buffers { adc: &mut ADC, scratch: &mut SCRATCH, frame: &mut FRAME };
 //! let mut fw = Firmware::new(Peripherals { rx, tx, busy, code_ready }, codec, buffers)?;
 //! loop {
@@ -41,8 +41,8 @@
 //! | 6 | 2 | reserved: written 0 |
 //! | 8 | 4 | wedge id (copied from the input frame) |
 //! | 12 | 4 | payload length n (u32) |
-//! | 16 | 4 | codec tag: BCAE: the weights file's CRC-32 (its last 4 bytes: which model made the code); sparse: the quality code (0 = lossless, else log2 step in 1/1024) |
-//! | 20 | n | payload: BCAE: the int8 code, (c, d, h, w), one byte each; sparse: a [`crate::sparse`] payload (its own header) |
+//! | 16 | 4 | codec tag: BCAE: the weights file's CRC-32 (its last 4 bytes: which model made the code); sparse: the quality code (0 = lossless, else log2 step in 1/1024); fixed-rate sparse: [`sparse::FIXED_RATE_TAG`] \| budget in bytes |
+//! | 20 | n | payload: BCAE: the int8 code, (c, d, h, w), one byte each; sparse: a [`crate::sparse`] payload (its own header; fixed rate: zero-padded to the budget, so every frame has one size) |
 //! | 20 + n | 4 | CRC-32 of every byte before it |
 //!
 //! # One step ([`Firmware::step`])
@@ -67,7 +67,7 @@ use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 use crate::checksum::{crc32, Crc32};
 use crate::encoder::Encoder;
 use crate::geometry::WEDGE_VOXELS;
-use crate::sparse::{self, Dims, Quality, SparseScratch, MAX_WEDGE_ENCODED_LEN};
+use crate::sparse::{self, Dims, FixedRate, Quality, SparseScratch, MAX_WEDGE_ENCODED_LEN};
 use crate::Error;
 
 /// First bytes of every input frame.
@@ -343,6 +343,11 @@ pub enum Codec<'a> {
         quality: Quality,
         state: &'a mut SparseScratch,
     },
+    /// The sparse codec at a fixed rate: every payload exactly `rate.budget` bytes.
+    SparseFixedRate {
+        rate: FixedRate,
+        state: &'a mut SparseScratch,
+    },
 }
 
 impl<'a> Codec<'a> {
@@ -361,10 +366,15 @@ impl<'a> Codec<'a> {
         Codec::Sparse { quality, state }
     }
 
+    /// The sparse codec at a fixed rate (see [`sparse::encode_fixed_rate_with`]).
+    pub fn sparse_fixed_rate(rate: FixedRate, state: &'a mut SparseScratch) -> Self {
+        Codec::SparseFixedRate { rate, state }
+    }
+
     pub fn kind(&self) -> CodecKind {
         match self {
             Codec::Bcae { .. } => CodecKind::Bcae,
-            Codec::Sparse { .. } => CodecKind::Sparse,
+            Codec::Sparse { .. } | Codec::SparseFixedRate { .. } => CodecKind::Sparse,
         }
     }
 
@@ -373,6 +383,7 @@ impl<'a> Codec<'a> {
         match self {
             Codec::Bcae { weights_crc, .. } => *weights_crc,
             Codec::Sparse { quality, .. } => u32::from(quality.code()),
+            Codec::SparseFixedRate { rate, .. } => rate.tag(),
         }
     }
 
@@ -381,6 +392,7 @@ impl<'a> Codec<'a> {
         match self {
             Codec::Bcae { encoder, .. } => encoder.code_len(),
             Codec::Sparse { .. } => MAX_WEDGE_ENCODED_LEN,
+            Codec::SparseFixedRate { rate, .. } => rate.budget,
         }
     }
 
@@ -388,7 +400,7 @@ impl<'a> Codec<'a> {
     pub fn scratch_len(&self) -> usize {
         match self {
             Codec::Bcae { encoder, .. } => encoder.scratch_len() + encoder.code_len(),
-            Codec::Sparse { .. } => 0,
+            Codec::Sparse { .. } | Codec::SparseFixedRate { .. } => 0,
         }
     }
 
@@ -671,6 +683,10 @@ where
             }
             Codec::Sparse { quality, state } => {
                 sparse::encode_with(state, adc, Dims::WEDGE, *quality, payload_area)
+            }
+            Codec::SparseFixedRate { rate, state } => {
+                sparse::encode_fixed_rate_with(state, adc, Dims::WEDGE, *rate, payload_area)
+                    .map(|_| rate.budget)
             }
         }
     }

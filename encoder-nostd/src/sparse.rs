@@ -39,8 +39,14 @@
 //! The encoder falls back to stored mode when coding would not be smaller, so
 //! [`max_encoded_len`] bounds every output. Stored mode is exact whatever the quality.
 
+mod fixed_rate;
 mod quant;
 mod range_coder;
+
+pub use fixed_rate::{
+    encode_fixed_rate, encode_fixed_rate_with, DropRule, FixedRate, FixedRateReport,
+    FIXED_RATE_TAG, STEP_MAX_Q10,
+};
 
 pub use quant::{Quantizer, ADC_VALUES, LOG2_Q16};
 
@@ -250,6 +256,20 @@ impl SparseScratch {
     }
 }
 
+/// Read access to the grid being coded: the input, or the input with some hits dropped (the
+/// fixed-rate mode), so the encoder's contexts see exactly what the decoder will.
+pub(crate) trait Voxels {
+    /// The value at disk index `idx`; 0 outside the grid.
+    fn at(&self, idx: usize) -> u16;
+}
+
+impl Voxels for [u16] {
+    #[inline]
+    fn at(&self, idx: usize) -> u16 {
+        self.get(idx).copied().unwrap_or(0)
+    }
+}
+
 /// A voxel: its index in disk order and its (layer, azimuth, z).
 #[derive(Clone, Copy)]
 struct Pos {
@@ -279,9 +299,9 @@ impl Grid {
 
     /// Mask context of voxel `p`, after a run of `run` voxels equal to `prev` along z.
     #[inline]
-    fn mask_context(&self, adc: &[u16], p: Pos, prev: bool, run: u32) -> usize {
+    fn mask_context<V: Voxels + ?Sized>(&self, adc: &V, p: Pos, prev: bool, run: u32) -> usize {
         let Pos { idx, l, a, z } = p;
-        let nz = |i: usize| adc.get(i).is_some_and(|&v| v != 0);
+        let nz = |i: usize| adc.at(i) != 0;
         let has_next = z + 1 < self.z;
         let mut nb = 0;
         if l > 0 {
@@ -299,11 +319,11 @@ impl Grid {
     /// Value context of non-zero voxel `idx`, from the symbol before it along z (if non-zero) and
     /// the larger of its neighbours in the previous layer and azimuth.
     #[inline]
-    fn value_context(&self, quant: &Quantizer, adc: &[u16], p: Pos) -> usize {
+    fn value_context<V: Voxels + ?Sized>(&self, quant: &Quantizer, adc: &V, p: Pos) -> usize {
         let Pos { idx, l, a, z } = p;
-        let bucket_at = |i: usize| match adc.get(i) {
-            Some(&v) if v != 0 => 1 + quant.bucket(quant.symbol(v)),
-            _ => 0,
+        let bucket_at = |i: usize| match adc.at(i) {
+            0 => 0,
+            v => 1 + quant.bucket(quant.symbol(v)),
         };
         let prev = if z > 0 {
             bucket_at(idx - self.layers)
@@ -357,16 +377,7 @@ pub fn encode_with(
     quality: Quality,
     out: &mut [u8],
 ) -> Result<usize, Error> {
-    let voxels = dims.voxels().ok_or(Error::Overflow)?;
-    if adc.len() != voxels {
-        return Err(Error::WrongShape {
-            expected: voxels,
-            got: adc.len(),
-        });
-    }
-    if let Some((index, &value)) = adc.iter().enumerate().find(|(_, &v)| v > ADC_MAX) {
-        return Err(Error::AdcOutOfRange { index, value });
-    }
+    let voxels = check_input(adc, dims)?;
     let stored_len = stored_body_len(voxels);
     let body_out = out.get_mut(HEADER_LEN..).unwrap_or(&mut []);
     let coded_len = encode_coded(scratch, adc, dims, quality, body_out, stored_len);
@@ -395,10 +406,25 @@ pub fn encode_with(
     Ok(needed)
 }
 
+/// The grid's voxel count, after checking that `adc` has that many values, all 10-bit.
+fn check_input(adc: &[u16], dims: Dims) -> Result<usize, Error> {
+    let voxels = dims.voxels().ok_or(Error::Overflow)?;
+    if adc.len() != voxels {
+        return Err(Error::WrongShape {
+            expected: voxels,
+            got: adc.len(),
+        });
+    }
+    if let Some((index, &value)) = adc.iter().enumerate().find(|(_, &v)| v > ADC_MAX) {
+        return Err(Error::AdcOutOfRange { index, value });
+    }
+    Ok(voxels)
+}
+
 /// Range-code the body into `out` (counting past its end). `None` once it exceeds `limit` bytes.
-fn encode_coded(
+fn encode_coded<V: Voxels + ?Sized>(
     scratch: &mut SparseScratch,
-    adc: &[u16],
+    adc: &V,
     dims: Dims,
     quality: Quality,
     out: &mut [u8],
@@ -415,7 +441,7 @@ fn encode_coded(
             for z in 0..grid.z {
                 let idx = (a * grid.z + z) * grid.layers + l;
                 let pos = Pos { idx, l, a, z };
-                let value = adc.get(idx).copied().unwrap_or(0);
+                let value = adc.at(idx);
                 let hit = value != 0;
                 let ctx = grid.mask_context(adc, pos, prev, run);
                 if let Some(p) = scratch.mask.get_mut(ctx) {

@@ -105,7 +105,8 @@ struct ParityArgs {
     /// Seed of the synthetic wedges.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// What the board encodes with: bcae, sparse (lossless) or sparse:QUALITY (e.g. sparse:0.05).
+    /// What the board encodes with: bcae, sparse (lossless), sparse:QUALITY (e.g. sparse:0.05) or
+    /// sparse@RATIO (fixed rate: every payload raw/RATIO bytes, e.g. sparse@62.25).
     #[arg(long, default_value = "bcae", value_parser = CodecChoice::parse)]
     codec: CodecChoice,
     /// Wedges per candle batch.
@@ -210,7 +211,7 @@ fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
             "--codec bcae (the default) needs --weights W.bcae.postcard: the shipped \
              weights/bcae-ht.bcae.postcard, or one from `bcae quantize`; or use --codec sparse"
         ),
-        (None, CodecChoice::Sparse(_)) => vec![],
+        (None, CodecChoice::Sparse(_) | CodecChoice::SparseFixed(_)) => vec![],
     };
     let mut source = args.source.open(args.seed)?;
     let device = device(args.device)?;

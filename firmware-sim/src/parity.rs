@@ -182,6 +182,7 @@ fn code_position(shape: Shape, index: usize) -> String {
 enum Reference {
     Candle(Box<QuantizedEncoder>),
     HostSparse(sparse::Quality),
+    HostSparseFixed(sparse::FixedRate),
 }
 
 impl Reference {
@@ -190,6 +191,10 @@ impl Reference {
             Reference::Candle(q) => format!("candle integer path on {}", device_label(q.device())),
             Reference::HostSparse(_) => {
                 "host sparse encoder (encoder_nostd::sparse::encode_wedge), and decode".into()
+            }
+            Reference::HostSparseFixed(_) => {
+                "host fixed-rate sparse encoder (encoder_nostd::sparse::encode_fixed_rate), and decode"
+                    .into()
             }
         }
     }
@@ -218,6 +223,19 @@ impl Reference {
                     })
                     .collect()
             }
+            Reference::HostSparseFixed(rate) => wedges
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let mut out = vec![0u8; rate.budget];
+                    sparse::encode_fixed_rate(&w.adc, sparse::Dims::WEDGE, *rate, &mut out)
+                        .map_err(|error| SimError::Sparse {
+                            wedge: first + i,
+                            error,
+                        })?;
+                    Ok(out)
+                })
+                .collect(),
         }
     }
 }
@@ -232,23 +250,27 @@ pub fn device_label(device: &Device) -> String {
 }
 
 /// Sparse payloads must decode to the wedge (lossless) or to its quantization (lossy: every
-/// voxel's hit / no-hit kept, values within the quantizer's reconstruction).
-fn sparse_decodes(payload: &[u8], wedge: &Wedge, quality: sparse::Quality) -> bool {
+/// voxel's hit / no-hit kept, values within the quantizer's reconstruction). Fixed rate
+/// (`quality` None): the quality the payload names, and hits dropped only at the coarsest step.
+fn sparse_decodes(payload: &[u8], wedge: &Wedge, quality: Option<sparse::Quality>) -> bool {
     let mut out = vec![0u16; WEDGE_VOXELS];
-    if sparse::decode(payload, &mut out).is_err() {
+    let Ok(header) = sparse::decode(payload, &mut out) else {
         return false;
+    };
+    let quality = quality.unwrap_or(header.quality);
+    if header.stored || quality.is_lossless() {
+        return header.quality == quality && out == wedge.adc;
     }
-    if quality.is_lossless() {
-        return out == wedge.adc;
-    }
+    let may_drop = header.quality.code() == sparse::STEP_MAX_Q10;
     let q = sparse::Quantizer::new(quality.code());
-    out.iter().zip(&wedge.adc).all(|(&got, &adc)| {
-        if adc == 0 {
-            got == 0
-        } else {
-            q.adc(q.symbol(adc)) == Some(got)
-        }
-    })
+    header.quality == quality
+        && out.iter().zip(&wedge.adc).all(|(&got, &adc)| {
+            if adc == 0 {
+                got == 0
+            } else {
+                q.adc(q.symbol(adc)) == Some(got) || (may_drop && got == 0)
+            }
+        })
 }
 
 /// Runs every wedge of `source` through the firmware loop and the reference, comparing bytes.
@@ -322,7 +344,7 @@ fn run_with(
             Some(crate::model_name(encoder.kind())),
             Some(encoder.code_shape()),
         ),
-        Codec::Sparse { .. } => (None, None),
+        Codec::Sparse { .. } | Codec::SparseFixedRate { .. } => (None, None),
     };
     let reference = match choice {
         CodecChoice::Bcae => Reference::Candle(Box::new(QuantizedEncoder::from_bytes(
@@ -330,6 +352,7 @@ fn run_with(
             device,
         )?)),
         CodecChoice::Sparse(q) => Reference::HostSparse(q),
+        CodecChoice::SparseFixed(rate) => Reference::HostSparseFixed(rate),
     };
     let io = sim::peripherals(
         SimFrontEnd::new().with_rates(opts.faults),
@@ -432,7 +455,7 @@ fn run_with(
             };
             let expected_kind = match choice {
                 CodecChoice::Bcae => CodecKind::Bcae,
-                CodecChoice::Sparse(_) => CodecKind::Sparse,
+                CodecChoice::Sparse(_) | CodecChoice::SparseFixed(_) => CodecKind::Sparse,
             };
             if code.wedge_id != index as u32 || code.codec != expected_kind {
                 return Err(SimError::Input(format!(
@@ -471,10 +494,15 @@ fn run_with(
                 report.mismatches += wedge_mismatches;
                 report.mismatched_wedges += 1;
             }
-            if let CodecChoice::Sparse(q) = choice {
-                if !sparse_decodes(&code.payload, wedge, q) {
-                    report.decode_failures += 1;
+            let decodes = match choice {
+                CodecChoice::Sparse(q) => sparse_decodes(&code.payload, wedge, Some(q)),
+                CodecChoice::SparseFixed(rate) => {
+                    code.payload.len() == rate.budget && sparse_decodes(&code.payload, wedge, None)
                 }
+                CodecChoice::Bcae => true,
+            };
+            if !decodes {
+                report.decode_failures += 1;
             }
             sink(index, &code.payload)?;
             if let Some(bar) = &bar {
@@ -571,6 +599,22 @@ mod tests {
         .unwrap();
         assert!(r.passed(false), "{}", r.text());
         assert!(r.payload_bytes > 1000);
+    }
+
+    #[test]
+    fn fixed_rate_sparse_parity_passes_and_every_payload_has_the_budget() {
+        let mut src = WedgeSource::synth(4, 2);
+        let choice = CodecChoice::parse("sparse@124.5").unwrap();
+        let r = run(
+            &[],
+            choice,
+            &mut src,
+            &Device::Cpu,
+            ParityOptions::default(),
+        )
+        .unwrap();
+        assert!(r.passed(false), "{}", r.text());
+        assert_eq!(r.payload_bytes, 2 * 12_288);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! memory as host buffers, one wedge in, one code frame out.
 use encoder_nostd::firmware::{parse_code_frame, Codec, CodecKind, Firmware, Peripherals};
 use encoder_nostd::geometry::WEDGE_VOXELS;
-use encoder_nostd::sparse::{Quality, SparseScratch};
+use encoder_nostd::sparse::{FixedRate, Quality, SparseScratch};
 
 use crate::peripherals::{CaptureLink, Edge, EventClock, RecordingPin, SimFrontEnd};
 use crate::SimError;
@@ -17,11 +17,22 @@ pub enum CodecChoice {
     Bcae,
     /// The sparse codec at a quality.
     Sparse(Quality),
+    /// The sparse codec at a fixed rate (every payload the same size).
+    SparseFixed(FixedRate),
 }
 
 impl CodecChoice {
-    /// `bcae`, `sparse` (lossless) or `sparse:QUALITY` (`lossless` or a log2 step, e.g. `0.05`).
+    /// `bcae`, `sparse` (lossless), `sparse:QUALITY` (`lossless` or a log2 step, e.g. `0.05`) or
+    /// `sparse@RATIO` (fixed rate: every payload raw/RATIO bytes, e.g. `sparse@62.25`).
     pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(ratio) = text.strip_prefix("sparse@") {
+            return ratio
+                .parse::<f64>()
+                .ok()
+                .and_then(|r| FixedRate::for_ratio(WEDGE_VOXELS * 2, r))
+                .map(CodecChoice::SparseFixed)
+                .ok_or_else(|| format!("bad ratio '{ratio}' in '{text}': use e.g. sparse@62.25"));
+        }
         match text.split_once(':') {
             None if text == "bcae" => Ok(CodecChoice::Bcae),
             None if text == "sparse" => Ok(CodecChoice::Sparse(Quality::LOSSLESS)),
@@ -29,7 +40,7 @@ impl CodecChoice {
                 .map(CodecChoice::Sparse)
                 .map_err(|e| e.to_string()),
             _ => Err(format!(
-                "unknown codec '{text}': use bcae, sparse or sparse:QUALITY (e.g. sparse:0.05)"
+                "unknown codec '{text}': use bcae, sparse, sparse:QUALITY (e.g. sparse:0.05) or sparse@RATIO (e.g. sparse@62.25)"
             )),
         }
     }
@@ -38,6 +49,7 @@ impl CodecChoice {
         match self {
             CodecChoice::Bcae => "bcae-int8".into(),
             CodecChoice::Sparse(q) => format!("sparse:{q}"),
+            CodecChoice::SparseFixed(rate) => format!("sparse, fixed rate {} bytes", rate.budget),
         }
     }
 }
@@ -88,6 +100,7 @@ pub fn codec<'a>(
     match choice {
         CodecChoice::Bcae => Codec::bcae(weights).map_err(SimError::Firmware),
         CodecChoice::Sparse(q) => Ok(Codec::sparse(q, sparse)),
+        CodecChoice::SparseFixed(rate) => Ok(Codec::sparse_fixed_rate(rate, sparse)),
     }
 }
 

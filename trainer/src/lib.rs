@@ -11,8 +11,11 @@
 //! - [`stream`]: the `.bcae` compressed stream file.
 //! - [`device`]: choosing CPU or CUDA.
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
+//! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
 //! - [`cli`]: the `bcae` subcommands (the binary only parses arguments and dispatches).
 
+#[cfg(feature = "baselines")]
+pub mod baselines;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

@@ -419,3 +419,41 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+#[test]
+fn fixed_rate_sparse_frames_have_one_size_and_match_the_host_encoder() {
+    let (a, b) = (wedge(11), vec![0u16; WEDGE_VOXELS]);
+    let mut data = frame_bytes(1, &a);
+    data.extend(frame_bytes(2, &b));
+    let rate = sparse::FixedRate::for_ratio(WEDGE_VOXELS * 2, 62.25).unwrap();
+    let mut rig = Rig::new();
+    let codec = Codec::sparse_fixed_rate(rate, &mut rig.state);
+    assert_eq!(codec.tag(), sparse::FIXED_RATE_TAG | 24_576);
+    let buffers = Buffers {
+        adc: &mut rig.adc,
+        scratch: &mut rig.scratch,
+        frame: &mut rig.frame,
+    };
+    let io = Peripherals {
+        rx: Stream::new(data),
+        tx: Capture::default(),
+        busy: Pin::default(),
+        code_ready: Pin::default(),
+    };
+    let mut fw = Firmware::new(io, codec, buffers).unwrap();
+    fw.step().unwrap();
+    fw.step().unwrap();
+    let io = fw.release();
+    for (frame, adc) in io.tx.frames.iter().zip([&a, &b]) {
+        assert_eq!(frame.len(), CODE_HEADER_LEN + rate.budget + CRC_LEN);
+        let f = parse_code_frame(frame).unwrap();
+        assert_eq!(f.tag, rate.tag());
+        let mut host = vec![0u8; rate.budget];
+        sparse::encode_fixed_rate(adc, Dims::WEDGE, rate, &mut host).unwrap();
+        assert_eq!(
+            f.payload,
+            &host[..],
+            "firmware bytes differ from the host encoder"
+        );
+    }
+}

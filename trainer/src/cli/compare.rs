@@ -77,6 +77,14 @@ pub struct CompareArgs {
     /// Draw the rate-distortion plot (MAE, precision and recall against ratio) into this PNG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Guaranteed ratios: every codec with a per-wedge budget of raw/RATIO bytes (fixed-rate
+    /// sparse, the BCAE codes that fit, SZ3 and ZFP with a per-wedge bound search when built with
+    /// `--features baselines`, zstd as the lossless reference), e.g. 31.125,62.25,124.5.
+    #[arg(long, value_delimiter = ',')]
+    pub fixed_ratio: Vec<f64>,
+    /// Draw MAE and recall against the guaranteed ratio (worst wedge marked) into this PNG.
+    #[arg(long)]
+    pub fixed_plot: Option<PathBuf>,
 }
 
 /// One line of the comparison.
@@ -103,6 +111,9 @@ pub struct CompareRow {
     pub encode_per_s: f64,
     /// Whether every wedge decoded bit for bit.
     pub exact: bool,
+    /// Each wedge's payload bytes and metrics (for the guaranteed-ratio table).
+    #[serde(skip)]
+    pub per_wedge: Vec<(usize, WedgeMetrics)>,
 }
 
 /// The whole comparison, as `--json` prints it.
@@ -112,12 +123,15 @@ pub struct Comparison {
     pub wedges: usize,
     pub raw_bytes_per_wedge: usize,
     pub rows: Vec<CompareRow>,
+    /// The guaranteed-ratio table (`--fixed-ratio`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fixed_rate: Vec<super::compare_fixed::FixedRow>,
     /// What was asked for but not measured, and why.
     pub notes: Vec<String>,
 }
 
 /// Per-wedge outcome of one codec setting.
-struct WedgeResult {
+pub(crate) struct WedgeResult {
     bytes: usize,
     encode_s: f64,
     metrics: WedgeMetrics,
@@ -126,7 +140,7 @@ struct WedgeResult {
     exact: bool,
 }
 
-fn summarize(
+pub(crate) fn summarize(
     codec: &str,
     setting: String,
     size: &'static str,
@@ -155,17 +169,18 @@ fn summarize(
         },
         encode_per_s: results.len() as f64 / seconds.max(1e-12),
         exact: results.iter().all(|r| r.exact),
+        per_wedge: results.iter().map(|r| (r.bytes, r.metrics)).collect(),
     }
 }
 
 /// log2(ADC+1) of a wedge in disk order (the metric domain; the order is irrelevant to the metrics).
-fn log_domain(adc: &[u16]) -> Vec<f32> {
+pub(crate) fn log_domain(adc: &[u16]) -> Vec<f32> {
     adc.iter().map(|&a| adc_to_log(a)).collect()
 }
 
 /// Metrics of a reconstruction after re-thresholding (ADC < 64 -> 0), whether it is exact, and
 /// (hits below ADC 64, hits) before the re-thresholding.
-fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool, (u64, u64)) {
+pub(crate) fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool, (u64, u64)) {
     let below = recon.iter().fold((0, 0), |(b, h), &v| {
         (
             b + u64::from(v > 0 && v < ZERO_SUPPRESSION),
@@ -349,6 +364,13 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     if let Some(bad) = args.ratios.iter().find(|r| !(r.is_finite() && **r > 1.0)) {
         bail!("--ratios: {bad} is not a compression ratio above 1");
     }
+    if let Some(bad) = args
+        .fixed_ratio
+        .iter()
+        .find(|r| !(r.is_finite() && **r > 1.0))
+    {
+        bail!("--fixed-ratio: {bad} is not a compression ratio above 1");
+    }
     let mut notes = Vec::new();
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -438,23 +460,36 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
             .cmp(&(b.codec != "sparse", b.codec.clone()))
             .then(a.ratio.total_cmp(&b.ratio))
     });
+    let fixed_rate = super::compare_fixed::fixed_rate_rows(
+        &wedges,
+        &logs,
+        &rows,
+        &args.fixed_ratio,
+        &mut notes,
+    )?;
 
     let comparison = Comparison {
         data: args.data.display().to_string(),
         wedges: wedges.len(),
         raw_bytes_per_wedge: RAW_WEDGE_BYTES,
         rows,
+        fixed_rate,
         notes,
     };
     if let Some(path) = &args.plot {
         draw_rate_distortion(path, &comparison)
             .with_context(|| format!("drawing {}", path.display()))?;
     }
+    if let Some(path) = &args.fixed_plot {
+        super::compare_fixed::draw(path, &comparison)
+            .with_context(|| format!("drawing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&comparison)?);
     } else {
         print_table(&comparison);
-        if let Some(path) = &args.plot {
+        super::compare_fixed::print_table(&comparison);
+        for path in args.plot.iter().chain(&args.fixed_plot) {
             println!("plot: {}", path.display());
         }
     }
@@ -462,13 +497,13 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
 }
 
 /// Truth in the decoders' layout (16, 192, 249), log2(ADC+1).
-fn truth_layer_major(w: &Wedge) -> Vec<f32> {
+pub(crate) fn truth_layer_major(w: &Wedge) -> Vec<f32> {
     crop_padded(&to_network(w))
 }
 
 /// Metrics of a BCAE reconstruction (16, 192, 249) after re-thresholding, and (hits below ADC
 /// 64, hits) before it.
-fn score_log2(w: &Wedge, recon: &[f32]) -> (WedgeMetrics, (u64, u64)) {
+pub(crate) fn score_log2(w: &Wedge, recon: &[f32]) -> (WedgeMetrics, (u64, u64)) {
     let below = recon.iter().fold((0, 0), |(b, h), &x| {
         (
             b + u64::from(x > 0.0 && x < ZERO_SUPPRESSION_LOG2),
@@ -622,7 +657,7 @@ fn bcae_int8_row(
     )))
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(

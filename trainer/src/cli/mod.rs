@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod compare_fixed;
 pub mod data;
 pub mod decode_code;
 pub mod import;

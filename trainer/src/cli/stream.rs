@@ -26,7 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use encoder_nostd::encoder::Encoder;
 use encoder_nostd::geometry::WEDGE_VOXELS;
-use encoder_nostd::sparse::{self, Quality};
+use encoder_nostd::sparse::{self, FixedRate, Quality};
 use encoder_nostd::weights::ModelKind;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -48,6 +48,22 @@ pub enum CodecChoice {
     Int8,
     /// The sparse codec with a quality (lossless or a log2 step).
     Sparse(Quality),
+    /// The sparse codec at a fixed rate (`--codec sparse --ratio R`): every payload one size.
+    SparseFixed(FixedRate),
+}
+
+impl CodecChoice {
+    /// The sparse setting a stream header's codec parameter names (a quality or a fixed rate).
+    pub fn from_sparse_param(param: u32) -> CodecChoice {
+        if param & sparse::FIXED_RATE_TAG != 0 {
+            CodecChoice::SparseFixed(FixedRate {
+                budget: (param & !sparse::FIXED_RATE_TAG) as usize,
+                drop: sparse::DropRule::default(),
+            })
+        } else {
+            CodecChoice::Sparse(Quality::log2_step_q10(param.min(u16::MAX as u32) as u16))
+        }
+    }
 }
 
 impl FromStr for CodecChoice {
@@ -77,6 +93,7 @@ impl FromStr for CodecChoice {
 #[command(after_help = "Examples:\n  \
     bcae compress --weights weights/bcae-ht.bcae.postcard data/synth -o run.bcae\n  \
     bcae compress --codec sparse:0.05 data/synth -o run-sparse.bcae\n  \
+    bcae compress --codec sparse --ratio 62.25 data/synth -o run-fixed.bcae\n  \
     bcae compress --weights W.bcae.postcard a.npy b.npy -o two.bcae")]
 pub struct CompressArgs {
     /// Wedge .npy files, or data roots (train.txt / test.txt lists, or folders of .npy files).
@@ -91,6 +108,11 @@ pub struct CompressArgs {
     /// int8 (BCAE code), sparse (lossless) or sparse:QUALITY (log2 step, e.g. sparse:0.05).
     #[arg(long, default_value = "int8")]
     pub codec: CodecChoice,
+    /// With --codec sparse: a fixed rate guaranteeing this ratio for every wedge. Each payload is
+    /// exactly raw/RATIO bytes (24,576 at 62.25, as the int8 BCAE code), at the finest log2 step
+    /// that fits, dropping the lowest-charge hits only where even the coarsest step does not.
+    #[arg(long)]
+    pub ratio: Option<f64>,
     /// Which split of a data root: train, test or all.
     #[arg(long, default_value = "all")]
     pub split: Split,
@@ -289,18 +311,32 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
             );
         }
     }
-    let weights_bytes = match (&args.codec, &args.weights) {
+    let codec = match (args.codec, args.ratio) {
+        (codec, None) => codec,
+        (CodecChoice::Sparse(q), Some(ratio)) if q.is_lossless() => CodecChoice::SparseFixed(
+            FixedRate::for_ratio(WEDGE_VOXELS * 2, ratio).ok_or_else(|| {
+                anyhow!("--ratio {ratio}: give a compression ratio of at least 1, such as 62.25")
+            })?,
+        ),
+        (CodecChoice::Sparse(_), Some(_)) => {
+            bail!("--ratio picks the log2 step per wedge: give --codec sparse without a step")
+        }
+        (_, Some(_)) => {
+            bail!("--ratio applies to --codec sparse (an int8 BCAE code has a fixed ratio already)")
+        }
+    };
+    let weights_bytes = match (&codec, &args.weights) {
         (CodecChoice::Int8, None) => {
             bail!("--codec int8 needs --weights W.bcae.postcard (from `bcae quantize`), or use --codec sparse")
         }
         (CodecChoice::Int8, Some(w)) => {
             Some(std::fs::read(w).with_context(|| format!("reading weights {}", w.display()))?)
         }
-        (CodecChoice::Sparse(_), Some(_)) => {
+        (CodecChoice::Sparse(_) | CodecChoice::SparseFixed(_), Some(_)) => {
             eprintln!("note: --weights is ignored with the sparse codec");
             None
         }
-        (CodecChoice::Sparse(_), None) => None,
+        (CodecChoice::Sparse(_) | CodecChoice::SparseFixed(_), None) => None,
     };
     let encoder = match &weights_bytes {
         Some(b) => Some(Encoder::parse(b).map_err(|e| {
@@ -311,9 +347,10 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
         })?),
         None => None,
     };
-    let header = match (&encoder, args.codec) {
+    let header = match (&encoder, codec) {
         (Some(enc), _) => int8_stream_header(enc),
         (None, CodecChoice::Sparse(q)) => StreamHeader::sparse(q.code() as u32),
+        (None, CodecChoice::SparseFixed(rate)) => StreamHeader::sparse(rate.tag()),
         (None, CodecChoice::Int8) => bail!("--codec int8 needs --weights"),
     };
 
@@ -322,7 +359,7 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
     let part = temporary_beside(&args.output);
     let file =
         File::create(&part).with_context(|| format!("cannot write {}", args.output.display()))?;
-    let result = compress_into(&inputs, encoder.as_ref(), args.codec, header, file).and_then(|r| {
+    let result = compress_into(&inputs, encoder.as_ref(), codec, header, file).and_then(|r| {
         if r.written == 0 {
             bail!("no input could be compressed (see the errors above); nothing was written");
         }
@@ -349,7 +386,7 @@ pub fn run_compress(args: CompressArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let summary = CompressSummary {
         output: args.output.clone(),
-        codec: codec_label(args.codec),
+        codec: codec_label(codec),
         wedges: n,
         raw_bytes,
         file_bytes,
@@ -398,6 +435,11 @@ fn codec_label(c: CodecChoice) -> String {
         CodecChoice::Int8 => "int8 BCAE code".into(),
         CodecChoice::Sparse(q) if q.is_lossless() => "sparse, lossless".into(),
         CodecChoice::Sparse(q) => format!("sparse, log2 step {}/1024", q.code()),
+        CodecChoice::SparseFixed(rate) => format!(
+            "sparse, fixed rate: {} bytes per wedge (ratio {:.2})",
+            rate.budget,
+            (WEDGE_VOXELS * 2) as f64 / rate.budget as f64
+        ),
     }
 }
 
@@ -502,6 +544,11 @@ fn encode_one(
             let mut out = vec![0u8; sparse::MAX_WEDGE_ENCODED_LEN];
             let n = sparse::encode_wedge(&wedge.adc, q, &mut out)?;
             out.truncate(n);
+            Ok(out)
+        }
+        (None, CodecChoice::SparseFixed(rate)) => {
+            let mut out = vec![0u8; rate.budget];
+            sparse::encode_fixed_rate(&wedge.adc, sparse::Dims::WEDGE, rate, &mut out)?;
             Ok(out)
         }
         (None, CodecChoice::Int8) => Err(encoder_nostd::Error::WrongModel),
@@ -1215,11 +1262,10 @@ fn print_inspect(out: &mut impl Write, r: &InspectReport, all_frames: bool) -> s
             )?;
             writeln!(out, "  fingerprint  {}", h.fingerprint)?;
         }
-        _ if h.codec_param == 0 => writeln!(out, "  codec        sparse, lossless")?,
         _ => writeln!(
             out,
-            "  codec        sparse, log2 step {}/1024",
-            h.codec_param
+            "  codec        {}",
+            codec_label(CodecChoice::from_sparse_param(h.codec_param))
         )?,
     }
     writeln!(
@@ -1444,9 +1490,7 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
         let m = &report.mean;
         let what = match header.codec {
             Codec::Int8Code => format!("int8 {} code + float decoders", header.model_kind),
-            Codec::Sparse => codec_label(CodecChoice::Sparse(Quality::log2_step_q10(
-                header.codec_param.min(u16::MAX as u32) as u16,
-            ))),
+            Codec::Sparse => codec_label(CodecChoice::from_sparse_param(header.codec_param)),
         };
         println!(
             "{} wedges of {} scored against {} ({what})",

@@ -1,0 +1,564 @@
+//! `bcae compare --fixed-ratio`: every codec at a ratio guaranteed for every wedge, the question a
+//! readout link sized for a fixed bandwidth asks. Each wedge gets a budget of raw/RATIO bytes:
+//!
+//! - sparse: the fixed-rate mode of `encoder-nostd` (finest step that fits, then the lowest-charge
+//!   hits dropped; the weakest-runs rule beside it where hits had to go);
+//! - BCAE codes: fixed-size, so they either fit every wedge or none;
+//! - SZ3 / ZFP (feature `baselines`): absolute-error mode on log2(ADC+1), the smallest bound whose
+//!   output fits, searched per wedge;
+//! - zstd: lossless, the reference: it holds the ratio only if its largest wedge fits.
+//!
+//! Every row is scored by the same rule as `bcae eval` and the mean-ratio table
+//! ([`super::compare::score`], [`super::compare::score_log2`]).
+
+use std::path::Path;
+
+use anyhow::Result;
+use encoder_nostd::geometry::WEDGE_VOXELS;
+use encoder_nostd::sparse::{self, Dims, DropRule, FixedRate, STEP_MAX_Q10};
+use indicatif::ProgressBar;
+use plotters::prelude::*;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::compare::{score, CompareRow, Comparison, RAW_WEDGE_BYTES};
+use crate::data::Wedge;
+use crate::metrics::{MeanMetrics, WedgeMetrics};
+
+/// One codec at one guaranteed ratio.
+#[derive(Debug, Clone, Serialize)]
+pub struct FixedRow {
+    /// The guaranteed ratio and the per-wedge budget it implies (floor(raw / ratio) bytes).
+    pub ratio: f64,
+    pub budget: usize,
+    pub codec: String,
+    pub setting: String,
+    /// Wedges whose payload fits the budget, of `wedges`.
+    pub fits: usize,
+    pub wedges: usize,
+    /// Metrics over all wedges; `None` unless every wedge fits (the codec cannot hold the ratio).
+    pub metrics: Option<MeanMetrics>,
+    /// The worst wedge's MAE and recall (largest MAE, smallest recall).
+    pub worst_mae: f64,
+    pub worst_recall: f64,
+    /// Raw over the mean payload before padding: what the codec used of its budget.
+    pub payload_ratio: f64,
+}
+
+impl FixedRow {
+    fn new(
+        ratio: f64,
+        budget: usize,
+        codec: &str,
+        setting: String,
+        per_wedge: &[(usize, WedgeMetrics)],
+    ) -> FixedRow {
+        let fits = per_wedge.iter().filter(|(b, _)| *b <= budget).count();
+        let metrics: Vec<WedgeMetrics> = per_wedge.iter().map(|(_, m)| *m).collect();
+        let all_fit = fits == per_wedge.len() && !per_wedge.is_empty();
+        let mean_bytes =
+            per_wedge.iter().map(|(b, _)| *b).sum::<usize>() as f64 / per_wedge.len().max(1) as f64;
+        FixedRow {
+            ratio,
+            budget,
+            codec: codec.to_string(),
+            setting,
+            fits,
+            wedges: per_wedge.len(),
+            metrics: all_fit.then(|| MeanMetrics::of(&metrics)),
+            worst_mae: metrics.iter().map(|m| m.mae).fold(f64::NAN, f64::max),
+            worst_recall: metrics.iter().map(|m| m.recall).fold(f64::NAN, f64::min),
+            payload_ratio: RAW_WEDGE_BYTES as f64 / mean_bytes.max(1.0),
+        }
+    }
+}
+
+/// The guaranteed-ratio rows for `ratios`, from the wedges and the mean-ratio rows already measured
+/// (BCAE codes, zstd). Notes say what could not be measured.
+pub fn fixed_rate_rows(
+    wedges: &[Wedge],
+    logs: &[Vec<f32>],
+    mean_rows: &[CompareRow],
+    ratios: &[f64],
+    notes: &mut Vec<String>,
+) -> Result<Vec<FixedRow>> {
+    if ratios.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bar = super::compare::progress(
+        (wedges.len() * ratios.len() * (1 + 2 * usize::from(cfg!(feature = "baselines")))) as u64,
+        "guaranteed ratios",
+    );
+    let mut rows = Vec::new();
+    for &ratio in ratios {
+        let rate = FixedRate::for_ratio(RAW_WEDGE_BYTES, ratio)
+            .ok_or_else(|| anyhow::anyhow!("--fixed-ratio {ratio}: not a ratio above 1"))?;
+        bar.set_message(format!("sparse at {ratio}"));
+        let lowest = sparse_fixed(wedges, logs, rate, &bar)?;
+        let dropped = lowest.iter().filter(|w| w.dropped).count();
+        rows.push(FixedRow::new(
+            ratio,
+            rate.budget,
+            "sparse fixed-rate",
+            sparse_setting(&lowest, DropRule::LowestCharge),
+            &per_wedge(&lowest),
+        ));
+        if dropped > 0 {
+            let weakest = sparse_fixed(
+                wedges,
+                logs,
+                FixedRate {
+                    drop: DropRule::WeakestRuns,
+                    ..rate
+                },
+                &ProgressBar::hidden(),
+            )?;
+            rows.push(FixedRow::new(
+                ratio,
+                rate.budget,
+                "sparse fixed-rate",
+                sparse_setting(&weakest, DropRule::WeakestRuns),
+                &per_wedge(&weakest),
+            ));
+        }
+        for row in mean_rows.iter().filter(|r| r.size == "fixed") {
+            rows.push(FixedRow::new(
+                ratio,
+                rate.budget,
+                &row.codec,
+                row.setting.clone(),
+                &row.per_wedge,
+            ));
+        }
+        #[cfg(feature = "baselines")]
+        for codec in crate::baselines::ErrorBounded::ALL {
+            bar.set_message(format!("{} at {ratio}", codec.name()));
+            rows.push(error_bounded(codec, wedges, ratio, rate.budget, &bar)?);
+        }
+        for row in mean_rows.iter().filter(|r| r.codec == "zstd") {
+            rows.push(FixedRow::new(
+                ratio,
+                rate.budget,
+                "zstd (lossless reference)",
+                row.setting.clone(),
+                &row.per_wedge,
+            ));
+        }
+    }
+    bar.finish_and_clear();
+    if !cfg!(feature = "baselines") {
+        notes.push(
+            "SZ3 / ZFP rows need a build with --features baselines (cmake, libclang; SZ3 is GPL-3.0)"
+                .into(),
+        );
+    }
+    Ok(rows)
+}
+
+/// One wedge through the fixed-rate sparse codec.
+struct SparseWedge {
+    payload_len: usize,
+    step_q10: u16,
+    dropped: bool,
+    metrics: WedgeMetrics,
+}
+
+fn sparse_fixed(
+    wedges: &[Wedge],
+    logs: &[Vec<f32>],
+    rate: FixedRate,
+    bar: &ProgressBar,
+) -> Result<Vec<SparseWedge>> {
+    wedges
+        .par_iter()
+        .zip(logs)
+        .map(|(w, log)| {
+            let mut out = vec![0u8; rate.budget];
+            let report = sparse::encode_fixed_rate(&w.adc, Dims::WEDGE, rate, &mut out)
+                .map_err(|e| anyhow::anyhow!("fixed-rate sparse encode: {e}"))?;
+            let mut back = vec![0u16; WEDGE_VOXELS];
+            sparse::decode(&out, &mut back)
+                .map_err(|e| anyhow::anyhow!("fixed-rate sparse decode: {e}"))?;
+            let (metrics, _, _) = score(log, &w.adc, &back);
+            bar.inc(1);
+            Ok(SparseWedge {
+                // Padded to the budget on the link; `payload_len` is what it used.
+                payload_len: report.payload_len,
+                step_q10: report.quality.code(),
+                dropped: report.drop_below > encoder_nostd::geometry::ZERO_SUPPRESSION,
+                metrics,
+            })
+        })
+        .collect()
+}
+
+fn per_wedge(results: &[SparseWedge]) -> Vec<(usize, WedgeMetrics)> {
+    results.iter().map(|w| (w.payload_len, w.metrics)).collect()
+}
+
+/// "steps 0.0312-0.5000; lowest-charge hits dropped in 2 wedges".
+fn sparse_setting(results: &[SparseWedge], rule: DropRule) -> String {
+    let step = |q: u16| sparse::Quality::log2_step_q10(q).to_string();
+    let lo = results.iter().map(|w| w.step_q10).min().unwrap_or(0);
+    let hi = results.iter().map(|w| w.step_q10).max().unwrap_or(0);
+    let steps = if lo == hi {
+        format!("step {}", step(lo))
+    } else {
+        format!("steps {}-{}", step(lo), step(hi))
+    };
+    let dropped = results.iter().filter(|w| w.dropped).count();
+    if dropped == 0 {
+        steps
+    } else {
+        format!(
+            "{steps}; {} hits dropped in {dropped} wedge(s) at step {}",
+            rule.name(),
+            step(STEP_MAX_Q10)
+        )
+    }
+}
+
+/// SZ3 or ZFP at the smallest per-wedge bound that fits `budget`.
+#[cfg(feature = "baselines")]
+fn error_bounded(
+    codec: crate::baselines::ErrorBounded,
+    wedges: &[Wedge],
+    ratio: f64,
+    budget: usize,
+    bar: &ProgressBar,
+) -> Result<FixedRow> {
+    use super::compare::{score_log2, truth_layer_major};
+    use crate::baselines::{decompress, fit_budget};
+    use encoder_nostd::geometry::{AZIMUTH, LAYERS, Z_BINS};
+    let dims = [LAYERS, AZIMUTH, Z_BINS];
+    let results = wedges
+        .par_iter()
+        .map(|w| {
+            let truth = truth_layer_major(w);
+            let fitted = fit_budget(codec, &truth, dims, budget)?;
+            bar.inc(1);
+            Ok(match fitted {
+                Some((bound, bytes)) => {
+                    let recon = decompress(codec, &bytes, dims)?;
+                    Some((bytes.len(), bound, score_log2(w, &recon).0))
+                }
+                None => None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bounds: Vec<f64> = results.iter().flatten().map(|r| r.1).collect();
+    let fitted: Vec<(usize, WedgeMetrics)> = results.iter().flatten().map(|r| (r.0, r.2)).collect();
+    let (lo, hi) = bounds.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &b| {
+        (lo.min(b), hi.max(b))
+    });
+    let setting = format!("abs. error bound {lo:.3}-{hi:.3} (log2), per wedge");
+    let mut row = FixedRow::new(ratio, budget, codec.name(), setting, &fitted);
+    if fitted.len() < wedges.len() {
+        row.metrics = None;
+        row.setting = format!(
+            "{} wedge(s) do not fit even at bound {}",
+            wedges.len() - fitted.len(),
+            crate::baselines::BOUND_RANGE.1
+        );
+    }
+    row.wedges = wedges.len();
+    Ok(row)
+}
+
+fn fmt(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// The guaranteed-ratio table, after the mean-ratio one.
+pub fn print_table(c: &Comparison) {
+    if c.fixed_rate.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "At a guaranteed ratio: every wedge within floor(raw / ratio) bytes (fixed-rate frames padded to it)."
+    );
+    println!(
+        "MAE mean / worst wedge; precision and recall pooled over hits, recall of the worst wedge;"
+    );
+    println!(
+        "'-': the codec does not hold this ratio on every wedge (fits = wedges within budget)."
+    );
+    println!();
+    let header = [
+        "ratio",
+        "budget",
+        "codec",
+        "setting",
+        "fits",
+        "MAE",
+        "MAE worst",
+        "precision",
+        "recall",
+        "recall worst",
+        "used ratio",
+    ];
+    let cells: Vec<Vec<String>> = c
+        .fixed_rate
+        .iter()
+        .map(|r| {
+            let m = r.metrics.as_ref();
+            vec![
+                format!("{}", r.ratio),
+                r.budget.to_string(),
+                r.codec.clone(),
+                r.setting.clone(),
+                format!("{}/{}", r.fits, r.wedges),
+                fmt(m.map_or(f64::NAN, |m| m.mae), 5),
+                fmt(if m.is_some() { r.worst_mae } else { f64::NAN }, 5),
+                fmt(m.map_or(f64::NAN, |m| m.precision), 4),
+                fmt(m.map_or(f64::NAN, |m| m.recall), 4),
+                fmt(
+                    if m.is_some() {
+                        r.worst_recall
+                    } else {
+                        f64::NAN
+                    },
+                    4,
+                ),
+                fmt(r.payload_ratio, 2),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |row: &[String]| {
+        let mut out = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i == 2 || i == 3 {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                out.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    println!("{}", line(&header.map(String::from)));
+    for row in &cells {
+        println!("{}", line(row));
+    }
+}
+
+/// Series of the plot: one per codec and drop rule / setting family, sorted by ratio.
+fn series(c: &Comparison) -> Vec<(String, Vec<&FixedRow>)> {
+    let mut out: Vec<(String, Vec<&FixedRow>)> = Vec::new();
+    for r in c.fixed_rate.iter().filter(|r| r.metrics.is_some()) {
+        let name = if r.codec == "sparse fixed-rate" {
+            if r.setting.contains(DropRule::WeakestRuns.name()) {
+                "sparse fixed-rate (weakest runs dropped)".to_string()
+            } else {
+                "sparse fixed-rate".to_string()
+            }
+        } else if r.setting.starts_with("run ") {
+            let code = if r.setting.contains("int8") {
+                "int8"
+            } else {
+                "f16"
+            };
+            format!("{} {code} code", r.codec)
+        } else {
+            r.codec.clone()
+        };
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, rows)) => rows.push(r),
+            None => out.push((name, vec![r])),
+        }
+    }
+    // (The weakest-runs series has points only where hits had to be dropped.)
+    for (_, rows) in &mut out {
+        rows.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    }
+    out
+}
+
+/// MAE (log axis) and recall against the guaranteed ratio: mean as a line with dots, the worst
+/// wedge as crosses on a dashed line.
+pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
+    let root = BitMapBackend::new(path, (1400, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(700);
+    let series = series(c);
+    let xs: Vec<f64> = c.fixed_rate.iter().map(|r| r.ratio).collect();
+    let xmin = xs.iter().copied().fold(f64::INFINITY, f64::min).max(1.0) / 1.3;
+    let xmax = xs.iter().copied().fold(1.0f64, f64::max) * 1.3;
+    let points = |f: &dyn Fn(&FixedRow) -> f64| -> Vec<f64> {
+        c.fixed_rate
+            .iter()
+            .filter(|r| r.metrics.is_some())
+            .map(f)
+            .filter(|v| v.is_finite())
+            .collect()
+    };
+    let mae_floor = 1e-4;
+    let mae_max = points(&|r| r.worst_mae).into_iter().fold(1e-2f64, f64::max) * 2.0;
+    let recall_min = points(&|r| r.worst_recall)
+        .into_iter()
+        .fold(1.0f64, f64::min)
+        .min(0.9)
+        - 0.05;
+    let colors = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(255, 140, 0),
+    ];
+    let caption = format!("{} wedges; line: mean, x: worst wedge", c.wedges);
+
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            format!("MAE vs guaranteed ratio ({caption})"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((xmin..xmax).log_scale(), (mae_floor..mae_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("guaranteed ratio (raw 16-bit / per-wedge budget)")
+        .y_desc("MAE, log2(ADC+1)")
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .draw()?;
+    for (k, (name, rows)) in series.iter().enumerate() {
+        let color = colors[k % colors.len()];
+        let mean: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| r.metrics.map(|m| (r.ratio, m.mae.max(mae_floor))))
+            .collect();
+        let worst: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.ratio, r.worst_mae.max(mae_floor)))
+            .collect();
+        chart.draw_series(LineSeries::new(mean.clone(), color.stroke_width(2)))?;
+        chart.draw_series(DashedLineSeries::new(
+            worst.clone(),
+            5,
+            4,
+            color.stroke_width(1),
+        ))?;
+        chart.draw_series(
+            worst
+                .iter()
+                .map(|&p| Cross::new(p, 5, color.stroke_width(2))),
+        )?;
+        chart
+            .draw_series(mean.iter().map(|&p| Circle::new(p, 4, color.filled())))?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()?;
+
+    let mut chart = ChartBuilder::on(&right)
+        .caption(
+            format!("recall vs guaranteed ratio ({caption})"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((xmin..xmax).log_scale(), recall_min..1.01f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("guaranteed ratio (raw 16-bit / per-wedge budget)")
+        .y_desc("recall (fraction of true hits kept)")
+        .draw()?;
+    for (k, (name, rows)) in series.iter().enumerate() {
+        let color = colors[k % colors.len()];
+        let mean: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| r.metrics.map(|m| (r.ratio, m.recall)))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        let worst: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.ratio, r.worst_recall))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        chart.draw_series(LineSeries::new(mean.clone(), color.stroke_width(2)))?;
+        chart.draw_series(DashedLineSeries::new(
+            worst.clone(),
+            5,
+            4,
+            color.stroke_width(1),
+        ))?;
+        chart.draw_series(
+            worst
+                .iter()
+                .map(|&p| Cross::new(p, 5, color.stroke_width(2))),
+        )?;
+        chart
+            .draw_series(mean.iter().map(|&p| Circle::new(p, 4, color.filled())))?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::compare::log_domain;
+    use crate::data::synth;
+
+    #[test]
+    fn sparse_rows_hold_the_budget_and_score_like_the_mean_table() {
+        let wedges = synth::generate_wedges(5, 1);
+        let logs: Vec<Vec<f32>> = wedges.iter().map(|w| log_domain(&w.adc)).collect();
+        let mut notes = Vec::new();
+        // A ratio the wedge reaches at some step, and one where hits must be dropped.
+        let rows = fixed_rate_rows(&wedges, &logs, &[], &[62.25, 400.0], &mut notes).unwrap();
+        let sparse: Vec<&FixedRow> = rows
+            .iter()
+            .filter(|r| r.codec == "sparse fixed-rate")
+            .collect();
+        assert!(sparse.len() >= 2);
+        for r in &sparse {
+            assert_eq!((r.fits, r.wedges), (1, 1), "{r:?}");
+            assert!(r.payload_ratio >= r.ratio, "{r:?}");
+        }
+        let at_62 = sparse[0].metrics.unwrap();
+        assert_eq!((at_62.precision, at_62.recall), (1.0, 1.0));
+        let at_400 = sparse.iter().find(|r| r.ratio == 400.0).unwrap();
+        assert!(at_400.setting.contains("dropped"), "{}", at_400.setting);
+        assert!(at_400.worst_recall < 1.0 && at_400.worst_mae > at_62.mae);
+        // The same scoring as the mean table: the wedge decoded and scored by `score`.
+        let rate = FixedRate::for_ratio(RAW_WEDGE_BYTES, 62.25).unwrap();
+        let mut out = vec![0u8; rate.budget];
+        sparse::encode_fixed_rate(&wedges[0].adc, Dims::WEDGE, rate, &mut out).unwrap();
+        let mut back = vec![0u16; WEDGE_VOXELS];
+        sparse::decode(&out, &mut back).unwrap();
+        assert_eq!(score(&logs[0], &wedges[0].adc, &back).0.mae, at_62.mae);
+    }
+}
