@@ -180,7 +180,11 @@ pub(crate) fn log_domain(adc: &[u16]) -> Vec<f32> {
 
 /// Metrics of a reconstruction after re-thresholding (ADC < 64 -> 0), whether it is exact, and
 /// (hits below ADC 64, hits) before the re-thresholding.
-pub(crate) fn score(truth_log: &[f32], truth: &[u16], recon: &[u16]) -> (WedgeMetrics, bool, (u64, u64)) {
+pub(crate) fn score(
+    truth_log: &[f32],
+    truth: &[u16],
+    recon: &[u16],
+) -> (WedgeMetrics, bool, (u64, u64)) {
     let below = recon.iter().fold((0, 0), |(b, h), &v| {
         (
             b + u64::from(v > 0 && v < ZERO_SUPPRESSION),
