@@ -109,26 +109,28 @@ pub fn fit_budget(
     dims: [usize; 3],
     budget: usize,
 ) -> Result<Option<(f64, Vec<u8>)>, BaselineError> {
-    let (mut lo, mut hi) = (BOUND_RANGE.0.ln(), BOUND_RANGE.1.ln());
-    let mut best = compress(codec, values, dims, hi.exp())?;
-    if best.len() > budget {
+    // The ends are tried at exactly BOUND_RANGE (exp(ln(b)) is not always b, and a codec's size
+    // is not continuous in its bound).
+    let mut best = (BOUND_RANGE.1, compress(codec, values, dims, BOUND_RANGE.1)?);
+    if best.1.len() > budget {
         return Ok(None);
     }
-    let finest = compress(codec, values, dims, lo.exp())?;
+    let finest = compress(codec, values, dims, BOUND_RANGE.0)?;
     if finest.len() <= budget {
-        return Ok(Some((lo.exp(), finest)));
+        return Ok(Some((BOUND_RANGE.0, finest)));
     }
+    let (mut lo, mut hi) = (BOUND_RANGE.0.ln(), BOUND_RANGE.1.ln());
     while hi - lo > 0.01 {
         let mid = 0.5 * (lo + hi);
         let bytes = compress(codec, values, dims, mid.exp())?;
         if bytes.len() <= budget {
             hi = mid;
-            best = bytes;
+            best = (mid.exp(), bytes);
         } else {
             lo = mid;
         }
     }
-    Ok(Some((hi.exp(), best)))
+    Ok(Some(best))
 }
 
 /// ZFP through its C API: a fixed-accuracy stream with a full header.
