@@ -191,11 +191,50 @@ fn row_blocks<const CB: usize>(
     }
 }
 
-/// Run `f` compiled for the best vector extension this CPU has.
-#[inline(always)]
-fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+/// Declares a kernel call as a `pulp::WithSimd` op: a struct of its arguments whose `with_simd` is
+/// `#[inline(always)]`, so pulp's `#[target_feature]` entry points (AVX2+FMA, AVX-512) inline the
+/// whole kernel and the compiler vectorises it for them. A closure would not do: its body is a
+/// separate function compiled for the baseline (SSE2), which pulp's dispatch only calls.
+macro_rules! simd_op {
+    ($op:ident => $kernel:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        struct $op<'a, const CB: usize> {
+            $($field: $ty,)*
+            _lifetime: std::marker::PhantomData<&'a ()>,
+        }
+
+        impl<const CB: usize> pulp::WithSimd for $op<'_, CB> {
+            type Output = ();
+
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _simd: S) {
+                $kernel::<CB>($(self.$field),*)
+            }
+        }
+
+        impl<'a, const CB: usize> $op<'a, CB> {
+            #[allow(clippy::too_many_arguments)]
+            fn run($($field: $ty),*) {
+                pulp::Arch::new().dispatch($op::<CB> {
+                    $($field,)*
+                    _lifetime: std::marker::PhantomData,
+                })
+            }
+        }
+    };
 }
+
+simd_op!(ForwardSlab => forward_slab {
+    xr: &'a [f32], rows: &'a RowLayout, packed: &'a [f32], g: &'a Geometry, n: usize, z: usize,
+    dst: &'a mut [f32],
+});
+simd_op!(AdjointSlab => adjoint_slab {
+    gr: &'a [f32], rows: &'a RowLayout, w: &'a [f32], g: &'a Geometry, n: usize, z: usize,
+    dst: &'a mut [f32],
+});
+simd_op!(WeightGradChunk => weight_grad_chunk {
+    xr: &'a [f32], xrows: &'a RowLayout, gr: &'a [f32], grows: &'a RowLayout, g: &'a Geometry,
+    n: usize, z: usize, ys: std::ops::Range<usize>, acc_out: &'a mut [f32],
+});
 
 /// Weights `w[co][ci][tap]` repacked per channel block: `[block][ci][tap][CB]`, zero-filled past
 /// the last channel.
@@ -244,9 +283,9 @@ pub fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
         let (n, z) = (nd / od, nd % od);
         match cb {
-            1 => vectorized(|| forward_slab::<1>(&xr, &rows, &packed, g, n, z, dst)),
-            2 => vectorized(|| forward_slab::<2>(&xr, &rows, &packed, g, n, z, dst)),
-            _ => vectorized(|| forward_slab::<4>(&xr, &rows, &packed, g, n, z, dst)),
+            1 => ForwardSlab::<1>::run(&xr, &rows, &packed, g, n, z, dst),
+            2 => ForwardSlab::<2>::run(&xr, &rows, &packed, g, n, z, dst),
+            _ => ForwardSlab::<4>::run(&xr, &rows, &packed, g, n, z, dst),
         }
     });
     slabs_to_channels(&out, g.out_channels, od, plane)
@@ -307,9 +346,9 @@ pub fn conv_adjoint(gy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
         let (n, z) = (nd / d, nd % d);
         match cb {
-            1 => vectorized(|| adjoint_slab::<1>(&gr, &rows, w, g, n, z, dst)),
-            2 => vectorized(|| adjoint_slab::<2>(&gr, &rows, w, g, n, z, dst)),
-            _ => vectorized(|| adjoint_slab::<4>(&gr, &rows, w, g, n, z, dst)),
+            1 => AdjointSlab::<1>::run(&gr, &rows, w, g, n, z, dst),
+            2 => AdjointSlab::<2>::run(&gr, &rows, w, g, n, z, dst),
+            _ => AdjointSlab::<4>::run(&gr, &rows, w, g, n, z, dst),
         }
     });
     slabs_to_channels(&out, g.in_channels, d, plane)
@@ -415,15 +454,39 @@ pub fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geometry) -> Vec<f32> {
             |mut acc, &(n, z, y0)| {
                 let y1 = (y0 + ROWS).min(oh);
                 match cb {
-                    1 => vectorized(|| {
-                        weight_grad_chunk::<1>(&xr, &xrows, &gr, &grows, g, n, z, y0..y1, &mut acc)
-                    }),
-                    2 => vectorized(|| {
-                        weight_grad_chunk::<2>(&xr, &xrows, &gr, &grows, g, n, z, y0..y1, &mut acc)
-                    }),
-                    _ => vectorized(|| {
-                        weight_grad_chunk::<4>(&xr, &xrows, &gr, &grows, g, n, z, y0..y1, &mut acc)
-                    }),
+                    1 => WeightGradChunk::<1>::run(
+                        &xr,
+                        &xrows,
+                        &gr,
+                        &grows,
+                        g,
+                        n,
+                        z,
+                        y0..y1,
+                        &mut acc,
+                    ),
+                    2 => WeightGradChunk::<2>::run(
+                        &xr,
+                        &xrows,
+                        &gr,
+                        &grows,
+                        g,
+                        n,
+                        z,
+                        y0..y1,
+                        &mut acc,
+                    ),
+                    _ => WeightGradChunk::<4>::run(
+                        &xr,
+                        &xrows,
+                        &gr,
+                        &grows,
+                        g,
+                        n,
+                        z,
+                        y0..y1,
+                        &mut acc,
+                    ),
                 }
                 acc
             },

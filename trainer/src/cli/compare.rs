@@ -117,7 +117,7 @@ pub struct CompareRow {
 }
 
 /// The whole comparison, as `--json` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Comparison {
     pub data: String,
     pub wedges: usize,
