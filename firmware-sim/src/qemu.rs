@@ -45,6 +45,26 @@ pub struct QemuOptions {
     pub timeout: Duration,
     /// Show cargo's build output.
     pub verbose: bool,
+    /// Run the streaming image (`src/bin/stream.rs`: the board's RAM cut to 256 KiB) instead of
+    /// the whole-wedge one.
+    pub stream: bool,
+}
+
+/// What the streaming image measured of its own RAM (a 256 KiB region: statics + stack).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BoardRam {
+    /// The RAM region's size in the image's linker script.
+    pub region: u64,
+    /// .data + .bss + .uninit in it: the firmware's slice, line buffers and code-slice frame.
+    pub statics: u64,
+    /// The stack's high-water mark (painted before the firmware ran, scanned after).
+    pub stack_peak: u64,
+}
+
+impl BoardRam {
+    pub fn total(&self) -> u64 {
+        self.statics + self.stack_peak
+    }
 }
 
 /// Flash and RAM use of the image, from its ELF sections.
@@ -88,6 +108,11 @@ pub fn image_size(elf: &Path, embedded_inputs: u64) -> Result<ImageSize, SimErro
         let name = section.name().unwrap_or("");
         let len = section.size();
         match (name, section.kind()) {
+            // The streaming image's test bench (front-end wedge, DAQ code), outside the board.
+            (".bench", _) => {
+                size.test_bench_ram += len;
+                size.ram += len;
+            }
             (".vector_table", _) | (".text", _) => {
                 size.text += len;
                 size.flash += len;
@@ -148,13 +173,16 @@ pub struct WedgeCrcs {
     pub host_sparse_len: usize,
     pub board_sparse_crc: Option<u32>,
     pub board_sparse_len: Option<usize>,
+    /// The streaming image encodes BCAE only: no sparse payload to compare.
+    pub sparse_checked: bool,
 }
 
 impl WedgeCrcs {
     pub fn matches(&self) -> bool {
         self.board_bcae_crc == Some(self.host_bcae_crc)
-            && self.board_sparse_crc == Some(self.host_sparse_crc)
-            && self.board_sparse_len == Some(self.host_sparse_len)
+            && (!self.sparse_checked
+                || (self.board_sparse_crc == Some(self.host_sparse_crc)
+                    && self.board_sparse_len == Some(self.host_sparse_len)))
     }
 }
 
@@ -175,6 +203,8 @@ pub struct QemuReport {
     pub build_seconds: f64,
     pub qemu_seconds: f64,
     pub board_output: String,
+    /// The streaming image: its RAM as it measured it.
+    pub board_ram: Option<BoardRam>,
 }
 
 impl QemuReport {
@@ -228,6 +258,16 @@ impl QemuReport {
             i.firmware_ram(),
             i.test_bench_ram
         );
+        if let Some(r) = &self.board_ram {
+            s += &format!(
+                "  streaming image: board RAM region {} B (linker script); statics {} B (slice, line buffers, code-slice frame) + stack high-water {} B = {} B in use ({:.1} KiB)\n",
+                r.region,
+                r.statics,
+                r.stack_peak,
+                r.total(),
+                r.total() as f64 / 1024.0
+            );
+        }
         s += &format!(
             "  this model: encoder scratch {} B, code {} B\n",
             self.scratch_bytes, self.code_bytes
@@ -256,8 +296,24 @@ fn wedges_blob(payloads: &[(u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// One `wedge` line of the board: (id, BCAE code CRC, sparse payload CRC, sparse length).
-type BoardWedge = (u32, u32, u32, usize);
+/// One `wedge` line of the board: (id, BCAE code CRC, sparse payload CRC and length if sent).
+type BoardWedge = (u32, u32, Option<(u32, usize)>);
+
+/// The streaming image's `ram` line.
+fn parse_board_ram(text: &str) -> Option<BoardRam> {
+    let line = text.lines().find(|l| l.starts_with("ram "))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .find(|(key, _)| *key == k)
+            .and_then(|(_, v)| v.parse().ok())
+    };
+    Some(BoardRam {
+        region: field("region")?,
+        statics: field("statics")?,
+        stack_peak: field("stack_peak")?,
+    })
+}
 
 /// Parses the board's output lines: its wedges, its failure count, whether it finished.
 fn parse_board_output(text: &str) -> (Vec<BoardWedge>, u32, bool) {
@@ -271,13 +327,13 @@ fn parse_board_output(text: &str) -> (Vec<BoardWedge>, u32, bool) {
             .collect();
         if line.starts_with("wedge ") {
             let hex = |k: &str| fields.get(k).and_then(|v| u32::from_str_radix(v, 16).ok());
-            if let (Some(id), Some(b), Some(s), Some(len)) = (
+            let sparse =
+                hex("sparse_crc").zip(fields.get("sparse_len").and_then(|v| v.parse().ok()));
+            if let (Some(id), Some(b)) = (
                 fields.get("id").and_then(|v| v.parse().ok()),
                 hex("bcae_crc"),
-                hex("sparse_crc"),
-                fields.get("sparse_len").and_then(|v| v.parse().ok()),
             ) {
-                wedges.push((id, b, s, len));
+                wedges.push((id, b, sparse));
             }
         } else if line.starts_with("stats ") {
             failures = fields
@@ -353,19 +409,14 @@ pub fn build_image(
     image_dir: &Path,
     build_dir: &Path,
     inputs: &Path,
+    bin: &str,
     verbose: bool,
 ) -> Result<PathBuf, SimError> {
     let target_dir = build_dir.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(image_dir)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "bcae-cortex-m-image",
-        ])
+        .args(["build", "--release", "--quiet", "--bin", bin])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("BCAE_IMAGE_INPUTS", inputs)
         // Host flags (e.g. -C target-cpu=native) must not leak into the thumbv7em build, and
@@ -388,7 +439,7 @@ pub fn build_image(
             image_dir.display()
         )));
     }
-    Ok(target_dir.join("thumbv7em-none-eabihf/release/bcae-cortex-m-image"))
+    Ok(target_dir.join("thumbv7em-none-eabihf/release").join(bin))
 }
 
 /// Prepares, builds, emulates and compares.
@@ -429,6 +480,7 @@ pub fn run(
             host_sparse_len: len,
             board_sparse_crc: None,
             board_sparse_len: None,
+            sparse_checked: !opts.stream,
         });
         payloads.push((i as u32, buf[..len].to_vec()));
     }
@@ -478,7 +530,12 @@ pub fn run(
     write("wedges.bin", &blob)?;
 
     let build_start = Instant::now();
-    let elf = build_image(&opts.image_dir, &build_dir, &inputs, opts.verbose)?;
+    let bin = if opts.stream {
+        "bcae-cortex-m-stream"
+    } else {
+        "bcae-cortex-m-image"
+    };
+    let elf = build_image(&opts.image_dir, &build_dir, &inputs, bin, opts.verbose)?;
     let build_seconds = build_start.elapsed().as_secs_f64();
     let image = image_size(&elf, embedded)?;
 
@@ -500,16 +557,33 @@ pub fn run(
     if !exit_ok || !done {
         failures = failures.max(1);
     }
-    for (id, bcae, sparse_crc, len) in board {
+    for (id, bcae, sparse) in board {
         if let Some(row) = rows.iter_mut().find(|r| r.id == id) {
             row.board_bcae_crc = Some(bcae);
-            row.board_sparse_crc = Some(sparse_crc);
-            row.board_sparse_len = Some(len);
+            row.board_sparse_crc = sparse.map(|(crc, _)| crc);
+            row.board_sparse_len = sparse.map(|(_, len)| len);
         }
     }
+    let board_ram = if opts.stream {
+        let ram = parse_board_ram(&output);
+        if ram.is_none_or(|r| r.total() > r.region) {
+            failures = failures.max(1);
+        }
+        ram
+    } else {
+        None
+    };
     let all_match = failures == 0 && rows.iter().all(|r| r.matches());
     Ok(QemuReport {
-        model: crate::model_name(encoder.kind()),
+        model: format!(
+            "{}{}",
+            crate::model_name(encoder.kind()),
+            if opts.stream {
+                ", streaming encoder in 256 KiB of RAM"
+            } else {
+                ""
+            }
+        ),
         reference: format!(
             "candle integer path on {} (BCAE code); host sparse encoder, lossless (sparse payload)",
             crate::parity::device_label(device)
@@ -525,6 +599,7 @@ pub fn run(
         build_seconds,
         qemu_seconds,
         board_output: output,
+        board_ram,
     })
 }
 
@@ -536,7 +611,17 @@ mod tests {
     fn board_output_is_parsed() {
         let text = "image model=BcaeHt scratch=1 code=2 wedges=2\nwedge id=0 bcae_crc=0000abcd bcae_len=24576 sparse_crc=ffffffff sparse_len=12\nwedge id=1 bcae_crc=zz\nstats codes=2 failed=0\ndone\n";
         let (w, failures, done) = parse_board_output(text);
-        assert_eq!(w, vec![(0, 0xabcd, 0xffff_ffff, 12)]);
+        assert_eq!(w, vec![(0, 0xabcd, Some((0xffff_ffff, 12)))]);
+        let stream = "wedge id=4 bcae_crc=00000010 bcae_len=24576 code_slices=16\nram region=262144 statics=96000 stack_peak=9000\n";
+        assert_eq!(parse_board_output(stream).0, vec![(4, 0x10, None)]);
+        assert_eq!(
+            parse_board_ram(stream),
+            Some(BoardRam {
+                region: 262_144,
+                statics: 96_000,
+                stack_peak: 9_000
+            })
+        );
         assert_eq!((failures, done), (0, true));
         let (_, failures, done) = parse_board_output("error wedge 3: frame CRC mismatch\n");
         assert_eq!((failures, done), (1, false));
