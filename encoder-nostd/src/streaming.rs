@@ -40,7 +40,7 @@
 //! padding, ADC 0) are fed by the encoder itself after the last slice.
 use crate::encoder::Encoder;
 use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
-use crate::kernels::{add_in_place, conv_output_shape, requantize};
+use crate::kernels::{add_in_place, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY};
 use crate::weights::{
     le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
 };
@@ -912,7 +912,10 @@ fn conv_stage(
 /// columns `cols[x]` (kernel tap x along z; `None` where the tap falls in the padding), each
 /// laid out (c, d, h). `output` receives (out.c, out.d, out.h). Same arithmetic as
 /// [`crate::kernels::conv`]; each input row is converted to `x - zp` (and de-interleaved by the
-/// azimuth stride) once, then shared by a group of output channels.
+/// azimuth stride) once, then shared by a group of output channels. Where the input columns are
+/// mostly the zero point (the zero-suppressed wedge entering the first layer, which holds most of
+/// the network's MACs), each row's other values are scattered instead, so the zero point costs
+/// nothing (the same products, summed in another order: integer sums do not depend on it).
 pub fn conv_column(
     conv: &Conv<'_>,
     in_shape: Shape,
@@ -950,6 +953,30 @@ pub fn conv_column(
         };
         *r = (lo, hi.max(lo));
     }
+    // The sparse path: at most one value in SPARSE_DENSITY of the input columns is not the zero
+    // point (strides up to MAX_H_TAPS, one list of non-zero values per azimuth phase).
+    let zp8 = conv.input_zero_point;
+    let sparse = sh <= MAX_H_TAPS && {
+        let n = in_shape.c * in_shape.d * in_shape.h;
+        let (mut nonzero, mut total) = (0usize, 0usize);
+        for col in cols.iter().flatten() {
+            let col = col.get(..n).ok_or(Error::CorruptWeights)?;
+            nonzero += col.iter().filter(|&&v| v != zp8).count();
+            total += n;
+        }
+        nonzero * SPARSE_DENSITY <= total
+    };
+    // Tap y reads azimuth phase taps[y].0 at output o + taps[y].1 ... (see the sparse loop).
+    let mut taps = [(0usize, 0isize); MAX_H_TAPS];
+    for (y, t) in taps.iter_mut().enumerate().take(kh) {
+        let p = (y as isize - ph as isize).rem_euclid(sh as isize);
+        *t = (p as usize, (ph as isize + p - y as isize) / sh as isize);
+    }
+    let mut nz_cols = [0u16; MAX_ROW];
+    let mut nz_vals = [0i16; MAX_ROW];
+    let mut nz_m = [0u16; MAX_ROW];
+    let mut nz_v = [0i16; MAX_ROW];
+    let mut seg = [0usize; MAX_H_TAPS + 1];
     let mut acc_buf = [0i32; ACC_LEN];
     let mut phases = [0i16; MAX_ROW + MAX_H_TAPS];
     for od in 0..out.d {
@@ -974,6 +1001,51 @@ pub fn conv_column(
                         let row = col
                             .get(row_at..row_at + in_shape.h)
                             .ok_or(Error::CorruptWeights)?;
+                        let w_base = (ci * kd + z) * kh * kw + x;
+                        if sparse {
+                            // Non-zero values (input position i, i - zp), grouped by phase
+                            // i % sh as (i / sh, value).
+                            let n = gather_nonzero(row, zp8, &mut nz_cols, &mut nz_vals);
+                            let mut len = 0;
+                            for (p, end) in seg.iter_mut().skip(1).enumerate().take(sh) {
+                                for (&i, &v) in nz_cols.iter().zip(&nz_vals).take(n) {
+                                    if i as usize % sh == p {
+                                        if let (Some(m), Some(d)) =
+                                            (nz_m.get_mut(len), nz_v.get_mut(len))
+                                        {
+                                            (*m, *d) = (i / sh as u16, v);
+                                            len += 1;
+                                        }
+                                    }
+                                }
+                                *end = len;
+                            }
+                            for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                                let w_co = (g0 + k) * terms + w_base;
+                                for (y, &(p, off)) in taps.iter().enumerate().take(kh) {
+                                    let w = *conv
+                                        .weights
+                                        .get(w_co + y * kw)
+                                        .ok_or(Error::CorruptWeights)?
+                                        as i8 as i32;
+                                    if w == 0 {
+                                        continue;
+                                    }
+                                    // Output o reads input o * sh + y - ph = m * sh + p: o = m + off.
+                                    let at = *seg.get(p).ok_or(Error::CorruptWeights)?
+                                        ..*seg.get(p + 1).ok_or(Error::CorruptWeights)?;
+                                    let ms = nz_m.get(at.clone()).ok_or(Error::CorruptWeights)?;
+                                    let vs = nz_v.get(at).ok_or(Error::CorruptWeights)?;
+                                    for (&m, &v) in ms.iter().zip(vs) {
+                                        let o = (m as isize + off) as usize;
+                                        if let Some(a) = acc_c.get_mut(o) {
+                                            *a = a.wrapping_add(w * v as i32);
+                                        }
+                                    }
+                                }
+                            }
+                            continue;
+                        }
                         for p in 0..sh {
                             let dst = phases
                                 .get_mut(p * phase_len..(p + 1) * phase_len)
@@ -983,7 +1055,6 @@ pub fn conv_column(
                                 *d = v as i16 - zp;
                             }
                         }
-                        let w_base = (ci * kd + z) * kh * kw + x;
                         for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
                             let w_co = (g0 + k) * terms + w_base;
                             for (y, &(lo, hi)) in ranges.iter().enumerate().take(kh) {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::encoder::Encoder;
+use encoder_nostd::firmware::{CODE_HEADER_LEN, CRC_LEN};
 use encoder_nostd::sparse::{self, Quality, MAX_WEDGE_ENCODED_LEN};
+use encoder_nostd::streaming::{StreamEncoder, SLICE_SAMPLES};
 use encoder_nostd::weights::owned::OwnedModel;
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use trainer::quantized::QuantizedEncoder;
@@ -65,6 +67,21 @@ impl BoardRam {
     pub fn total(&self) -> u64 {
         self.statics + self.stack_peak
     }
+}
+
+/// The streaming image's buffers for this model (from the encoder's plan) and its weights' size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamingImage {
+    /// One input z slice (u16).
+    pub slice_bytes: usize,
+    /// The streaming encoder's line buffers.
+    pub scratch_bytes: usize,
+    /// One code-slice frame (header + code slice + CRC).
+    pub frame_bytes: usize,
+    /// Code slices per wedge.
+    pub code_slices: usize,
+    /// The embedded weights (in flash, part of the embedded inputs).
+    pub weights_bytes: u64,
 }
 
 /// Flash and RAM use of the image, from its ELF sections.
@@ -205,6 +222,8 @@ pub struct QemuReport {
     pub board_output: String,
     /// The streaming image: its RAM as it measured it.
     pub board_ram: Option<BoardRam>,
+    /// The streaming image: the firmware's buffers and the flash split.
+    pub streaming: Option<StreamingImage>,
 }
 
 impl QemuReport {
@@ -225,9 +244,13 @@ impl QemuReport {
                 w.id,
                 format!("{:08x}", w.host_bcae_crc),
                 hex(w.board_bcae_crc),
-                format!("{:08x}", w.host_sparse_crc),
+                hex(w.sparse_checked.then_some(w.host_sparse_crc)),
                 hex(w.board_sparse_crc),
-                w.host_sparse_len,
+                if w.sparse_checked {
+                    w.host_sparse_len.to_string()
+                } else {
+                    "-".into()
+                },
                 if w.matches() { "yes" } else { "NO" }
             );
         }
@@ -243,35 +266,59 @@ impl QemuReport {
             self.board_failures
         );
         let i = &self.image;
-        s += &format!(
-            "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; of which the firmware's own {} B (ADC buffer, scratch + code, code frame, sparse state) and the test bench's {} B (front-end wedge, captured frame)\n  stack: 4 MiB region at 0x2000_0000\n",
-            self.elf.display(),
-            i.flash,
-            i.text,
-            i.rodata,
-            i.data,
-            i.embedded_inputs,
-            i.flash.saturating_sub(i.embedded_inputs),
-            i.ram,
-            i.data,
-            i.bss,
-            i.firmware_ram(),
-            i.test_bench_ram
-        );
-        if let Some(r) = &self.board_ram {
-            s += &format!(
-                "  streaming image: board RAM region {} B (linker script); statics {} B (slice, line buffers, code-slice frame) + stack high-water {} B = {} B in use ({:.1} KiB)\n",
-                r.region,
-                r.statics,
-                r.stack_peak,
-                r.total(),
-                r.total() as f64 / 1024.0
-            );
+        match (&self.board_ram, &self.streaming) {
+            (Some(r), Some(st)) => {
+                s += &format!(
+                    "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {}; without the embedded test wedges ({} B): {} B = firmware code {} B + weights {} B\n",
+                    self.elf.display(),
+                    i.flash,
+                    i.text,
+                    i.rodata,
+                    i.data,
+                    i.embedded_inputs.saturating_sub(st.weights_bytes),
+                    i.flash.saturating_sub(i.embedded_inputs) + st.weights_bytes,
+                    i.flash.saturating_sub(i.embedded_inputs),
+                    st.weights_bytes
+                );
+                s += &format!(
+                    "  board RAM (region {} B in the linker script): statics {} B (slice {} B, line buffers {} B, code-slice frame {} B, the rest runtime) + stack high-water {} B = {} B in use ({:.1} KiB)\n  test bench outside the board (PSRAM): {} B (front-end wedge, reassembled code)\n",
+                    r.region,
+                    r.statics,
+                    st.slice_bytes,
+                    st.scratch_bytes,
+                    st.frame_bytes,
+                    r.stack_peak,
+                    r.total(),
+                    r.total() as f64 / 1024.0,
+                    i.test_bench_ram
+                );
+                s += &format!(
+                    "  this model: streaming scratch {} B (whole-wedge encoder: {} B), code {} B sent as {} slices\n",
+                    st.scratch_bytes, self.scratch_bytes, self.code_bytes, st.code_slices
+                );
+            }
+            _ => {
+                s += &format!(
+                    "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; of which the firmware's own {} B (ADC buffer, scratch + code, code frame, sparse state) and the test bench's {} B (front-end wedge, captured frame)\n  stack: 4 MiB region at 0x2000_0000\n",
+                    self.elf.display(),
+                    i.flash,
+                    i.text,
+                    i.rodata,
+                    i.data,
+                    i.embedded_inputs,
+                    i.flash.saturating_sub(i.embedded_inputs),
+                    i.ram,
+                    i.data,
+                    i.bss,
+                    i.firmware_ram(),
+                    i.test_bench_ram
+                );
+                s += &format!(
+                    "  this model: encoder scratch {} B, code {} B\n",
+                    self.scratch_bytes, self.code_bytes
+                );
+            }
         }
-        s += &format!(
-            "  this model: encoder scratch {} B, code {} B\n",
-            self.scratch_bytes, self.code_bytes
-        );
         s += "peak int8-encoder scratch per model (plus the 1,529,856 B ADC buffer and the code frame):\n";
         for (name, scratch, code) in &self.scratch_per_model {
             s += &format!("  {name:<16} scratch {scratch:>9} B  code {code:>6} B\n");
@@ -564,6 +611,18 @@ pub fn run(
             row.board_sparse_len = sparse.map(|(_, len)| len);
         }
     }
+    let streaming = if opts.stream {
+        let plan = StreamEncoder::new(encoder.clone()).map_err(SimError::Firmware)?;
+        Some(StreamingImage {
+            slice_bytes: 2 * SLICE_SAMPLES,
+            scratch_bytes: plan.scratch_bytes(),
+            frame_bytes: CODE_HEADER_LEN + plan.code_slice_len() + CRC_LEN,
+            code_slices: plan.code_shape().w,
+            weights_bytes: weights.len() as u64,
+        })
+    } else {
+        None
+    };
     let board_ram = if opts.stream {
         let ram = parse_board_ram(&output);
         if ram.is_none_or(|r| r.total() > r.region) {
@@ -600,6 +659,7 @@ pub fn run(
         qemu_seconds,
         board_output: output,
         board_ram,
+        streaming,
     })
 }
 
