@@ -651,7 +651,11 @@ fn conv_rows_pairs(
 /// taken two per pair and four per pass over `acc` (an odd last tap pairs with weight 0).
 /// Products in i16 are exact (|w| <= 127, |x| <= 255), sums in i32.
 #[inline]
-fn add_tap_pairs(acc: &mut [i32], pairs: &[[i16; 2]], w_row: &[u8]) -> Result<(), Error> {
+pub(crate) fn add_tap_pairs(
+    acc: &mut [i32],
+    pairs: &[[i16; 2]],
+    w_row: &[u8],
+) -> Result<(), Error> {
     let n = acc.len();
     let w = |t: usize| w_row.get(t).map_or(0, |&v| v as i8 as i16);
     let mut t = 0;

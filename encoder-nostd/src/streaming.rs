@@ -40,7 +40,9 @@
 //! padding, ADC 0) are fed by the encoder itself after the last slice.
 use crate::encoder::Encoder;
 use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
-use crate::kernels::{add_in_place, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY};
+use crate::kernels::{
+    add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
+};
 use crate::weights::{
     le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
 };
@@ -941,18 +943,7 @@ pub fn conv_column(
     }
     let terms = conv.terms();
     let zp = conv.input_zero_point as i16;
-    let phase_len = in_shape.h.div_ceil(sh);
     let group = (ACC_LEN / out.h).clamp(1, out.c);
-    // Valid output rows per azimuth tap y: o * sh + y - ph in 0..in_h.
-    let mut ranges = [(0usize, 0usize); MAX_H_TAPS];
-    for (y, r) in ranges.iter_mut().enumerate().take(kh) {
-        let lo = if ph > y { (ph - y).div_ceil(sh) } else { 0 };
-        let hi = match (in_shape.h + ph).checked_sub(y + 1) {
-            Some(v) => (v / sh + 1).min(out.h),
-            None => 0,
-        };
-        *r = (lo, hi.max(lo));
-    }
     // The sparse path: at most one value in SPARSE_DENSITY of the input columns is not the zero
     // point (strides up to MAX_H_TAPS, one list of non-zero values per azimuth phase).
     let zp8 = conv.input_zero_point;
@@ -978,7 +969,8 @@ pub fn conv_column(
     let mut nz_v = [0i16; MAX_ROW];
     let mut seg = [0usize; MAX_H_TAPS + 1];
     let mut acc_buf = [0i32; ACC_LEN];
-    let mut phases = [0i16; MAX_ROW + MAX_H_TAPS];
+    let mut phase = [0i16; MAX_ROW + MAX_H_TAPS + 2];
+    let mut pairs_buf = [[0i16; 2]; MAX_ROW + MAX_H_TAPS + 1];
     for od in 0..out.d {
         for g0 in (0..out.c).step_by(group) {
             let g1 = (g0 + group).min(out.c);
@@ -1046,36 +1038,37 @@ pub fn conv_column(
                             }
                             continue;
                         }
-                        for p in 0..sh {
-                            let dst = phases
-                                .get_mut(p * phase_len..(p + 1) * phase_len)
-                                .ok_or(Error::CorruptWeights)?;
-                            let src = row.get(p..).unwrap_or(&[]);
-                            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sh)) {
-                                *d = v as i16 - zp;
+                        // Dense: the zero-padded row xpad[j] = x[j - ph] - zp, split by the
+                        // azimuth stride into phases q[m] = xpad[m * sh + p]; tap y = p + t * sh
+                        // reads q[o + t], so each phase is a stride-1 row conv, run as i16
+                        // pairs (exact products) as the whole-wedge kernels do.
+                        for p in 0..sh.min(kh) {
+                            let taps_p = (kh - p).div_ceil(sh);
+                            let q_len = out.h + taps_p + 1;
+                            let q = phase.get_mut(..q_len).ok_or(Error::CorruptWeights)?;
+                            for (m, v) in q.iter_mut().enumerate() {
+                                *v = (m * sh + p)
+                                    .checked_sub(ph)
+                                    .and_then(|i| row.get(i))
+                                    .map_or(0, |&x| x as i16 - zp);
                             }
-                        }
-                        for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
-                            let w_co = (g0 + k) * terms + w_base;
-                            for (y, &(lo, hi)) in ranges.iter().enumerate().take(kh) {
-                                let w = *conv
-                                    .weights
-                                    .get(w_co + y * kw)
-                                    .ok_or(Error::CorruptWeights)?
-                                    as i8 as i32;
-                                if w == 0 || lo >= hi {
-                                    continue;
+                            let pairs = pairs_buf
+                                .get_mut(..q_len - 1)
+                                .ok_or(Error::CorruptWeights)?;
+                            for (pr, w) in pairs.iter_mut().zip(q.windows(2)) {
+                                *pr = [w[0], w[1]];
+                            }
+                            for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                                let w_co = (g0 + k) * terms + w_base;
+                                let mut w_row = [0u8; MAX_H_TAPS];
+                                for (t, w) in w_row.iter_mut().enumerate().take(taps_p) {
+                                    *w = *conv
+                                        .weights
+                                        .get(w_co + (p + t * sh) * kw)
+                                        .ok_or(Error::CorruptWeights)?;
                                 }
-                                let first =
-                                    (lo * sh + y).checked_sub(ph).ok_or(Error::CorruptWeights)?;
-                                let start = (first % sh) * phase_len + first / sh;
-                                let src = phases
-                                    .get(start..start + (hi - lo))
-                                    .ok_or(Error::CorruptWeights)?;
-                                let part = acc_c.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
-                                for (a, &v) in part.iter_mut().zip(src) {
-                                    *a = a.wrapping_add(w * v as i32);
-                                }
+                                let w_row = w_row.get(..taps_p).ok_or(Error::CorruptWeights)?;
+                                add_tap_pairs(acc_c, pairs, w_row)?;
                             }
                         }
                     }
