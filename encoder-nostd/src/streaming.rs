@@ -56,6 +56,8 @@ pub const MAX_Z_TAPS: usize = 8;
 const MAX_H_TAPS: usize = 8;
 /// Accumulators of one column conv (a group of output channels' azimuth rows), on the stack.
 const ACC_LEN: usize = 1024;
+/// Output channels per group of the sparse path (one i32 vector of channel-last accumulators).
+const SPARSE_LANES: usize = 8;
 /// ADC samples in one z slice (192 azimuth x 16 layers).
 pub const SLICE_SAMPLES: usize = AZIMUTH * LAYERS;
 
@@ -943,7 +945,6 @@ pub fn conv_column(
     }
     let terms = conv.terms();
     let zp = conv.input_zero_point as i16;
-    let group = (ACC_LEN / out.h).clamp(1, out.c);
     // The sparse path: at most one value in SPARSE_DENSITY of the input columns is not the zero
     // point (strides up to MAX_H_TAPS, one list of non-zero values per azimuth phase).
     let zp8 = conv.input_zero_point;
@@ -957,6 +958,16 @@ pub fn conv_column(
         }
         nonzero * SPARSE_DENSITY <= total
     };
+    // A group of output channels shares each prepared input row; the sparse path keeps its
+    // group in one vector of SPARSE_LANES channel-last accumulators per output.
+    let group = if sparse {
+        (ACC_LEN / out.h).min(SPARSE_LANES)
+    } else {
+        ACC_LEN / out.h
+    }
+    .clamp(1, out.c);
+    let mut acc_cl = [[0i32; SPARSE_LANES]; MAX_ROW];
+    let acc_cl = acc_cl.get_mut(..out.h).ok_or(Error::CorruptWeights)?;
     // Tap y reads azimuth phase taps[y].0 at output o + taps[y].1 ... (see the sparse loop).
     let mut taps = [(0usize, 0isize); MAX_H_TAPS];
     for (y, t) in taps.iter_mut().enumerate().take(kh) {
@@ -979,6 +990,9 @@ pub fn conv_column(
                 .ok_or(Error::CorruptWeights)?;
             for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
                 acc_c.fill(le_i32(conv.bias, g0 + k).ok_or(Error::CorruptWeights)?);
+            }
+            if sparse {
+                acc_cl.fill([0; SPARSE_LANES]);
             }
             for ci in 0..in_shape.c {
                 for z in 0..kd {
@@ -1012,26 +1026,33 @@ pub fn conv_column(
                                 }
                                 *end = len;
                             }
-                            for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
-                                let w_co = (g0 + k) * terms + w_base;
-                                for (y, &(p, off)) in taps.iter().enumerate().take(kh) {
-                                    let w = *conv
+                            // Tap y's weights of the group's channels, as lanes.
+                            let mut wt = [[0i16; SPARSE_LANES]; MAX_H_TAPS];
+                            for (k, lanes) in (g0..g1).zip(0..SPARSE_LANES) {
+                                for (y, w) in wt.iter_mut().enumerate().take(kh) {
+                                    w[lanes] = *conv
                                         .weights
-                                        .get(w_co + y * kw)
+                                        .get(k * terms + w_base + y * kw)
                                         .ok_or(Error::CorruptWeights)?
-                                        as i8 as i32;
-                                    if w == 0 {
-                                        continue;
-                                    }
-                                    // Output o reads input o * sh + y - ph = m * sh + p: o = m + off.
-                                    let at = *seg.get(p).ok_or(Error::CorruptWeights)?
-                                        ..*seg.get(p + 1).ok_or(Error::CorruptWeights)?;
-                                    let ms = nz_m.get(at.clone()).ok_or(Error::CorruptWeights)?;
-                                    let vs = nz_v.get(at).ok_or(Error::CorruptWeights)?;
-                                    for (&m, &v) in ms.iter().zip(vs) {
-                                        let o = (m as isize + off) as usize;
-                                        if let Some(a) = acc_c.get_mut(o) {
-                                            *a = a.wrapping_add(w * v as i32);
+                                        as i8 as i16;
+                                }
+                            }
+                            for (y, &(p, off)) in taps.iter().enumerate().take(kh) {
+                                let w = wt[y];
+                                if w == [0; SPARSE_LANES] {
+                                    continue;
+                                }
+                                // Output o reads input o * sh + y - ph = m * sh + p: o = m + off.
+                                let at = *seg.get(p).ok_or(Error::CorruptWeights)?
+                                    ..*seg.get(p + 1).ok_or(Error::CorruptWeights)?;
+                                let ms = nz_m.get(at.clone()).ok_or(Error::CorruptWeights)?;
+                                let vs = nz_v.get(at).ok_or(Error::CorruptWeights)?;
+                                for (&m, &v) in ms.iter().zip(vs) {
+                                    let o = (m as isize + off) as usize;
+                                    if let Some(a) = acc_cl.get_mut(o) {
+                                        // i16 products are exact: |w| <= 127, |v| <= 255.
+                                        for (a, &w) in a.iter_mut().zip(&w) {
+                                            *a = a.wrapping_add(w.wrapping_mul(v) as i32);
                                         }
                                     }
                                 }
@@ -1071,6 +1092,13 @@ pub fn conv_column(
                                 add_tap_pairs(acc_c, pairs, w_row)?;
                             }
                         }
+                    }
+                }
+            }
+            if sparse {
+                for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                    for (a, lanes) in acc_c.iter_mut().zip(acc_cl.iter()) {
+                        *a = a.wrapping_add(*lanes.get(k).ok_or(Error::CorruptWeights)?);
                     }
                 }
             }
