@@ -184,8 +184,8 @@ pub struct ParityOptions {
 
 /// The simulated board: the whole-wedge loop or the streaming loop.
 enum Board<'a> {
-    Whole(sim::SimFirmware<'a>),
-    Stream(sim::SimStreamFirmware<'a>),
+    Whole(Box<sim::SimFirmware<'a>>),
+    Stream(Box<sim::SimStreamFirmware<'a>>),
 }
 
 impl Board<'_> {
@@ -426,17 +426,17 @@ fn run_with(
         None
     };
     let mut fw = match &mut stream_mem {
-        Some(m) => Board::Stream(m.firmware(weights, io)?),
+        Some(m) => Board::Stream(Box::new(m.firmware(weights, io)?)),
         None => {
             let buffers = encoder_nostd::firmware::Buffers {
                 adc: &mut mem.adc,
                 scratch: &mut mem.scratch,
                 frame: &mut mem.frame,
             };
-            Board::Whole(
+            Board::Whole(Box::new(
                 encoder_nostd::firmware::Firmware::new(io, codec, buffers)
                     .map_err(SimError::Firmware)?,
-            )
+            ))
         }
     };
 
