@@ -401,14 +401,14 @@ fn mostly_zero_point(input: &[i8], in_shape: Shape, iy: Range<usize>, zp: i8) ->
 /// Widest kernel (taps along w) of the sparse path.
 const SPARSE_TAPS: usize = 8;
 /// The sparse path is taken where at most one input value in this many is not the zero point.
-const SPARSE_DENSITY: usize = 5;
+pub(crate) const SPARSE_DENSITY: usize = 5;
 /// Accumulator columns of the sparse path: every `ix + t`, `ix < MAX_ROW`, `t < SPARSE_TAPS`.
 const SPARSE_ACC: usize = MAX_ROW + SPARSE_TAPS;
 
 /// Collects the input values of `row` that differ from `zp`: columns into `cols`, `v - zp` into
 /// `vals`; returns how many. Blocks of 16 equal to `zp` (most of a zero-suppressed row) are
 /// skipped with one vectorised test.
-fn gather_nonzero(
+pub(crate) fn gather_nonzero(
     row: &[i8],
     zp: i8,
     cols: &mut [u16; MAX_ROW],
@@ -651,7 +651,11 @@ fn conv_rows_pairs(
 /// taken two per pair and four per pass over `acc` (an odd last tap pairs with weight 0).
 /// Products in i16 are exact (|w| <= 127, |x| <= 255), sums in i32.
 #[inline]
-fn add_tap_pairs(acc: &mut [i32], pairs: &[[i16; 2]], w_row: &[u8]) -> Result<(), Error> {
+pub(crate) fn add_tap_pairs(
+    acc: &mut [i32],
+    pairs: &[[i16; 2]],
+    w_row: &[u8],
+) -> Result<(), Error> {
     let n = acc.len();
     let w = |t: usize| w_row.get(t).map_or(0, |&v| v as i8 as i16);
     let mut t = 0;

@@ -40,7 +40,9 @@
 //! padding, ADC 0) are fed by the encoder itself after the last slice.
 use crate::encoder::Encoder;
 use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
-use crate::kernels::{add_in_place, conv_output_shape, requantize};
+use crate::kernels::{
+    add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
+};
 use crate::weights::{
     le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
 };
@@ -54,6 +56,8 @@ pub const MAX_Z_TAPS: usize = 8;
 const MAX_H_TAPS: usize = 8;
 /// Accumulators of one column conv (a group of output channels' azimuth rows), on the stack.
 const ACC_LEN: usize = 1024;
+/// Output channels per group of the sparse path (one i32 vector of channel-last accumulators).
+const SPARSE_LANES: usize = 8;
 /// ADC samples in one z slice (192 azimuth x 16 layers).
 pub const SLICE_SAMPLES: usize = AZIMUTH * LAYERS;
 
@@ -912,7 +916,10 @@ fn conv_stage(
 /// columns `cols[x]` (kernel tap x along z; `None` where the tap falls in the padding), each
 /// laid out (c, d, h). `output` receives (out.c, out.d, out.h). Same arithmetic as
 /// [`crate::kernels::conv`]; each input row is converted to `x - zp` (and de-interleaved by the
-/// azimuth stride) once, then shared by a group of output channels.
+/// azimuth stride) once, then shared by a group of output channels. Where the input columns are
+/// mostly the zero point (the zero-suppressed wedge entering the first layer, which holds most of
+/// the network's MACs), each row's other values are scattered instead, so the zero point costs
+/// nothing (the same products, summed in another order: integer sums do not depend on it).
 pub fn conv_column(
     conv: &Conv<'_>,
     in_shape: Shape,
@@ -938,20 +945,43 @@ pub fn conv_column(
     }
     let terms = conv.terms();
     let zp = conv.input_zero_point as i16;
-    let phase_len = in_shape.h.div_ceil(sh);
-    let group = (ACC_LEN / out.h).clamp(1, out.c);
-    // Valid output rows per azimuth tap y: o * sh + y - ph in 0..in_h.
-    let mut ranges = [(0usize, 0usize); MAX_H_TAPS];
-    for (y, r) in ranges.iter_mut().enumerate().take(kh) {
-        let lo = if ph > y { (ph - y).div_ceil(sh) } else { 0 };
-        let hi = match (in_shape.h + ph).checked_sub(y + 1) {
-            Some(v) => (v / sh + 1).min(out.h),
-            None => 0,
-        };
-        *r = (lo, hi.max(lo));
+    // The sparse path: at most one value in SPARSE_DENSITY of the input columns is not the zero
+    // point (strides up to MAX_H_TAPS, one list of non-zero values per azimuth phase).
+    let zp8 = conv.input_zero_point;
+    let sparse = sh <= MAX_H_TAPS && {
+        let n = in_shape.c * in_shape.d * in_shape.h;
+        let (mut nonzero, mut total) = (0usize, 0usize);
+        for col in cols.iter().flatten() {
+            let col = col.get(..n).ok_or(Error::CorruptWeights)?;
+            nonzero += col.iter().filter(|&&v| v != zp8).count();
+            total += n;
+        }
+        nonzero * SPARSE_DENSITY <= total
+    };
+    // A group of output channels shares each prepared input row; the sparse path keeps its
+    // group in one vector of SPARSE_LANES channel-last accumulators per output.
+    let group = if sparse {
+        (ACC_LEN / out.h).min(SPARSE_LANES)
+    } else {
+        ACC_LEN / out.h
     }
+    .clamp(1, out.c);
+    let mut acc_cl = [[0i32; SPARSE_LANES]; MAX_ROW];
+    let acc_cl = acc_cl.get_mut(..out.h).ok_or(Error::CorruptWeights)?;
+    // Tap y reads azimuth phase taps[y].0 at output o + taps[y].1 ... (see the sparse loop).
+    let mut taps = [(0usize, 0isize); MAX_H_TAPS];
+    for (y, t) in taps.iter_mut().enumerate().take(kh) {
+        let p = (y as isize - ph as isize).rem_euclid(sh as isize);
+        *t = (p as usize, (ph as isize + p - y as isize) / sh as isize);
+    }
+    let mut nz_cols = [0u16; MAX_ROW];
+    let mut nz_vals = [0i16; MAX_ROW];
+    let mut nz_m = [0u16; MAX_ROW];
+    let mut nz_v = [0i16; MAX_ROW];
+    let mut seg = [0usize; MAX_H_TAPS + 1];
     let mut acc_buf = [0i32; ACC_LEN];
-    let mut phases = [0i16; MAX_ROW + MAX_H_TAPS];
+    let mut phase = [0i16; MAX_ROW + MAX_H_TAPS + 2];
+    let mut pairs_buf = [[0i16; 2]; MAX_ROW + MAX_H_TAPS + 1];
     for od in 0..out.d {
         for g0 in (0..out.c).step_by(group) {
             let g1 = (g0 + group).min(out.c);
@@ -960,6 +990,9 @@ pub fn conv_column(
                 .ok_or(Error::CorruptWeights)?;
             for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
                 acc_c.fill(le_i32(conv.bias, g0 + k).ok_or(Error::CorruptWeights)?);
+            }
+            if sparse {
+                acc_cl.fill([0; SPARSE_LANES]);
             }
             for ci in 0..in_shape.c {
                 for z in 0..kd {
@@ -974,39 +1007,98 @@ pub fn conv_column(
                         let row = col
                             .get(row_at..row_at + in_shape.h)
                             .ok_or(Error::CorruptWeights)?;
-                        for p in 0..sh {
-                            let dst = phases
-                                .get_mut(p * phase_len..(p + 1) * phase_len)
-                                .ok_or(Error::CorruptWeights)?;
-                            let src = row.get(p..).unwrap_or(&[]);
-                            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sh)) {
-                                *d = v as i16 - zp;
-                            }
-                        }
                         let w_base = (ci * kd + z) * kh * kw + x;
-                        for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
-                            let w_co = (g0 + k) * terms + w_base;
-                            for (y, &(lo, hi)) in ranges.iter().enumerate().take(kh) {
-                                let w = *conv
-                                    .weights
-                                    .get(w_co + y * kw)
-                                    .ok_or(Error::CorruptWeights)?
-                                    as i8 as i32;
-                                if w == 0 || lo >= hi {
+                        if sparse {
+                            // Non-zero values (input position i, i - zp), grouped by phase
+                            // i % sh as (i / sh, value).
+                            let n = gather_nonzero(row, zp8, &mut nz_cols, &mut nz_vals);
+                            let mut len = 0;
+                            for (p, end) in seg.iter_mut().skip(1).enumerate().take(sh) {
+                                for (&i, &v) in nz_cols.iter().zip(&nz_vals).take(n) {
+                                    if i as usize % sh == p {
+                                        if let (Some(m), Some(d)) =
+                                            (nz_m.get_mut(len), nz_v.get_mut(len))
+                                        {
+                                            (*m, *d) = (i / sh as u16, v);
+                                            len += 1;
+                                        }
+                                    }
+                                }
+                                *end = len;
+                            }
+                            // Tap y's weights of the group's channels, as lanes.
+                            let mut wt = [[0i16; SPARSE_LANES]; MAX_H_TAPS];
+                            for (k, lanes) in (g0..g1).zip(0..SPARSE_LANES) {
+                                for (y, w) in wt.iter_mut().enumerate().take(kh) {
+                                    w[lanes] = *conv
+                                        .weights
+                                        .get(k * terms + w_base + y * kw)
+                                        .ok_or(Error::CorruptWeights)?
+                                        as i8 as i16;
+                                }
+                            }
+                            for (y, &(p, off)) in taps.iter().enumerate().take(kh) {
+                                let w = wt[y];
+                                if w == [0; SPARSE_LANES] {
                                     continue;
                                 }
-                                let first =
-                                    (lo * sh + y).checked_sub(ph).ok_or(Error::CorruptWeights)?;
-                                let start = (first % sh) * phase_len + first / sh;
-                                let src = phases
-                                    .get(start..start + (hi - lo))
-                                    .ok_or(Error::CorruptWeights)?;
-                                let part = acc_c.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
-                                for (a, &v) in part.iter_mut().zip(src) {
-                                    *a = a.wrapping_add(w * v as i32);
+                                // Output o reads input o * sh + y - ph = m * sh + p: o = m + off.
+                                let at = *seg.get(p).ok_or(Error::CorruptWeights)?
+                                    ..*seg.get(p + 1).ok_or(Error::CorruptWeights)?;
+                                let ms = nz_m.get(at.clone()).ok_or(Error::CorruptWeights)?;
+                                let vs = nz_v.get(at).ok_or(Error::CorruptWeights)?;
+                                for (&m, &v) in ms.iter().zip(vs) {
+                                    let o = (m as isize + off) as usize;
+                                    if let Some(a) = acc_cl.get_mut(o) {
+                                        // i16 products are exact: |w| <= 127, |v| <= 255.
+                                        for (a, &w) in a.iter_mut().zip(&w) {
+                                            *a = a.wrapping_add(w.wrapping_mul(v) as i32);
+                                        }
+                                    }
                                 }
                             }
+                            continue;
                         }
+                        // Dense: the zero-padded row xpad[j] = x[j - ph] - zp, split by the
+                        // azimuth stride into phases q[m] = xpad[m * sh + p]; tap y = p + t * sh
+                        // reads q[o + t], so each phase is a stride-1 row conv, run as i16
+                        // pairs (exact products) as the whole-wedge kernels do.
+                        for p in 0..sh.min(kh) {
+                            let taps_p = (kh - p).div_ceil(sh);
+                            let q_len = out.h + taps_p + 1;
+                            let q = phase.get_mut(..q_len).ok_or(Error::CorruptWeights)?;
+                            for (m, v) in q.iter_mut().enumerate() {
+                                *v = (m * sh + p)
+                                    .checked_sub(ph)
+                                    .and_then(|i| row.get(i))
+                                    .map_or(0, |&x| x as i16 - zp);
+                            }
+                            let pairs = pairs_buf
+                                .get_mut(..q_len - 1)
+                                .ok_or(Error::CorruptWeights)?;
+                            for (pr, w) in pairs.iter_mut().zip(q.windows(2)) {
+                                *pr = [w[0], w[1]];
+                            }
+                            for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                                let w_co = (g0 + k) * terms + w_base;
+                                let mut w_row = [0u8; MAX_H_TAPS];
+                                for (t, w) in w_row.iter_mut().enumerate().take(taps_p) {
+                                    *w = *conv
+                                        .weights
+                                        .get(w_co + (p + t * sh) * kw)
+                                        .ok_or(Error::CorruptWeights)?;
+                                }
+                                let w_row = w_row.get(..taps_p).ok_or(Error::CorruptWeights)?;
+                                add_tap_pairs(acc_c, pairs, w_row)?;
+                            }
+                        }
+                    }
+                }
+            }
+            if sparse {
+                for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
+                    for (a, lanes) in acc_c.iter_mut().zip(acc_cl.iter()) {
+                        *a = a.wrapping_add(*lanes.get(k).ok_or(Error::CorruptWeights)?);
                     }
                 }
             }

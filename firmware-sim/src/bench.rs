@@ -1,10 +1,11 @@
 //! Throughput, one table: the no_std int8 encoder (1 thread, all threads), the sparse codec, the
 //! candle integer path, the candle float encoder in f32 and f16 on the CPU (from a float run), and
 //! f16 on CUDA when built with it and a GPU answers, and PyTorch fp32 (the reference checkout's
-//! own encoder, `scripts/torch_bench.py`) when given a torch Python. Data already in memory / on
-//! the device, as the paper measures encoder throughput; ratios against candle f32 in the same
-//! run. GMAC/s is dense-equivalent (the dense network's MACs per wedge x wedges/s, whatever the
-//! kernels skip), and the int8 rows give it as a share of the cores' int8 peak.
+//! own encoder, `scripts/torch_bench.py`) when given a torch Python; then the whole-wedge vs the
+//! streaming int8 encoder (RAM, latency from the last input slice, throughput). Data already in
+//! memory / on the device, as the paper measures encoder throughput; ratios against candle f32 in
+//! the same run. GMAC/s is dense-equivalent (the dense network's MACs per wedge x wedges/s, whatever
+//! the kernels skip), and the int8 rows give it as a share of the cores' int8 peak.
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -233,6 +234,171 @@ pub struct BenchReport {
     pub code_bytes: usize,
     pub build: BuildInfo,
     pub rows: Vec<BenchRow>,
+    /// Whole-wedge vs streaming encoder: memory, latency, throughput.
+    pub streaming: StreamingBench,
+}
+
+/// The whole-wedge and the streaming int8 encoder side by side (one thread each, measured in
+/// alternating rounds of the same run so machine noise hits both alike).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamingBench {
+    /// Board RAM for the data, whole-wedge: the ADC wedge (u16) + scratch + code + code frame.
+    pub whole_ram_bytes: usize,
+    /// Board RAM for the data, streaming: one slice (u16) + line buffers + one code-slice frame.
+    pub streaming_ram_bytes: usize,
+    pub whole_scratch_bytes: usize,
+    pub streaming_scratch_bytes: usize,
+    /// Wedges each encoded while measuring.
+    pub wedges: usize,
+    pub whole_wedges_per_s: f64,
+    pub streaming_wedges_per_s: f64,
+    /// From the last input slice to the last code byte (median over the wedges): whole-wedge,
+    /// the whole encode (it can only start then); streaming, the last slice's push.
+    pub whole_latency_ms: f64,
+    pub streaming_latency_ms: f64,
+    /// Code slices out before the last input slice arrived, of all.
+    pub code_slices_before_last: usize,
+    pub code_slices: usize,
+}
+
+impl StreamingBench {
+    /// Streaming throughput relative to whole-wedge (1.0 = the same).
+    pub fn throughput_ratio(&self) -> f64 {
+        self.streaming_wedges_per_s / self.whole_wedges_per_s
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::from(
+            "whole-wedge vs streaming int8 encoder (1 thread each, alternating rounds):\n",
+        );
+        s += &format!(
+            "{:<12} {:>12} {:>12} {:>10} {:>16}\n",
+            "encoder", "RAM (data)", "scratch", "wedges/s", "latency (ms)"
+        );
+        s += &format!(
+            "{:<12} {:>12} {:>12} {:>10.2} {:>16.1}\n",
+            "whole-wedge",
+            self.whole_ram_bytes,
+            self.whole_scratch_bytes,
+            self.whole_wedges_per_s,
+            self.whole_latency_ms
+        );
+        s += &format!(
+            "{:<12} {:>12} {:>12} {:>10.2} {:>16.1}\n",
+            "streaming",
+            self.streaming_ram_bytes,
+            self.streaming_scratch_bytes,
+            self.streaming_wedges_per_s,
+            self.streaming_latency_ms
+        );
+        s += &format!(
+            "streaming throughput {:.3}x whole-wedge over {} wedges each; {} of {} code slices leave before the last input slice\n",
+            self.throughput_ratio(),
+            self.wedges,
+            self.code_slices_before_last,
+            self.code_slices
+        );
+        s += "RAM (data): whole-wedge = ADC wedge + scratch + code + code frame; streaming = one z slice + line buffers + one code-slice frame (stack not included)\n";
+        s
+    }
+}
+
+/// Measures [`StreamingBench`] for `weights` on `wedges` for at least `min`.
+pub fn streaming_bench(
+    weights: &[u8],
+    wedges: &[Wedge],
+    min: Duration,
+) -> Result<StreamingBench, SimError> {
+    use encoder_nostd::firmware::streaming::gather_slice;
+    use encoder_nostd::firmware::{CODE_HEADER_LEN, CRC_LEN};
+    use encoder_nostd::geometry::{WEDGE_VOXELS, Z_BINS};
+    use encoder_nostd::streaming::{StreamEncoder, StreamState, SLICE_SAMPLES};
+    let whole = Encoder::parse(weights).map_err(SimError::Firmware)?;
+    let stream = StreamEncoder::new(whole.clone()).map_err(SimError::Firmware)?;
+    let mut scratch = vec![0i8; whole.scratch_len()];
+    let mut code = vec![0i8; whole.code_len()];
+    let mut line = vec![0i8; stream.scratch_bytes()];
+    let mut streamed = vec![0i8; whole.code_len()];
+    // The slices as a front end delivers them (gathered outside the timed part).
+    let slices: Vec<Vec<Vec<u16>>> = wedges
+        .iter()
+        .map(|w| {
+            (0..Z_BINS)
+                .map(|z| {
+                    let mut s = vec![0u16; SLICE_SAMPLES];
+                    gather_slice(&w.adc, z, &mut s).map(|()| s)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(SimError::Firmware)?;
+    let shape = stream.code_shape();
+    let (mut t_whole, mut t_stream) = (Duration::ZERO, Duration::ZERO);
+    let (mut lat_whole, mut lat_stream) = (vec![], vec![]);
+    let (mut n, mut before_last) = (0usize, 0usize);
+    let start = Instant::now();
+    while start.elapsed() < min || n < 2 {
+        let i = n % wedges.len();
+        let t0 = Instant::now();
+        whole
+            .encode(&wedges[i].adc, &mut scratch, &mut code)
+            .map_err(SimError::Firmware)?;
+        let d = t0.elapsed();
+        t_whole += d;
+        lat_whole.push(d);
+        let mut state = StreamState::new();
+        let emitted = std::cell::Cell::new(0usize);
+        let mut emit = |o: usize, col: &[i8]| {
+            emitted.set(emitted.get() + 1);
+            encoder_nostd::streaming::scatter_code_slice(shape, o, col, &mut streamed)
+        };
+        let t0 = Instant::now();
+        for slice in &slices[i][..Z_BINS - 1] {
+            stream
+                .push(&mut state, &mut line, slice, &mut emit)
+                .map_err(SimError::Firmware)?;
+        }
+        let before = emitted.get();
+        let t_last = Instant::now();
+        stream
+            .push(&mut state, &mut line, &slices[i][Z_BINS - 1], &mut emit)
+            .map_err(SimError::Firmware)?;
+        lat_stream.push(t_last.elapsed());
+        t_stream += t0.elapsed();
+        before_last = before;
+        if streamed != code {
+            return Err(SimError::Input(format!(
+                "streaming and whole-wedge codes differ on wedge {i}: a bug, please report it"
+            )));
+        }
+        n += 1;
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    Ok(StreamingBench {
+        whole_ram_bytes: 2 * WEDGE_VOXELS
+            + whole.scratch_len()
+            + whole.code_len()
+            + CODE_HEADER_LEN
+            + whole.code_len()
+            + CRC_LEN,
+        streaming_ram_bytes: 2 * SLICE_SAMPLES
+            + stream.scratch_bytes()
+            + CODE_HEADER_LEN
+            + stream.code_slice_len()
+            + CRC_LEN,
+        whole_scratch_bytes: whole.scratch_len(),
+        streaming_scratch_bytes: stream.scratch_bytes(),
+        wedges: n,
+        whole_wedges_per_s: n as f64 / t_whole.as_secs_f64(),
+        streaming_wedges_per_s: n as f64 / t_stream.as_secs_f64(),
+        whole_latency_ms: median(&mut lat_whole),
+        streaming_latency_ms: median(&mut lat_stream),
+        code_slices_before_last: before_last,
+        code_slices: shape.w,
+    })
 }
 
 impl BenchReport {
@@ -285,6 +451,8 @@ impl BenchReport {
                 s += &format!("    note: {note}\n");
             }
         }
+        s += "\n";
+        s += &self.streaming.text();
         s
     }
 }
@@ -666,6 +834,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
             r.vs_candle_f32 = r.wedges_per_s.map(|w| w / base);
         }
     }
+    let streaming = streaming_bench(weights, &wedges, min)?;
     Ok(BenchReport {
         model: crate::model_name(encoder.kind()),
         macs_per_wedge: macs,
@@ -674,6 +843,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
         code_bytes: encoder.code_len(),
         build: BuildInfo::detect(),
         rows,
+        streaming,
     })
 }
 
@@ -712,5 +882,13 @@ mod tests {
             "float rows say what they need: {text}"
         );
         assert!(text.contains("compiled target features"), "{text}");
+        let st = &report.streaming;
+        assert!(st.wedges >= 2 && st.streaming_wedges_per_s > 0.0, "{text}");
+        assert!(st.streaming_ram_bytes * 10 < st.whole_ram_bytes, "{text}");
+        assert!(
+            st.code_slices_before_last > 0 && st.code_slices == 16,
+            "{text}"
+        );
+        assert!(text.contains("whole-wedge vs streaming"), "{text}");
     }
 }

@@ -112,6 +112,10 @@ struct ParityArgs {
     /// Wedges per candle batch.
     #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
     batch: usize,
+    /// Run the streaming firmware (249 slice frames in per wedge, code slices out as they
+    /// complete) instead of the whole-wedge loop; BCAE only.
+    #[arg(long)]
+    stream: bool,
     /// Inject faults: probability per byte of a dropped byte on the front-end link.
     #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
     drop_byte: f64,
@@ -192,6 +196,10 @@ struct QemuArgs {
     /// Show the build's and the board's full output.
     #[arg(long)]
     verbose: bool,
+    /// Run the streaming encoder with the board's RAM cut to 256 KiB (statics + stack), and
+    /// report its peak RAM; BCAE only (no sparse payload).
+    #[arg(long)]
+    stream: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -226,6 +234,7 @@ fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
         batch: args.batch,
         faults,
         progress: !args.json && std::io::stderr().is_terminal(),
+        streaming: args.stream,
     };
     let report = parity::run(&weights, args.codec, &mut source, &device, opts)
         .context("parity run failed")?;
@@ -296,6 +305,7 @@ fn qemu_cmd(args: QemuArgs) -> anyhow::Result<ExitCode> {
         qemu: args.qemu,
         timeout: Duration::from_secs(args.timeout),
         verbose: args.verbose,
+        stream: args.stream,
     };
     if !args.json {
         eprintln!("building the Cortex-M4F image and running it on {} (this takes a few minutes the first time)...", opts.qemu);

@@ -15,6 +15,7 @@ use crate::peripherals::{CaptureLink, FaultRates, Injected, SimFrontEnd};
 use crate::sim::{self, CodecChoice, Outcome, SimMemory};
 use crate::source::WedgeSource;
 use crate::SimError;
+use encoder_nostd::firmware::streaming::StreamStats;
 use encoder_nostd::firmware::Stats;
 
 /// Receives every code the firmware sent (wedge index, payload), in order, after comparison.
@@ -62,6 +63,8 @@ pub struct ParityReport {
     pub unreadable: Vec<String>,
     pub payload_bytes: u64,
     pub firmware: Stats,
+    /// The streaming loop's own counters (with `--stream`).
+    pub stream: Option<StreamStats>,
     pub injected: Injected,
     /// Wall time of the whole run.
     pub seconds: f64,
@@ -131,6 +134,12 @@ impl ParityReport {
             "firmware         {} frames in, {} codes out, {} resyncs ({} bytes skipped), {} CRC errors, {} bad headers, {} link errors, {} pin errors\n",
             c.frames_received, c.codes_sent, c.resyncs, c.bytes_skipped, c.crc_errors, c.bad_headers, c.rx_link_errors + c.tx_link_errors, c.pin_errors
         );
+        if let Some(st) = &self.stream {
+            s += &format!(
+                "streaming        {} wedges encoded, {} dropped part-way, {} slices skipped (of lost wedges)\n",
+                st.wedges_encoded, st.wedges_dropped, st.slices_skipped
+            );
+        }
         s += &format!(
             "pin protocol     {}\n",
             if self.pin_violations == 0 {
@@ -168,6 +177,49 @@ pub struct ParityOptions {
     pub faults: FaultRates,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// BCAE: run the streaming firmware (slice frames in, code-slice frames out) instead of the
+    /// whole-wedge loop.
+    pub streaming: bool,
+}
+
+/// The simulated board: the whole-wedge loop or the streaming loop.
+enum Board<'a> {
+    Whole(Box<sim::SimFirmware<'a>>),
+    Stream(Box<sim::SimStreamFirmware<'a>>),
+}
+
+impl Board<'_> {
+    fn run_wedge(&mut self, id: u32, adc: &[u16]) -> (Outcome, sim::PinCheck) {
+        match self {
+            Board::Whole(fw) => sim::run_wedge(fw, id, adc),
+            Board::Stream(fw) => sim::run_wedge_streaming(fw, id, adc),
+        }
+    }
+
+    fn stats(&self) -> (Stats, Option<StreamStats>) {
+        match self {
+            Board::Whole(fw) => (*fw.stats(), None),
+            Board::Stream(fw) => (fw.stats().common, Some(*fw.stats())),
+        }
+    }
+
+    fn injected(&self) -> Injected {
+        let (rx, tx) = match self {
+            Board::Whole(fw) => (
+                fw.peripherals().rx.injected(),
+                fw.peripherals().tx.injected(),
+            ),
+            Board::Stream(fw) => (
+                fw.peripherals().rx.injected(),
+                fw.peripherals().tx.injected(),
+            ),
+        };
+        Injected {
+            flipped_bits: rx.flipped_bits + tx.flipped_bits,
+            failed_sends: rx.failed_sends + tx.failed_sends,
+            ..rx
+        }
+    }
 }
 
 fn code_position(shape: Shape, index: usize) -> String {
@@ -362,16 +414,38 @@ fn run_with(
             ..opts.faults
         }),
     );
-    let buffers = encoder_nostd::firmware::Buffers {
-        adc: &mut mem.adc,
-        scratch: &mut mem.scratch,
-        frame: &mut mem.frame,
+    let streaming = opts.streaming && choice == CodecChoice::Bcae;
+    if opts.streaming && !streaming {
+        return Err(SimError::Input(
+            "--stream runs the streaming BCAE encoder: use it with --codec bcae".into(),
+        ));
+    }
+    let mut stream_mem = if streaming {
+        Some(sim::StreamMemory::for_weights(weights)?)
+    } else {
+        None
     };
-    let mut fw =
-        encoder_nostd::firmware::Firmware::new(io, codec, buffers).map_err(SimError::Firmware)?;
+    let mut fw = match &mut stream_mem {
+        Some(m) => Board::Stream(Box::new(m.firmware(weights, io)?)),
+        None => {
+            let buffers = encoder_nostd::firmware::Buffers {
+                adc: &mut mem.adc,
+                scratch: &mut mem.scratch,
+                frame: &mut mem.frame,
+            };
+            Board::Whole(Box::new(
+                encoder_nostd::firmware::Firmware::new(io, codec, buffers)
+                    .map_err(SimError::Firmware)?,
+            ))
+        }
+    };
 
     let mut report = ParityReport {
-        codec: choice.name(),
+        codec: if streaming {
+            format!("{} streaming (z slices in, code slices out)", choice.name())
+        } else {
+            choice.name()
+        },
         model,
         source: source.describe(),
         reference: reference.describe(),
@@ -388,6 +462,7 @@ fn run_with(
         unreadable: Vec::new(),
         payload_bytes: 0,
         firmware: Stats::default(),
+        stream: None,
         injected: Injected::default(),
         seconds: 0.0,
         firmware_seconds: 0.0,
@@ -431,7 +506,7 @@ fn run_with(
         report.reference_seconds += t0.elapsed().as_secs_f64();
         for ((wedge, expected), &index) in wedges.iter().zip(&expected).zip(&indices) {
             let t0 = Instant::now();
-            let (outcome, pins) = sim::run_wedge(&mut fw, index as u32, &wedge.adc);
+            let (outcome, pins) = fw.run_wedge(index as u32, &wedge.adc);
             report.firmware_seconds += t0.elapsed().as_secs_f64();
             if !pins.ok {
                 report.pin_violations += 1;
@@ -514,13 +589,8 @@ fn run_with(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let io = fw.peripherals();
-    let mut injected = io.rx.injected();
-    let tx = io.tx.injected();
-    injected.flipped_bits += tx.flipped_bits;
-    injected.failed_sends += tx.failed_sends;
-    report.injected = injected;
-    report.firmware = *fw.stats();
+    report.injected = fw.injected();
+    (report.firmware, report.stream) = fw.stats();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -583,6 +653,59 @@ mod tests {
             (2, 2 * 2 * 16 * 12 * 16)
         );
         assert_eq!(r.firmware.codes_sent, 2);
+    }
+
+    #[test]
+    fn the_streaming_firmware_is_bit_exact_with_candle() {
+        for weights in [
+            OwnedModel::random_ht(5, [1, 2, 1, 2], 2),
+            OwnedModel::random_2d(6, 2, 2, 2),
+        ] {
+            let weights = weights.to_bytes().unwrap();
+            let mut src = WedgeSource::synth(4, 2);
+            let opts = ParityOptions {
+                batch: 2,
+                streaming: true,
+                ..Default::default()
+            };
+            let r = run(&weights, CodecChoice::Bcae, &mut src, &Device::Cpu, opts).unwrap();
+            assert!(r.passed(false), "{}", r.text());
+            assert_eq!(r.wedges_compared, 2);
+            let stream = r.stream.unwrap();
+            assert_eq!((stream.wedges_encoded, stream.wedges_dropped), (2, 0));
+            assert_eq!(r.firmware.frames_received, 2 * 249);
+        }
+    }
+
+    #[test]
+    fn the_streaming_firmware_survives_faults_and_never_passes_a_wrong_code() {
+        let weights = OwnedModel::random_ht(7, [1, 1, 1, 1], 1)
+            .to_bytes()
+            .unwrap();
+        let mut src = WedgeSource::synth(5, 6);
+        let faults = FaultRates {
+            flip_bit: 2e-7,
+            drop_byte: 2e-7,
+            fail_read: 2e-7,
+            fail_send: 0.01,
+            seed: 12,
+        };
+        let opts = ParityOptions {
+            faults,
+            streaming: true,
+            ..Default::default()
+        };
+        let r = run(&weights, CodecChoice::Bcae, &mut src, &Device::Cpu, opts).unwrap();
+        assert_eq!(r.mismatches, 0, "{}", r.text());
+        assert_eq!(
+            r.wedges_compared + r.dropped + r.corrupted_on_link,
+            6,
+            "{}",
+            r.text()
+        );
+        assert!(r.injected != Injected::default(), "{}", r.text());
+        assert!(r.wedges_compared > 0 && r.dropped > 0, "{}", r.text());
+        assert_eq!(r.pin_violations, 0, "{}", r.text());
     }
 
     #[test]

@@ -162,6 +162,27 @@ impl SimFrontEnd {
         self.frames_pushed += 1;
     }
 
+    /// Queues one wedge as the streaming loop receives it: 249 slice frames, one per drift-time
+    /// bin, in z order (`encoder_nostd::firmware::streaming`).
+    pub fn push_wedge_slices(
+        &mut self,
+        wedge_id: u32,
+        adc: &[u16],
+    ) -> Result<(), encoder_nostd::Error> {
+        use encoder_nostd::firmware::streaming::{gather_slice, slice_header};
+        let mut slice = vec![0u16; encoder_nostd::streaming::SLICE_SAMPLES];
+        for z in 0..encoder_nostd::geometry::Z_BINS {
+            gather_slice(adc, z, &mut slice)?;
+            let header = slice_header(wedge_id, z as u16);
+            let mut stream = InputFrameStream::new(wedge_id, &slice).with_header(header);
+            let mut bytes = vec![0u8; stream.len()];
+            let n = stream.fill(&mut bytes);
+            self.pending.extend(&bytes[..n]);
+            self.frames_pushed += 1;
+        }
+        Ok(())
+    }
+
     /// Queues raw bytes (garbage between frames, hand-made frames).
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         self.pending.extend(bytes);

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::encoder::Encoder;
+use encoder_nostd::firmware::{CODE_HEADER_LEN, CRC_LEN};
 use encoder_nostd::sparse::{self, Quality, MAX_WEDGE_ENCODED_LEN};
+use encoder_nostd::streaming::{StreamEncoder, SLICE_SAMPLES};
 use encoder_nostd::weights::owned::OwnedModel;
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use trainer::quantized::QuantizedEncoder;
@@ -45,6 +47,37 @@ pub struct QemuOptions {
     pub timeout: Duration,
     /// Show cargo's build output.
     pub verbose: bool,
+    /// Run the streaming image (`src/bin/stream.rs`: the board's RAM cut to 256 KiB) instead of
+    /// the whole-wedge one.
+    pub stream: bool,
+}
+
+/// What the streaming image measured of its own RAM (a 256 KiB region: statics + stack).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BoardRam {
+    /// The RAM region's size in the image's linker script.
+    pub region: u64,
+    /// .data + .bss + .uninit in it: the firmware's slice, line buffers and code-slice frame.
+    pub statics: u64,
+    /// The stack's high-water mark (painted before the firmware ran, scanned after).
+    pub stack_peak: u64,
+    /// statics + stack_peak: the board RAM in use.
+    pub total: u64,
+}
+
+/// The streaming image's buffers for this model (from the encoder's plan) and its weights' size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamingImage {
+    /// One input z slice (u16).
+    pub slice_bytes: usize,
+    /// The streaming encoder's line buffers.
+    pub scratch_bytes: usize,
+    /// One code-slice frame (header + code slice + CRC).
+    pub frame_bytes: usize,
+    /// Code slices per wedge.
+    pub code_slices: usize,
+    /// The embedded weights (in flash, part of the embedded inputs).
+    pub weights_bytes: u64,
 }
 
 /// Flash and RAM use of the image, from its ELF sections.
@@ -88,6 +121,11 @@ pub fn image_size(elf: &Path, embedded_inputs: u64) -> Result<ImageSize, SimErro
         let name = section.name().unwrap_or("");
         let len = section.size();
         match (name, section.kind()) {
+            // The streaming image's test bench (front-end wedge, DAQ code), outside the board.
+            (".bench", _) => {
+                size.test_bench_ram += len;
+                size.ram += len;
+            }
             (".vector_table", _) | (".text", _) => {
                 size.text += len;
                 size.flash += len;
@@ -148,13 +186,16 @@ pub struct WedgeCrcs {
     pub host_sparse_len: usize,
     pub board_sparse_crc: Option<u32>,
     pub board_sparse_len: Option<usize>,
+    /// The streaming image encodes BCAE only: no sparse payload to compare.
+    pub sparse_checked: bool,
 }
 
 impl WedgeCrcs {
     pub fn matches(&self) -> bool {
         self.board_bcae_crc == Some(self.host_bcae_crc)
-            && self.board_sparse_crc == Some(self.host_sparse_crc)
-            && self.board_sparse_len == Some(self.host_sparse_len)
+            && (!self.sparse_checked
+                || (self.board_sparse_crc == Some(self.host_sparse_crc)
+                    && self.board_sparse_len == Some(self.host_sparse_len)))
     }
 }
 
@@ -175,6 +216,10 @@ pub struct QemuReport {
     pub build_seconds: f64,
     pub qemu_seconds: f64,
     pub board_output: String,
+    /// The streaming image: its RAM as it measured it.
+    pub board_ram: Option<BoardRam>,
+    /// The streaming image: the firmware's buffers and the flash split.
+    pub streaming: Option<StreamingImage>,
 }
 
 impl QemuReport {
@@ -195,9 +240,13 @@ impl QemuReport {
                 w.id,
                 format!("{:08x}", w.host_bcae_crc),
                 hex(w.board_bcae_crc),
-                format!("{:08x}", w.host_sparse_crc),
+                hex(w.sparse_checked.then_some(w.host_sparse_crc)),
                 hex(w.board_sparse_crc),
-                w.host_sparse_len,
+                if w.sparse_checked {
+                    w.host_sparse_len.to_string()
+                } else {
+                    "-".into()
+                },
                 if w.matches() { "yes" } else { "NO" }
             );
         }
@@ -213,25 +262,59 @@ impl QemuReport {
             self.board_failures
         );
         let i = &self.image;
-        s += &format!(
-            "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; of which the firmware's own {} B (ADC buffer, scratch + code, code frame, sparse state) and the test bench's {} B (front-end wedge, captured frame)\n  stack: 4 MiB region at 0x2000_0000\n",
-            self.elf.display(),
-            i.flash,
-            i.text,
-            i.rodata,
-            i.data,
-            i.embedded_inputs,
-            i.flash.saturating_sub(i.embedded_inputs),
-            i.ram,
-            i.data,
-            i.bss,
-            i.firmware_ram(),
-            i.test_bench_ram
-        );
-        s += &format!(
-            "  this model: encoder scratch {} B, code {} B\n",
-            self.scratch_bytes, self.code_bytes
-        );
+        match (&self.board_ram, &self.streaming) {
+            (Some(r), Some(st)) => {
+                s += &format!(
+                    "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {}; without the embedded test wedges ({} B): {} B = firmware code {} B + weights {} B\n",
+                    self.elf.display(),
+                    i.flash,
+                    i.text,
+                    i.rodata,
+                    i.data,
+                    i.embedded_inputs.saturating_sub(st.weights_bytes),
+                    i.flash.saturating_sub(i.embedded_inputs) + st.weights_bytes,
+                    i.flash.saturating_sub(i.embedded_inputs),
+                    st.weights_bytes
+                );
+                s += &format!(
+                    "  board RAM (region {} B in the linker script): statics {} B (slice {} B, line buffers {} B, code-slice frame {} B, the rest runtime) + stack high-water {} B = {} B in use ({:.1} KiB)\n  test bench outside the board (PSRAM): {} B (front-end wedge, reassembled code, sparse decoder state)\n",
+                    r.region,
+                    r.statics,
+                    st.slice_bytes,
+                    st.scratch_bytes,
+                    st.frame_bytes,
+                    r.stack_peak,
+                    r.total,
+                    r.total as f64 / 1024.0,
+                    i.test_bench_ram
+                );
+                s += &format!(
+                    "  this model: streaming scratch {} B (whole-wedge encoder: {} B), code {} B sent as {} slices\n",
+                    st.scratch_bytes, self.scratch_bytes, self.code_bytes, st.code_slices
+                );
+            }
+            _ => {
+                s += &format!(
+                    "image {}:\n  flash (code memory, 4 MiB): {} B = text {} + rodata {} + data {} (of which embedded weights + wedges {} B; firmware alone {} B)\n  static RAM (PSRAM, 16 MiB): {} B = data {} + bss {}; of which the firmware's own {} B (ADC buffer, scratch + code, code frame, sparse state) and the test bench's {} B (front-end wedge, captured frame)\n  stack: 4 MiB region at 0x2000_0000\n",
+                    self.elf.display(),
+                    i.flash,
+                    i.text,
+                    i.rodata,
+                    i.data,
+                    i.embedded_inputs,
+                    i.flash.saturating_sub(i.embedded_inputs),
+                    i.ram,
+                    i.data,
+                    i.bss,
+                    i.firmware_ram(),
+                    i.test_bench_ram
+                );
+                s += &format!(
+                    "  this model: encoder scratch {} B, code {} B\n",
+                    self.scratch_bytes, self.code_bytes
+                );
+            }
+        }
         s += "peak int8-encoder scratch per model (plus the 1,529,856 B ADC buffer and the code frame):\n";
         for (name, scratch, code) in &self.scratch_per_model {
             s += &format!("  {name:<16} scratch {scratch:>9} B  code {code:>6} B\n");
@@ -256,8 +339,25 @@ fn wedges_blob(payloads: &[(u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// One `wedge` line of the board: (id, BCAE code CRC, sparse payload CRC, sparse length).
-type BoardWedge = (u32, u32, u32, usize);
+/// One `wedge` line of the board: (id, BCAE code CRC, sparse payload CRC and length if sent).
+type BoardWedge = (u32, u32, Option<(u32, usize)>);
+
+/// The streaming image's `ram` line.
+fn parse_board_ram(text: &str) -> Option<BoardRam> {
+    let line = text.lines().find(|l| l.starts_with("ram "))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .find(|(key, _)| *key == k)
+            .and_then(|(_, v)| v.parse().ok())
+    };
+    Some(BoardRam {
+        region: field("region")?,
+        statics: field("statics")?,
+        stack_peak: field("stack_peak")?,
+        total: field("statics")?.saturating_add(field("stack_peak")?),
+    })
+}
 
 /// Parses the board's output lines: its wedges, its failure count, whether it finished.
 fn parse_board_output(text: &str) -> (Vec<BoardWedge>, u32, bool) {
@@ -271,13 +371,13 @@ fn parse_board_output(text: &str) -> (Vec<BoardWedge>, u32, bool) {
             .collect();
         if line.starts_with("wedge ") {
             let hex = |k: &str| fields.get(k).and_then(|v| u32::from_str_radix(v, 16).ok());
-            if let (Some(id), Some(b), Some(s), Some(len)) = (
+            let sparse =
+                hex("sparse_crc").zip(fields.get("sparse_len").and_then(|v| v.parse().ok()));
+            if let (Some(id), Some(b)) = (
                 fields.get("id").and_then(|v| v.parse().ok()),
                 hex("bcae_crc"),
-                hex("sparse_crc"),
-                fields.get("sparse_len").and_then(|v| v.parse().ok()),
             ) {
-                wedges.push((id, b, s, len));
+                wedges.push((id, b, sparse));
             }
         } else if line.starts_with("stats ") {
             failures = fields
@@ -353,19 +453,14 @@ pub fn build_image(
     image_dir: &Path,
     build_dir: &Path,
     inputs: &Path,
+    bin: &str,
     verbose: bool,
 ) -> Result<PathBuf, SimError> {
     let target_dir = build_dir.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(image_dir)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "bcae-cortex-m-image",
-        ])
+        .args(["build", "--release", "--quiet", "--bin", bin])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("BCAE_IMAGE_INPUTS", inputs)
         // Host flags (e.g. -C target-cpu=native) must not leak into the thumbv7em build, and
@@ -388,7 +483,7 @@ pub fn build_image(
             image_dir.display()
         )));
     }
-    Ok(target_dir.join("thumbv7em-none-eabihf/release/bcae-cortex-m-image"))
+    Ok(target_dir.join("thumbv7em-none-eabihf/release").join(bin))
 }
 
 /// Prepares, builds, emulates and compares.
@@ -429,6 +524,7 @@ pub fn run(
             host_sparse_len: len,
             board_sparse_crc: None,
             board_sparse_len: None,
+            sparse_checked: !opts.stream,
         });
         payloads.push((i as u32, buf[..len].to_vec()));
     }
@@ -478,7 +574,12 @@ pub fn run(
     write("wedges.bin", &blob)?;
 
     let build_start = Instant::now();
-    let elf = build_image(&opts.image_dir, &build_dir, &inputs, opts.verbose)?;
+    let bin = if opts.stream {
+        "bcae-cortex-m-stream"
+    } else {
+        "bcae-cortex-m-image"
+    };
+    let elf = build_image(&opts.image_dir, &build_dir, &inputs, bin, opts.verbose)?;
     let build_seconds = build_start.elapsed().as_secs_f64();
     let image = image_size(&elf, embedded)?;
 
@@ -500,16 +601,46 @@ pub fn run(
     if !exit_ok || !done {
         failures = failures.max(1);
     }
-    for (id, bcae, sparse_crc, len) in board {
+    for (id, bcae, sparse) in board {
         if let Some(row) = rows.iter_mut().find(|r| r.id == id) {
             row.board_bcae_crc = Some(bcae);
-            row.board_sparse_crc = Some(sparse_crc);
-            row.board_sparse_len = Some(len);
+            row.board_sparse_crc = sparse.map(|(crc, _)| crc);
+            row.board_sparse_len = sparse.map(|(_, len)| len);
         }
     }
+    let streaming = if opts.stream {
+        let plan = StreamEncoder::new(encoder.clone()).map_err(SimError::Firmware)?;
+        Some(StreamingImage {
+            slice_bytes: 2 * SLICE_SAMPLES,
+            scratch_bytes: plan.scratch_bytes(),
+            frame_bytes: CODE_HEADER_LEN + plan.code_slice_len() + CRC_LEN,
+            code_slices: plan.code_shape().w,
+            weights_bytes: weights.len() as u64,
+        })
+    } else {
+        None
+    };
+    let board_ram = if opts.stream {
+        let ram = parse_board_ram(&output);
+        // Total == region: not one painted word left below the stack, so it may have overflowed.
+        if ram.is_none_or(|r| r.total >= r.region) {
+            failures = failures.max(1);
+        }
+        ram
+    } else {
+        None
+    };
     let all_match = failures == 0 && rows.iter().all(|r| r.matches());
     Ok(QemuReport {
-        model: crate::model_name(encoder.kind()),
+        model: format!(
+            "{}{}",
+            crate::model_name(encoder.kind()),
+            if opts.stream {
+                ", streaming encoder in 256 KiB of RAM"
+            } else {
+                ""
+            }
+        ),
         reference: format!(
             "candle integer path on {} (BCAE code); host sparse encoder, lossless (sparse payload)",
             crate::parity::device_label(device)
@@ -525,6 +656,8 @@ pub fn run(
         build_seconds,
         qemu_seconds,
         board_output: output,
+        board_ram,
+        streaming,
     })
 }
 
@@ -536,7 +669,18 @@ mod tests {
     fn board_output_is_parsed() {
         let text = "image model=BcaeHt scratch=1 code=2 wedges=2\nwedge id=0 bcae_crc=0000abcd bcae_len=24576 sparse_crc=ffffffff sparse_len=12\nwedge id=1 bcae_crc=zz\nstats codes=2 failed=0\ndone\n";
         let (w, failures, done) = parse_board_output(text);
-        assert_eq!(w, vec![(0, 0xabcd, 0xffff_ffff, 12)]);
+        assert_eq!(w, vec![(0, 0xabcd, Some((0xffff_ffff, 12)))]);
+        let stream = "wedge id=4 bcae_crc=00000010 bcae_len=24576 code_slices=16\nram region=262144 statics=96000 stack_peak=9000\n";
+        assert_eq!(parse_board_output(stream).0, vec![(4, 0x10, None)]);
+        assert_eq!(
+            parse_board_ram(stream),
+            Some(BoardRam {
+                region: 262_144,
+                statics: 96_000,
+                stack_peak: 9_000,
+                total: 105_000
+            })
+        );
         assert_eq!((failures, done), (0, true));
         let (_, failures, done) = parse_board_output("error wedge 3: frame CRC mismatch\n");
         assert_eq!((failures, done), (1, false));

@@ -196,29 +196,11 @@ fn every_misuse_is_a_typed_error() {
     );
 }
 
-#[test]
-fn conv_column_matches_the_whole_tensor_conv() {
-    // One z-column of kernels::conv, including taps in the z padding and azimuth stride 2.
-    let model = OwnedModel::random_ht(9, [3, 4, 4, 8], 8);
-    let bytes = model.to_bytes().unwrap();
-    let enc = Encoder::parse(&bytes).unwrap();
-    let Network::BcaeHt(net) = &enc.model().network else {
-        unreachable!()
-    };
-    let conv = &net.blocks[0].main1;
-    let in_shape = Shape {
-        c: 1,
-        d: 4,
-        h: 10,
-        w: 12,
-    };
-    let mut rng = SplitMix(4);
-    let input: Vec<i8> = (0..in_shape.len())
-        .map(|_| rng.range(0, 255) as u8 as i8)
-        .collect();
+/// One z-column at a time of `conv` equals kernels::conv on the whole tensor.
+fn assert_columns_match_whole_conv(conv: &Conv<'_>, in_shape: Shape, input: &[i8]) {
     let out = conv_output_shape(conv, in_shape).unwrap();
     let mut expected = vec![0i8; out.len()];
-    crate::kernels::conv(conv, &input, in_shape, &mut expected).unwrap();
+    crate::kernels::conv(conv, input, in_shape, &mut expected).unwrap();
     let columns: Vec<Vec<i8>> = (0..in_shape.w)
         .map(|z| {
             (0..in_shape.c * in_shape.d * in_shape.h)
@@ -240,6 +222,59 @@ fn conv_column_matches_the_whole_tensor_conv() {
         for (i, &v) in got.iter().enumerate() {
             assert_eq!(v, expected[i * out.w + o], "column {o}, value {i}");
         }
+    }
+}
+
+/// Random values, or (`every` > 1) the zero point except one value in about `every`, which
+/// sends conv_column down its sparse path.
+fn column_input(seed: u64, len: usize, zp: i8, every: i64) -> Vec<i8> {
+    let mut rng = SplitMix(seed);
+    (0..len)
+        .map(|_| {
+            if every > 1 && rng.range(0, every - 1) != 0 {
+                zp
+            } else {
+                rng.range(0, 255) as u8 as i8
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn conv_column_matches_the_whole_tensor_conv() {
+    // BCAE-HT's first conv: taps in the z padding and azimuth stride 2.
+    let model = OwnedModel::random_ht(9, [3, 4, 4, 8], 8);
+    let bytes = model.to_bytes().unwrap();
+    let enc = Encoder::parse(&bytes).unwrap();
+    let Network::BcaeHt(net) = &enc.model().network else {
+        unreachable!()
+    };
+    let conv = &net.blocks[0].main1;
+    let in_shape = Shape {
+        c: 1,
+        d: 4,
+        h: 10,
+        w: 12,
+    };
+    // BCAE-2D's input conv: stride 1, padding along azimuth and z.
+    let bytes_2d = OwnedModel::random_2d(9, 2, 1, 4).to_bytes().unwrap();
+    let enc_2d = Encoder::parse(&bytes_2d).unwrap();
+    let Network::Bcae2d(net_2d) = &enc_2d.model().network else {
+        unreachable!()
+    };
+    let shape_2d = Shape {
+        c: 16,
+        d: 1,
+        h: 14,
+        w: 11,
+    };
+    // Dense inputs, then mostly-zero-point ones (the sparse path), for both.
+    for every in [1, 7, 40] {
+        let input = column_input(4, in_shape.len(), conv.input_zero_point, every);
+        assert_columns_match_whole_conv(conv, in_shape, &input);
+        let conv_2d = &net_2d.input;
+        let input = column_input(5, shape_2d.len(), conv_2d.input_zero_point, every);
+        assert_columns_match_whole_conv(conv_2d, shape_2d, &input);
     }
 }
 

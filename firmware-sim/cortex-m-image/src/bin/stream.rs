@@ -298,14 +298,15 @@ fn run_wedge(id: u32, source: &[u16], board: &mut Board<'_>, daq: Daq<'_>) -> Op
 }
 
 /// Decodes embedded wedge payload into the front end's memory (the test bench's work, done in
-/// its own frame so it is popped before the stack is painted).
+/// its own frame so it is popped before the stack is painted). The decoder's state is zeroed
+/// in place in the bench memory (the decoder resets it): built by `SparseScratch::new()` it
+/// would pass through the board's stack, 60 KiB at a time, and overflow it into the statics
+/// (BCAE-2D leaves 131 KiB of stack).
 #[inline(never)]
 fn decode_into(payload: &[u8], source: &mut [u16]) -> Result<(), encoder_nostd::Error> {
-    // SAFETY: SPARSE is used only here, by one thread, and initialised before use.
-    let state = unsafe {
-        let s = &mut *addr_of_mut!(SPARSE);
-        s.write(SparseScratch::new())
-    };
+    // SAFETY: SPARSE is used only here, by one thread; SparseScratch is integers and arrays of
+    // integers, valid when all bits are zero.
+    let state = unsafe { zeroed(&mut *addr_of_mut!(SPARSE)) };
     sparse::decode_with(state, payload, source).map(|_| ())
 }
 
@@ -324,7 +325,9 @@ fn paint_stack() {
     }
 }
 
-/// Bytes of stack ever used: from the stack's top down to the lowest word no longer painted.
+/// Bytes of stack ever used: from the stack's top down to the lowest word no longer painted
+/// (the whole stack region when even its last word was overwritten: an overflow, which
+/// `firmware-sim qemu` reports as a failure).
 fn stack_peak() -> usize {
     // SAFETY: reads of the stack region, below every live frame or at most touched by them.
     unsafe {
@@ -338,10 +341,10 @@ fn stack_peak() -> usize {
     }
 }
 
-/// Zeroes an integer array in place and hands it out.
+/// Zeroes an integer array (or a struct of them) in place and hands it out.
 ///
 /// # Safety
-/// `T` must be an array of integers (valid when all bits are zero).
+/// `T` must be made of integers only (valid when all bits are zero).
 unsafe fn zeroed<T>(cell: &mut MaybeUninit<T>) -> &mut T {
     core::ptr::write_bytes(cell.as_mut_ptr(), 0, 1);
     cell.assume_init_mut()
