@@ -255,7 +255,7 @@ mod tests {
         (0..dims.iter().product::<usize>())
             .map(|i| {
                 let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-                if h % 10 == 0 {
+                if h.is_multiple_of(10) {
                     6.0 + (h % 400) as f32 / 100.0
                 } else {
                     0.0
