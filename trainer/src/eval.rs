@@ -450,35 +450,13 @@ pub fn table(reports: &[EvalReport]) -> String {
             "-".into(),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| -> String {
-        let mut s = String::new();
-        for (c, cell) in cells.iter().enumerate() {
-            if c > 0 {
-                s.push_str("  ");
-            }
-            if c < 3 {
-                s.push_str(&format!("{cell:<w$}", w = widths[c]));
-            } else {
-                s.push_str(&format!("{cell:>w$}", w = widths[c]));
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    let table = crate::table::align(&header, &rows, &[0, 1, 2]);
+    let mut out = table.header;
     out.push('\n');
-    out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+    out.push_str(&"-".repeat(table.width));
     out.push('\n');
-    for r in rows {
-        out.push_str(&line(r));
+    for r in table.rows {
+        out.push_str(&r);
         out.push('\n');
     }
     out.push_str("MAE, MSE, PSNR on log2(ADC+1), cropped (16,192,249) wedges. PSNR dB = 20 log10(max/RMSE); PSNR ref = max/sqrt(MSE) as the reference code reports it.\n");

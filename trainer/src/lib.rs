@@ -30,4 +30,5 @@ pub mod nn;
 pub mod quantize;
 pub mod quantized;
 pub mod stream;
+pub mod table;
 pub mod train;

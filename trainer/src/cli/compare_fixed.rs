@@ -337,30 +337,10 @@ pub fn print_table(c: &Comparison) {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|row| row[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |row: &[String]| {
-        let mut out = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i == 2 || i == 3 {
-                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            } else {
-                out.push_str(&format!("{cell:>w$}  ", w = widths[i]));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    println!("{}", line(&header.map(String::from)));
-    for row in &cells {
-        println!("{}", line(row));
+    let table = crate::table::align(&header, &cells, &[2, 3]);
+    println!("{}", table.header);
+    for row in &table.rows {
+        println!("{row}");
     }
 }
 
