@@ -12,7 +12,7 @@ use firmware_sim::sim::CodecChoice;
 use firmware_sim::source::WedgeSource;
 use trainer::data::{synth, write_wedge};
 
-const REAL_WEDGE: &str = "../../shared/data/auau_sample.npy";
+const REAL_WEDGE: &str = "auau_sample.npy";
 
 /// Two synthetic wedges written as .npy files, read back through `Dataset`.
 fn npy_folder() -> tempfile::TempDir {
@@ -24,13 +24,8 @@ fn npy_folder() -> tempfile::TempDir {
 }
 
 fn real_wedge() -> Option<&'static Path> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(REAL_WEDGE);
-    if path.is_file() {
-        Some(Box::leak(path.into_boxed_path()))
-    } else {
-        println!("skipped: {REAL_WEDGE} not found (the real wedge is optional)");
-        None
-    }
+    let path = trainer::data::team::team_data(REAL_WEDGE, "real-wedge firmware parity")?;
+    Some(Box::leak(path.into_boxed_path()))
 }
 
 fn assert_parity(

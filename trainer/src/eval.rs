@@ -509,12 +509,9 @@ mod tests {
     /// per-wedge metrics (issue: within 0.5 % relative) from the raw sample wedge.
     #[test]
     fn eval_of_the_released_original_bcae_matches_its_published_metrics() {
-        let dir =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/bcae-v1");
-        if !dir.join("encoder_2000.pt").exists() {
-            eprintln!("skipped: {} is absent (a user's clone)", dir.display());
+        let Some(dir) = crate::data::team::team_data("bcae-v1", "the released BCAE check") else {
             return;
-        }
+        };
         let run = tempfile::tempdir().unwrap();
         crate::cli::import::import_state_dicts(
             &ModelConfig::BcaeV1,

@@ -555,13 +555,10 @@ mod tests {
     #[cfg(feature = "baselines")]
     #[test]
     fn baseline_rows_hold_their_budgets() {
-        let real = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/bcae-v1/sample_0.npy");
-        let wedges = if real.is_file() {
-            vec![crate::data::read_wedge(&real).unwrap()]
-        } else {
-            eprintln!("{} is absent: a synthetic wedge instead", real.display());
-            synth::generate_wedges(5, 1)
+        let real = crate::data::team::team_data("bcae-v1/sample_0.npy", "the real baseline rows");
+        let wedges = match real {
+            Some(real) => vec![crate::data::read_wedge(&real).unwrap()],
+            None => synth::generate_wedges(5, 1),
         };
         let logs: Vec<Vec<f32>> = wedges.iter().map(|w| log_domain(&w.adc)).collect();
         let mut notes = Vec::new();

@@ -7,13 +7,15 @@
 //!   log2(ADC+1), z zero-padded; and back, exactly.
 //! - [`Dataset`]: a reference-layout root with `train.txt` / `test.txt`, a plain folder of `.npy`
 //!   files, or one `.npy` file.
-//! - [`synth`]: the physics-based synthetic generator; [`stats`]: the data-spec statistics.
+//! - [`synth`]: the physics-based synthetic generator; [`stats`]: the data-spec statistics;
+//!   [`team`]: the team's real data for the tests that need it.
 
 mod dataset;
 mod layout;
 mod npy;
 pub mod stats;
 pub mod synth;
+pub mod team;
 
 use std::path::PathBuf;
 

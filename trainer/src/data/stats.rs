@@ -437,16 +437,8 @@ mod tests {
 
     /// `../shared/data` seen from the crate directory, if present.
     fn shared_data() -> Option<PathBuf> {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-        if p.join("auau_sample.npy").is_file() {
-            Some(p)
-        } else {
-            eprintln!(
-                "skipping: {} is absent (the real wedges are not shipped)",
-                p.display()
-            );
-            None
-        }
+        crate::data::team::team_data("auau_sample.npy", "the data-spec table check")
+            .and_then(|p| p.parent().map(PathBuf::from))
     }
 
     /// The nine real wedges reproduce the data-spec table.

@@ -428,16 +428,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn shared_v1() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/bcae-v1");
-        if dir.join("encoder_2000.pt").exists() {
-            Some(dir)
-        } else {
-            println!(
-                "skipping: {} is absent (the released BCAE files)",
-                dir.display()
-            );
-            None
-        }
+        crate::data::team::team_data("bcae-v1", "the released BCAE's tests")
     }
 
     #[test]
