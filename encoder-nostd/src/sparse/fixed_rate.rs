@@ -476,6 +476,64 @@ mod tests {
         );
     }
 
+    /// Whole synthetic (16, 192, 249) wedges at 2-30 % occupancy, three guaranteed ratios and
+    /// both drop rules: every frame within its budget, nothing written past it, and the decoded
+    /// wedge equal to the reference. 30 wedges in `cargo test` (a few seconds); CI runs 1,000
+    /// (`BCAE_FIXED_RATE_WEDGES=1000`, about two minutes on two cores).
+    #[test]
+    fn whole_wedges_stay_within_budget_and_decode_to_the_reference() {
+        let dims = Dims::WEDGE;
+        let voxels = dims.voxels().unwrap();
+        let raw = voxels * 2;
+        let n: usize = std::env::var("BCAE_FIXED_RATE_WEDGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        assert!(n >= 10, "BCAE_FIXED_RATE_WEDGES: at least 10 wedges");
+        let threads = 2usize;
+        let results: Vec<(usize, f64, f64)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut scratch = SparseScratch::new();
+                        let mut back = vec![0u16; voxels];
+                        let (mut mismatches, mut lo, mut hi) = (0usize, 1.0f64, 0.0f64);
+                        for i in (t..n).step_by(threads) {
+                            let occupancy = 0.02 + 0.28 * i as f64 / (n - 1) as f64;
+                            let adc = synthetic(dims, occupancy, 7_000 + i as u64);
+                            let occ =
+                                adc.iter().filter(|&&v| v != 0).count() as f64 / voxels as f64;
+                            (lo, hi) = (lo.min(occ), hi.max(occ));
+                            let mut rate =
+                                FixedRate::for_ratio(raw, [31.125, 62.25, 124.5][i % 3]).unwrap();
+                            rate.drop =
+                                [DropRule::LowestCharge, DropRule::WeakestRuns][(i / 3) % 2];
+                            let mut out = vec![0xAAu8; rate.budget + 64];
+                            let report =
+                                encode_fixed_rate_with(&mut scratch, &adc, dims, rate, &mut out)
+                                    .unwrap();
+                            assert!(report.payload_len <= rate.budget, "wedge {i}: {report:?}");
+                            assert!(
+                                out[rate.budget..].iter().all(|&b| b == 0xAA),
+                                "wedge {i}: past the budget"
+                            );
+                            decode(&out[..rate.budget], &mut back).unwrap();
+                            let expected = reference(&adc, dims, rate.drop, &report);
+                            mismatches +=
+                                back.iter().zip(&expected).filter(|(a, b)| a != b).count();
+                        }
+                        (mismatches, lo, hi)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().map(|r| r.0).sum::<usize>(), 0);
+        let lo = results.iter().map(|r| r.1).fold(1.0, f64::min);
+        let hi = results.iter().map(|r| r.2).fold(0.0, f64::max);
+        assert!(lo < 0.03 && hi > 0.25, "occupancy {lo}..{hi}");
+    }
+
     #[test]
     fn too_small_budgets_and_buffers_are_errors() {
         let dims = Dims {
