@@ -401,15 +401,6 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
         .fold(1.0f64, f64::min)
         .min(0.9)
         - 0.05;
-    let colors = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        BLACK,
-        RGBColor(255, 140, 0),
-    ];
     let caption = format!("{} wedges; line: mean, x: worst wedge", c.wedges);
 
     let mut chart = ChartBuilder::on(&left)
@@ -427,33 +418,12 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
         .y_desc("MAE, log2(ADC+1)")
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()?;
-    for (k, (name, rows)) in series.iter().enumerate() {
-        let color = colors[k % colors.len()];
-        let mean: Vec<(f64, f64)> = rows
-            .iter()
-            .filter_map(|r| r.metrics.map(|m| (r.ratio, m.mae.max(mae_floor))))
-            .collect();
-        let worst: Vec<(f64, f64)> = rows
-            .iter()
-            .map(|r| (r.ratio, r.worst_mae.max(mae_floor)))
-            .collect();
-        chart.draw_series(LineSeries::new(mean.clone(), color.stroke_width(2)))?;
-        chart.draw_series(DashedLineSeries::new(
-            worst.clone(),
-            5,
-            4,
-            color.stroke_width(1),
-        ))?;
-        chart.draw_series(
-            worst
-                .iter()
-                .map(|&p| Cross::new(p, 5, color.stroke_width(2))),
-        )?;
-        chart
-            .draw_series(mean.iter().map(|&p| Circle::new(p, 4, color.filled())))?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
-    }
+    mean_and_worst(&mut chart, &series, |r| {
+        (
+            r.metrics.map(|m| m.mae.max(mae_floor)),
+            r.worst_mae.max(mae_floor),
+        )
+    })?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -475,16 +445,45 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
         .x_desc("guaranteed ratio (raw 16-bit / per-wedge budget)")
         .y_desc("recall (fraction of true hits kept)")
         .draw()?;
+    mean_and_worst(&mut chart, &series, |r| {
+        (r.metrics.map(|m| m.recall), r.worst_recall)
+    })?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// One panel's series: the mean as a line with dots (labelled), the worst wedge as crosses on a
+/// dashed line; `value` gives a row's (mean, worst), non-finite points are left out.
+fn mean_and_worst<CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'_, BitMapBackend<'_>, CT>,
+    series: &[(String, Vec<&FixedRow>)],
+    value: impl Fn(&FixedRow) -> (Option<f64>, f64),
+) -> Result<()> {
+    const COLORS: [RGBColor; 7] = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(255, 140, 0),
+    ];
     for (k, (name, rows)) in series.iter().enumerate() {
-        let color = colors[k % colors.len()];
+        let color = COLORS[k % COLORS.len()];
         let mean: Vec<(f64, f64)> = rows
             .iter()
-            .filter_map(|r| r.metrics.map(|m| (r.ratio, m.recall)))
+            .filter_map(|r| value(r).0.map(|v| (r.ratio, v)))
             .filter(|p| p.1.is_finite())
             .collect();
         let worst: Vec<(f64, f64)> = rows
             .iter()
-            .map(|r| (r.ratio, r.worst_recall))
+            .map(|r| (r.ratio, value(r).1))
             .filter(|p| p.1.is_finite())
             .collect();
         chart.draw_series(LineSeries::new(mean.clone(), color.stroke_width(2)))?;
@@ -504,13 +503,6 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
             .label(name.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .draw()?;
-    root.present()?;
     Ok(())
 }
 
