@@ -21,7 +21,7 @@ use trainer::cli::stream::{decode_stream_file, int8_stream_header, DecoderPrecis
 use trainer::cli::train::draw_reconstruction;
 use trainer::data::{self, synth, Dataset, Split, WEDGE_VOXELS};
 use trainer::device::DeviceChoice;
-use trainer::metrics::{compression_ratio, crop_padded, MeanMetrics, WedgeMetrics};
+use trainer::metrics::{compression_ratio, crop_padded, score, MeanMetrics, WedgeMetrics};
 use trainer::models;
 use trainer::stream::{StreamWriter, WedgeId};
 
@@ -308,19 +308,20 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
     let decode_secs = t0.elapsed().as_secs_f64();
     let mut per = Vec::with_capacity(n);
     let mut zero = Vec::with_capacity(n);
-    let mut first: Option<(String, Vec<f32>, Vec<f32>)> = None;
+    let mut first: Option<(String, WedgeMetrics, Vec<f32>, Vec<f32>)> = None;
     for d in decoded {
         let recon = d
             .wedge
             .with_context(|| format!("decoding the frame of {}", d.path))?;
         let truth = data::read_wedge(&root.join(&d.path))
             .with_context(|| format!("reading the original {}", d.path))?;
-        let t = crop_padded(&data::to_network(&truth));
-        let r = crop_padded(&data::to_network(&recon));
-        per.push(WedgeMetrics::compute(&t, &r));
-        zero.push(WedgeMetrics::all_zero_baseline(&t));
+        let m = score(&truth.adc, &recon.adc);
+        per.push(m);
+        zero.push(WedgeMetrics::all_zero_baseline(&truth.adc));
         if first.is_none() {
-            first = Some((d.path.clone(), t, r));
+            let t = crop_padded(&data::to_network(&truth));
+            let r = crop_padded(&data::to_network(&recon));
+            first = Some((d.path.clone(), m, t, r));
         }
     }
     if per.len() != n {
@@ -364,8 +365,7 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
 
     // 4. The picture.
     let picture = args.out.join("recon.png");
-    if let Some((path, t, r)) = &first {
-        let m = WedgeMetrics::compute(t, r);
+    if let Some((path, m, t, r)) = &first {
         let title = format!(
             "{path}, {model} int8 code via the firmware path: MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}",
             m.mae, m.psnr_db, m.precision, m.recall

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::encoder::Encoder;
 use trainer::cli::stream::{decode_stream_file, int8_stream_header, DecoderPrecision};
-use trainer::data::{self, synth};
+use trainer::data::synth;
 use trainer::device::DeviceChoice;
-use trainer::metrics::{crop_padded, MeanMetrics, WedgeMetrics};
+use trainer::metrics::{score, MeanMetrics, WedgeMetrics};
 use trainer::stream::{StreamWriter, WedgeId};
 
 fn weights_dir() -> PathBuf {
@@ -154,10 +154,7 @@ fn shipped_models_match_their_cards_fingerprints_and_metrics() {
             .zip(&wedges)
             .map(|(d, truth)| {
                 let recon = d.wedge.unwrap();
-                WedgeMetrics::compute(
-                    &crop_padded(&data::to_network(truth)),
-                    &crop_padded(&data::to_network(&recon)),
-                )
+                score(&truth.adc, &recon.adc)
             })
             .collect();
         let m = MeanMetrics::of(&per);

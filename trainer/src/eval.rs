@@ -17,7 +17,8 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::data::{DataError, Dataset, Wedge, Z_BINS};
 use crate::loss::SEG_THRESHOLD;
 use crate::metrics::{
-    compression_ratio, fmt_metric as fmt_f, fmt_percent, MeanMetrics, WedgeMetrics, INPUT_VOXELS,
+    compression_ratio, decoded_adc, fmt_metric as fmt_f, fmt_percent, score, MeanMetrics,
+    WedgeMetrics, INPUT_VOXELS,
 };
 use crate::models::bcae_v1::V1Metrics;
 use crate::models::{self, Bicephalous, ModelConfig};
@@ -329,9 +330,10 @@ pub fn evaluate(
             .par_chunks_exact(INPUT_VOXELS)
             .zip(recon.par_chunks_exact(INPUT_VOXELS))
             .map(|(t, r)| {
+                let truth = decoded_adc(t);
                 (
-                    WedgeMetrics::compute(t, r),
-                    WedgeMetrics::all_zero_baseline(t),
+                    score(&truth, &decoded_adc(r)),
+                    WedgeMetrics::all_zero_baseline(&truth),
                 )
             })
             .collect();
@@ -490,6 +492,7 @@ pub fn top_value(m: &MeanMetrics) -> String {
 mod tests {
     use super::*;
     use crate::data::synth;
+    use crate::metrics::score_log2;
     use crate::train::init_model;
 
     const TINY: ModelConfig = ModelConfig::Bcae2d { m: 1, n: 1, d: 1 };
@@ -572,7 +575,7 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        assert_eq!(WedgeMetrics::compute(&truth, &rec), r.wedges[0].metrics);
+        assert_eq!(score_log2(&truth, &rec), r.wedges[0].metrics);
 
         let h = EvalModel::load(run.path(), &Device::Cpu, Precision::F16).unwrap();
         match evaluate(&h, &ds, Some(1), 4, None) {

@@ -1,5 +1,6 @@
 //! Reconstruction metrics of the paper's Table 1, per wedge, in the log2(ADC+1) domain on the
-//! cropped (16, 192, 249) wedge (the network's z padding 249 -> 256 never counts).
+//! cropped (16, 192, 249) wedge (the network's z padding 249 -> 256 never counts), by one rule
+//! for every command: [`score`] (the decoded ADC values, cut below 64, against the original's).
 //!
 //! - MAE, MSE over all voxels.
 //! - PSNR in two forms, both reported and labelled: the reference code's ratio
@@ -10,15 +11,15 @@
 //! - The values of the reconstructed hits, which the above barely see (a regression head stuck at
 //!   its output transform's floor still scores a fair MAE through the segmentation head alone):
 //!   the MAE and the Pearson correlation of the log2 values on the true positives, the share of
-//!   reconstructed hits below the zero-suppression threshold (where `T(x) = 6 + 3 exp(x)` has its
-//!   floor: 6.0 decodes to ADC 63), and the largest share of reconstructed hits at any single ADC
-//!   value (as `bcae decompress` writes it). [`MeanMetrics::value_collapse`] names a collapsed head.
+//!   decoder's hits below the zero-suppression threshold, cut before scoring (where
+//!   `T(x) = 6 + 3 exp(x)` has its floor: 6.0 decodes to ADC 63), and the largest share of the
+//!   decoder's hits at any single ADC value. [`MeanMetrics::value_collapse`] names a collapsed head.
 use encoder_nostd::geometry::{
     ADC_MAX, AZIMUTH, LAYERS, WEDGE_VOXELS, ZERO_SUPPRESSION, Z_BINS, Z_PADDED,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::data::log_to_adc;
+use crate::data::{adc_to_log, log_to_adc};
 
 /// log2(ADC+1) below which a reconstructed value decodes to an ADC under the zero-suppression
 /// threshold: `round(2^x - 1) < 64` <=> `x < log2(64.5)`. The floor of `T(x) = 6 + 3 exp(x)`,
@@ -53,19 +54,21 @@ impl Default for ValueSums {
 }
 
 impl ValueSums {
-    fn add_hit(&mut self, x: f32, y: f32) {
-        let adc = log_to_adc(y);
+    /// One hit of the decoder (before the zero-suppression cut), by its ADC value.
+    fn add_hit(&mut self, adc: u16) {
         self.hits_per_adc[adc as usize] += 1;
         self.below_threshold += u64::from(adc < ZERO_SUPPRESSION);
-        if x > 0.0 {
-            let (x, y) = (f64::from(x), f64::from(y));
-            for (acc, v) in self
-                .tp
-                .iter_mut()
-                .zip([1.0, (y - x).abs(), x, y, x * x, y * y, x * y])
-            {
-                *acc += v;
-            }
+    }
+
+    /// One true positive (after the cut): the log2 values of the truth `x` and reconstruction `y`.
+    fn add_true_positive(&mut self, x: f32, y: f32) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        for (acc, v) in self
+            .tp
+            .iter_mut()
+            .zip([1.0, (y - x).abs(), x, y, x * x, y * y, x * y])
+        {
+            *acc += v;
         }
     }
 
@@ -177,8 +180,8 @@ pub struct WedgeMetrics {
     /// Pearson correlation of true and reconstructed log2 values on the true positives (0 when
     /// every reconstructed value is the same, NaN with fewer than two true positives).
     pub tp_correlation: f64,
-    /// Share of the reconstructed hits that decode below the zero-suppression threshold (ADC
-    /// < 64): for `T(x) = 6 + 3 exp(x)`, the hits at its floor.
+    /// Share of the decoder's hits that decode below the zero-suppression threshold (ADC < 64)
+    /// and are cut to 0 before scoring: for `T(x) = 6 + 3 exp(x)`, the hits at its floor.
     pub below_threshold_share: f64,
     /// The largest share of the reconstructed hits at any single decoded ADC value ...
     pub mode_share: f64,
@@ -190,60 +193,94 @@ pub struct WedgeMetrics {
 }
 
 impl WedgeMetrics {
-    /// Compare an input and its reconstruction, both log2(ADC+1), same layout and length
-    /// (normally the cropped (16, 192, 249) wedge).
-    pub fn compute(input: &[f32], recon: &[f32]) -> WedgeMetrics {
-        assert_eq!(
-            input.len(),
-            recon.len(),
-            "input and reconstruction differ in size"
-        );
-        let n = input.len().max(1) as f64;
-        let (mut abs_sum, mut sq_sum, mut max) = (0f64, 0f64, 0f64);
-        let (mut t, mut p, mut tp) = (0u64, 0u64, 0u64);
-        let mut value_sums = ValueSums::default();
-        for (&x, &y) in input.iter().zip(recon) {
-            let d = (y - x) as f64;
-            abs_sum += d.abs();
-            sq_sum += d * d;
-            max = max.max(x as f64);
-            let truth = x > 0.0;
-            let pred = y > 0.0;
-            t += truth as u64;
-            p += pred as u64;
-            tp += (truth && pred) as u64;
-            if pred {
-                value_sums.add_hit(x, y);
-            }
-        }
-        let mse = sq_sum / n;
-        let psnr_ratio = max / mse.sqrt();
-        let v = value_sums.metrics();
-        WedgeMetrics {
-            mae: abs_sum / n,
-            mse,
-            psnr_ratio,
-            psnr_db: 20.0 * psnr_ratio.log10(),
-            precision: tp as f64 / p as f64,
-            recall: tp as f64 / t as f64,
-            occupancy: t as f64 / n,
-            recon_occupancy: p as f64 / n,
-            true_count: t,
-            positive_count: p,
-            true_positive_count: tp,
-            tp_mae: v.tp_mae,
-            tp_correlation: v.tp_correlation,
-            below_threshold_share: v.below_threshold_share,
-            mode_share: v.mode_share,
-            mode_adc: v.mode_adc,
-            value_sums,
-        }
-    }
-
     /// Metrics of the trivial all-zero reconstruction, the baseline any codec must beat.
-    pub fn all_zero_baseline(input: &[f32]) -> WedgeMetrics {
-        WedgeMetrics::compute(input, &vec![0.0; input.len()])
+    pub fn all_zero_baseline(truth: &[u16]) -> WedgeMetrics {
+        score(truth, &vec![0; truth.len()])
     }
+}
+
+/// The one scoring rule of every command (`bcae eval`, `eval --stream`, `compare`, training
+/// logs, `quantize`, the firmware demo), stated in README ("How a reconstruction is scored"):
+/// a reconstruction is what `bcae decompress` writes, integer ADC values with everything below
+/// the zero-suppression threshold set to 0 (the detector never produces ADC 1..=63, the data
+/// format treats them as invalid, and a lossy float codec's noise around zero would otherwise
+/// count as hits); it is compared with the original in log2(ADC+1) over the same voxels (normally
+/// the cropped (16, 192, 249) wedge; the order is irrelevant).
+///
+/// The value metrics' hit counts ([`WedgeMetrics::below_threshold_share`], the top value) are
+/// taken on the decoder's own hits before that cut, so a regression head stuck at its output
+/// transform's floor (ADC 63) stays visible instead of silently turning into misses.
+pub fn score(truth: &[u16], recon: &[u16]) -> WedgeMetrics {
+    assert_eq!(
+        truth.len(),
+        recon.len(),
+        "original and reconstruction differ in size"
+    );
+    let n = truth.len().max(1) as f64;
+    let (mut abs_sum, mut sq_sum, mut max) = (0f64, 0f64, 0f64);
+    let (mut t, mut p, mut tp) = (0u64, 0u64, 0u64);
+    let mut value_sums = ValueSums::default();
+    for (&a, &decoded) in truth.iter().zip(recon) {
+        if decoded > 0 {
+            value_sums.add_hit(decoded.min(ADC_MAX));
+        }
+        let b = zero_suppressed(decoded);
+        let (x, y) = (adc_to_log(a), adc_to_log(b));
+        let d = f64::from(y - x);
+        abs_sum += d.abs();
+        sq_sum += d * d;
+        max = max.max(f64::from(x));
+        let truth = a > 0;
+        let pred = b > 0;
+        t += truth as u64;
+        p += pred as u64;
+        tp += (truth && pred) as u64;
+        if truth && pred {
+            value_sums.add_true_positive(x, y);
+        }
+    }
+    let mse = sq_sum / n;
+    let psnr_ratio = max / mse.sqrt();
+    let v = value_sums.metrics();
+    WedgeMetrics {
+        mae: abs_sum / n,
+        mse,
+        psnr_ratio,
+        psnr_db: 20.0 * psnr_ratio.log10(),
+        precision: tp as f64 / p as f64,
+        recall: tp as f64 / t as f64,
+        occupancy: t as f64 / n,
+        recon_occupancy: p as f64 / n,
+        true_count: t,
+        positive_count: p,
+        true_positive_count: tp,
+        tp_mae: v.tp_mae,
+        tp_correlation: v.tp_correlation,
+        below_threshold_share: v.below_threshold_share,
+        mode_share: v.mode_share,
+        mode_adc: v.mode_adc,
+        value_sums,
+    }
+}
+
+/// A decoded ADC value as `bcae decompress` writes it: 0 below the zero-suppression threshold.
+pub fn zero_suppressed(adc: u16) -> u16 {
+    if adc < ZERO_SUPPRESSION {
+        0
+    } else {
+        adc
+    }
+}
+
+/// [`score`] of a decoder's log2(ADC+1) output against the original's log2 values (same layout):
+/// both become ADC values (round(2^x - 1), clamped to 1023), then the one rule applies.
+pub fn score_log2(truth: &[f32], recon: &[f32]) -> WedgeMetrics {
+    score(&decoded_adc(truth), &decoded_adc(recon))
+}
+
+/// ADC values of log2(ADC+1) values: round(2^x - 1), clamped to 0..=1023 (before the cut at 64).
+pub fn decoded_adc(log2: &[f32]) -> Vec<u16> {
+    log2.iter().map(|&v| log_to_adc(v)).collect()
 }
 
 /// Mean metrics over a set of wedges. MAE, MSE, PSNR and occupancy are means of the per-wedge
@@ -392,35 +429,35 @@ mod tests {
 
     #[test]
     fn metrics_by_hand() {
-        // input:  [8, 0, 7, 0]   recon: [9, 6, 0, 0]
-        // errors: 1, 6, 7, 0 -> MAE 14/4 = 3.5, MSE (1+36+49)/4 = 21.5, max 8.
+        // input:  [8, 0, 7, 0]   recon: [9, 7, 0, 0]
+        // errors: 1, 7, 7, 0 -> MAE 15/4 = 3.75, MSE (1+49+49)/4 = 24.75, max 8.
         // truth {0,2}, predicted {0,1}: TP 1 -> precision 0.5, recall 0.5.
-        let m = WedgeMetrics::compute(&[8.0, 0.0, 7.0, 0.0], &[9.0, 6.0, 0.0, 0.0]);
-        assert_eq!(m.mae, 3.5);
-        assert_eq!(m.mse, 21.5);
-        assert!((m.psnr_ratio - 8.0 / 21.5f64.sqrt()).abs() < 1e-12);
-        assert!((m.psnr_db - 20.0 * (8.0 / 21.5f64.sqrt()).log10()).abs() < 1e-12);
+        let m = score_log2(&[8.0, 0.0, 7.0, 0.0], &[9.0, 7.0, 0.0, 0.0]);
+        assert_eq!(m.mae, 3.75);
+        assert_eq!(m.mse, 24.75);
+        assert!((m.psnr_ratio - 8.0 / 24.75f64.sqrt()).abs() < 1e-12);
+        assert!((m.psnr_db - 20.0 * (8.0 / 24.75f64.sqrt()).log10()).abs() < 1e-12);
         assert_eq!((m.precision, m.recall), (0.5, 0.5));
         assert_eq!((m.occupancy, m.recon_occupancy), (0.5, 0.5));
     }
 
     #[test]
     fn perfect_and_all_zero_reconstructions() {
-        let x = [7.5f32, 0.0, 0.0, 10.0];
-        let m = WedgeMetrics::compute(&x, &x);
+        let x = [180u16, 0, 0, 1023];
+        let m = score(&x, &x);
         assert_eq!((m.mae, m.mse), (0.0, 0.0));
         assert!(m.psnr_db.is_infinite());
         assert_eq!((m.precision, m.recall), (1.0, 1.0));
         let z = WedgeMetrics::all_zero_baseline(&x);
-        assert_eq!(z.mae, 17.5 / 4.0);
+        assert_eq!(z.mae, (f64::from(l(180)) + 10.0) / 4.0);
         assert_eq!(z.recall, 0.0);
         assert!(z.precision.is_nan());
     }
 
     #[test]
     fn means_pool_precision_and_recall() {
-        let a = WedgeMetrics::compute(&[8.0, 0.0], &[8.0, 8.0]); // TP 1, P 2, T 1
-        let b = WedgeMetrics::compute(&[8.0, 8.0], &[8.0, 0.0]); // TP 1, P 1, T 2
+        let a = score_log2(&[8.0, 0.0], &[8.0, 8.0]); // TP 1, P 2, T 1
+        let b = score_log2(&[8.0, 8.0], &[8.0, 0.0]); // TP 1, P 1, T 2
         let m = MeanMetrics::of(&[a, b]);
         assert_eq!(m.wedges, 2);
         assert_eq!(m.precision, 2.0 / 3.0);
@@ -439,7 +476,7 @@ mod tests {
         // floor): TPs (100,100), (200,300); hits 100, 300, 63.
         let x = [l(100), l(200), l(400), 0.0];
         let y = [l(100), l(300), 0.0, 6.0];
-        let m = WedgeMetrics::compute(&x, &y);
+        let m = score_log2(&x, &y);
         let want_tp_mae = f64::from((l(300) - l(200)).abs()) / 2.0;
         assert!((m.tp_mae - want_tp_mae).abs() < 1e-9, "{}", m.tp_mae);
         // Two points always lie on a line: r = 1.
@@ -456,11 +493,12 @@ mod tests {
 
     #[test]
     fn a_collapsed_head_is_named_and_a_healthy_one_is_not() {
-        // Every hit at the floor 6.0 (ADC 63): correlation 0, 100 % below the threshold.
+        // Every hit at the floor 6.0 (ADC 63): 100 % below the threshold, so the cut leaves no
+        // hit (recall 0, no true positive to correlate), and the value metrics still say why.
         let x: Vec<f32> = (0..200).map(|i| l(64 + 3 * i as u16)).collect();
         let floor = vec![6.0f32; x.len()];
-        let m = MeanMetrics::of(&[WedgeMetrics::compute(&x, &floor)]);
-        assert_eq!(m.tp_correlation, 0.0);
+        let m = MeanMetrics::of(&[score_log2(&x, &floor)]);
+        assert!(m.tp_correlation.is_nan() && m.recall == 0.0);
         assert_eq!(
             (m.below_threshold_share, m.mode_share, m.mode_adc),
             (1.0, 1.0, 63)
@@ -472,30 +510,51 @@ mod tests {
         assert!(m.value_summary().ends_with("COLLAPSED"));
         // All at one legal value (the original BCAE's floor, ADC 64): collapsed by the mode.
         let at_64 = vec![l(64); x.len()];
-        let m = MeanMetrics::of(&[WedgeMetrics::compute(&x, &at_64)]);
+        let m = MeanMetrics::of(&[score_log2(&x, &at_64)]);
         assert_eq!(m.below_threshold_share, 0.0);
         assert!(m.value_collapse().unwrap().contains("ADC 64"));
         // A reconstruction off by a little everywhere: correlated, spread, not collapsed.
         let near: Vec<f32> = x.iter().map(|v| v + 0.05).collect();
-        let m = MeanMetrics::of(&[WedgeMetrics::compute(&x, &near)]);
-        assert!(m.tp_correlation > 0.999 && (m.tp_mae - 0.05).abs() < 1e-6);
+        let m = MeanMetrics::of(&[score_log2(&x, &near)]);
+        // Scored as decoded ADC values: 0.05 up to the ADC rounding (at most 0.5 ADC at >= 64).
+        assert!(
+            m.tp_correlation > 0.999 && (m.tp_mae - 0.05).abs() < 0.012,
+            "{}",
+            m.tp_mae
+        );
         assert!(m.mode_share <= 0.01 && m.below_threshold_share == 0.0);
         assert_eq!(m.value_collapse(), None);
     }
 
     #[test]
     fn value_metrics_pool_over_wedges_and_are_nan_without_hits() {
-        let a = WedgeMetrics::compute(&[l(100), l(200)], &[l(100), l(200)]);
-        let b = WedgeMetrics::compute(&[l(300), 0.0], &[l(500), 6.0]);
+        let a = score_log2(&[l(100), l(200)], &[l(100), l(200)]);
+        let b = score_log2(&[l(300), 0.0], &[l(500), 6.0]);
         let m = MeanMetrics::of(&[a, b]);
         // Pooled over the three true positives, not a mean of per-wedge values.
         let want = f64::from(l(500) - l(300)) / 3.0;
         assert!((m.tp_mae - want).abs() < 1e-9);
         assert!((m.below_threshold_share - 0.25).abs() < 1e-12);
-        let empty = WedgeMetrics::all_zero_baseline(&[l(100), 0.0]);
+        let empty = WedgeMetrics::all_zero_baseline(&[100, 0]);
         assert!(empty.tp_mae.is_nan() && empty.below_threshold_share.is_nan());
         assert!(empty.mode_share.is_nan());
         assert_eq!(MeanMetrics::of(&[empty]).value_collapse(), None);
+    }
+
+    /// The rule scores what a user gets back: a decoder's floats become the ADC values `bcae
+    /// decompress` writes (rounded, cut below 64), so floats that decode alike score alike.
+    #[test]
+    fn floats_are_scored_as_the_adc_values_they_decode_to() {
+        let truth = [l(100), l(200), 0.0, 0.0];
+        let a = score_log2(&truth, &[l(100) + 0.004, l(200) - 0.003, 6.0, 0.0]);
+        let b = score(&[100, 200, 0, 0], &[100, 200, 63, 0]);
+        assert_eq!(a, b);
+        // ADC 63 is cut to 0 as `bcae decompress` writes it, and counted below the threshold.
+        assert_eq!((b.positive_count, b.true_positive_count), (2, 2));
+        assert_eq!((b.mae, b.precision, b.recall), (0.0, 1.0, 1.0));
+        assert!((b.below_threshold_share - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(zero_suppressed(63), 0);
+        assert_eq!(zero_suppressed(64), 64);
     }
 
     #[test]

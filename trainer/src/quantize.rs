@@ -29,7 +29,7 @@ use encoder_nostd::weights::{Add, MAX_ABS_BIAS, MAX_SHIFT};
 use serde::Serialize;
 
 use crate::data::Wedge;
-use crate::metrics::{crop_padded, MeanMetrics, WedgeMetrics};
+use crate::metrics::{crop_padded, score_log2, MeanMetrics};
 use crate::models::{Bicephalous, ModelConfig};
 use crate::nn::{conv3d_forward, leaky_relu};
 use crate::quantized::{self, QuantizedEncoder, QuantizedError};
@@ -755,9 +755,8 @@ pub fn evaluate(
             let (seg, reg) = model.decode(code)?;
             let recon = model.reconstruct_log2(&seg, &reg, 0.5)?;
             for (i, w) in chunk.iter().enumerate() {
-                let truth = crop_padded(&crate::data::to_network(w));
                 let r = recon.get(i)?.flatten_all()?.to_vec1::<f32>()?;
-                out.push(WedgeMetrics::compute(&truth, &r));
+                out.push(score_log2(&crop_padded(&crate::data::to_network(w)), &r));
             }
         }
         progress(chunk.len());

@@ -974,7 +974,7 @@ impl Trainer {
 mod tests {
     use super::*;
     use crate::data::{synth, LAYERS};
-    use crate::metrics::{MeanMetrics, WedgeMetrics};
+    use crate::metrics::{score_log2, MeanMetrics};
 
     const TINY: ModelConfig = ModelConfig::Bcae2d { m: 1, n: 1, d: 1 };
 
@@ -1245,7 +1245,7 @@ mod tests {
         let (seg, reg) = tr.model.decode(&tr.model.encode(&x).unwrap()).unwrap();
         let recon = tr.model.reconstruct_log2(&seg, &reg, 0.5).unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let m = MeanMetrics::of(&[WedgeMetrics::compute(&flat(&x), &flat(&recon))]);
+        let m = MeanMetrics::of(&[score_log2(&flat(&x), &flat(&recon))]);
         eprintln!(
             "{} after {steps} steps: MAE {:.4} precision {:.3} recall {:.3}; {}",
             cfg.label(),

@@ -6,25 +6,26 @@
 //! 16 bits per voxel (1,529,856 bytes): `ratio` is raw over the mean payload (the bandwidth a run
 //! needs), `worst` is raw over the largest payload of the data (what a buffer must hold). Sparse
 //! and zstd sizes vary with occupancy; a BCAE code is fixed-size. Distortion is measured as
-//! `bcae eval` does, in log2(ADC+1) over all voxels after re-thresholding (ADC < 64 -> 0).
+//! every command does ([`crate::metrics::score`]: the decoded ADC values against the original's, in
+//! log2(ADC+1) over all voxels, nothing re-thresholded).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use encoder_nostd::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, ZERO_SUPPRESSION, Z_BINS};
+use encoder_nostd::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS};
 use encoder_nostd::sparse::{self, Quality, MAX_WEDGE_ENCODED_LEN};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::{adc_to_log, disk_index, to_network, Dataset, Split, Wedge};
+use crate::data::{disk_index, to_network, Dataset, Split, Wedge};
 use crate::device::{self, DeviceChoice};
 use crate::eval::{EvalModel, Precision};
 use crate::metrics::{
-    crop_padded, fmt_metric, fmt_percent, value_collapse, MeanMetrics, WedgeMetrics,
-    ZERO_SUPPRESSION_LOG2,
+    crop_padded, fmt_metric, fmt_percent, score, score_log2, value_collapse, MeanMetrics,
+    WedgeMetrics,
 };
 
 /// Bytes of one raw wedge at 16 bits per voxel: the numerator of every ratio.
@@ -103,10 +104,6 @@ pub struct CompareRow {
     /// Raw bytes over the largest payload.
     pub worst_ratio: f64,
     pub metrics: MeanMetrics,
-    /// Share of the decoder's own hits that decode below the zero-suppression threshold (ADC
-    /// < 64), which the re-thresholding drops before `metrics` are taken: for a BCAE, the hits
-    /// its regression head puts at the output transform's floor.
-    pub dropped_below_threshold: f64,
     /// Encoder speed on one core (wedges/s).
     pub encode_per_s: f64,
     /// Whether every wedge decoded bit for bit.
@@ -135,8 +132,6 @@ pub(crate) struct WedgeResult {
     bytes: usize,
     encode_s: f64,
     metrics: WedgeMetrics,
-    /// (decoded hits below ADC 64, decoded hits) before re-thresholding.
-    below: (u64, u64),
     exact: bool,
 }
 
@@ -161,46 +156,10 @@ pub(crate) fn summarize(
         ratio: RAW_WEDGE_BYTES as f64 / mean_bytes,
         worst_ratio: RAW_WEDGE_BYTES as f64 / worst.max(1) as f64,
         metrics: MeanMetrics::of(&per_wedge),
-        dropped_below_threshold: {
-            let (below, hits) = results
-                .iter()
-                .fold((0, 0), |(b, h), r| (b + r.below.0, h + r.below.1));
-            below as f64 / hits as f64
-        },
         encode_per_s: results.len() as f64 / seconds.max(1e-12),
         exact: results.iter().all(|r| r.exact),
         per_wedge: results.iter().map(|r| (r.bytes, r.metrics)).collect(),
     }
-}
-
-/// log2(ADC+1) of a wedge in disk order (the metric domain; the order is irrelevant to the metrics).
-pub(crate) fn log_domain(adc: &[u16]) -> Vec<f32> {
-    adc.iter().map(|&a| adc_to_log(a)).collect()
-}
-
-/// Metrics of a reconstruction after re-thresholding (ADC < 64 -> 0), whether it is exact, and
-/// (hits below ADC 64, hits) before the re-thresholding.
-pub(crate) fn score(
-    truth_log: &[f32],
-    truth: &[u16],
-    recon: &[u16],
-) -> (WedgeMetrics, bool, (u64, u64)) {
-    let below = recon.iter().fold((0, 0), |(b, h), &v| {
-        (
-            b + u64::from(v > 0 && v < ZERO_SUPPRESSION),
-            h + u64::from(v > 0),
-        )
-    });
-    let rethresholded: Vec<u16> = recon
-        .iter()
-        .map(|&v| if v < ZERO_SUPPRESSION { 0 } else { v })
-        .collect();
-    let exact = recon == truth;
-    (
-        WedgeMetrics::compute(truth_log, &log_domain(&rethresholded)),
-        exact,
-        below,
-    )
 }
 
 /// Encode and decode one wedge with the sparse codec; returns the payload and its decoded wedge.
@@ -215,25 +174,18 @@ pub fn sparse_round_trip(adc: &[u16], quality: Quality) -> Result<(usize, f64, V
     Ok((n, seconds, back))
 }
 
-fn sparse_row(
-    wedges: &[Wedge],
-    logs: &[Vec<f32>],
-    quality: Quality,
-    bar: &ProgressBar,
-) -> Result<CompareRow> {
+fn sparse_row(wedges: &[Wedge], quality: Quality, bar: &ProgressBar) -> Result<CompareRow> {
     let results = wedges
         .par_iter()
-        .zip(logs)
-        .map(|(w, log)| {
+        .map(|w| {
             let (bytes, encode_s, back) = sparse_round_trip(&w.adc, quality)?;
-            let (metrics, exact, below) = score(log, &w.adc, &back);
+            let metrics = score(&w.adc, &back);
             bar.inc(1);
             Ok(WedgeResult {
                 bytes,
                 encode_s,
                 metrics,
-                below,
-                exact,
+                exact: back == w.adc,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -304,15 +256,13 @@ fn raw_bytes(adc: &[u16], layer_major: bool) -> Vec<u8> {
 
 fn zstd_row(
     wedges: &[Wedge],
-    logs: &[Vec<f32>],
     level: i32,
     layer_major: bool,
     bar: &ProgressBar,
 ) -> Result<CompareRow> {
     let results = wedges
         .par_iter()
-        .zip(logs)
-        .map(|(w, log)| {
+        .map(|w| {
             let raw = raw_bytes(&w.adc, layer_major);
             let start = Instant::now();
             let packed = zstd::bulk::compress(&raw, level).context("zstd compress")?;
@@ -322,13 +272,11 @@ fn zstd_row(
                 bail!("zstd round trip differs");
             }
             // The decoder knows the shape and order; only the zstd frame travels.
-            let (metrics, _, below) = score(log, &w.adc, &w.adc);
             bar.inc(1);
             Ok(WedgeResult {
                 bytes: packed.len(),
                 encode_s,
-                metrics,
-                below,
+                metrics: score(&w.adc, &w.adc),
                 exact: true,
             })
         })
@@ -395,7 +343,6 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
         })
         .collect::<Result<Vec<Wedge>>>()?;
     load_bar.finish_and_clear();
-    let logs: Vec<Vec<f32>> = wedges.par_iter().map(|w| log_domain(&w.adc)).collect();
 
     let zstd_runs = if args.no_zstd { 0 } else { 2 };
     let bar = progress(
@@ -404,7 +351,7 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     );
     let mut rows = Vec::new();
     for &quality in &qualities {
-        rows.push(sparse_row(&wedges, &logs, quality, &bar)?);
+        rows.push(sparse_row(&wedges, quality, &bar)?);
     }
     bar.set_message("searching sparse steps for --ratios");
     let lossless_ratio = rows.first().map_or(0.0, |r| r.ratio);
@@ -420,7 +367,7 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
             Some(quality) => {
                 qualities.push(quality);
                 bar.inc_length(wedges.len() as u64);
-                let mut row = sparse_row(&wedges, &logs, quality, &bar)?;
+                let mut row = sparse_row(&wedges, quality, &bar)?;
                 row.setting = format!("step {quality} (for ratio {target})");
                 rows.push(row);
             }
@@ -431,8 +378,8 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     }
     if !args.no_zstd {
         bar.set_message(format!("zstd -{}", args.zstd_level));
-        rows.push(zstd_row(&wedges, &logs, args.zstd_level, false, &bar)?);
-        rows.push(zstd_row(&wedges, &logs, args.zstd_level, true, &bar)?);
+        rows.push(zstd_row(&wedges, args.zstd_level, false, &bar)?);
+        rows.push(zstd_row(&wedges, args.zstd_level, true, &bar)?);
     }
     bar.finish_and_clear();
     if !args.runs.is_empty() {
@@ -464,13 +411,8 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
             .cmp(&(b.codec != "sparse", b.codec.clone()))
             .then(a.ratio.total_cmp(&b.ratio))
     });
-    let fixed_rate = super::compare_fixed::fixed_rate_rows(
-        &wedges,
-        &logs,
-        &rows,
-        &args.fixed_ratio,
-        &mut notes,
-    )?;
+    let fixed_rate =
+        super::compare_fixed::fixed_rate_rows(&wedges, &rows, &args.fixed_ratio, &mut notes)?;
 
     let comparison = Comparison {
         data: args.data.display().to_string(),
@@ -505,20 +447,9 @@ pub(crate) fn truth_layer_major(w: &Wedge) -> Vec<f32> {
     crop_padded(&to_network(w))
 }
 
-/// Metrics of a BCAE reconstruction (16, 192, 249) after re-thresholding, and (hits below ADC
-/// 64, hits) before it.
-pub(crate) fn score_log2(w: &Wedge, recon: &[f32]) -> (WedgeMetrics, (u64, u64)) {
-    let below = recon.iter().fold((0, 0), |(b, h), &x| {
-        (
-            b + u64::from(x > 0.0 && x < ZERO_SUPPRESSION_LOG2),
-            h + u64::from(x > 0.0),
-        )
-    });
-    let recon: Vec<f32> = recon
-        .iter()
-        .map(|&x| if x < ZERO_SUPPRESSION_LOG2 { 0.0 } else { x })
-        .collect();
-    (WedgeMetrics::compute(&truth_layer_major(w), &recon), below)
+/// [`score`] of a BCAE reconstruction in the decoders' layout (16, 192, 249), log2(ADC+1).
+pub(crate) fn score_decoded(w: &Wedge, recon: &[f32]) -> WedgeMetrics {
+    score_log2(&truth_layer_major(w), recon)
 }
 
 fn run_name(run: &Path) -> String {
@@ -556,12 +487,10 @@ fn bcae_float_row(
             .to_vec1::<f32>()?;
         let per = recon.len() / batch.len();
         for (w, r) in batch.iter().zip(recon.chunks_exact(per)) {
-            let (metrics, below) = score_log2(w, r);
             results.push(WedgeResult {
                 bytes: values_per_wedge * 2,
                 encode_s: encode_s / batch.len() as f64,
-                metrics,
-                below,
+                metrics: score_decoded(w, r),
                 exact: false,
             });
             bar.inc(1);
@@ -643,12 +572,10 @@ fn bcae_int8_row(
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let (metrics, below) = score_log2(w, &recon);
         results.push(WedgeResult {
             bytes: code.len(),
             encode_s,
-            metrics,
-            below,
+            metrics: score_decoded(w, &recon),
             exact: false,
         });
         bar.inc(1);
@@ -680,8 +607,8 @@ fn print_table(c: &Comparison) {
     println!(
         "ratio = raw / mean payload (every byte a decoder needs); worst = raw / largest payload."
     );
-    println!("MAE in log2(ADC+1) over all voxels after re-thresholding (ADC < 64 -> 0); precision/recall of hits.");
-    println!("dropped: the decoder's hits below ADC 64 that the re-thresholding removes (a BCAE's hits at its output transform's floor);");
+    println!("MAE in log2(ADC+1) of the decoded ADC values over all voxels (nothing re-thresholded); precision/recall of hits.");
+    println!("<ADC64: the decoder's hits below the zero-suppression threshold (a BCAE's hits at its output transform's floor);");
     println!("TP MAE / TP corr: log2 values on the true positives; top value: the largest share of hits at one ADC value.");
     println!("enc/s: sparse, zstd and int8 encoders on one core; float BCAE encoders in candle (all threads).");
     println!();
@@ -697,7 +624,7 @@ fn print_table(c: &Comparison) {
         "recall",
         "TP MAE",
         "TP corr",
-        "dropped",
+        "<ADC64",
         "top value",
         "enc/s",
         "exact",
@@ -718,7 +645,7 @@ fn print_table(c: &Comparison) {
                 format!("{:.4}", r.metrics.recall),
                 fmt_metric(r.metrics.tp_mae, 4),
                 fmt_metric(r.metrics.tp_correlation, 3),
-                fmt_percent(r.dropped_below_threshold),
+                fmt_percent(r.metrics.below_threshold_share),
                 crate::eval::top_value(&r.metrics),
                 format!("{:.1}", r.encode_per_s),
                 if r.exact { "yes" } else { "no" }.to_string(),
@@ -736,7 +663,7 @@ fn print_table(c: &Comparison) {
     }
     for r in &c.rows {
         if let Some(why) = value_collapse(
-            r.dropped_below_threshold,
+            r.metrics.below_threshold_share,
             r.metrics.mode_share,
             r.metrics.mode_adc,
         ) {
@@ -889,13 +816,12 @@ mod tests {
     #[test]
     fn sparse_rows_are_exact_when_lossless_and_score_like_eval() {
         let wedges = synth::generate_wedges(7, 2);
-        let logs: Vec<Vec<f32>> = wedges.iter().map(|w| log_domain(&w.adc)).collect();
         let bar = ProgressBar::hidden();
-        let lossless = sparse_row(&wedges, &logs, Quality::LOSSLESS, &bar).unwrap();
+        let lossless = sparse_row(&wedges, Quality::LOSSLESS, &bar).unwrap();
         assert!(lossless.exact);
         assert_eq!(lossless.metrics.mae, 0.0);
         assert!(lossless.ratio > 10.0, "lossless ratio {}", lossless.ratio);
-        let coarse = sparse_row(&wedges, &logs, Quality::log2_step_q10(256), &bar).unwrap();
+        let coarse = sparse_row(&wedges, Quality::log2_step_q10(256), &bar).unwrap();
         assert!(!coarse.exact);
         assert!(coarse.ratio > lossless.ratio);
         // Uniform log2 bins of 0.25: at most 0.25 off per hit, hits are kept.
@@ -946,7 +872,7 @@ mod tests {
     }
 
     #[test]
-    fn bcae_rows_count_the_code_and_score_after_rethresholding() {
+    fn bcae_rows_count_the_code_and_score_by_the_one_rule() {
         // One wedge: every decode of a full wedge costs seconds on the CPU.
         let wedges = synth::generate_wedges(11, 1);
         let dir = tempfile::tempdir().unwrap();
@@ -974,9 +900,8 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let (metrics, below) = score_log2(&wedges[0], &recon);
+        let metrics = score_decoded(&wedges[0], &recon);
         assert_eq!(row.metrics, MeanMetrics::of(&[metrics]));
-        assert_eq!(row.dropped_below_threshold, below.0 as f64 / below.1 as f64);
 
         let models = vec![(run.clone(), model, dims)];
         let int8 = bcae_int8_row(&weights, &models, &wedges, &bar)

@@ -8,8 +8,7 @@
 //!   output fits, searched per wedge;
 //! - zstd: lossless, the reference: it holds the ratio only if its largest wedge fits.
 //!
-//! Every row is scored by the same rule as `bcae eval` and the mean-ratio table
-//! ([`super::compare::score`], [`super::compare::score_log2`]).
+//! Every row is scored by the one rule of every command ([`crate::metrics::score`]).
 
 use std::path::Path;
 
@@ -21,8 +20,9 @@ use plotters::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::compare::{score, CompareRow, Comparison, RAW_WEDGE_BYTES};
+use super::compare::{CompareRow, Comparison, RAW_WEDGE_BYTES};
 use crate::data::Wedge;
+use crate::metrics::score;
 use crate::metrics::{MeanMetrics, WedgeMetrics};
 
 /// One codec at one guaranteed ratio.
@@ -77,7 +77,6 @@ impl FixedRow {
 /// (BCAE codes, zstd). Notes say what could not be measured.
 pub fn fixed_rate_rows(
     wedges: &[Wedge],
-    logs: &[Vec<f32>],
     mean_rows: &[CompareRow],
     ratios: &[f64],
     notes: &mut Vec<String>,
@@ -94,7 +93,7 @@ pub fn fixed_rate_rows(
         let rate = FixedRate::for_ratio(RAW_WEDGE_BYTES, ratio)
             .ok_or_else(|| anyhow::anyhow!("--fixed-ratio {ratio}: not a ratio above 1"))?;
         bar.set_message(format!("sparse at {ratio}"));
-        let lowest = sparse_fixed(wedges, logs, rate, &bar)?;
+        let lowest = sparse_fixed(wedges, rate, &bar)?;
         let dropped = lowest.iter().filter(|w| w.dropped).count();
         rows.push(FixedRow::new(
             ratio,
@@ -106,7 +105,6 @@ pub fn fixed_rate_rows(
         if dropped > 0 {
             let weakest = sparse_fixed(
                 wedges,
-                logs,
                 FixedRate {
                     drop: DropRule::WeakestRuns,
                     ..rate
@@ -163,23 +161,17 @@ struct SparseWedge {
     metrics: WedgeMetrics,
 }
 
-fn sparse_fixed(
-    wedges: &[Wedge],
-    logs: &[Vec<f32>],
-    rate: FixedRate,
-    bar: &ProgressBar,
-) -> Result<Vec<SparseWedge>> {
+fn sparse_fixed(wedges: &[Wedge], rate: FixedRate, bar: &ProgressBar) -> Result<Vec<SparseWedge>> {
     wedges
         .par_iter()
-        .zip(logs)
-        .map(|(w, log)| {
+        .map(|w| {
             let mut out = vec![0u8; rate.budget];
             let report = sparse::encode_fixed_rate(&w.adc, Dims::WEDGE, rate, &mut out)
                 .map_err(|e| anyhow::anyhow!("fixed-rate sparse encode: {e}"))?;
             let mut back = vec![0u16; WEDGE_VOXELS];
             sparse::decode(&out, &mut back)
                 .map_err(|e| anyhow::anyhow!("fixed-rate sparse decode: {e}"))?;
-            let (metrics, _, _) = score(log, &w.adc, &back);
+            let metrics = score(&w.adc, &back);
             bar.inc(1);
             Ok(SparseWedge {
                 // Padded to the budget on the link; `payload_len` is what it used.
@@ -227,7 +219,7 @@ fn error_bounded(
     budget: usize,
     bar: &ProgressBar,
 ) -> Result<FixedRow> {
-    use super::compare::{score_log2, truth_layer_major};
+    use super::compare::{score_decoded, truth_layer_major};
     use crate::baselines::{compress, decompress, fit_budget, BOUND_RANGE};
     use encoder_nostd::geometry::{AZIMUTH, LAYERS, Z_BINS};
     let dims = [LAYERS, AZIMUTH, Z_BINS];
@@ -243,7 +235,7 @@ fn error_bounded(
             };
             let recon = decompress(codec, &bytes, dims)?;
             bar.inc(1);
-            Ok((bytes.len(), bound, score_log2(w, &recon).0))
+            Ok((bytes.len(), bound, score_decoded(w, &recon)))
         })
         .collect::<Result<Vec<_>>>()?;
     let per_wedge: Vec<(usize, WedgeMetrics)> = results.iter().map(|r| (r.0, r.2)).collect();
@@ -509,16 +501,14 @@ fn mean_and_worst<CT: CoordTranslate<From = (f64, f64)>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::compare::log_domain;
     use crate::data::synth;
 
     #[test]
     fn sparse_rows_hold_the_budget_and_score_like_the_mean_table() {
         let wedges = synth::generate_wedges(5, 1);
-        let logs: Vec<Vec<f32>> = wedges.iter().map(|w| log_domain(&w.adc)).collect();
         let mut notes = Vec::new();
         // A ratio the wedge reaches at some step, and one where hits must be dropped.
-        let rows = fixed_rate_rows(&wedges, &logs, &[], &[62.25, 400.0], &mut notes).unwrap();
+        let rows = fixed_rate_rows(&wedges, &[], &[62.25, 400.0], &mut notes).unwrap();
         let sparse: Vec<&FixedRow> = rows
             .iter()
             .filter(|r| r.codec == "sparse fixed-rate")
@@ -539,7 +529,7 @@ mod tests {
         sparse::encode_fixed_rate(&wedges[0].adc, Dims::WEDGE, rate, &mut out).unwrap();
         let mut back = vec![0u16; WEDGE_VOXELS];
         sparse::decode(&out, &mut back).unwrap();
-        assert_eq!(score(&logs[0], &wedges[0].adc, &back).0.mae, at_62.mae);
+        assert_eq!(score(&wedges[0].adc, &back).mae, at_62.mae);
     }
 
     /// SZ3 and ZFP hold every budget they report as held, and the real wedge's rows are printed
@@ -552,9 +542,8 @@ mod tests {
             Some(real) => vec![crate::data::read_wedge(&real).unwrap()],
             None => synth::generate_wedges(5, 1),
         };
-        let logs: Vec<Vec<f32>> = wedges.iter().map(|w| log_domain(&w.adc)).collect();
         let mut notes = Vec::new();
-        let rows = fixed_rate_rows(&wedges, &logs, &[], &[31.125, 62.25], &mut notes).unwrap();
+        let rows = fixed_rate_rows(&wedges, &[], &[31.125, 62.25], &mut notes).unwrap();
         for codec in ["SZ3", "ZFP"] {
             let mine: Vec<&FixedRow> = rows.iter().filter(|r| r.codec == codec).collect();
             assert_eq!(mine.len(), 2, "{codec}: {rows:?}");

@@ -35,7 +35,7 @@ use crate::checkpoint;
 use crate::data::{self, Dataset, Split, Wedge};
 use crate::device::{self, DeviceChoice};
 use crate::loss::SEG_THRESHOLD;
-use crate::metrics::{crop_padded, fmt_metric, fmt_percent, MeanMetrics, WedgeMetrics};
+use crate::metrics::{fmt_metric, fmt_percent, MeanMetrics, WedgeMetrics};
 use crate::models::{self, Bicephalous, ModelConfig};
 use crate::stream::{
     Codec, FrameInfo, IndexStatus, StreamHeader, StreamReader, StreamWriter, WedgeId,
@@ -989,7 +989,11 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
     let mut failed = Vec::new();
     decode_stream(&mut reader, &decoder, args.batch_size, &bar, |d| {
         match d.wedge {
-            Ok(w) => {
+            Ok(mut w) => {
+                // Written as it is scored: no ADC below the zero-suppression threshold.
+                for v in &mut w.adc {
+                    *v = crate::metrics::zero_suppressed(*v);
+                }
                 let path = plan
                     .get(&d.info.number)
                     .cloned()
@@ -1413,9 +1417,7 @@ pub fn eval_stream(o: &StreamEvalOptions<'_>) -> Result<StreamEvalReport> {
         let result = d.wedge.and_then(|w| {
             let truth = data::read_wedge(&truth_path)
                 .with_context(|| format!("reading the original {}", truth_path.display()))?;
-            let t = crop_padded(&data::to_network(&truth));
-            let r = crop_padded(&data::to_network(&w));
-            Ok(WedgeMetrics::compute(&t, &r))
+            Ok(crate::metrics::score(&truth.adc, &w.adc))
         });
         match result {
             Ok(metrics) => rows.push(StreamEvalRow {

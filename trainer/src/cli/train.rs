@@ -10,7 +10,7 @@ use crate::data::{read_wedge, DataError, Dataset, Split, Wedge, AZIMUTH, LAYERS,
 use crate::device::{self, DeviceChoice};
 use crate::eval::{self, EvalModel, EvalReport, Precision};
 use crate::loss::RegressionMask;
-use crate::metrics::{fmt_metric, fmt_percent, WedgeMetrics};
+use crate::metrics::{fmt_metric, fmt_percent};
 use crate::models::ModelConfig;
 use crate::train::{median_hit_log2, RunOptions, Trainer};
 
@@ -667,7 +667,7 @@ pub fn show_reconstruction(
     let recon = model.decode_log2(&model.encode(&x)?)?;
     let truth: Vec<f32> = x.narrow(3, 0, Z_BINS)?.flatten_all()?.to_vec1()?;
     let recon: Vec<f32> = recon.flatten_all()?.to_vec1()?;
-    let metrics = WedgeMetrics::compute(&truth, &recon);
+    let metrics = crate::metrics::score_log2(&truth, &recon);
     let title = format!(
         "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}, TP value MAE {}, <ADC64 {}",
         wedge_path.file_name().map_or_else(
