@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use encoder_nostd::encoder::Encoder;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +18,8 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::data::{DataError, Dataset, Wedge, Z_BINS};
 use crate::loss::SEG_THRESHOLD;
 use crate::metrics::{
-    compression_ratio, decoded_adc, fmt_metric as fmt_f, fmt_percent, score, MeanMetrics,
-    WedgeMetrics, INPUT_VOXELS,
+    compression_ratio, compression_ratio_bits, decoded_adc, fmt_metric as fmt_f, fmt_percent,
+    score, MeanMetrics, WedgeMetrics, INPUT_VOXELS,
 };
 use crate::models::bcae_v1::V1Metrics;
 use crate::models::{self, Bicephalous, ModelConfig};
@@ -33,6 +34,10 @@ pub enum Precision {
     F16,
     /// Encoder and code in bf16, decoders in f32.
     Bf16,
+    /// The board's path: `encoder-nostd`'s int8 encoder (weights from `bcae quantize`, given
+    /// with `bcae eval --weights`), the code dequantized, decoders in f32.
+    #[value(skip)]
+    Int8,
 }
 
 impl Precision {
@@ -41,6 +46,7 @@ impl Precision {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
+            Precision::Int8 => DType::F32,
         }
     }
 
@@ -49,6 +55,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -74,6 +81,8 @@ pub enum EvalError {
     },
     #[error("{path}: the data set has no wedges to evaluate")]
     Empty { path: PathBuf },
+    #[error("{path}: {message}")]
+    Int8Weights { path: PathBuf, message: String },
 }
 
 fn device_name(device: &Device) -> String {
@@ -91,14 +100,91 @@ pub struct EvalModel {
     device: Device,
     encoder: Box<dyn Bicephalous>,
     decoder: Box<dyn Bicephalous>,
+    /// For [`Precision::Int8`]: the board's encoder weights (validated when loaded).
+    int8_weights: Option<Vec<u8>>,
 }
 
 impl EvalModel {
-    /// Load a run directory's weights.
+    /// Load a run directory's weights (for [`Precision::Int8`], use [`EvalModel::load_int8`]).
     pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<EvalModel, EvalError> {
         let (config, varmap) = checkpoint::load_run(dir, device)?;
         let tensors = checkpoint::varmap_tensors(&varmap);
         Self::from_tensors(config, &tensors, device, precision)
+    }
+
+    /// The board's path: `weights` (int8, from `bcae quantize`) encode, `run`'s float decoders
+    /// decode. Refused unless the weights were quantized from `run`'s checkpoint.
+    pub fn load_int8(run: &Path, weights: &Path, device: &Device) -> Result<EvalModel, EvalError> {
+        let bad = |message: String| EvalError::Int8Weights {
+            path: weights.to_path_buf(),
+            message,
+        };
+        let bytes = std::fs::read(weights).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let encoder_code_len = {
+            let encoder =
+                Encoder::parse(&bytes).map_err(|e| bad(format!("not usable int8 weights: {e}")))?;
+            let fp = encoder.fingerprint();
+            let mismatch = crate::quantize::checkpoint_mismatch(
+                fp.checkpoint_crc32,
+                fp.checkpoint_len,
+                fp.name,
+                run,
+            )
+            .map_err(|e| {
+                bad(format!(
+                    "cannot read the checkpoint of {}: {e}",
+                    run.display()
+                ))
+            })?;
+            if let Some(why) = mismatch {
+                return Err(bad(format!(
+                    "{why}; pass the run these weights were quantized from"
+                )));
+            }
+            encoder.code_len()
+        };
+        let mut model = Self::load(run, device, Precision::F32)?;
+        let code_len: usize = model.config.code_shape().iter().product();
+        if encoder_code_len != code_len {
+            return Err(bad(format!(
+                "its code has {encoder_code_len} values, but {} ({}) decodes codes of {code_len}",
+                run.display(),
+                model.config.label()
+            )));
+        }
+        model.precision = Precision::Int8;
+        model.int8_weights = Some(bytes);
+        Ok(model)
+    }
+
+    /// Codes of `wedges` in this model's precision: the float encoder on the network input, or
+    /// for [`Precision::Int8`] the board's encoder on the raw ADC values, dequantized.
+    pub fn encode_wedges(&self, wedges: &[Wedge]) -> Result<Tensor, EvalError> {
+        let Some(bytes) = &self.int8_weights else {
+            return self.encode(&self.input(wedges)?);
+        };
+        let encoder = Encoder::parse(bytes).map_err(|e| EvalError::Int8Weights {
+            path: PathBuf::new(),
+            message: format!("int8 weights changed in memory: {e}"),
+        })?;
+        let (scale, zero_point) = (encoder.code_scale(), f32::from(encoder.code_zero_point()));
+        let codes: Vec<Vec<f32>> = wedges
+            .par_iter()
+            .map(|w| {
+                let mut scratch = vec![0i8; encoder.scratch_len()];
+                let mut code = vec![0i8; encoder.code_len()];
+                encoder
+                    .encode(&w.adc, &mut scratch, &mut code)
+                    .map(|()| crate::quantize::dequantize_code(code, scale, zero_point))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| EvalError::Int8Weights {
+                path: PathBuf::new(),
+                message: format!("the int8 encoder failed: {e}"),
+            })?;
+        let mut shape = vec![wedges.len()];
+        shape.extend(self.config.code_shape());
+        Ok(Tensor::from_vec(codes.concat(), shape, &self.device)?)
     }
 
     /// A model sharing the variables of a training VarMap (f32) or converted copies of them.
@@ -119,6 +205,7 @@ impl EvalModel {
                 device: device.clone(),
                 encoder: model,
                 decoder,
+                int8_weights: None,
             });
         }
         Self::from_tensors(
@@ -163,6 +250,7 @@ impl EvalModel {
             device: device.clone(),
             encoder,
             decoder,
+            int8_weights: None,
         })
     }
 
@@ -310,14 +398,24 @@ pub fn evaluate(
             .iter()
             .map(|&i| data.load(i))
             .collect::<Result<_, _>>()?;
-        let x = model.input(&wedges)?;
+        // Float encoders are timed on inputs already on the device; the int8 one from raw ADC.
+        let x = match model.precision {
+            Precision::Int8 => None,
+            _ => Some(model.input(&wedges)?),
+        };
         model.device.synchronize()?;
         let t0 = Instant::now();
-        let code = model.encode(&x)?;
+        let code = match &x {
+            Some(x) => model.encode(x)?,
+            None => model.encode_wedges(&wedges)?,
+        };
         model.device.synchronize()?;
         encode_seconds += t0.elapsed().as_secs_f64();
         code_shape = code.dims()[1..].to_vec();
-        code_dtype = format!("{:?}", code.dtype()).to_lowercase();
+        code_dtype = match model.precision {
+            Precision::Int8 => "i8".into(),
+            _ => format!("{:?}", code.dtype()).to_lowercase(),
+        };
         let recon = model.decode_log2(&code)?;
         // The truth comes from the wedges, not the model's input: the original BCAE takes raw ADC
         // in another layout, while every metric is computed in log2(ADC+1), (16, 192, 249).
@@ -369,7 +467,10 @@ pub fn evaluate(
         data: data.root().to_path_buf(),
         mean: MeanMetrics::of(&per),
         all_zero: MeanMetrics::of(&zero),
-        compression_ratio: compression_ratio(INPUT_VOXELS, code_values),
+        compression_ratio: match model.precision {
+            Precision::Int8 => compression_ratio_bits(INPUT_VOXELS, 16, code_values, 8),
+            _ => compression_ratio(INPUT_VOXELS, code_values),
+        },
         code_shape,
         code_dtype,
         encoder_params: models::encoder_param_count(&model.config),
@@ -462,7 +563,7 @@ pub fn table(reports: &[EvalReport]) -> String {
         out.push('\n');
     }
     out.push_str("MAE, MSE, PSNR on log2(ADC+1), cropped (16,192,249) wedges. PSNR dB = 20 log10(max/RMSE); PSNR ref = max/sqrt(MSE) as the reference code reports it.\n");
-    out.push_str("precision/recall pooled over voxels; ratio = input voxels / code values (both 16-bit); enc wedges/s = encoder only, inputs on the device.\n");
+    out.push_str("precision/recall pooled over voxels; ratio = input voxels x 16 bits / code bits (16 a value, 8 for int8); enc wedges/s = encoder only, inputs on the device (int8: encoder-nostd from raw ADC, all threads).\n");
     out.push_str(VALUE_COLUMNS_NOTE);
     for r in reports {
         if let Some(why) = r.mean.value_collapse() {

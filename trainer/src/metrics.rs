@@ -35,8 +35,9 @@ pub const COLLAPSE_SHARE: f64 = 0.5;
 /// value metrics are formed from; sums, so that they pool over wedges.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ValueSums {
-    /// True positives: `n`, sum |y - x|, sums of x, y, x^2, y^2, x*y (log2 domain).
-    pub tp: [f64; 7],
+    /// True positives: `n`, sum |y - x|, sums of x, y, x^2, y^2, x*y (log2 domain), in exact
+    /// fixed point ([`fixed`]), so that no sum depends on the order of the voxels or wedges.
+    pub tp: [i128; 7],
     /// Reconstructed hits (y > 0) below [`ZERO_SUPPRESSION_LOG2`].
     pub below_threshold: u64,
     /// Reconstructed hits per decoded ADC value.
@@ -46,7 +47,7 @@ pub struct ValueSums {
 impl Default for ValueSums {
     fn default() -> Self {
         Self {
-            tp: [0.0; 7],
+            tp: [0; 7],
             below_threshold: 0,
             hits_per_adc: [0; ADC_MAX as usize + 1],
         }
@@ -62,11 +63,11 @@ impl ValueSums {
 
     /// One true positive (after the cut): the log2 values of the truth `x` and reconstruction `y`.
     fn add_true_positive(&mut self, x: f32, y: f32) {
-        let (x, y) = (f64::from(x), f64::from(y));
+        let (x, y) = (fixed(x), fixed(y));
         for (acc, v) in self
             .tp
             .iter_mut()
-            .zip([1.0, (y - x).abs(), x, y, x * x, y * y, x * y])
+            .zip([ONE, (y - x).abs(), x, y, x * x, y * y, x * y])
         {
             *acc += v;
         }
@@ -86,6 +87,9 @@ impl ValueSums {
     /// value, that value). NaN where undefined (no true positive, no hit, a constant side).
     fn metrics(&self) -> ValueMetrics {
         let [n, abs, sx, sy, sxx, syy, sxy] = self.tp;
+        let n = n as f64 / ONE as f64;
+        let [abs, sx, sy] = [abs, sx, sy].map(|v| v as f64 / ONE as f64);
+        let [sxx, syy, sxy] = [sxx, syy, sxy].map(|v| v as f64 / (ONE * ONE) as f64);
         let cov = sxy - sx * sy / n;
         let var_x = sxx - sx * sx / n;
         let var_y = syy - sy * sy / n;
@@ -113,6 +117,20 @@ impl ValueSums {
             mode_adc,
         }
     }
+}
+
+/// Every log2(ADC+1) value is a multiple of 2^-23 (ADC 0 gives 0, every other value lies in
+/// [1, 10], where f32's spacing is at least 2^-23): scaled by 2^23 it is an exact integer, and
+/// sums of such integers (and of their products, in i128) are exact whatever their order. So the
+/// same reconstruction scores bit for bit alike whether a command walks it in disk or in layer
+/// order.
+const ONE: i128 = 1 << 23;
+
+/// `v` (a log2(ADC+1) value) in units of 2^-23, exactly.
+fn fixed(v: f32) -> i128 {
+    let scaled = f64::from(v) * ONE as f64;
+    debug_assert_eq!(scaled.fract(), 0.0, "{v} is not a log2(ADC+1) value");
+    scaled as i128
 }
 
 /// What [`ValueSums`] gives.
@@ -217,7 +235,7 @@ pub fn score(truth: &[u16], recon: &[u16]) -> WedgeMetrics {
         "original and reconstruction differ in size"
     );
     let n = truth.len().max(1) as f64;
-    let (mut abs_sum, mut sq_sum, mut max) = (0f64, 0f64, 0f64);
+    let (mut abs_sum, mut sq_sum, mut max) = (0i128, 0i128, 0f64);
     let (mut t, mut p, mut tp) = (0u64, 0u64, 0u64);
     let mut value_sums = ValueSums::default();
     for (&a, &decoded) in truth.iter().zip(recon) {
@@ -226,7 +244,7 @@ pub fn score(truth: &[u16], recon: &[u16]) -> WedgeMetrics {
         }
         let b = zero_suppressed(decoded);
         let (x, y) = (adc_to_log(a), adc_to_log(b));
-        let d = f64::from(y - x);
+        let d = fixed(y) - fixed(x);
         abs_sum += d.abs();
         sq_sum += d * d;
         max = max.max(f64::from(x));
@@ -239,11 +257,11 @@ pub fn score(truth: &[u16], recon: &[u16]) -> WedgeMetrics {
             value_sums.add_true_positive(x, y);
         }
     }
-    let mse = sq_sum / n;
+    let mse = sq_sum as f64 / (ONE * ONE) as f64 / n;
     let psnr_ratio = max / mse.sqrt();
     let v = value_sums.metrics();
     WedgeMetrics {
-        mae: abs_sum / n,
+        mae: abs_sum as f64 / ONE as f64 / n,
         mse,
         psnr_ratio,
         psnr_db: 20.0 * psnr_ratio.log10(),
@@ -309,13 +327,20 @@ pub struct MeanMetrics {
 impl MeanMetrics {
     pub fn of(per_wedge: &[WedgeMetrics]) -> MeanMetrics {
         let n = per_wedge.len() as f64;
-        let mean = |f: &dyn Fn(&WedgeMetrics) -> f64| per_wedge.iter().map(f).sum::<f64>() / n;
+        // Summed in sorted order, so the mean does not depend on the order of the wedges.
+        let sorted_sum = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.iter().sum::<f64>()
+        };
+        let mean =
+            |f: &dyn Fn(&WedgeMetrics) -> f64| sorted_sum(per_wedge.iter().map(f).collect()) / n;
         let finite_mean = |f: &dyn Fn(&WedgeMetrics) -> f64| {
             let v: Vec<f64> = per_wedge.iter().map(f).filter(|x| x.is_finite()).collect();
             if v.is_empty() {
                 f64::INFINITY
             } else {
-                v.iter().sum::<f64>() / v.len() as f64
+                let len = v.len() as f64;
+                sorted_sum(v) / len
             }
         };
         let t: u64 = per_wedge.iter().map(|m| m.true_count).sum();
@@ -555,6 +580,36 @@ mod tests {
         assert!((b.below_threshold_share - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(zero_suppressed(63), 0);
         assert_eq!(zero_suppressed(64), 64);
+    }
+
+    /// `eval` walks a wedge in layer order, `eval --stream` in disk order: the same voxels in
+    /// another order must score bit for bit alike (floating-point sums would not).
+    #[test]
+    fn the_score_does_not_depend_on_the_order_of_voxels_or_wedges() {
+        let truth: Vec<u16> = (0..5000u32)
+            .map(|i| {
+                if i % 7 < 2 {
+                    64 + (i * 37 % 960) as u16
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let recon: Vec<u16> = (0..5000u32)
+            .map(|i| {
+                if i % 5 < 2 {
+                    50 + (i * 53 % 974) as u16
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let a = score(&truth, &recon);
+        let rev = |v: &[u16]| v.iter().rev().copied().collect::<Vec<u16>>();
+        let b = score(&rev(&truth), &rev(&recon));
+        assert_eq!(a, b);
+        let (c, d) = (score(&truth[..1234], &recon[..1234]), a);
+        assert_eq!(MeanMetrics::of(&[c, d, b]), MeanMetrics::of(&[b, d, c]));
     }
 
     #[test]

@@ -796,6 +796,40 @@ pub fn source_of(run: &Path, checkpoint: &Path) -> std::io::Result<Source> {
     })
 }
 
+/// Whether int8 weights quantized from (checkpoint CRC-32 `crc`, `len` bytes, run `name`) belong
+/// to `run`'s checkpoint: `None` when they do, else what differs, in the user's terms. Every path
+/// that decodes int8 codes with a run's float decoders (eval, compare, decompress) asks this.
+pub fn checkpoint_mismatch(
+    crc: u32,
+    len: u64,
+    name: &str,
+    run: &Path,
+) -> std::io::Result<Option<String>> {
+    let ckpt = run.join(crate::checkpoint::MODEL_FILE);
+    let source = source_of(run, &ckpt)?;
+    if crc == source.checkpoint_crc32 && len == source.checkpoint_len {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the int8 weights were quantized from run '{name}' (checkpoint CRC-32 {crc:#010x}, {len} bytes), \
+         but {} has CRC-32 {:#010x}, {} bytes",
+        ckpt.display(),
+        source.checkpoint_crc32,
+        source.checkpoint_len
+    )))
+}
+
+/// An int8 code back in the float domain the decoders take: `scale * (q - zero_point)`.
+pub fn dequantize_code(
+    code: impl IntoIterator<Item = i8>,
+    scale: f32,
+    zero_point: f32,
+) -> Vec<f32> {
+    code.into_iter()
+        .map(|q| scale * (f32::from(q) - zero_point))
+        .collect()
+}
+
 /// The float convs (for reports): name and weight shape.
 pub fn float_layers(encoder: &FloatEncoder) -> Vec<(String, Vec<usize>)> {
     encoder

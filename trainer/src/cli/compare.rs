@@ -522,19 +522,17 @@ fn bcae_int8_row(
     let encoder = encoder_nostd::encoder::Encoder::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not usable int8 weights: {e}", weights.display()))?;
     let fp = encoder.fingerprint();
-    let mut matched = None;
-    for (run, model, dims) in models {
-        let ckpt = run.join("model.safetensors");
-        let Ok(float) = std::fs::read(&ckpt) else {
-            continue;
-        };
-        if float.len() as u64 == fp.checkpoint_len
-            && encoder_nostd::checksum::crc32(&float) == fp.checkpoint_crc32
-        {
-            matched = Some((run, model, dims));
-            break;
-        }
-    }
+    let matched = models.iter().find(|(run, _, _)| {
+        matches!(
+            crate::quantize::checkpoint_mismatch(
+                fp.checkpoint_crc32,
+                fp.checkpoint_len,
+                fp.name,
+                run
+            ),
+            Ok(None)
+        )
+    });
     let Some((run, model, dims)) = matched else {
         return Ok(Err(format!(
             "{}: no --run holds the checkpoint these weights were quantized from (run '{}', CRC {:#010x}); int8 row skipped",
@@ -562,10 +560,7 @@ fn bcae_int8_row(
             .encode(&w.adc, &mut scratch, &mut code)
             .map_err(|e| anyhow::anyhow!("int8 encode: {e}"))?;
         let encode_s = start.elapsed().as_secs_f64();
-        let values: Vec<f32> = code
-            .iter()
-            .map(|&c| scale * (f32::from(c) - zero_point))
-            .collect();
+        let values = crate::quantize::dequantize_code(code.iter().copied(), scale, zero_point);
         let tensor = candle_core::Tensor::from_vec(values, dims.as_slice(), model.device())?;
         let recon = model
             .decode_log2(&tensor)?

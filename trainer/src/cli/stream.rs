@@ -579,8 +579,6 @@ struct FloatDecoder {
 /// Compare the stream's fingerprint with the run's checkpoint; returns a mismatch description.
 fn fingerprint_mismatch(header: &StreamHeader, run: &Path) -> Result<Option<String>> {
     let ckpt = run.join(checkpoint::MODEL_FILE);
-    let source = crate::quantize::source_of(run, &ckpt)
-        .with_context(|| format!("reading {}", ckpt.display()))?;
     let fp = &header.fingerprint;
     if fp.len() < 12 {
         return Ok(Some(format!(
@@ -592,17 +590,10 @@ fn fingerprint_mismatch(header: &StreamHeader, run: &Path) -> Result<Option<Stri
     let mut len = [0u8; 8];
     len.copy_from_slice(&fp[4..12]);
     let len = u64::from_le_bytes(len);
-    if crc == source.checkpoint_crc32 && len == source.checkpoint_len {
-        return Ok(None);
-    }
     let name = String::from_utf8_lossy(&fp[12..]);
-    Ok(Some(format!(
-        "the stream was encoded with weights quantized from run '{name}' (checkpoint CRC-32 {crc:#010x}, {len} bytes), \
-         but {} has CRC-32 {:#010x}, {} bytes",
-        ckpt.display(),
-        source.checkpoint_crc32,
-        source.checkpoint_len
-    )))
+    crate::quantize::checkpoint_mismatch(crc, len, &name, run)
+        .with_context(|| format!("reading {}", ckpt.display()))
+        .map(|m| m.map(|why| format!("the stream's codes come from int8 weights: {why}")))
 }
 
 impl FloatDecoder {
@@ -658,13 +649,11 @@ impl FloatDecoder {
     /// Dequantize and decode a batch of int8 codes into wedges (ADC = round(2^x - 1) where the
     /// segmentation mask is on, 0 elsewhere).
     fn decode(&self, codes: &[Vec<u8>]) -> Result<Vec<Wedge>> {
-        let values: Vec<f32> = codes
-            .iter()
-            .flat_map(|c| {
-                c.iter()
-                    .map(|&q| self.scale * ((q as i8) as f32 - self.zero_point))
-            })
-            .collect();
+        let values = crate::quantize::dequantize_code(
+            codes.iter().flatten().map(|&q| q as i8),
+            self.scale,
+            self.zero_point,
+        );
         let mut shape = vec![codes.len()];
         shape.extend_from_slice(&self.code_shape);
         let code = Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?;

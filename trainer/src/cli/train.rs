@@ -341,7 +341,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     bcae eval --run runs/ht --run runs/2d --data data/synth --max-wedges 16\n  \
-    bcae eval --run runs/ht --data data/synth --precision f32,f16 --json")]
+    bcae eval --run runs/ht --data data/synth --precision f32,f16 --json\n  \
+    bcae eval --run weights/bcae-ht --weights weights/bcae-ht.bcae.postcard --data data/synth")]
 pub struct EvalArgs {
     /// Run directories (repeat for a table across runs).
     #[arg(long = "run", required_unless_present = "stream")]
@@ -364,6 +365,11 @@ pub struct EvalArgs {
     /// in f32 (the paper's Table 2); bf16 likewise.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Precision::F32])]
     pub precision: Vec<Precision>,
+    /// int8 encoder weights (from `bcae quantize`; repeatable): each adds an `int8` row, the
+    /// board's path (encoder-nostd encodes, the code is dequantized, the float decoders of the
+    /// --run it was quantized from decode).
+    #[arg(long = "weights", conflicts_with = "stream")]
+    pub weights: Vec<PathBuf>,
     /// Print JSON (per-wedge and mean metrics) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -396,10 +402,36 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         );
     }
     let n = data.len();
+    // Each --weights belongs to the --run it was quantized from: found before any work starts.
+    let mut int8_rows: Vec<(&PathBuf, &PathBuf)> = Vec::new();
+    for w in &args.weights {
+        let run = args
+            .runs
+            .iter()
+            .find(|run| EvalModel::load_int8(run, w, &Device::Cpu).is_ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--weights {}: no --run holds the checkpoint these weights were quantized from \
+                     (or they do not parse); pass that run with --run",
+                    w.display()
+                )
+            })?;
+        int8_rows.push((run, w));
+    }
+    let mut jobs: Vec<(&PathBuf, Precision, Option<&PathBuf>)> = Vec::new();
+    for run in &args.runs {
+        jobs.extend(args.precision.iter().map(|&p| (run, p, None)));
+        jobs.extend(
+            int8_rows
+                .iter()
+                .filter(|(r, _)| *r == run)
+                .map(|&(r, w)| (r, Precision::Int8, Some(w))),
+        );
+    }
     let mut reports: Vec<EvalReport> = Vec::new();
     let mut failures = Vec::new();
-    for run in &args.runs {
-        for &precision in &args.precision {
+    for (run, precision, weights) in jobs {
+        {
             let bar = indicatif::ProgressBar::new(n as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -408,7 +440,11 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 .expect("valid progress template"),
             );
             bar.set_message(format!("{} {}", run.display(), precision.name()));
-            let result = EvalModel::load(run, &device, precision)
+            let model = match weights {
+                Some(w) => EvalModel::load_int8(run, w, &device),
+                None => EvalModel::load(run, &device, precision),
+            };
+            let result = model
                 .and_then(|model| {
                     eval::evaluate(&model, &data, args.max_wedges, args.batch_size, Some(&bar))
                 })
