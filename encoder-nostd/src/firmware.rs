@@ -102,6 +102,14 @@ pub enum CodecKind {
 }
 
 impl CodecKind {
+    /// The codec's name on every command line and in `inspect --json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecKind::Bcae => "int8",
+            CodecKind::Sparse => "sparse",
+        }
+    }
+
     pub fn from_u8(byte: u8) -> Option<CodecKind> {
         match byte {
             1 => Some(CodecKind::Bcae),

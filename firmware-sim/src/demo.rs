@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use bcae_stream::{StreamWriter, WedgeId};
 use clap::Args;
 use encoder_nostd::encoder::Encoder;
 use firmware_sim::parity::{self, ParityOptions, ParityReport};
@@ -23,7 +24,6 @@ use trainer::data::{self, synth, Dataset, Split, WEDGE_VOXELS};
 use trainer::device::DeviceChoice;
 use trainer::metrics::{compression_ratio, crop_padded, score, MeanMetrics, WedgeMetrics};
 use trainer::models;
-use trainer::stream::{StreamWriter, WedgeId};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \

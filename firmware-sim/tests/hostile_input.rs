@@ -159,7 +159,7 @@ fn demo_skips_a_bad_wedge_and_writes_a_whole_stream() {
     };
     let out_dir = tmp.path().join("out");
     fails_clearly(&demo(&out_dir), &["w1.npy", "left out"]);
-    let r = trainer::stream::StreamReader::open(&out_dir.join("demo.bcae")).unwrap();
+    let r = bcae_stream::StreamReader::open(&out_dir.join("demo.bcae")).unwrap();
     assert_eq!(r.frames().len(), 1);
     assert!(r.problems().is_empty(), "{:?}", r.problems());
     let names: Vec<String> = std::fs::read_dir(&out_dir)

@@ -14,13 +14,13 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use bcae_stream::{StreamWriter, WedgeId};
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::encoder::Encoder;
 use trainer::cli::stream::{decode_stream_file, int8_stream_header, DecoderPrecision};
 use trainer::data::synth;
 use trainer::device::DeviceChoice;
 use trainer::metrics::{score, MeanMetrics, WedgeMetrics};
-use trainer::stream::{StreamWriter, WedgeId};
 
 fn weights_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights")

@@ -197,10 +197,7 @@ fn int8_stream_round_trip_fingerprint_check_and_damage() {
     assert!(format!("{err:#}").contains("--run"), "{err:#}");
 
     // One flipped bit in the code: inspect reports it and exits with an error.
-    let payload = trainer::stream::StreamReader::open(&stream)
-        .unwrap()
-        .frames()[0]
-        .payload_offset();
+    let payload = bcae_stream::StreamReader::open(&stream).unwrap().frames()[0].payload_offset();
     flip_bit(&stream, payload + 7, 3);
     assert!(run_inspect(InspectArgs {
         stream,
@@ -239,10 +236,7 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     // A copy cut off inside the last frame still gives the first two wedges, and says the
     // stream is incomplete (status 1), so the missing third is not mistaken for a whole run.
     let bytes = std::fs::read(&stream).unwrap();
-    let last = trainer::stream::StreamReader::open(&stream)
-        .unwrap()
-        .frames()[2]
-        .clone();
+    let last = bcae_stream::StreamReader::open(&stream).unwrap().frames()[2].clone();
     let cut = tmp.path().join("cut.bcae");
     std::fs::write(
         &cut,
@@ -256,10 +250,7 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     assert!(!out_cut.join(&wedges[2].0).exists());
 
     // One flipped bit in frame 1's payload: that wedge is reported lost, the others are written.
-    let frame1 = trainer::stream::StreamReader::open(&stream)
-        .unwrap()
-        .frames()[1]
-        .payload_offset();
+    let frame1 = bcae_stream::StreamReader::open(&stream).unwrap().frames()[1].payload_offset();
     flip_bit(&stream, frame1 + 9, 6);
     let damaged = tmp.path().join("damaged");
     let err = decompress(&stream, None, &damaged, false).unwrap_err();
@@ -278,7 +269,7 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     let files: Vec<PathBuf> = wedges.iter().map(|(rel, _)| root.join(rel)).collect();
     let loose = tmp.path().join("loose.bcae");
     compress(files, &loose, None, CodecChoice::Sparse(Quality::LOSSLESS));
-    let r = trainer::stream::StreamReader::open(&loose).unwrap();
+    let r = bcae_stream::StreamReader::open(&loose).unwrap();
     assert_eq!(r.frames()[1].id.sector, Some(1));
     assert!(
         r.frames()[1].id.path.starts_with("12-2_1-0/"),

@@ -8,7 +8,6 @@
 //!   the paper's Table-1 evaluation.
 //! - [`quantize`], [`quantized`]: int8 post-training quantization into `encoder-nostd`'s weights
 //!   format, and the candle integer path that reproduces the board's codes bit for bit.
-//! - [`stream`]: the `.bcae` compressed stream file.
 //! - [`device`]: choosing CPU or CUDA.
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
@@ -29,6 +28,5 @@ pub mod models;
 pub mod nn;
 pub mod quantize;
 pub mod quantized;
-pub mod stream;
 pub mod table;
 pub mod train;

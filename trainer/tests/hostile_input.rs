@@ -247,7 +247,7 @@ fn truncated_streams_are_reported_at_every_kind_of_cut() {
     let stream = tmp.path().join("s.bcae");
     sparse_stream(&data, &stream);
     let full = bytes(&stream);
-    let reader = trainer::stream::StreamReader::open(&stream).unwrap();
+    let reader = bcae_stream::StreamReader::open(&stream).unwrap();
     let frames = reader.frames().to_vec();
     let header = reader.header_len() as usize;
     let ends: Vec<usize> = frames
@@ -320,7 +320,7 @@ fn swapped_frames_lose_no_wedge() {
     let stream = tmp.path().join("s.bcae");
     sparse_stream(&data, &stream);
     let full = bytes(&stream);
-    let frames = trainer::stream::StreamReader::open(&stream)
+    let frames = bcae_stream::StreamReader::open(&stream)
         .unwrap()
         .frames()
         .to_vec();
@@ -362,7 +362,7 @@ fn eval_stream_fails_when_wedges_are_missing() {
     sparse_stream(&data, &stream);
     let full = bytes(&stream);
     let first_end = {
-        let r = trainer::stream::StreamReader::open(&stream).unwrap();
+        let r = bcae_stream::StreamReader::open(&stream).unwrap();
         (r.frames()[0].offset + r.frames()[0].total_len()) as usize
     };
     std::fs::write(&stream, &full[..first_end]).unwrap();
@@ -828,7 +828,7 @@ fn compress_skips_a_bad_wedge_and_says_so() {
         .arg("-o")
         .arg(&stream));
     fails_clearly(&out, &["w1.npy", "truncated", "1 of 3 input(s)", "NOT in"]);
-    let r = trainer::stream::StreamReader::open(&stream).unwrap();
+    let r = bcae_stream::StreamReader::open(&stream).unwrap();
     let paths: Vec<&str> = r.frames().iter().map(|f| f.id.path.as_str()).collect();
     assert_eq!(paths, ["w0.npy", "w2.npy"]);
     assert!(r.problems().is_empty(), "{:?}", r.problems());

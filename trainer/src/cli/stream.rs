@@ -1,5 +1,5 @@
 //! `bcae compress`, `bcae decompress`, `bcae inspect`, and `bcae eval --stream`: the `.bcae`
-//! stream file (format in [`crate::stream`]).
+//! stream file (format in the `bcae-stream` crate).
 //!
 //! - `compress` encodes wedges with the `encoder-nostd` int8 encoder (the board's exact bytes) or
 //!   the sparse codec, on all cores, into one stream.
@@ -37,8 +37,8 @@ use crate::device::{self, DeviceChoice};
 use crate::loss::SEG_THRESHOLD;
 use crate::metrics::{fmt_metric, fmt_percent, MeanMetrics, WedgeMetrics};
 use crate::models::{self, Bicephalous, ModelConfig};
-use crate::stream::{
-    Codec, FrameInfo, IndexStatus, StreamHeader, StreamReader, StreamWriter, WedgeId,
+use bcae_stream::{
+    Codec, Fingerprint, FrameInfo, IndexStatus, StreamHeader, StreamReader, StreamWriter, WedgeId,
 };
 
 /// Which codec `compress` writes.
@@ -226,17 +226,14 @@ fn encoder_code_shape(encoder: &Encoder<'_>) -> Vec<u32> {
 /// the weights' fingerprint (checkpoint CRC-32, length, run name) that `decompress` checks.
 pub fn int8_stream_header(encoder: &Encoder<'_>) -> StreamHeader {
     let fp = encoder.fingerprint();
-    let mut fingerprint = Vec::with_capacity(64);
-    fingerprint.extend_from_slice(&fp.checkpoint_crc32.to_le_bytes());
-    fingerprint.extend_from_slice(&fp.checkpoint_len.to_le_bytes());
-    let name = fp.name.as_bytes();
-    fingerprint.extend_from_slice(&name[..name.len().min(52)]);
-    if std::str::from_utf8(&fingerprint[12..]).is_err() {
-        fingerprint.truncate(12);
-    }
+    let fingerprint = Fingerprint {
+        checkpoint_crc32: fp.checkpoint_crc32,
+        checkpoint_len: fp.checkpoint_len,
+        run_name: fp.name.to_string(),
+    };
     StreamHeader::int8(
         &model_kind_name(encoder.kind()),
-        &fingerprint,
+        &fingerprint.to_bytes(),
         &encoder_code_shape(encoder),
         encoder.code_scale(),
         encoder.code_zero_point() as i32,
@@ -579,19 +576,13 @@ struct FloatDecoder {
 /// Compare the stream's fingerprint with the run's checkpoint; returns a mismatch description.
 fn fingerprint_mismatch(header: &StreamHeader, run: &Path) -> Result<Option<String>> {
     let ckpt = run.join(checkpoint::MODEL_FILE);
-    let fp = &header.fingerprint;
-    if fp.len() < 12 {
+    let Some(fp) = Fingerprint::from_bytes(&header.fingerprint) else {
         return Ok(Some(format!(
             "the stream's fingerprint ({}) is not a checkpoint fingerprint",
             header.fingerprint_hex()
         )));
-    }
-    let crc = u32::from_le_bytes([fp[0], fp[1], fp[2], fp[3]]);
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&fp[4..12]);
-    let len = u64::from_le_bytes(len);
-    let name = String::from_utf8_lossy(&fp[12..]);
-    crate::quantize::checkpoint_mismatch(crc, len, &name, run)
+    };
+    crate::quantize::checkpoint_mismatch(fp.checkpoint_crc32, fp.checkpoint_len, &fp.run_name, run)
         .with_context(|| format!("reading {}", ckpt.display()))
         .map(|m| m.map(|why| format!("the stream's codes come from int8 weights: {why}")))
 }
@@ -699,7 +690,7 @@ impl FrameDecoder {
                 }
                 Ok(FrameDecoder::Sparse)
             }
-            Codec::Int8Code => {
+            Codec::Bcae => {
                 let run = run.ok_or_else(|| {
                     anyhow!(
                         "this stream holds int8 {} codes: pass --run runs/NAME, the run its weights \
@@ -763,7 +754,7 @@ fn decode_stream<R: std::io::Read + std::io::Seek>(
                 }
                 Err(e) => {
                     let e = match e {
-                        crate::stream::StreamError::PayloadCrc { stored, computed, .. } => anyhow!(
+                        bcae_stream::StreamError::PayloadCrc { stored, computed, .. } => anyhow!(
                             "CRC mismatch in its path and payload (stored {stored:#010x}, computed {computed:#010x}); wedge lost"
                         ),
                         other => anyhow!(other),
@@ -1169,7 +1160,7 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
         file: args.stream.clone(),
         file_bytes,
         header: InspectHeader {
-            format_version: crate::stream::FORMAT_VERSION,
+            format_version: h.version,
             codec: h.codec.name(),
             codec_param: h.codec_param,
             model_kind: h.model_kind.clone(),
@@ -1480,7 +1471,7 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
         }
         let m = &report.mean;
         let what = match header.codec {
-            Codec::Int8Code => format!("int8 {} code + float decoders", header.model_kind),
+            Codec::Bcae => format!("int8 {} code + float decoders", header.model_kind),
             Codec::Sparse => codec_label(CodecChoice::from_sparse_param(header.codec_param)),
         };
         println!(

@@ -53,7 +53,7 @@ impl<W: Write> StreamWriter<W> {
     /// Append one wedge's frame; returns its frame number. An int8 stream's payload must be
     /// exactly one code (the header's code shape).
     pub fn write_frame(&mut self, id: &WedgeId, payload: &[u8]) -> Result<u32, StreamError> {
-        if self.header.codec == Codec::Int8Code && payload.len() as u64 != self.header.code_len() {
+        if self.header.codec == Codec::Bcae && payload.len() as u64 != self.header.code_len() {
             return Err(StreamError::InvalidFrame(format!(
                 "int8 code of {} bytes, but the stream's code shape {:?} holds {}",
                 payload.len(),

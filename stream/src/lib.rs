@@ -1,5 +1,7 @@
-//! The `.bcae` compressed stream file: a CRC-protected header, one CRC-protected frame per wedge,
-//! and a footer index for random access written last.
+//! `bcae-stream`: the `.bcae` compressed stream file, for any tool that writes or reads streams
+//! without the trainer (std only: no candle, no CLI). A CRC-protected header, one CRC-protected
+//! frame per wedge, and a footer index for random access written last; the weights fingerprint an
+//! int8 stream carries ([`Fingerprint`]); the codec ids shared with the firmware frames ([`Codec`]).
 //!
 //! A DAQ writes frames as wedges arrive ([`StreamWriter`]); a file cut off mid-write still yields
 //! every whole frame, a corrupted frame is reported and skipped without touching the others, and a
@@ -7,7 +9,7 @@
 //! BCAE codes (fixed size, from `encoder_nostd::encoder`) or sparse-codec payloads (variable size,
 //! from `encoder_nostd::sparse`); the header says which.
 //!
-//! # Byte layout (format version 1)
+//! # Byte layout (format version 2)
 //!
 //! All integers are little-endian. Every CRC is CRC-32/ISO-HDLC (zlib, PNG, Ethernet:
 //! reflected polynomial 0xEDB88320, init and xor-out 0xFFFFFFFF; check value of `"123456789"`
@@ -22,9 +24,9 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `89 42 43 41 45 0D 0A 1A` (`\x89BCAE\r\n\x1a`, PNG-style: detects text-mode mangling) |
-//! | 8 | 2 | format version, `u16` = 1 |
+//! | 8 | 2 | format version, `u16` = 2 (version 1 is read too: it differs only in the codec ids, 0 = int8, 1 = sparse) |
 //! | 10 | 2 | header length `H`, `u16`, counting every header byte including magic and CRC (at most 1024) |
-//! | 12 | 1 | codec: 0 = int8 BCAE code, 1 = sparse codec |
+//! | 12 | 1 | codec: 1 = int8 BCAE code, 2 = sparse codec (the firmware code frames' ids, `encoder_nostd::firmware::CodecKind`) |
 //! | 13 | 3 | reserved, zero |
 //! | 16 | 4 | codec parameter, `u32` (sparse: the quality setting, 0 = lossless; int8: 0) |
 //! | 20 | 6 | wedge shape as stored on disk, 3 × `u16`: azimuth, z, layer (192, 249, 16) |
@@ -36,7 +38,7 @@
 //! | 38 | 1 | model kind length `K` (≤ 64) |
 //! | 39 | 1 | reserved, zero |
 //! | 40 | 4·R | code shape, `R` × `u32` (e.g. 8, 16, 12, 16 for BCAE-HT; 32, 24, 32 for BCAE-2D) |
-//! | 40+4R | F | weights fingerprint: opaque bytes identifying the float checkpoint the encoder came from |
+//! | 40+4R | F | weights fingerprint identifying the float checkpoint the encoder came from ([`Fingerprint`]: checkpoint CRC-32 `u32`, checkpoint length `u64`, run name UTF-8, at most 52 bytes); sparse: empty |
 //! | 40+4R+F | K | model kind, UTF-8 (e.g. `bcae-ht`, `bcae-2d`; empty for the sparse codec) |
 //! | H−4 | 4 | CRC-32 of bytes `0 .. H−4` |
 //!
@@ -107,10 +109,12 @@
 //!   whole: the two may carry different codecs or models, and a reader that merged them would
 //!   hide which wedges came from which encoder.
 
+mod fingerprint;
 mod format;
 mod reader;
 mod writer;
 
+pub use fingerprint::Fingerprint;
 pub use format::{
     Codec, StreamHeader, WedgeId, FORMAT_VERSION, FRAME_HEADER_LEN, FRAME_MARKER, HEADER_MAGIC,
     INDEX_MARKER, MAX_PATH_LEN, MAX_PAYLOAD_LEN, TRAILER_LEN, TRAILER_MAGIC,
@@ -131,7 +135,7 @@ pub enum StreamError {
     TruncatedHeader { available: u64, needed: u64 },
     #[error("the stream header is corrupt (CRC stored {stored:#010x}, computed {computed:#010x}); no frame can be trusted without it: recover the file from its source")]
     HeaderCrc { stored: u32, computed: u32 },
-    #[error("stream format version {found} is not supported (this build reads version {supported}): use a newer bcae")]
+    #[error("stream format version {found} is not supported (this build reads versions 1 to {supported}): use a newer bcae")]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("the stream header is malformed: {0}")]
     MalformedHeader(String),

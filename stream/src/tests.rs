@@ -348,15 +348,15 @@ fn foreign_files_get_a_clear_error() {
         Err(StreamError::BadMagic)
     ));
     let mut future = int8_header().encode().unwrap();
-    future[8] = 2;
+    future[8] = 3;
     let n = future.len();
     let crc = encoder_nostd::checksum::crc32(&future[..n - 4]);
     future[n - 4..].copy_from_slice(&crc.to_le_bytes());
     assert!(matches!(
         StreamReader::new(Cursor::new(&future)),
         Err(StreamError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
 }
@@ -568,5 +568,48 @@ proptest! {
         }
         let want: Vec<_> = frames.into_iter().map(|(i, p)| (i, Some(p))).collect();
         prop_assert_eq!(got, want);
+    }
+}
+
+/// Streams written before the codec ids were shared with the firmware (format version 1: 0 =
+/// int8, 1 = sparse) still read, as the same codecs; version 2 writes the firmware's ids.
+#[test]
+fn version_1_streams_read_with_their_own_codec_ids() {
+    let frames = sample_frames(3);
+    for (header, v1_id, v2_id) in [(int8_header(), 0u8, 1u8), (StreamHeader::sparse(0), 1, 2)] {
+        let codec = header.codec;
+        let payloads: Vec<(WedgeId, Vec<u8>)> = match codec {
+            Codec::Bcae => frames.clone(),
+            Codec::Sparse => frames
+                .iter()
+                .map(|(id, p)| (id.clone(), p[..5].to_vec()))
+                .collect(),
+        };
+        let mut bytes = write_stream(header, &payloads, true);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
+        assert_eq!(bytes[12], v2_id);
+        // Rewrite the header as version 1 wrote it: version 1, the old id, the CRC recomputed.
+        let len = usize::from(u16::from_le_bytes([bytes[10], bytes[11]]));
+        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+        bytes[12] = v1_id;
+        let crc = encoder_nostd::checksum::crc32(&bytes[..len - 4]);
+        bytes[len - 4..len].copy_from_slice(&crc.to_le_bytes());
+        let r = StreamReader::new(Cursor::new(&bytes)).unwrap();
+        assert_eq!((r.header().codec, r.header().version), (codec, 1));
+        let (read, problems) = read_all(&bytes).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let want: Vec<(WedgeId, Option<Vec<u8>>)> =
+            payloads.into_iter().map(|(id, p)| (id, Some(p))).collect();
+        assert_eq!(read, want);
+        // In a version 2 header the old int8 id 0 means nothing.
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        bytes[12] = 0;
+        let crc = encoder_nostd::checksum::crc32(&bytes[..len - 4]);
+        bytes[len - 4..len].copy_from_slice(&crc.to_le_bytes());
+        let err = StreamReader::new(Cursor::new(&bytes))
+            .err()
+            .expect("codec 0 accepted in a version 2 header")
+            .to_string();
+        assert!(err.contains("unknown codec 0"), "{err}");
     }
 }

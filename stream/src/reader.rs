@@ -551,8 +551,7 @@ impl<R: Read + Seek> StreamReader<R> {
                 "frame number {} appears twice; the first copy is kept",
                 h.number
             ))
-        } else if self.header.codec == Codec::Int8Code
-            && h.payload_len as u64 != self.header.code_len()
+        } else if self.header.codec == Codec::Bcae && h.payload_len as u64 != self.header.code_len()
         {
             Some(format!(
                 "int8 payload of {} bytes, but the code shape {:?} holds {}",

@@ -1,5 +1,5 @@
 //! Byte-level encoding of the stream's header, frame headers, index and trailer (see the module
-//! docs of [`crate::stream`] for the layout). Pure functions over byte slices: no I/O, no panics.
+//! docs of the crate for the layout). Pure functions over byte slices: no I/O, no panics.
 
 use encoder_nostd::checksum::{crc32, crc32_parts};
 use std::fmt;
@@ -9,8 +9,9 @@ use super::StreamError;
 
 /// First 8 bytes of every `.bcae` stream.
 pub const HEADER_MAGIC: [u8; 8] = *b"\x89BCAE\r\n\x1a";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes. It also reads version 1 (codec ids 0/1, see
+/// [`codec_of_byte`]); nothing else changed between the two.
+pub const FORMAT_VERSION: u16 = 2;
 /// Sync marker starting every frame.
 pub const FRAME_MARKER: [u8; 4] = *b"\xB7FRM";
 /// Marker starting the footer index.
@@ -33,43 +34,27 @@ pub(crate) const MAX_MODEL_KIND_LEN: usize = 64;
 pub const FRAME_HEADER_LEN: usize = 32;
 pub(crate) const INDEX_ENTRY_LEN: usize = 12;
 
-/// What the frames' payloads are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    /// Int8 BCAE codes from `encoder_nostd::encoder` (fixed size: the code shape).
-    Int8Code,
-    /// Sparse-codec bytes from `encoder_nostd::sparse` (variable size).
-    Sparse,
-}
+/// What the frames' payloads are: the one codec id table of bcae-rs, shared with the firmware's
+/// code frames (`encoder_nostd::firmware`): 1 = int8 BCAE code, 2 = sparse codec.
+pub use encoder_nostd::firmware::CodecKind as Codec;
 
-impl Codec {
-    fn to_byte(self) -> u8 {
-        match self {
-            Codec::Int8Code => 0,
-            Codec::Sparse => 1,
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<Codec> {
-        match b {
-            0 => Some(Codec::Int8Code),
-            1 => Some(Codec::Sparse),
-            _ => None,
-        }
-    }
-
-    /// Name used by the CLI and `inspect --json`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::Int8Code => "int8",
-            Codec::Sparse => "sparse",
-        }
+/// The codec of a header's codec byte. Format version 1 numbered the codecs on its own (0 = int8,
+/// 1 = sparse); version 2 uses the firmware's ids, so a byte means one codec everywhere.
+fn codec_of_byte(version: u16, b: u8) -> Option<Codec> {
+    match (version, b) {
+        (1, 0) => Some(Codec::Bcae),
+        (1, 1) => Some(Codec::Sparse),
+        (1, _) => None,
+        (_, b) => Codec::from_u8(b),
     }
 }
 
 /// The stream header: everything a decoder needs besides the frames.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamHeader {
+    /// The format version the file was written in (a new header: [`FORMAT_VERSION`], which is
+    /// what [`StreamHeader::encode`] always writes).
+    pub version: u16,
     pub codec: Codec,
     /// Sparse: the quality setting (0 = lossless). Int8: 0.
     pub codec_param: u32,
@@ -96,7 +81,8 @@ impl StreamHeader {
         code_zero_point: i32,
     ) -> StreamHeader {
         StreamHeader {
-            codec: Codec::Int8Code,
+            version: FORMAT_VERSION,
+            codec: Codec::Bcae,
             codec_param: 0,
             wedge_shape: reference_wedge_shape(),
             code_shape: code_shape.to_vec(),
@@ -110,6 +96,7 @@ impl StreamHeader {
     /// Header for sparse-codec frames with the given quality setting.
     pub fn sparse(quality: u32) -> StreamHeader {
         StreamHeader {
+            version: FORMAT_VERSION,
             codec: Codec::Sparse,
             codec_param: quality,
             wedge_shape: reference_wedge_shape(),
@@ -164,7 +151,7 @@ impl StreamHeader {
             ));
         }
         match self.codec {
-            Codec::Int8Code => {
+            Codec::Bcae => {
                 if self.code_shape.is_empty() || self.code_shape.contains(&0) {
                     return Err(format!("int8 code shape {:?} is empty", self.code_shape));
                 }
@@ -202,7 +189,7 @@ impl StreamHeader {
         b.extend_from_slice(&HEADER_MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&(len as u16).to_le_bytes());
-        b.push(self.codec.to_byte());
+        b.push(self.codec as u8);
         b.extend_from_slice(&[0; 3]);
         b.extend_from_slice(&self.codec_param.to_le_bytes());
         for d in self.wedge_shape {
@@ -263,15 +250,24 @@ impl StreamHeader {
             return Err(StreamError::HeaderCrc { stored, computed });
         }
         let version = u16_at(body, 8);
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(StreamError::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
             });
         }
         let bad = |m: String| StreamError::MalformedHeader(m);
-        let codec = Codec::from_byte(body[12])
-            .ok_or_else(|| bad(format!("unknown codec {} (0 = int8, 1 = sparse)", body[12])))?;
+        let codec = codec_of_byte(version, body[12]).ok_or_else(|| {
+            bad(format!(
+                "unknown codec {} in a version {version} header ({})",
+                body[12],
+                if version == 1 {
+                    "0 = int8, 1 = sparse"
+                } else {
+                    "1 = int8, 2 = sparse"
+                }
+            ))
+        })?;
         let codec_param = u32_at(body, 16);
         let wedge_shape = [u16_at(body, 20), u16_at(body, 22), u16_at(body, 24)];
         let code_scale = f32::from_le_bytes(arr4(body, 28));
@@ -299,6 +295,7 @@ impl StreamHeader {
             )));
         }
         let header = StreamHeader {
+            version,
             codec,
             codec_param,
             wedge_shape,
