@@ -171,6 +171,218 @@ mod tests {
         }
     }
 
+    /// Every variant of every module error, with a word its message must contain.
+    fn every_variant() -> Vec<(Error, &'static str)> {
+        use embedded_hal::{digital, spi};
+        let bug = internal("ring index past the plan");
+        let weights = [
+            (WeightsError::Truncated, "truncated"),
+            (WeightsError::BadMagic, "bad magic"),
+            (
+                WeightsError::UnsupportedVersion {
+                    found: 9,
+                    supported: 1,
+                },
+                "version 9",
+            ),
+            (
+                WeightsError::CrcMismatch {
+                    stored: 1,
+                    computed: 2,
+                },
+                "CRC mismatch",
+            ),
+            (WeightsError::Inconsistent, "inconsistent model"),
+            (WeightsError::WrongModel, "different model"),
+            (
+                WeightsError::BufferTooSmall {
+                    needed: 70,
+                    got: 69,
+                },
+                "need 70 bytes",
+            ),
+            (WeightsError::Internal(bug), "ring index past the plan"),
+        ];
+        let encode = [
+            (
+                EncodeError::BufferTooSmall {
+                    needed: 71,
+                    got: 1,
+                },
+                "need 71",
+            ),
+            (
+                EncodeError::WrongShape {
+                    expected: 72,
+                    got: 2,
+                },
+                "expected 72",
+            ),
+            (
+                EncodeError::AdcOutOfRange {
+                    index: 73,
+                    value: 2000,
+                },
+                "ADC value 2000",
+            ),
+            (
+                EncodeError::InvalidLayer {
+                    what: "odd pooling",
+                },
+                "odd pooling",
+            ),
+            (
+                EncodeError::Unsupported {
+                    what: "9-tap kernel",
+                },
+                "9-tap kernel",
+            ),
+            (EncodeError::Internal(bug), "bug in encoder-nostd"),
+        ];
+        let sparse = [
+            (SparseError::InvalidQuality, "invalid sparse quality"),
+            (
+                SparseError::WrongShape {
+                    expected: 74,
+                    got: 3,
+                },
+                "expected 74",
+            ),
+            (
+                SparseError::AdcOutOfRange {
+                    index: 75,
+                    value: 1024,
+                },
+                "ADC value 1024",
+            ),
+            (
+                SparseError::BufferTooSmall {
+                    needed: 76,
+                    got: 4,
+                },
+                "need 76 bytes",
+            ),
+            (SparseError::Overflow, "too large"),
+            (
+                SparseError::Truncated {
+                    needed: 77,
+                    got: 5,
+                },
+                "truncated",
+            ),
+            (
+                SparseError::Version {
+                    found: 8,
+                    supported: 1,
+                },
+                "version 8",
+            ),
+            (
+                SparseError::Corrupt {
+                    reason: "unknown mode",
+                },
+                "unknown mode",
+            ),
+            (
+                SparseError::BudgetTooSmall {
+                    budget: 78,
+                    needed: 79,
+                },
+                "78 bytes",
+            ),
+            (SparseError::Internal(bug), "bug in encoder-nostd"),
+        ];
+        let firmware = [
+            (
+                FirmwareError::LinkReceive(spi::ErrorKind::Overrun),
+                "receiving",
+            ),
+            (FirmwareError::LinkSend(spi::ErrorKind::ModeFault), "sending"),
+            (FirmwareError::Pin(digital::ErrorKind::Other), "pin"),
+            (FirmwareError::FrameNotFound { skipped: 80 }, "80 bytes"),
+            (
+                FirmwareError::FrameVersion {
+                    found: 7,
+                    supported: 1,
+                },
+                "version 7",
+            ),
+            (
+                FirmwareError::FrameSampleCount {
+                    found: 81,
+                    expected: 82,
+                },
+                "81 ADC samples",
+            ),
+            (
+                FirmwareError::FrameCrc {
+                    stored: 3,
+                    computed: 4,
+                },
+                "frame CRC mismatch",
+            ),
+            (
+                FirmwareError::FrameMalformed {
+                    reason: "no magic",
+                },
+                "no magic",
+            ),
+            (
+                FirmwareError::BufferTooSmall {
+                    needed: 83,
+                    got: 6,
+                },
+                "need 83",
+            ),
+            (FirmwareError::Weights(WeightsError::BadMagic), "bad magic"),
+            (
+                FirmwareError::Encode(EncodeError::WrongShape {
+                    expected: 84,
+                    got: 7,
+                }),
+                "expected 84",
+            ),
+            (
+                FirmwareError::Sparse(SparseError::InvalidQuality),
+                "invalid sparse quality",
+            ),
+            (FirmwareError::Internal(bug), "bug in encoder-nostd"),
+        ];
+        let mut all: Vec<(Error, &'static str)> = Vec::new();
+        all.extend(weights.map(|(e, w)| (Error::from(e), w)));
+        all.extend(encode.map(|(e, w)| (Error::from(e), w)));
+        all.extend(sparse.map(|(e, w)| (Error::from(e), w)));
+        all.extend(firmware.map(|(e, w)| (Error::from(e), w)));
+        all
+    }
+
+    #[test]
+    fn every_message_names_its_fault() {
+        for (e, word) in every_variant() {
+            let inner = e.source().expect("the top level wraps a module error");
+            let text = inner.to_string();
+            assert!(!text.is_empty(), "{e:?}");
+            assert!(text.contains(word), "{e:?}: {text:?} lacks {word:?}");
+            assert!(e.to_string().ends_with(&text), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn wrapped_and_internal_errors_chain_to_their_cause() {
+        for (e, _) in every_variant() {
+            let module = e.source().expect("module error");
+            let debug = format!("{e:?}");
+            let wraps = debug.contains("Internal(")
+                || debug.starts_with("Firmware(Weights(")
+                || debug.starts_with("Firmware(Encode(")
+                || debug.starts_with("Firmware(Sparse(");
+            assert_eq!(module.source().is_some(), wraps, "{debug}");
+            if let Some(cause) = module.source() {
+                assert!(module.to_string().contains(&cause.to_string()), "{debug}");
+            }
+        }
+    }
+
     fn std_caller(bytes: &[u8]) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         let model = crate::weights::parse(bytes)?;
         Ok(model.input_table.len())
@@ -183,8 +395,42 @@ mod tests {
         Ok(())
     }
 
+    fn anyhow_caller(bytes: &[u8]) -> anyhow::Result<usize> {
+        let encoder = crate::encoder::Encoder::parse(bytes)?;
+        let mut state = crate::sparse::SparseScratch::new();
+        let quality = crate::sparse::Quality::parse("0.05")?;
+        let mut out = [0u8; 4];
+        let n = crate::sparse::encode_with(
+            &mut state,
+            &[0u16; 8],
+            crate::sparse::Dims {
+                layers: 2,
+                azimuth: 2,
+                z: 2,
+            },
+            quality,
+            &mut out,
+        )?;
+        Ok(encoder.code_len() + n)
+    }
+
     #[test]
     fn std_callers_can_question_mark_every_error() {
+        let e = anyhow_caller(b"not weights").unwrap_err();
+        let weights = e.downcast_ref::<WeightsError>().copied();
+        assert_eq!(weights, Some(WeightsError::BadMagic), "{e:#}");
+        let bytes = crate::weights::owned::OwnedModel::random_ht(3, [2, 4, 4, 8], 8)
+            .to_bytes()
+            .unwrap();
+        let e = anyhow_caller(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<SparseError>(),
+                Some(SparseError::BufferTooSmall { .. })
+            ),
+            "{e:#}"
+        );
+
         let e = std_caller(b"BCAEINT8").unwrap_err();
         assert!(
             e.to_string().contains("truncated") || e.to_string().contains("bad magic"),
