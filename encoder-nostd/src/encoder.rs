@@ -18,16 +18,16 @@
 //!   block starts. Code 32x24x32 = 24,576 B.
 //!
 //! [`Encoder::scratch_len`] gives the exact figure for any weights.
+use crate::error::{internal, wrap, InternalError};
 use crate::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, avg_pool_2x2, conv, conv_output_shape, conv_rows, input_from_adc,
 };
+use crate::weights::WeightsError;
 use crate::weights::{
     self, Conv, Fingerprint, HtNetwork, ModelFamily, ModelKind, Network, Network2d, QuantizedModel,
     Shape, HT_INPUT, INPUT_2D,
 };
-use crate::error::{internal, wrap, InternalError};
-use crate::weights::WeightsError;
 
 /// Why an int8 encoder (whole-wedge or [`crate::streaming`]) or one of its [`crate::kernels`]
 /// could not encode.
@@ -300,7 +300,12 @@ impl<'a> Encoder<'a> {
     /// Encodes one wedge: `adc` in the on-disk order (azimuth 192, z 249, layer 16; layer fastest),
     /// every value at most 1023; `scratch` at least [`Encoder::scratch_len`] bytes (its contents
     /// are overwritten); `code` at least [`Encoder::code_len`] bytes, laid out (c, d, h, w).
-    pub fn encode(&self, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), EncodeError> {
+    pub fn encode(
+        &self,
+        adc: &[u16],
+        scratch: &mut [i8],
+        code: &mut [i8],
+    ) -> Result<(), EncodeError> {
         if adc.len() != WEDGE_VOXELS {
             return Err(EncodeError::WrongShape {
                 expected: WEDGE_VOXELS,

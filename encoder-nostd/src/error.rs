@@ -205,10 +205,7 @@ mod tests {
         ];
         let encode = [
             (
-                EncodeError::BufferTooSmall {
-                    needed: 71,
-                    got: 1,
-                },
+                EncodeError::BufferTooSmall { needed: 71, got: 1 },
                 "need 71",
             ),
             (
@@ -256,20 +253,11 @@ mod tests {
                 "ADC value 1024",
             ),
             (
-                SparseError::BufferTooSmall {
-                    needed: 76,
-                    got: 4,
-                },
+                SparseError::BufferTooSmall { needed: 76, got: 4 },
                 "need 76 bytes",
             ),
             (SparseError::Overflow, "too large"),
-            (
-                SparseError::Truncated {
-                    needed: 77,
-                    got: 5,
-                },
-                "truncated",
-            ),
+            (SparseError::Truncated { needed: 77, got: 5 }, "truncated"),
             (
                 SparseError::Version {
                     found: 8,
@@ -297,7 +285,10 @@ mod tests {
                 FirmwareError::LinkReceive(spi::ErrorKind::Overrun),
                 "receiving",
             ),
-            (FirmwareError::LinkSend(spi::ErrorKind::ModeFault), "sending"),
+            (
+                FirmwareError::LinkSend(spi::ErrorKind::ModeFault),
+                "sending",
+            ),
             (FirmwareError::Pin(digital::ErrorKind::Other), "pin"),
             (FirmwareError::FrameNotFound { skipped: 80 }, "80 bytes"),
             (
@@ -322,16 +313,11 @@ mod tests {
                 "frame CRC mismatch",
             ),
             (
-                FirmwareError::FrameMalformed {
-                    reason: "no magic",
-                },
+                FirmwareError::FrameMalformed { reason: "no magic" },
                 "no magic",
             ),
             (
-                FirmwareError::BufferTooSmall {
-                    needed: 83,
-                    got: 6,
-                },
+                FirmwareError::BufferTooSmall { needed: 83, got: 6 },
                 "need 83",
             ),
             (FirmwareError::Weights(WeightsError::BadMagic), "bad magic"),
@@ -391,7 +377,9 @@ mod tests {
     fn std_caller_top_level(bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
         let encoder = crate::encoder::Encoder::parse(bytes).map_err(Error::from)?;
         let mut code = [0i8; 1];
-        encoder.encode(&[], &mut [], &mut code).map_err(Error::from)?;
+        encoder
+            .encode(&[], &mut [], &mut code)
+            .map_err(Error::from)?;
         Ok(())
     }
 

@@ -66,11 +66,11 @@ use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 
 use crate::checksum::{crc32, Crc32};
 use crate::encoder::{EncodeError, Encoder};
+use crate::error::{internal, wrap, InternalError};
 use crate::geometry::WEDGE_VOXELS;
 use crate::sparse::{
     self, Dims, FixedRate, Quality, SparseError, SparseScratch, MAX_WEDGE_ENCODED_LEN,
 };
-use crate::error::{internal, wrap, InternalError};
 use crate::weights::WeightsError;
 
 /// Why one step of the firmware loop lost its wedge (or could not start).
@@ -207,7 +207,9 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 }
 
 fn put_u32(bytes: &mut [u8], at: usize, value: u32) -> Result<(), FirmwareError> {
-    let end = at.checked_add(4).ok_or(internal("frame field offset overflows"))?;
+    let end = at
+        .checked_add(4)
+        .ok_or(internal("frame field offset overflows"))?;
     let got = bytes.len();
     bytes
         .get_mut(at..end)
@@ -379,9 +381,11 @@ pub(crate) fn parse_code_frame_version(
     bytes: &[u8],
     version: u8,
 ) -> Result<(CodeFrame<'_>, u16), FirmwareError> {
-    let header = bytes.get(..CODE_HEADER_LEN).ok_or(FirmwareError::FrameMalformed {
-        reason: "shorter than a code frame header",
-    })?;
+    let header = bytes
+        .get(..CODE_HEADER_LEN)
+        .ok_or(FirmwareError::FrameMalformed {
+            reason: "shorter than a code frame header",
+        })?;
     if header[..4] != CODE_MAGIC {
         return Err(FirmwareError::FrameMalformed {
             reason: "code frame magic missing",
@@ -703,11 +707,9 @@ where
         let payload_len = self.encode()?;
         let frame_len = self.seal(header.wedge_id, payload_len)?;
         drive(&mut self.io.code_ready, true, &mut self.stats);
-        let frame = self
-            .buffers
-            .frame
-            .get(..frame_len)
-            .ok_or(internal("sealed frame longer than the checked frame buffer"))?;
+        let frame = self.buffers.frame.get(..frame_len).ok_or(internal(
+            "sealed frame longer than the checked frame buffer",
+        ))?;
         self.io
             .tx
             .write(frame)
@@ -735,14 +737,14 @@ where
 
     fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), FirmwareError> {
         let got = self.buffers.adc.len();
-        let adc = self
-            .buffers
-            .adc
-            .get_mut(..WEDGE_VOXELS)
-            .ok_or(FirmwareError::BufferTooSmall {
-                needed: WEDGE_VOXELS,
-                got,
-            })?;
+        let adc =
+            self.buffers
+                .adc
+                .get_mut(..WEDGE_VOXELS)
+                .ok_or(FirmwareError::BufferTooSmall {
+                    needed: WEDGE_VOXELS,
+                    got,
+                })?;
         receive_samples(&mut self.io.rx, header, adc)
     }
 
@@ -768,25 +770,32 @@ where
                     split_at_checked(self.buffers.scratch, encoder.scratch_len())?;
                 let code_len = encoder.code_len();
                 let got = code.len();
-                let code = code.get_mut(..code_len).ok_or(FirmwareError::BufferTooSmall {
-                    needed: code_len,
-                    got,
-                })?;
-                encoder.encode(adc, scratch, code)?;
-                let out = payload_area
+                let code = code
                     .get_mut(..code_len)
                     .ok_or(FirmwareError::BufferTooSmall {
                         needed: code_len,
-                        got: 0,
+                        got,
                     })?;
+                encoder.encode(adc, scratch, code)?;
+                let out =
+                    payload_area
+                        .get_mut(..code_len)
+                        .ok_or(FirmwareError::BufferTooSmall {
+                            needed: code_len,
+                            got: 0,
+                        })?;
                 for (o, &c) in out.iter_mut().zip(code.iter()) {
                     *o = c as u8;
                 }
                 Ok(code_len)
             }
-            Codec::Sparse { quality, state } => {
-                Ok(sparse::encode_with(state, adc, Dims::WEDGE, *quality, payload_area)?)
-            }
+            Codec::Sparse { quality, state } => Ok(sparse::encode_with(
+                state,
+                adc,
+                Dims::WEDGE,
+                *quality,
+                payload_area,
+            )?),
             Codec::SparseFixedRate { rate, state } => {
                 sparse::encode_fixed_rate_with(state, adc, Dims::WEDGE, *rate, payload_area)?;
                 Ok(rate.budget)
@@ -815,7 +824,8 @@ pub(crate) fn hunt<RX: SpiBus<u8>>(
     skipped: &mut usize,
     max_hunt: usize,
 ) -> Result<(), FirmwareError> {
-    rx.read(h).map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
+    rx.read(h)
+        .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
     while h[..4] != INPUT_MAGIC {
         // The next offset whose bytes could begin the magic; 16 if none.
         let shift = (1..INPUT_HEADER_LEN)
@@ -834,7 +844,8 @@ pub(crate) fn hunt<RX: SpiBus<u8>>(
             .get_mut(INPUT_HEADER_LEN - shift..)
             .ok_or(internal("resync shift longer than the header"))?;
         *skipped += shift;
-        rx.read(tail).map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
+        rx.read(tail)
+            .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
     }
     Ok(())
 }
@@ -853,7 +864,8 @@ pub(crate) fn receive_samples<RX: SpiBus<u8>>(
         let bytes = chunk
             .get_mut(..2 * part.len())
             .ok_or(internal("sample chunk longer than the read buffer"))?;
-        rx.read(bytes).map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
+        rx.read(bytes)
+            .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
         crc.update(bytes);
         for (sample, pair) in part.iter_mut().zip(bytes.chunks_exact(2)) {
             if let [lo, hi] = *pair {

@@ -6,9 +6,9 @@
 //! The arithmetic is the one pinned in [`crate::weights`].
 use core::ops::Range;
 
-use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW, MAX_SHIFT};
 use crate::encoder::EncodeError;
 use crate::error::internal;
+use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW, MAX_SHIFT};
 
 /// The pinned requantization rule (TFLite "single rounding", round half up, i64 intermediate):
 /// `clamp(((acc * M) + (1 << (shift - 1))) >> shift) + zp, -128, 127)`, with
@@ -43,11 +43,18 @@ struct Channel {
 
 fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, EncodeError> {
     Ok(Channel {
-        bias: le_i32(conv.bias, co).ok_or(internal("per-channel parameter array shorter than its checked length"))?,
-        multiplier: le_i32(conv.requant.multiplier, co).ok_or(internal("per-channel parameter array shorter than its checked length"))?,
-        negative_multiplier: le_i32(conv.requant.negative_multiplier, co)
-            .ok_or(internal("per-channel parameter array shorter than its checked length"))?,
-        shift: *conv.requant.shift.get(co).ok_or(internal("per-channel parameter array shorter than its checked length"))?,
+        bias: le_i32(conv.bias, co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
+        multiplier: le_i32(conv.requant.multiplier, co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
+        negative_multiplier: le_i32(conv.requant.negative_multiplier, co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
+        shift: *conv.requant.shift.get(co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
     })
 }
 
@@ -74,7 +81,9 @@ pub fn conv_output_shape(conv: &Conv<'_>, input: Shape) -> Result<Shape, EncodeE
     let dim = |n: usize, k: u8, s: u8, p: u8| -> Result<usize, EncodeError> {
         let (k, s, p) = (k as usize, s as usize, p as usize);
         if k == 0 || s == 0 || n + 2 * p < k {
-            return Err(EncodeError::InvalidLayer { what: "kernel, stride or padding give no output" });
+            return Err(EncodeError::InvalidLayer {
+                what: "kernel, stride or padding give no output",
+            });
         }
         Ok((n + 2 * p - k) / s + 1)
     };
@@ -134,10 +143,14 @@ fn conv_rows_with(
 ) -> Result<(), EncodeError> {
     let out = conv_output_shape(conv, in_shape)?;
     if conv.in_channels as usize != in_shape.c || rows.end > out.h || rows.start > rows.end {
-        return Err(EncodeError::InvalidLayer { what: "input channels or output rows do not match the input shape" });
+        return Err(EncodeError::InvalidLayer {
+            what: "input channels or output rows do not match the input shape",
+        });
     }
     if out.w > MAX_ROW {
-        return Err(EncodeError::InvalidLayer { what: "output row longer than the kernels' row buffer" });
+        return Err(EncodeError::InvalidLayer {
+            what: "output row longer than the kernels' row buffer",
+        });
     }
     if input.len() < in_shape.len() {
         return Err(EncodeError::BufferTooSmall {
@@ -160,7 +173,9 @@ fn conv_rows_with(
     let zp = conv.input_zero_point as i32;
     let in_plane = in_shape.h * in_shape.w;
     let mut acc_buf = [0i32; MAX_ROW];
-    let acc = acc_buf.get_mut(..out.w).ok_or(internal("conv row index out of its checked range"))?;
+    let acc = acc_buf
+        .get_mut(..out.w)
+        .ok_or(internal("conv row index out of its checked range"))?;
     // Valid output-column ranges per kernel column, computed once.
     let mut col_ranges = [(0usize, 0usize); 256];
     for (x, r) in col_ranges.iter_mut().enumerate().take(kw) {
@@ -211,8 +226,9 @@ fn conv_rows_with(
                                 .get(row_start..row_start + in_shape.w)
                                 .ok_or(internal("conv row index out of its checked range"))?;
                             let w_base = ((ci * kd + z) * kh + y) * kw;
-                            let w_row =
-                                w_co.get(w_base..w_base + kw).ok_or(internal("conv row index out of its checked range"))?;
+                            let w_row = w_co
+                                .get(w_base..w_base + kw)
+                                .ok_or(internal("conv row index out of its checked range"))?;
                             for (x, (&w, &(lo, hi))) in
                                 w_row.iter().zip(col_ranges.iter()).enumerate()
                             {
@@ -220,19 +236,24 @@ fn conv_rows_with(
                                 if w == 0 || lo >= hi {
                                     continue;
                                 }
-                                let acc_part = acc.get_mut(lo..hi).ok_or(internal("conv row index out of its checked range"))?;
+                                let acc_part = acc
+                                    .get_mut(lo..hi)
+                                    .ok_or(internal("conv row index out of its checked range"))?;
                                 // First input column: lo * sw + x - pw (>= 0 by construction).
-                                let first =
-                                    (lo * sw + x).checked_sub(pw).ok_or(internal("conv row index out of its checked range"))?;
+                                let first = (lo * sw + x)
+                                    .checked_sub(pw)
+                                    .ok_or(internal("conv row index out of its checked range"))?;
                                 if sw == 1 {
-                                    let src = in_row
-                                        .get(first..first + acc_part.len())
-                                        .ok_or(internal("conv row index out of its checked range"))?;
+                                    let src = in_row.get(first..first + acc_part.len()).ok_or(
+                                        internal("conv row index out of its checked range"),
+                                    )?;
                                     for (a, &v) in acc_part.iter_mut().zip(src) {
                                         *a = a.wrapping_add(w * (v as i32 - zp));
                                     }
                                 } else {
-                                    let src = in_row.get(first..).ok_or(internal("conv row index out of its checked range"))?;
+                                    let src = in_row.get(first..).ok_or(internal(
+                                        "conv row index out of its checked range",
+                                    ))?;
                                     for (a, &v) in acc_part.iter_mut().zip(src.iter().step_by(sw)) {
                                         *a = a.wrapping_add(w * (v as i32 - zp));
                                     }
@@ -241,7 +262,9 @@ fn conv_rows_with(
                         }
                     }
                 }
-                let dst = out_rows.next().ok_or(internal("conv row index out of its checked range"))?;
+                let dst = out_rows
+                    .next()
+                    .ok_or(internal("conv row index out of its checked range"))?;
                 for (o, &a) in dst.iter_mut().zip(acc.iter()) {
                     *o = requantize(
                         a,
@@ -313,9 +336,10 @@ fn conv_rows_strided(
                                 .get(row_start..row_start + in_shape.w)
                                 .ok_or(internal("strided conv index out of its checked range"))?;
                             for p in 0..sw {
-                                let dst = phases
-                                    .get_mut(p * phase_len..(p + 1) * phase_len)
-                                    .ok_or(internal("strided conv index out of its checked range"))?;
+                                let dst =
+                                    phases.get_mut(p * phase_len..(p + 1) * phase_len).ok_or(
+                                        internal("strided conv index out of its checked range"),
+                                    )?;
                                 let src = in_row.get(p..).unwrap_or(&[]);
                                 for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
                                     *d = v as i16 - zp;
@@ -324,8 +348,9 @@ fn conv_rows_strided(
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for (k, acc_c) in acc.chunks_exact_mut(out.w).enumerate() {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row =
-                                    conv.weights.get(at..at + kw).ok_or(internal("strided conv index out of its checked range"))?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
+                                    "strided conv index out of its checked range",
+                                ))?;
                                 for (x, (&w, &(lo, hi))) in
                                     w_row.iter().zip(col_ranges.iter()).enumerate()
                                 {
@@ -333,15 +358,16 @@ fn conv_rows_strided(
                                     if w == 0 || lo >= hi {
                                         continue;
                                     }
-                                    let first = (lo * sw + x)
-                                        .checked_sub(pw)
-                                        .ok_or(internal("strided conv index out of its checked range"))?;
+                                    let first = (lo * sw + x).checked_sub(pw).ok_or(internal(
+                                        "strided conv index out of its checked range",
+                                    ))?;
                                     let start = (first % sw) * phase_len + first / sw;
-                                    let src = phases
-                                        .get(start..start + (hi - lo))
-                                        .ok_or(internal("strided conv index out of its checked range"))?;
-                                    let acc_part =
-                                        acc_c.get_mut(lo..hi).ok_or(internal("strided conv index out of its checked range"))?;
+                                    let src = phases.get(start..start + (hi - lo)).ok_or(
+                                        internal("strided conv index out of its checked range"),
+                                    )?;
+                                    let acc_part = acc_c.get_mut(lo..hi).ok_or(internal(
+                                        "strided conv index out of its checked range",
+                                    ))?;
                                     for (a, &v) in acc_part.iter_mut().zip(src) {
                                         *a = a.wrapping_add(w * v as i32);
                                     }
@@ -463,7 +489,9 @@ fn conv_rows_sparse<const LANES: usize>(
     let first = kw - 1 - pw;
     let span = in_shape.w + kw - 1;
     if pw >= kw || first + (out.w.max(1) - 1) * sw >= span {
-        return Err(EncodeError::InvalidLayer { what: "padding not smaller than the kernel" });
+        return Err(EncodeError::InvalidLayer {
+            what: "padding not smaller than the kernel",
+        });
     }
     let mut acc = [[0i32; LANES]; SPARSE_ACC];
     // i16 products are exact: |w| <= 127 and |v - zp| <= 255, so |w * (v - zp)| <= 32,385.
@@ -478,7 +506,9 @@ fn conv_rows_sparse<const LANES: usize>(
                 for (k, b) in bias.iter_mut().enumerate().take(g) {
                     *b = channel(conv, g0 + k)?.bias;
                 }
-                acc.get_mut(..span).ok_or(internal("sparse-input conv index out of its checked range"))?.fill(bias);
+                acc.get_mut(..span)
+                    .ok_or(internal("sparse-input conv index out of its checked range"))?
+                    .fill(bias);
                 for ci in 0..in_shape.c {
                     for z in 0..kd {
                         let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
@@ -492,9 +522,12 @@ fn conv_rows_sparse<const LANES: usize>(
                                 continue;
                             };
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
-                            let in_row = input
-                                .get(row_start..row_start + in_shape.w)
-                                .ok_or(internal("sparse-input conv index out of its checked range"))?;
+                            let in_row =
+                                input
+                                    .get(row_start..row_start + in_shape.w)
+                                    .ok_or(internal(
+                                        "sparse-input conv index out of its checked range",
+                                    ))?;
                             let n = gather_nonzero(in_row, zp, &mut cols, &mut vals);
                             if n == 0 {
                                 continue;
@@ -503,18 +536,23 @@ fn conv_rows_sparse<const LANES: usize>(
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for k in 0..g {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row =
-                                    conv.weights.get(at..at + kw).ok_or(internal("sparse-input conv index out of its checked range"))?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
+                                    "sparse-input conv index out of its checked range",
+                                ))?;
                                 for (tap, &w) in taps.iter_mut().zip(w_row.iter().rev()) {
                                     if let Some(lane) = tap.get_mut(k) {
                                         *lane = w as i8 as i16;
                                     }
                                 }
                             }
-                            let taps = taps.get(..kw).ok_or(internal("sparse-input conv index out of its checked range"))?;
+                            let taps = taps.get(..kw).ok_or(internal(
+                                "sparse-input conv index out of its checked range",
+                            ))?;
                             for (&ix, &v) in cols.iter().zip(vals.iter()).take(n) {
                                 let ix = ix as usize;
-                                let dst = acc.get_mut(ix..ix + kw).ok_or(internal("sparse-input conv index out of its checked range"))?;
+                                let dst = acc.get_mut(ix..ix + kw).ok_or(internal(
+                                    "sparse-input conv index out of its checked range",
+                                ))?;
                                 for (a, tap) in dst.iter_mut().zip(taps) {
                                     for (a, &w) in a.iter_mut().zip(tap) {
                                         *a = a.wrapping_add(w.wrapping_mul(v) as i32);
@@ -524,7 +562,9 @@ fn conv_rows_sparse<const LANES: usize>(
                         }
                     }
                 }
-                let acc_out = acc.get(first..span).ok_or(internal("sparse-input conv index out of its checked range"))?;
+                let acc_out = acc
+                    .get(first..span)
+                    .ok_or(internal("sparse-input conv index out of its checked range"))?;
                 for k in 0..g {
                     let co = g0 + k;
                     let ch = channel(conv, co)?;
@@ -579,8 +619,12 @@ fn conv_rows_pairs(
     let mut acc = [[0i32; MAX_ROW]; PAIR_GROUP];
     let mut xp = [0i16; MAX_ROW + PAIR_TAPS + 1];
     let mut pairs = [[0i16; 2]; MAX_ROW + PAIR_TAPS];
-    let xp = xp.get_mut(..padded).ok_or(internal("paired-tap conv index out of its checked range"))?;
-    let pairs = pairs.get_mut(..padded - 1).ok_or(internal("paired-tap conv index out of its checked range"))?;
+    let xp = xp
+        .get_mut(..padded)
+        .ok_or(internal("paired-tap conv index out of its checked range"))?;
+    let pairs = pairs
+        .get_mut(..padded - 1)
+        .ok_or(internal("paired-tap conv index out of its checked range"))?;
     for od in 0..out.d {
         for oy in rows.clone() {
             for g0 in (0..out.c).step_by(PAIR_GROUP) {
@@ -601,13 +645,16 @@ fn conv_rows_pairs(
                                 continue;
                             };
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
-                            let in_row = input
-                                .get(row_start..row_start + in_shape.w)
-                                .ok_or(internal("paired-tap conv index out of its checked range"))?;
+                            let in_row =
+                                input
+                                    .get(row_start..row_start + in_shape.w)
+                                    .ok_or(internal(
+                                        "paired-tap conv index out of its checked range",
+                                    ))?;
                             xp.fill(0);
-                            let body = xp
-                                .get_mut(pw..pw + in_shape.w)
-                                .ok_or(internal("paired-tap conv index out of its checked range"))?;
+                            let body = xp.get_mut(pw..pw + in_shape.w).ok_or(internal(
+                                "paired-tap conv index out of its checked range",
+                            ))?;
                             for (d, &v) in body.iter_mut().zip(in_row) {
                                 *d = v as i16 - zp;
                             }
@@ -617,9 +664,12 @@ fn conv_rows_pairs(
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for (k, acc_c) in acc.iter_mut().enumerate().take(g) {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row =
-                                    conv.weights.get(at..at + kw).ok_or(internal("paired-tap conv index out of its checked range"))?;
-                                let acc_c = acc_c.get_mut(..out.w).ok_or(internal("paired-tap conv index out of its checked range"))?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
+                                    "paired-tap conv index out of its checked range",
+                                ))?;
+                                let acc_c = acc_c.get_mut(..out.w).ok_or(internal(
+                                    "paired-tap conv index out of its checked range",
+                                ))?;
                                 add_tap_pairs(acc_c, pairs, w_row)?;
                             }
                         }
@@ -662,10 +712,14 @@ pub(crate) fn add_tap_pairs(
     let mut t = 0;
     while t < w_row.len() {
         let (w0, w1) = (w(t), w(t + 1));
-        let p0 = pairs.get(t..t + n).ok_or(internal("tap pair index out of its checked range"))?;
+        let p0 = pairs
+            .get(t..t + n)
+            .ok_or(internal("tap pair index out of its checked range"))?;
         if t + 2 < w_row.len() {
             let (w2, w3) = (w(t + 2), w(t + 3));
-            let p1 = pairs.get(t + 2..t + 2 + n).ok_or(internal("tap pair index out of its checked range"))?;
+            let p1 = pairs
+                .get(t + 2..t + 2 + n)
+                .ok_or(internal("tap pair index out of its checked range"))?;
             for ((a, x), y) in acc.iter_mut().zip(p0).zip(p1) {
                 let s = (x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w1) as i32)
                     + (y[0].wrapping_mul(w2) as i32 + y[1].wrapping_mul(w3) as i32);
@@ -684,9 +738,15 @@ pub(crate) fn add_tap_pairs(
 
 /// 2x2 average pooling (stride 2) over each [h][w] plane of `input` (shape `in_shape`, even h and
 /// w), keeping the input's scale and zero point: `y = (q00 + q01 + q10 + q11 + 2) >> 2`.
-pub fn avg_pool_2x2(input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<Shape, EncodeError> {
+pub fn avg_pool_2x2(
+    input: &[i8],
+    in_shape: Shape,
+    output: &mut [i8],
+) -> Result<Shape, EncodeError> {
     if (in_shape.h | in_shape.w) & 1 != 0 {
-        return Err(EncodeError::InvalidLayer { what: "2x2 pooling of an odd height or width" });
+        return Err(EncodeError::InvalidLayer {
+            what: "2x2 pooling of an odd height or width",
+        });
     }
     let out = Shape {
         h: in_shape.h / 2,
@@ -772,7 +832,9 @@ pub fn input_from_adc(
         });
     }
     if table.len() != 1024 || z_bins > w_padded {
-        return Err(EncodeError::InvalidLayer { what: "input table not 1024 entries, or more z bins than the padded row" });
+        return Err(EncodeError::InvalidLayer {
+            what: "input table not 1024 entries, or more z bins than the padded row",
+        });
     }
     let needed = layers * azimuth * w_padded;
     if output.len() < needed {

@@ -50,8 +50,8 @@ pub use fixed_rate::{
 
 pub use quant::{Quantizer, ADC_VALUES, LOG2_Q16};
 
-use crate::geometry::{ADC_MAX, AZIMUTH, LAYERS, Z_BINS};
 use crate::error::{wrap, InternalError};
+use crate::geometry::{ADC_MAX, AZIMUTH, LAYERS, Z_BINS};
 use quant::VALUE_BUCKETS;
 use range_coder::{RangeDecoder, RangeEncoder, PROB_INIT};
 
@@ -437,7 +437,12 @@ pub fn encode_wedge(adc: &[u16], quality: Quality, out: &mut [u8]) -> Result<usi
 }
 
 /// Encode a grid of `dims` into `out` with the codec state on the stack (~60 KiB).
-pub fn encode(adc: &[u16], dims: Dims, quality: Quality, out: &mut [u8]) -> Result<usize, SparseError> {
+pub fn encode(
+    adc: &[u16],
+    dims: Dims,
+    quality: Quality,
+    out: &mut [u8],
+) -> Result<usize, SparseError> {
     let mut scratch = SparseScratch::new();
     encode_with(&mut scratch, adc, dims, quality, out)
 }

@@ -38,7 +38,9 @@
 //! runs once the last input column its kernel reaches (or the tensor's last column) has been
 //! written and, for an add, once the skip column exists. z positions 249..255 (the networks'
 //! padding, ADC 0) are fed by the encoder itself after the last slice.
+use crate::encoder::EncodeError;
 use crate::encoder::Encoder;
+use crate::error::{internal, Error};
 use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
@@ -46,8 +48,6 @@ use crate::kernels::{
 use crate::weights::{
     le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
 };
-use crate::encoder::EncodeError;
-use crate::error::{internal, Error};
 
 /// Most rings (tensors) and stages a network may have (BCAE-2D with 8 blocks needs 42 and 41).
 const MAX_NODES: usize = 48;
@@ -195,11 +195,9 @@ impl<'a> StreamEncoder<'a> {
         }
         let mut this = StreamEncoder { encoder, plan };
         this.size_rings()?;
-        let code = this
-            .plan
-            .rings
-            .get(this.plan.code)
-            .ok_or(internal("the planned code ring differs from the encoder's code shape"))?;
+        let code = this.plan.rings.get(this.plan.code).ok_or(internal(
+            "the planned code ring differs from the encoder's code shape",
+        ))?;
         if code.shape != this.encoder.code_shape() {
             return bug("the planned code ring differs from the encoder's code shape");
         }
@@ -234,7 +232,10 @@ impl<'a> StreamEncoder<'a> {
 
     /// Starts a wedge over `scratch` (at least [`StreamEncoder::scratch_bytes`]; contents
     /// overwritten as the wedge goes).
-    pub fn begin<'e, 's>(&'e self, scratch: &'s mut [i8]) -> Result<Stream<'e, 'a, 's>, EncodeError> {
+    pub fn begin<'e, 's>(
+        &'e self,
+        scratch: &'s mut [i8],
+    ) -> Result<Stream<'e, 'a, 's>, EncodeError> {
         if scratch.len() < self.plan.scratch {
             return Err(EncodeError::BufferTooSmall {
                 needed: self.plan.scratch,
@@ -250,7 +251,12 @@ impl<'a> StreamEncoder<'a> {
 
     /// Encodes a whole wedge by streaming it (same arguments and code layout as
     /// [`Encoder::encode`]; `scratch` only needs [`StreamEncoder::scratch_bytes`]).
-    pub fn encode(&self, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), EncodeError> {
+    pub fn encode(
+        &self,
+        adc: &[u16],
+        scratch: &mut [i8],
+        code: &mut [i8],
+    ) -> Result<(), EncodeError> {
         if adc.len() != SLICE_SAMPLES * Z_BINS {
             return Err(EncodeError::WrongShape {
                 expected: SLICE_SAMPLES * Z_BINS,
@@ -270,7 +276,10 @@ impl<'a> StreamEncoder<'a> {
         for z in 0..Z_BINS {
             for (a, dst) in slice.chunks_exact_mut(LAYERS).enumerate() {
                 let at = (a * Z_BINS + z) * LAYERS;
-                dst.copy_from_slice(adc.get(at..at + LAYERS).ok_or(internal("wedge slice outside the checked input"))?);
+                dst.copy_from_slice(
+                    adc.get(at..at + LAYERS)
+                        .ok_or(internal("wedge slice outside the checked input"))?,
+                );
             }
             stream.push(&slice, &mut scatter)?;
         }
@@ -292,7 +301,11 @@ impl<'a> StreamEncoder<'a> {
             self.note_write(&c, 0, &mut needed);
             c.written[0] += 1;
             while let Some(s) = self.ready_stage(&c) {
-                let op = *self.plan.stages.get(s).ok_or(internal("streaming schedule inconsistent with its plan"))?;
+                let op = *self
+                    .plan
+                    .stages
+                    .get(s)
+                    .ok_or(internal("streaming schedule inconsistent with its plan"))?;
                 let col = c.next[s];
                 self.note_write(&c, op.dst(), &mut needed);
                 c.written[op.dst()] += 1;
@@ -446,8 +459,17 @@ fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, EncodeError> {
 }
 
 /// A conv stage from ring `src` into a new ring; returns the new ring.
-fn add_conv(plan: &mut Plan, conv: &Conv<'_>, layer: Layer, src: usize) -> Result<usize, EncodeError> {
-    let in_shape = plan.rings.get(src).ok_or(internal("plan ring index out of range"))?.shape;
+fn add_conv(
+    plan: &mut Plan,
+    conv: &Conv<'_>,
+    layer: Layer,
+    src: usize,
+) -> Result<usize, EncodeError> {
+    let in_shape = plan
+        .rings
+        .get(src)
+        .ok_or(internal("plan ring index out of range"))?
+        .shape;
     let shape = conv_output_shape(conv, in_shape)?;
     check_conv(conv, in_shape)?;
     let dst = new_ring(plan, shape)?;
@@ -464,7 +486,11 @@ fn add_conv_add(
     src: usize,
     skip: usize,
 ) -> Result<usize, EncodeError> {
-    let in_shape = plan.rings.get(src).ok_or(internal("residual operands planned with different shapes"))?.shape;
+    let in_shape = plan
+        .rings
+        .get(src)
+        .ok_or(internal("residual operands planned with different shapes"))?
+        .shape;
     let shape = conv_output_shape(conv, in_shape)?;
     check_conv(conv, in_shape)?;
     if plan.rings.get(skip).map(|r| r.shape) != Some(shape) {
@@ -486,7 +512,11 @@ fn add_conv_add(
 }
 
 fn add_pool(plan: &mut Plan, src: usize) -> Result<usize, EncodeError> {
-    let s = plan.rings.get(src).ok_or(internal("pooling planned on an odd shape"))?.shape;
+    let s = plan
+        .rings
+        .get(src)
+        .ok_or(internal("pooling planned on an odd shape"))?
+        .shape;
     if (s.h | s.w) & 1 != 0 {
         return bug("pooling planned on an odd shape");
     }
@@ -518,7 +548,11 @@ fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
     for (b, block) in net.blocks.iter().enumerate() {
         // skip, main1, then main2 + add: downstream runs first, so the add consumes each skip
         // column before the skip conv writes the next one (a one-column skip ring).
-        let x_shape = plan.rings.get(x).ok_or(internal("plan ring index out of range"))?.shape;
+        let x_shape = plan
+            .rings
+            .get(x)
+            .ok_or(internal("plan ring index out of range"))?
+            .shape;
         let skip_shape = conv_output_shape(&block.skip, x_shape)?;
         check_conv(&block.skip, x_shape)?;
         let s = new_ring(plan, skip_shape)?;
@@ -576,10 +610,12 @@ pub fn scatter_code_slice(
     }
     let got = code.len();
     for (i, &v) in slice.iter().enumerate() {
-        *code.get_mut(i * shape.w + o).ok_or(EncodeError::BufferTooSmall {
-            needed: shape.len(),
-            got,
-        })? = v;
+        *code
+            .get_mut(i * shape.w + o)
+            .ok_or(EncodeError::BufferTooSmall {
+                needed: shape.len(),
+                got,
+            })? = v;
     }
     Ok(())
 }
@@ -745,7 +781,9 @@ impl Run<'_, '_, '_> {
     fn input_column(&mut self, slice: Option<&[u16]>) -> Result<(), EncodeError> {
         let enc = self.encoder;
         let table = enc.encoder.model().input_table;
-        let pad = *table.first().ok_or(internal("input table shorter than its checked 1024 entries"))? as i8;
+        let pad = *table.first().ok_or(internal(
+            "input table shorter than its checked 1024 entries",
+        ))? as i8;
         let col = self.counters.written[0];
         let dst = self.slot_mut(0, col)?;
         match slice {
@@ -798,7 +836,9 @@ impl Run<'_, '_, '_> {
         let plan = &enc.plan;
         match op {
             Op::Conv { layer, src, dst } => {
-                let out = plan.rings.get(dst).ok_or(internal("stage refers to a ring or add missing from the plan"))?;
+                let out = plan.rings.get(dst).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let (out_shape, out_at) = (out.shape, self.slot_range(dst, o)?);
                 let (input, output) = split_input_output(self.scratch, plan, src, out_at)?;
                 conv_stage(enc, layer, input, src, o, out_shape, output)
@@ -810,7 +850,9 @@ impl Run<'_, '_, '_> {
                 skip,
                 dst,
             } => {
-                let out = plan.rings.get(dst).ok_or(internal("stage refers to a ring or add missing from the plan"))?;
+                let out = plan.rings.get(dst).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let out_shape = out.shape;
                 let col = out.col_len();
                 let tmp_at = plan.tmp_offset..plan.tmp_offset + col;
@@ -820,12 +862,16 @@ impl Run<'_, '_, '_> {
                 let skip_at = self.slot_range(skip, o)?;
                 let dst_at = self.slot_range(dst, o)?;
                 self.scratch.copy_within(skip_at, dst_at.start);
-                let add = add_of(&enc.encoder, add).ok_or(internal("stage refers to a ring or add missing from the plan"))?;
+                let add = add_of(&enc.encoder, add).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let (a, b) = two_ranges(self.scratch, tmp_at, dst_at)?;
                 add_in_place(add, a, b)
             }
             Op::Pool { src, dst } => {
-                let ring = plan.rings.get(src).ok_or(internal("stage refers to a ring or add missing from the plan"))?;
+                let ring = plan.rings.get(src).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let (cd, h) = (ring.shape.c * ring.shape.d, ring.shape.h);
                 let first = self.slot_range(src, 2 * o)?;
                 let second = self.slot_range(src, 2 * o + 1)?;
@@ -856,7 +902,10 @@ impl Run<'_, '_, '_> {
 }
 
 fn slot_range(plan: &Plan, r: usize, col: usize) -> Result<core::ops::Range<usize>, EncodeError> {
-    let ring = plan.rings.get(r).ok_or(internal("ring index out of the plan"))?;
+    let ring = plan
+        .rings
+        .get(r)
+        .ok_or(internal("ring index out of the plan"))?;
     let len = ring.col_len();
     let start = ring.offset + (col % ring.slots.max(1)) * len;
     Ok(start..start + len)
@@ -869,7 +918,10 @@ fn split_input_output<'s>(
     src: usize,
     out: core::ops::Range<usize>,
 ) -> Result<(&'s [i8], &'s mut [i8]), EncodeError> {
-    let ring = plan.rings.get(src).ok_or(internal("ring index out of the plan"))?;
+    let ring = plan
+        .rings
+        .get(src)
+        .ok_or(internal("ring index out of the plan"))?;
     let input = ring.offset..ring.offset + ring.slots * ring.col_len();
     let (a, b) = two_ranges(scratch, input, out)?;
     Ok((a, b))
@@ -911,7 +963,11 @@ fn conv_stage(
     output: &mut [i8],
 ) -> Result<(), EncodeError> {
     let conv = conv_of(&enc.encoder, layer);
-    let ring = enc.plan.rings.get(src).ok_or(internal("conv column outside its ring"))?;
+    let ring = enc
+        .plan
+        .rings
+        .get(src)
+        .ok_or(internal("conv column outside its ring"))?;
     let (kw, sw, pw) = (
         conv.kernel[2] as usize,
         conv.stride[2] as usize,
@@ -924,7 +980,11 @@ fn conv_stage(
             continue;
         };
         let at = (z % ring.slots.max(1)) * len;
-        *col = Some(ring_bytes.get(at..at + len).ok_or(internal("conv column outside its ring"))?);
+        *col = Some(
+            ring_bytes
+                .get(at..at + len)
+                .ok_or(internal("conv column outside its ring"))?,
+        );
     }
     conv_column(
         conv,
@@ -975,7 +1035,9 @@ pub fn conv_column(
         let n = in_shape.c * in_shape.d * in_shape.h;
         let (mut nonzero, mut total) = (0usize, 0usize);
         for col in cols.iter().flatten() {
-            let col = col.get(..n).ok_or(internal("column conv index out of its checked range"))?;
+            let col = col
+                .get(..n)
+                .ok_or(internal("column conv index out of its checked range"))?;
             nonzero += col.iter().filter(|&&v| v != zp8).count();
             total += n;
         }
@@ -990,7 +1052,9 @@ pub fn conv_column(
     }
     .clamp(1, out.c);
     let mut acc_cl = [[0i32; SPARSE_LANES]; MAX_ROW];
-    let acc_cl = acc_cl.get_mut(..out.h).ok_or(internal("column conv index out of its checked range"))?;
+    let acc_cl = acc_cl
+        .get_mut(..out.h)
+        .ok_or(internal("column conv index out of its checked range"))?;
     // Tap y reads azimuth phase taps[y].0 at output o + taps[y].1 ... (see the sparse loop).
     let mut taps = [(0usize, 0isize); MAX_H_TAPS];
     for (y, t) in taps.iter_mut().enumerate().take(kh) {
@@ -1012,7 +1076,10 @@ pub fn conv_column(
                 .get_mut(..(g1 - g0) * out.h)
                 .ok_or(internal("column conv index out of its checked range"))?;
             for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
-                acc_c.fill(le_i32(conv.bias, g0 + k).ok_or(internal("column conv index out of its checked range"))?);
+                acc_c.fill(
+                    le_i32(conv.bias, g0 + k)
+                        .ok_or(internal("column conv index out of its checked range"))?,
+                );
             }
             if sparse {
                 acc_cl.fill([0; SPARSE_LANES]);
@@ -1053,11 +1120,10 @@ pub fn conv_column(
                             let mut wt = [[0i16; SPARSE_LANES]; MAX_H_TAPS];
                             for (k, lanes) in (g0..g1).zip(0..SPARSE_LANES) {
                                 for (y, w) in wt.iter_mut().enumerate().take(kh) {
-                                    w[lanes] = *conv
-                                        .weights
-                                        .get(k * terms + w_base + y * kw)
-                                        .ok_or(internal("column conv index out of its checked range"))?
-                                        as i8 as i16;
+                                    w[lanes] =
+                                        *conv.weights.get(k * terms + w_base + y * kw).ok_or(
+                                            internal("column conv index out of its checked range"),
+                                        )? as i8 as i16;
                                 }
                             }
                             for (y, &(p, off)) in taps.iter().enumerate().take(kh) {
@@ -1066,10 +1132,18 @@ pub fn conv_column(
                                     continue;
                                 }
                                 // Output o reads input o * sh + y - ph = m * sh + p: o = m + off.
-                                let at = *seg.get(p).ok_or(internal("column conv index out of its checked range"))?
-                                    ..*seg.get(p + 1).ok_or(internal("column conv index out of its checked range"))?;
-                                let ms = nz_m.get(at.clone()).ok_or(internal("column conv index out of its checked range"))?;
-                                let vs = nz_v.get(at).ok_or(internal("column conv index out of its checked range"))?;
+                                let at = *seg
+                                    .get(p)
+                                    .ok_or(internal("column conv index out of its checked range"))?
+                                    ..*seg.get(p + 1).ok_or(internal(
+                                        "column conv index out of its checked range",
+                                    ))?;
+                                let ms = nz_m.get(at.clone()).ok_or(internal(
+                                    "column conv index out of its checked range",
+                                ))?;
+                                let vs = nz_v.get(at).ok_or(internal(
+                                    "column conv index out of its checked range",
+                                ))?;
                                 for (&m, &v) in ms.iter().zip(vs) {
                                     let o = (m as isize + off) as usize;
                                     if let Some(a) = acc_cl.get_mut(o) {
@@ -1089,7 +1163,9 @@ pub fn conv_column(
                         for p in 0..sh.min(kh) {
                             let taps_p = (kh - p).div_ceil(sh);
                             let q_len = out.h + taps_p + 1;
-                            let q = phase.get_mut(..q_len).ok_or(internal("column conv index out of its checked range"))?;
+                            let q = phase
+                                .get_mut(..q_len)
+                                .ok_or(internal("column conv index out of its checked range"))?;
                             for (m, v) in q.iter_mut().enumerate() {
                                 *v = (m * sh + p)
                                     .checked_sub(ph)
@@ -1106,12 +1182,13 @@ pub fn conv_column(
                                 let w_co = (g0 + k) * terms + w_base;
                                 let mut w_row = [0u8; MAX_H_TAPS];
                                 for (t, w) in w_row.iter_mut().enumerate().take(taps_p) {
-                                    *w = *conv
-                                        .weights
-                                        .get(w_co + (p + t * sh) * kw)
-                                        .ok_or(internal("column conv index out of its checked range"))?;
+                                    *w = *conv.weights.get(w_co + (p + t * sh) * kw).ok_or(
+                                        internal("column conv index out of its checked range"),
+                                    )?;
                                 }
-                                let w_row = w_row.get(..taps_p).ok_or(internal("column conv index out of its checked range"))?;
+                                let w_row = w_row.get(..taps_p).ok_or(internal(
+                                    "column conv index out of its checked range",
+                                ))?;
                                 add_tap_pairs(acc_c, pairs, w_row)?;
                             }
                         }
@@ -1121,16 +1198,25 @@ pub fn conv_column(
             if sparse {
                 for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
                     for (a, lanes) in acc_c.iter_mut().zip(acc_cl.iter()) {
-                        *a = a.wrapping_add(*lanes.get(k).ok_or(internal("column conv index out of its checked range"))?);
+                        *a = a.wrapping_add(
+                            *lanes
+                                .get(k)
+                                .ok_or(internal("column conv index out of its checked range"))?,
+                        );
                     }
                 }
             }
             for (k, acc_c) in acc.chunks_exact(out.h).enumerate() {
                 let co = g0 + k;
-                let m = le_i32(conv.requant.multiplier, co).ok_or(internal("column conv index out of its checked range"))?;
-                let n =
-                    le_i32(conv.requant.negative_multiplier, co).ok_or(internal("column conv index out of its checked range"))?;
-                let shift = *conv.requant.shift.get(co).ok_or(internal("column conv index out of its checked range"))?;
+                let m = le_i32(conv.requant.multiplier, co)
+                    .ok_or(internal("column conv index out of its checked range"))?;
+                let n = le_i32(conv.requant.negative_multiplier, co)
+                    .ok_or(internal("column conv index out of its checked range"))?;
+                let shift = *conv
+                    .requant
+                    .shift
+                    .get(co)
+                    .ok_or(internal("column conv index out of its checked range"))?;
                 let at = (co * out.d + od) * out.h;
                 let dst = output
                     .get_mut(at..at + out.h)

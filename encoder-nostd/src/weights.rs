@@ -42,8 +42,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::crc32;
-use crate::geometry::{LAYERS, Z_PADDED};
 use crate::error::{internal, wrap, InternalError};
+use crate::geometry::{LAYERS, Z_PADDED};
 
 #[cfg(any(feature = "std", test))]
 pub mod owned;
@@ -378,8 +378,10 @@ pub fn serialized_len(model: &QuantizedModel<'_>) -> Result<usize, WeightsError>
         magic: MAGIC,
         version: FORMAT_VERSION,
     };
-    let h = postcard::experimental::serialized_size(&header).map_err(|_| internal("postcard cannot size the weights header"))?;
-    let b = postcard::experimental::serialized_size(model).map_err(|_| internal("postcard cannot size the model"))?;
+    let h = postcard::experimental::serialized_size(&header)
+        .map_err(|_| internal("postcard cannot size the weights header"))?;
+    let b = postcard::experimental::serialized_size(model)
+        .map_err(|_| internal("postcard cannot size the model"))?;
     Ok(h + b + 4)
 }
 
@@ -408,7 +410,10 @@ pub fn write(model: &QuantizedModel<'_>, out: &mut [u8]) -> Result<usize, Weight
         .map_err(|_| internal("the model does not fit its computed size"))?
         .len();
     let body_end = h + b;
-    let crc = crc32(out.get(..body_end).ok_or(internal("the written body is shorter than its length"))?);
+    let crc = crc32(
+        out.get(..body_end)
+            .ok_or(internal("the written body is shorter than its length"))?,
+    );
     out.get_mut(body_end..body_end + 4)
         .ok_or(WeightsError::BufferTooSmall {
             needed,
@@ -515,14 +520,18 @@ impl Conv<'_> {
             return Err(WeightsError::Inconsistent);
         }
         for c in 0..co {
-            let bias = le_i32(self.bias, c).ok_or(internal("bias array shorter than its checked length"))?;
+            let bias = le_i32(self.bias, c)
+                .ok_or(internal("bias array shorter than its checked length"))?;
             if bias.unsigned_abs() > MAX_ABS_BIAS as u32 {
                 return Err(WeightsError::Inconsistent);
             }
-            check_multiplier(le_i32(self.requant.multiplier, c).ok_or(internal("multiplier array shorter than its checked length"))?)?;
             check_multiplier(
-                le_i32(self.requant.negative_multiplier, c).ok_or(internal("negative multiplier array shorter than its checked length"))?,
+                le_i32(self.requant.multiplier, c)
+                    .ok_or(internal("multiplier array shorter than its checked length"))?,
             )?;
+            check_multiplier(le_i32(self.requant.negative_multiplier, c).ok_or(internal(
+                "negative multiplier array shorter than its checked length",
+            ))?)?;
         }
         for &s in self.requant.shift {
             check_shift(s)?;

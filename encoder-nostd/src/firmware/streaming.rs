@@ -54,13 +54,13 @@ use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 
 use super::{
     drive, hunt, parse_code_frame_version, receive_samples, seal_code_frame, u32_at, weights_crc,
-    CodeFrame, CodeHeader, CodecKind, Peripherals, Stats, CODE_HEADER_LEN, CRC_LEN,
-    FirmwareError, INPUT_HEADER_LEN, INPUT_MAGIC,
+    CodeFrame, CodeHeader, CodecKind, FirmwareError, Peripherals, Stats, CODE_HEADER_LEN, CRC_LEN,
+    INPUT_HEADER_LEN, INPUT_MAGIC,
 };
 use crate::encoder::{EncodeError, Encoder};
+use crate::error::internal;
 use crate::geometry::Z_BINS;
 use crate::streaming::{StreamEncoder, StreamState, SLICE_SAMPLES};
-use crate::error::internal;
 
 /// Frame-format version of slice frames and code-slice frames.
 pub const SLICE_FRAME_VERSION: u8 = 2;
@@ -330,10 +330,13 @@ where
             };
             let len = seal_code_frame(frame, header, code.len())?;
             drive(&mut io.code_ready, true, &mut stats.common);
-            let bytes = frame
-                .get(..len)
-                .ok_or(internal("sealed frame longer than the checked frame buffer"))?;
-            let result = io.tx.write(bytes).map_err(|e| FirmwareError::LinkSend(e.kind()));
+            let bytes = frame.get(..len).ok_or(internal(
+                "sealed frame longer than the checked frame buffer",
+            ))?;
+            let result = io
+                .tx
+                .write(bytes)
+                .map_err(|e| FirmwareError::LinkSend(e.kind()));
             drive(&mut io.code_ready, false, &mut stats.common);
             result?;
             let common = &mut stats.common;
@@ -364,14 +367,14 @@ where
 
     fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), FirmwareError> {
         let got = self.buffers.slice.len();
-        let slice = self
-            .buffers
-            .slice
-            .get_mut(..SLICE_SAMPLES)
-            .ok_or(FirmwareError::BufferTooSmall {
-                needed: SLICE_SAMPLES,
-                got,
-            })?;
+        let slice =
+            self.buffers
+                .slice
+                .get_mut(..SLICE_SAMPLES)
+                .ok_or(FirmwareError::BufferTooSmall {
+                    needed: SLICE_SAMPLES,
+                    got,
+                })?;
         receive_samples(&mut self.io.rx, header, slice)
     }
 }

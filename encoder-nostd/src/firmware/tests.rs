@@ -273,7 +273,10 @@ fn corrupted_and_malformed_frames_are_counted_and_the_loop_goes_on() {
         ),
         (2, 2, 1, 3)
     );
-    assert!(matches!(stats.last_error, Some(FirmwareError::FrameCrc { .. })));
+    assert!(matches!(
+        stats.last_error,
+        Some(FirmwareError::FrameCrc { .. })
+    ));
     let io = fw.release();
     assert_eq!(decode_sparse(&io.tx.frames[0]), (6, d));
     assert_eq!(io.busy.edges.last(), Some(&false));
@@ -289,9 +292,15 @@ fn link_and_pin_errors_are_typed_and_counted() {
     stream.fail_read = Some(3); // header read, then payload chunk 1 fails
     let mut rig = Rig::new();
     let mut fw = rig.sparse(stream);
-    assert_eq!(fw.step(), Err(FirmwareError::LinkReceive(spi::ErrorKind::Overrun)));
+    assert_eq!(
+        fw.step(),
+        Err(FirmwareError::LinkReceive(spi::ErrorKind::Overrun))
+    );
     fw.peripherals_mut().tx.fail_next = true;
-    assert_eq!(fw.step(), Err(FirmwareError::LinkSend(spi::ErrorKind::ModeFault)));
+    assert_eq!(
+        fw.step(),
+        Err(FirmwareError::LinkSend(spi::ErrorKind::ModeFault))
+    );
     fw.peripherals_mut().busy.broken = true;
     assert_eq!(
         fw.step().unwrap().wedge_id,
@@ -306,7 +315,10 @@ fn link_and_pin_errors_are_typed_and_counted() {
     assert_eq!(stats.pin_errors, 2, "busy high and busy low both failed");
     assert_eq!(stats.failed_steps(), 2);
     // An idle link: no frame within MAX_HUNT bytes.
-    assert!(matches!(fw.step(), Err(FirmwareError::FrameNotFound { .. })));
+    assert!(matches!(
+        fw.step(),
+        Err(FirmwareError::FrameNotFound { .. })
+    ));
     assert_eq!(fw.stats().frames_not_found, 1);
 }
 
@@ -344,7 +356,10 @@ fn bcae_frames_carry_the_encoders_code_and_refuse_bad_adc() {
             frame: &mut frame,
         },
     );
-    assert!(matches!(small.err(), Some(FirmwareError::BufferTooSmall { .. })));
+    assert!(matches!(
+        small.err(),
+        Some(FirmwareError::BufferTooSmall { .. })
+    ));
     let mut frame = vec![0u8; codec.frame_len()];
     let mut fw = Firmware::new(
         io(),

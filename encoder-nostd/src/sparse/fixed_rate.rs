@@ -15,13 +15,13 @@
 //! Each attempt stops as soon as its output passes the budget, so a failing attempt is cheap;
 //! about 14 attempts for a wedge that fits at some step, about 24 when hits must be dropped.
 
+use super::SparseError;
 use super::{
     check_input, encode_coded, encode_with, stored_body_len, write_header, Dims, Quality,
     SparseScratch, Voxels, HEADER_LEN, MODE_CODED,
 };
-use crate::geometry::{ADC_MAX, ZERO_SUPPRESSION};
-use super::SparseError;
 use crate::error::internal;
+use crate::geometry::{ADC_MAX, ZERO_SUPPRESSION};
 
 /// The coarsest log2 step tried (4.0): one bin holds every ADC from 64 to 1023.
 pub const STEP_MAX_Q10: u16 = 4096;

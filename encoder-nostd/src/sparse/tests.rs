@@ -240,7 +240,11 @@ fn quality_parses_and_prints() {
         "64",
         "99999999999999999999",
     ] {
-        assert_eq!(Quality::parse(bad), Err(SparseError::InvalidQuality), "{bad}");
+        assert_eq!(
+            Quality::parse(bad),
+            Err(SparseError::InvalidQuality),
+            "{bad}"
+        );
     }
     assert_eq!(std::format!("{}", Quality::log2_step_q10(256)), "0.2500");
     assert_eq!(std::format!("{}", Quality::LOSSLESS), "lossless");

@@ -180,8 +180,11 @@ fn every_misuse_is_a_typed_error() {
     ));
     // An emit error ends the push and is passed on.
     let mut stream = enc.begin(&mut scratch).unwrap();
-    let mut failing =
-        |_: usize, _: &[i8]| Err(crate::FirmwareError::LinkSend(embedded_hal::spi::ErrorKind::Other));
+    let mut failing = |_: usize, _: &[i8]| {
+        Err(crate::FirmwareError::LinkSend(
+            embedded_hal::spi::ErrorKind::Other,
+        ))
+    };
     let zero = vec![0u16; SLICE_SAMPLES];
     let mut result = Ok(());
     for _ in 0..Z_BINS {
@@ -192,7 +195,9 @@ fn every_misuse_is_a_typed_error() {
     }
     assert_eq!(
         result,
-        Err(crate::FirmwareError::LinkSend(embedded_hal::spi::ErrorKind::Other))
+        Err(crate::FirmwareError::LinkSend(
+            embedded_hal::spi::ErrorKind::Other
+        ))
     );
 }
 
