@@ -18,7 +18,7 @@
 //!   block starts. Code 32x24x32 = 24,576 B.
 //!
 //! [`Encoder::scratch_len`] gives the exact figure for any weights.
-use crate::error::{internal, wrap, InternalError};
+use crate::error::{internal, wrap, write_adc_out_of_range, InternalError};
 use crate::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, avg_pool_2x2, conv, conv_output_shape, conv_rows, input_from_adc,
@@ -59,10 +59,7 @@ impl core::fmt::Display for EncodeError {
             EncodeError::WrongShape { expected, got } => {
                 write!(f, "wrong input size: expected {expected} elements, got {got}")
             }
-            EncodeError::AdcOutOfRange { index, value } => write!(
-                f,
-                "ADC value {value} at index {index} exceeds the 10-bit range (max 1023)"
-            ),
+            EncodeError::AdcOutOfRange { index, value } => write_adc_out_of_range(f, *index, *value),
             EncodeError::InvalidLayer { what } => write!(
                 f,
                 "layer does not fit its input: {what} (kernels need layers checked by weights::parse)"

@@ -44,6 +44,18 @@ impl core::fmt::Display for InternalError {
 
 impl core::error::Error for InternalError {}
 
+/// The one message for an ADC value above 10 bits (the encoders and the sparse codec both check).
+pub(crate) fn write_adc_out_of_range(
+    f: &mut core::fmt::Formatter<'_>,
+    index: usize,
+    value: u16,
+) -> core::fmt::Result {
+    write!(
+        f,
+        "ADC value {value} at index {index} exceeds the 10-bit range (max 1023)"
+    )
+}
+
 /// Any error of this crate, for code that calls into several of its modules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

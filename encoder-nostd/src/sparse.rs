@@ -50,7 +50,7 @@ pub use fixed_rate::{
 
 pub use quant::{Quantizer, ADC_VALUES, LOG2_Q16};
 
-use crate::error::{wrap, InternalError};
+use crate::error::{wrap, write_adc_out_of_range, InternalError};
 use crate::geometry::{ADC_MAX, AZIMUTH, LAYERS, Z_BINS};
 use quant::VALUE_BUCKETS;
 use range_coder::{RangeDecoder, RangeEncoder, PROB_INIT};
@@ -92,10 +92,7 @@ impl core::fmt::Display for SparseError {
                 f,
                 "wrong grid size for the sparse codec: expected {expected} ADC values, got {got}"
             ),
-            SparseError::AdcOutOfRange { index, value } => write!(
-                f,
-                "ADC value {value} at index {index} exceeds the 10-bit range (max 1023)"
-            ),
+            SparseError::AdcOutOfRange { index, value } => write_adc_out_of_range(f, *index, *value),
             SparseError::BufferTooSmall { needed, got } => write!(
                 f,
                 "buffer too small for the sparse payload: need {needed} bytes, got {got}"

@@ -99,16 +99,15 @@ impl core::fmt::Display for WeightsError {
         match self {
             WeightsError::Truncated => write!(
                 f,
-                "weights are truncated (the file ends early: copy it again or re-run `bcae quantize`)"
+                "weights are truncated (the file ends early: it was cut while being copied or written)"
             ),
             WeightsError::BadMagic => write!(
                 f,
-                "not a bcae int8 weights file (bad magic; expected the output of `bcae quantize`)"
+                "not a bcae int8 weights file (bad magic)"
             ),
             WeightsError::UnsupportedVersion { found, supported } => write!(
                 f,
-                "weights format version {found} is not supported (this build reads version {supported}; \
-                 re-quantize with this build's `bcae quantize`)"
+                "weights format version {found} is not supported (this build reads version {supported})"
             ),
             WeightsError::CrcMismatch { stored, computed } => write!(
                 f,
@@ -116,7 +115,7 @@ impl core::fmt::Display for WeightsError {
             ),
             WeightsError::Inconsistent => write!(
                 f,
-                "weights describe an inconsistent model (a damaged or hand-edited file: re-run `bcae quantize`)"
+                "weights describe an inconsistent model (a damaged or hand-made file)"
             ),
             WeightsError::WrongModel => write!(f, "weights are for a different model"),
             WeightsError::BufferTooSmall { needed, got } => write!(
