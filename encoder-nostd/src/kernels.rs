@@ -4,6 +4,10 @@
 //! checked once per row, and inner loops are zipped iterators over contiguous memory so LLVM
 //! vectorises them (the convolution's innermost loop runs along the output row).
 //! The arithmetic is the one pinned in [`crate::weights`].
+//!
+//! Layers must have passed [`Conv::validate`](crate::weights::Conv::validate), as every layer of a
+//! parsed weights file has: a kernel given one that has not reports
+//! [`EncodeError::InvalidLayer`], or past its entry checks an [`crate::InternalError`].
 use core::ops::Range;
 
 use crate::encoder::EncodeError;

@@ -88,7 +88,7 @@ pub enum WeightsError {
     Inconsistent,
     /// The weights are for another model than the one asked for.
     WrongModel,
-    /// The output buffer given to [`write`] is shorter than the file.
+    /// The output buffer given to [`write()`] is shorter than the file.
     BufferTooSmall { needed: usize, got: usize },
     /// A bug in this crate (see [`InternalError`]).
     Internal(InternalError),

@@ -206,7 +206,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
                 let t = Instant::now();
                 board
                     .encode(&w.adc, &mut scratch, &mut code)
-                    .context("encoder-nostd")?;
+                    .with_context(|| format!("encoder-nostd on check wedge {i}"))?;
                 board_secs += t.elapsed().as_secs_f64();
                 if let Some(pos) = code.iter().zip(expected).position(|(a, b)| a != b) {
                     bail!(
