@@ -736,15 +736,7 @@ where
     }
 
     fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), FirmwareError> {
-        let got = self.buffers.adc.len();
-        let adc =
-            self.buffers
-                .adc
-                .get_mut(..WEDGE_VOXELS)
-                .ok_or(FirmwareError::BufferTooSmall {
-                    needed: WEDGE_VOXELS,
-                    got,
-                })?;
+        let adc = prefix_mut(self.buffers.adc, WEDGE_VOXELS)?;
         receive_samples(&mut self.io.rx, header, adc)
     }
 
@@ -769,13 +761,7 @@ where
                 let (scratch, code) =
                     split_at_checked(self.buffers.scratch, encoder.scratch_len())?;
                 let code_len = encoder.code_len();
-                let got = code.len();
-                let code = code
-                    .get_mut(..code_len)
-                    .ok_or(FirmwareError::BufferTooSmall {
-                        needed: code_len,
-                        got,
-                    })?;
+                let code = prefix_mut(code, code_len)?;
                 encoder.encode(adc, scratch, code)?;
                 let out =
                     payload_area
@@ -913,12 +899,7 @@ pub(crate) fn seal_code_frame(
     let len = u32::try_from(payload_len)
         .map_err(|_| internal("payload longer than the codec's bound"))?;
     let got = frame.len();
-    let header = frame
-        .get_mut(..CODE_HEADER_LEN)
-        .ok_or(FirmwareError::BufferTooSmall {
-            needed: CODE_HEADER_LEN,
-            got,
-        })?;
+    let header = prefix_mut(frame, CODE_HEADER_LEN)?;
     header[..4].copy_from_slice(&CODE_MAGIC);
     header[4] = h.version;
     header[5] = h.codec as u8;
@@ -933,6 +914,13 @@ pub(crate) fn seal_code_frame(
     })?);
     put_u32(frame, body_end, crc)?;
     Ok(body_end + CRC_LEN)
+}
+
+/// The first `len` elements of a caller's buffer, or [`FirmwareError::BufferTooSmall`].
+pub(crate) fn prefix_mut<T>(buf: &mut [T], len: usize) -> Result<&mut [T], FirmwareError> {
+    let got = buf.len();
+    buf.get_mut(..len)
+        .ok_or(FirmwareError::BufferTooSmall { needed: len, got })
 }
 
 fn split_at_checked(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), FirmwareError> {

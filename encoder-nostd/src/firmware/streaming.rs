@@ -53,9 +53,9 @@ use embedded_hal::digital::OutputPin;
 use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 
 use super::{
-    drive, hunt, parse_code_frame_version, receive_samples, seal_code_frame, u32_at, weights_crc,
-    CodeFrame, CodeHeader, CodecKind, FirmwareError, Peripherals, Stats, CODE_HEADER_LEN, CRC_LEN,
-    INPUT_HEADER_LEN, INPUT_MAGIC,
+    drive, hunt, parse_code_frame_version, prefix_mut, receive_samples, seal_code_frame, u32_at,
+    weights_crc, CodeFrame, CodeHeader, CodecKind, FirmwareError, Peripherals, Stats,
+    CODE_HEADER_LEN, CRC_LEN, INPUT_HEADER_LEN, INPUT_MAGIC,
 };
 use crate::encoder::{EncodeError, Encoder};
 use crate::error::internal;
@@ -366,15 +366,7 @@ where
     }
 
     fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), FirmwareError> {
-        let got = self.buffers.slice.len();
-        let slice =
-            self.buffers
-                .slice
-                .get_mut(..SLICE_SAMPLES)
-                .ok_or(FirmwareError::BufferTooSmall {
-                    needed: SLICE_SAMPLES,
-                    got,
-                })?;
+        let slice = prefix_mut(self.buffers.slice, SLICE_SAMPLES)?;
         receive_samples(&mut self.io.rx, header, slice)
     }
 }
