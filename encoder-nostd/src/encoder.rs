@@ -18,15 +18,71 @@
 //!   block starts. Code 32x24x32 = 24,576 B.
 //!
 //! [`Encoder::scratch_len`] gives the exact figure for any weights.
+use crate::error::{internal, wrap, write_adc_out_of_range, InternalError};
 use crate::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, avg_pool_2x2, conv, conv_output_shape, conv_rows, input_from_adc,
 };
+use crate::weights::WeightsError;
 use crate::weights::{
     self, Conv, Fingerprint, HtNetwork, ModelFamily, ModelKind, Network, Network2d, QuantizedModel,
     Shape, HT_INPUT, INPUT_2D,
 };
-use crate::Error;
+
+/// Why an int8 encoder (whole-wedge or [`crate::streaming`]) or one of its [`crate::kernels`]
+/// could not encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A caller-provided buffer (scratch, code, output) is shorter than required.
+    BufferTooSmall { needed: usize, got: usize },
+    /// An input has the wrong number of elements for the model's shape.
+    WrongShape { expected: usize, got: usize },
+    /// An ADC value above the 10-bit range (1023).
+    AdcOutOfRange { index: usize, value: u16 },
+    /// A kernel was given a layer that does not fit its input (only reachable by calling
+    /// [`crate::kernels`] directly with layers or shapes that were never validated).
+    InvalidLayer { what: &'static str },
+    /// Valid weights of a model the streaming encoder cannot run (a layer beyond its fixed
+    /// line-buffer limits).
+    Unsupported { what: &'static str },
+    /// A bug in this crate (see [`InternalError`]).
+    Internal(InternalError),
+}
+
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EncodeError::BufferTooSmall { needed, got } => {
+                write!(f, "buffer too small: need {needed} elements, got {got}")
+            }
+            EncodeError::WrongShape { expected, got } => {
+                write!(f, "wrong input size: expected {expected} elements, got {got}")
+            }
+            EncodeError::AdcOutOfRange { index, value } => write_adc_out_of_range(f, *index, *value),
+            EncodeError::InvalidLayer { what } => write!(
+                f,
+                "layer does not fit its input: {what} (kernels need layers checked by weights::parse)"
+            ),
+            EncodeError::Unsupported { what } => write!(
+                f,
+                "the streaming encoder cannot run this model: {what} (use the whole-wedge encoder)"
+            ),
+            EncodeError::Internal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            EncodeError::Internal(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+wrap!(EncodeError::Internal(InternalError));
 
 /// Scratch layout, computed once at parse time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +111,7 @@ fn conv_macs(conv: &Conv<'_>, out: Shape) -> u64 {
     out.len() as u64 * conv.terms() as u64
 }
 
-fn plan_ht(net: &HtNetwork<'_>) -> Result<Plan, Error> {
+fn plan_ht(net: &HtNetwork<'_>) -> Result<Plan, EncodeError> {
     let mut shape = HT_INPUT;
     let mut largest = 0usize;
     let mut macs = 0u64;
@@ -81,7 +137,7 @@ fn plan_ht(net: &HtNetwork<'_>) -> Result<Plan, Error> {
     })
 }
 
-fn plan_2d(net: &Network2d<'_>) -> Result<Plan, Error> {
+fn plan_2d(net: &Network2d<'_>) -> Result<Plan, EncodeError> {
     let full = conv_output_shape(&net.input, INPUT_2D)?;
     let mut macs = conv_macs(&net.input, full);
     let fused = net.d >= 1;
@@ -125,7 +181,7 @@ fn pick<'s>(
     slots: &'s mut [&mut [i8]; 3],
     src: usize,
     dst: usize,
-) -> Result<(&'s [i8], &'s mut [i8]), Error> {
+) -> Result<(&'s [i8], &'s mut [i8]), EncodeError> {
     let [a, b, c] = slots;
     Ok(match (src, dst) {
         (0, 1) => (&**a, &mut **b),
@@ -134,27 +190,27 @@ fn pick<'s>(
         (1, 2) => (&**b, &mut **c),
         (2, 0) => (&**c, &mut **a),
         (2, 1) => (&**c, &mut **b),
-        _ => return Err(Error::CorruptWeights),
+        _ => return Err(internal("two scratch slots picked are the same").into()),
     })
 }
 
 /// The first `len` elements of a slot.
-fn head(slot: &[i8], len: usize) -> Result<&[i8], Error> {
-    slot.get(..len).ok_or(Error::BufferTooSmall {
+fn head(slot: &[i8], len: usize) -> Result<&[i8], EncodeError> {
+    slot.get(..len).ok_or(EncodeError::BufferTooSmall {
         needed: len,
         got: slot.len(),
     })
 }
 
-fn head_mut(slot: &mut [i8], len: usize) -> Result<&mut [i8], Error> {
+fn head_mut(slot: &mut [i8], len: usize) -> Result<&mut [i8], EncodeError> {
     let got = slot.len();
     slot.get_mut(..len)
-        .ok_or(Error::BufferTooSmall { needed: len, got })
+        .ok_or(EncodeError::BufferTooSmall { needed: len, got })
 }
 
-fn split(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), Error> {
+fn split(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), EncodeError> {
     if at > buf.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed: at,
             got: buf.len(),
         });
@@ -165,29 +221,30 @@ fn split(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), Error> {
 impl<'a> Encoder<'a> {
     /// Parses and validates a weights file (magic, version, CRC, then every shape and bound),
     /// borrowing its arrays from `bytes`.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, WeightsError> {
         Self::from_model(weights::parse(bytes)?)
     }
 
-    /// Like [`Encoder::parse`], but fails with [`Error::WrongModel`] unless the weights are for
+    /// Like [`Encoder::parse`], but fails with [`WeightsError::WrongModel`] unless the weights are for
     /// `family` (e.g. firmware built and sized for BCAE-HT given BCAE-2D weights).
-    pub fn parse_expecting(bytes: &'a [u8], family: ModelFamily) -> Result<Self, Error> {
+    pub fn parse_expecting(bytes: &'a [u8], family: ModelFamily) -> Result<Self, WeightsError> {
         let encoder = Self::parse(bytes)?;
         if encoder.kind().family() != family {
-            return Err(Error::WrongModel);
+            return Err(WeightsError::WrongModel);
         }
         Ok(encoder)
     }
 
     /// Wraps an already decoded model (validated here).
-    pub fn from_model(model: QuantizedModel<'a>) -> Result<Self, Error> {
+    pub fn from_model(model: QuantizedModel<'a>) -> Result<Self, WeightsError> {
         let code = model.validate()?;
         let plan = match &model.network {
-            Network::BcaeHt(net) => plan_ht(net)?,
-            Network::Bcae2d(net) => plan_2d(net)?,
-        };
+            Network::BcaeHt(net) => plan_ht(net),
+            Network::Bcae2d(net) => plan_2d(net),
+        }
+        .map_err(|_| internal("a validated model's layer shapes do not plan"))?;
         if plan.code != code {
-            return Err(Error::CorruptWeights);
+            return Err(internal("the planned code shape differs from the validated one").into());
         }
         Ok(Encoder { model, plan })
     }
@@ -240,22 +297,27 @@ impl<'a> Encoder<'a> {
     /// Encodes one wedge: `adc` in the on-disk order (azimuth 192, z 249, layer 16; layer fastest),
     /// every value at most 1023; `scratch` at least [`Encoder::scratch_len`] bytes (its contents
     /// are overwritten); `code` at least [`Encoder::code_len`] bytes, laid out (c, d, h, w).
-    pub fn encode(&self, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), Error> {
+    pub fn encode(
+        &self,
+        adc: &[u16],
+        scratch: &mut [i8],
+        code: &mut [i8],
+    ) -> Result<(), EncodeError> {
         if adc.len() != WEDGE_VOXELS {
-            return Err(Error::WrongShape {
+            return Err(EncodeError::WrongShape {
                 expected: WEDGE_VOXELS,
                 got: adc.len(),
             });
         }
         if scratch.len() < self.plan.scratch {
-            return Err(Error::BufferTooSmall {
+            return Err(EncodeError::BufferTooSmall {
                 needed: self.plan.scratch,
                 got: scratch.len(),
             });
         }
         let code_len = self.code_len();
         if code.len() < code_len {
-            return Err(Error::BufferTooSmall {
+            return Err(EncodeError::BufferTooSmall {
                 needed: code_len,
                 got: code.len(),
             });
@@ -273,7 +335,7 @@ impl<'a> Encoder<'a> {
         adc: &[u16],
         scratch: &mut [i8],
         code: &mut [i8],
-    ) -> Result<(), Error> {
+    ) -> Result<(), EncodeError> {
         let plan = &self.plan;
         let (s0, rest) = split(scratch, plan.first)?;
         let (s1, rest) = split(rest, plan.slot)?;
@@ -300,7 +362,7 @@ impl<'a> Encoder<'a> {
             let (src, dst) = pick(&mut slots, h, x)?;
             let m_shape = conv(&block.main2, src, h_shape, dst)?;
             if m_shape != s_shape {
-                return Err(Error::CorruptWeights);
+                return Err(internal("BCAE-HT block branches end in different shapes").into());
             }
             let (main, skip) = pick(&mut slots, x, s)?;
             add_in_place(
@@ -327,7 +389,7 @@ impl<'a> Encoder<'a> {
         adc: &[u16],
         scratch: &mut [i8],
         code: &mut [i8],
-    ) -> Result<(), Error> {
+    ) -> Result<(), EncodeError> {
         let plan = &self.plan;
         let (s0, rest) = split(scratch, plan.first)?;
         let (middle, rest) = split(rest, plan.middle)?;
@@ -365,7 +427,7 @@ impl<'a> Encoder<'a> {
                 let (src, dst) = pick(&mut slots, h, m)?;
                 let m_shape = conv(&res.conv2, src, h_shape, dst)?;
                 if m_shape != shape {
-                    return Err(Error::CorruptWeights);
+                    return Err(internal("BCAE-2D residual branch changes the shape").into());
                 }
                 let (main, skip) = pick(&mut slots, m, x)?;
                 add_in_place(
@@ -394,17 +456,17 @@ fn fused_conv_pool(
     full: Shape,
     strip: &mut [i8],
     out: &mut [i8],
-) -> Result<Shape, Error> {
+) -> Result<Shape, EncodeError> {
     let pooled = Shape {
         h: full.h / 2,
         w: full.w / 2,
         ..full
     };
     if (full.h | full.w) & 1 != 0 || full.d != 1 {
-        return Err(Error::CorruptWeights);
+        return Err(internal("fused conv + pooling on an odd or 3D shape").into());
     }
     if out.len() < pooled.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed: pooled.len(),
             got: out.len(),
         });
@@ -419,7 +481,7 @@ fn fused_conv_pool(
         for (c, pooled_row) in row_out.chunks_exact(pooled.w).enumerate() {
             let start = c * plane + r * pooled.w;
             out.get_mut(start..start + pooled.w)
-                .ok_or(Error::CorruptWeights)?
+                .ok_or(internal("pooled row outside the output"))?
                 .copy_from_slice(pooled_row);
         }
     }
@@ -554,21 +616,21 @@ mod tests {
         let mut code = vec![0i8; enc.code_len()];
         assert_eq!(
             enc.encode(&adc, &mut scratch[1..], &mut code),
-            Err(Error::BufferTooSmall {
+            Err(EncodeError::BufferTooSmall {
                 needed: enc.scratch_len(),
                 got: enc.scratch_len() - 1
             })
         );
         assert_eq!(
             enc.encode(&adc, &mut scratch, &mut code[1..]),
-            Err(Error::BufferTooSmall {
+            Err(EncodeError::BufferTooSmall {
                 needed: enc.code_len(),
                 got: enc.code_len() - 1
             })
         );
         assert_eq!(
             enc.encode(&adc[1..], &mut scratch, &mut code),
-            Err(Error::WrongShape {
+            Err(EncodeError::WrongShape {
                 expected: WEDGE_VOXELS,
                 got: WEDGE_VOXELS - 1
             })
@@ -577,14 +639,14 @@ mod tests {
         bad[12_345] = 1024;
         assert_eq!(
             enc.encode(&bad, &mut scratch, &mut code),
-            Err(Error::AdcOutOfRange {
+            Err(EncodeError::AdcOutOfRange {
                 index: 12_345,
                 value: 1024
             })
         );
         assert_eq!(
             Encoder::parse_expecting(&bytes, ModelFamily::Bcae2d).err(),
-            Some(Error::WrongModel)
+            Some(WeightsError::WrongModel)
         );
         assert!(Encoder::parse_expecting(&bytes, ModelFamily::BcaeHt).is_ok());
 
@@ -592,28 +654,28 @@ mod tests {
         assert_eq!(
             Encoder::parse(&bytes[..bytes.len() - 1])
                 .err()
-                .map(|e| matches!(e, Error::CrcMismatch { .. })),
+                .map(|e| matches!(e, WeightsError::CrcMismatch { .. })),
             Some(true)
         );
         assert_eq!(
             Encoder::parse(&bytes[..3]).err(),
-            Some(Error::TruncatedWeights)
+            Some(WeightsError::Truncated)
         );
-        assert_eq!(Encoder::parse(&[]).err(), Some(Error::TruncatedWeights));
+        assert_eq!(Encoder::parse(&[]).err(), Some(WeightsError::Truncated));
         let mut flipped = bytes.clone();
         flipped[bytes.len() / 2] ^= 0x10;
         assert!(matches!(
             Encoder::parse(&flipped).err(),
-            Some(Error::CrcMismatch { .. })
+            Some(WeightsError::CrcMismatch { .. })
         ));
         let mut magic = bytes.clone();
         magic[0] = b'X';
-        assert_eq!(Encoder::parse(&magic).err(), Some(Error::BadMagic));
+        assert_eq!(Encoder::parse(&magic).err(), Some(WeightsError::BadMagic));
         let mut version = bytes.clone();
         version[8] = 2; // the version varint follows the 8 magic bytes
         assert_eq!(
             Encoder::parse(&version).err(),
-            Some(Error::UnsupportedVersion {
+            Some(WeightsError::UnsupportedVersion {
                 found: 2,
                 supported: 1
             })
@@ -627,20 +689,20 @@ mod tests {
         if let crate::weights::owned::OwnedNetwork::BcaeHt { blocks, .. } = &mut weight128.network {
             blocks[0].main1.weights[0] = -128;
         }
-        assert_eq!(weight128.to_bytes().err(), Some(Error::CorruptWeights));
+        assert_eq!(weight128.to_bytes().err(), Some(WeightsError::Inconsistent));
         let mut chain = good.clone();
         if let crate::weights::owned::OwnedNetwork::BcaeHt { blocks, .. } = &mut chain.network {
             blocks[1].main1.in_channels = 3;
         }
-        assert_eq!(chain.to_bytes().err(), Some(Error::CorruptWeights));
+        assert_eq!(chain.to_bytes().err(), Some(WeightsError::Inconsistent));
         let mut shift = good.clone();
         if let crate::weights::owned::OwnedNetwork::BcaeHt { output, .. } = &mut shift.network {
             output.shift[0] = 0;
         }
-        assert_eq!(shift.to_bytes().err(), Some(Error::CorruptWeights));
+        assert_eq!(shift.to_bytes().err(), Some(WeightsError::Inconsistent));
         let mut table = good;
         table.input_table.pop();
-        assert_eq!(table.to_bytes().err(), Some(Error::CorruptWeights));
+        assert_eq!(table.to_bytes().err(), Some(WeightsError::Inconsistent));
     }
 
     proptest! {
@@ -660,7 +722,9 @@ mod tests {
                 let crc = crate::checksum::crc32(&bytes[..n]);
                 bytes[n..].copy_from_slice(&crc.to_le_bytes());
             }
-            let _ = Encoder::parse(&bytes);
+            // Bad bytes are bad input, never reported as a bug in this crate.
+            let parsed = Encoder::parse(&bytes);
+            prop_assert!(!matches!(parsed, Err(WeightsError::Internal(_))), "{parsed:?}");
         }
     }
 }

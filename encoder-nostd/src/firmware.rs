@@ -8,7 +8,7 @@
 //! - `busy` and `code_ready`: [`OutputPin`]s.
 //!
 //! No heap, no `unsafe`, no panics: every buffer is the caller's (statics on a board), every
-//! failure is a typed [`Error`], counted in [`Stats`], and the loop goes on with the next wedge.
+//! failure is a typed [`FirmwareError`], counted in [`Stats`], and the loop goes on with the next wedge.
 //!
 //! ```text
 //! let codec = Codec::bcae(WEIGHTS)?; // or Codec::sparse(q, &mut state), Codec::sparse_fixed_rate(rate, &mut state)
@@ -50,25 +50,115 @@
 //! 1. Read 16 header bytes. If they do not start with the magic (idle line, a dropped or corrupted
 //!    byte earlier), slide to the next possible magic position and read more, for at most
 //!    [`MAX_HUNT`] bytes (one frame and a header: a good frame after a damaged one is always found),
-//!    else [`Error::FrameNotFound`].
-//! 2. Check version and sample count ([`Error::FrameVersion`], [`Error::FrameSampleCount`]); raise
+//!    else [`FirmwareError::FrameNotFound`].
+//! 2. Check version and sample count ([`FirmwareError::FrameVersion`], [`FirmwareError::FrameSampleCount`]); raise
 //!    `busy`.
 //! 3. Stream the samples into the ADC buffer in 512-byte reads, with a running CRC; compare it with
-//!    the trailer ([`Error::FrameCrc`]): a corrupted wedge is never encoded.
+//!    the trailer ([`FirmwareError::FrameCrc`]): a corrupted wedge is never encoded.
 //! 4. Encode (ADC above 1023 etc. are the encoder's typed errors), build the code frame, raise
 //!    `code_ready`, send it in one transaction, lower `code_ready` and `busy`.
 //!
-//! Link errors ([`Error::LinkReceive`], [`Error::LinkSend`]) end the step; the next one resynchronises
-//! on the next magic. A pin that cannot be driven is counted ([`Error::Pin`]) but does not drop the
+//! Link errors ([`FirmwareError::LinkReceive`], [`FirmwareError::LinkSend`]) end the step; the next one resynchronises
+//! on the next magic. A pin that cannot be driven is counted ([`FirmwareError::Pin`]) but does not drop the
 //! wedge. Both pins are low between steps, whatever happened.
 use embedded_hal::digital::{Error as _, OutputPin};
 use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 
 use crate::checksum::{crc32, Crc32};
-use crate::encoder::Encoder;
+use crate::encoder::{EncodeError, Encoder};
+use crate::error::{internal, wrap, InternalError};
 use crate::geometry::WEDGE_VOXELS;
-use crate::sparse::{self, Dims, FixedRate, Quality, SparseScratch, MAX_WEDGE_ENCODED_LEN};
-use crate::Error;
+use crate::sparse::{
+    self, Dims, FixedRate, Quality, SparseError, SparseScratch, MAX_WEDGE_ENCODED_LEN,
+};
+use crate::weights::WeightsError;
+
+/// Why one step of the firmware loop lost its wedge (or could not start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FirmwareError {
+    /// The front-end link failed while an input frame was being received.
+    LinkReceive(embedded_hal::spi::ErrorKind),
+    /// The outgoing link failed while a code frame was being sent.
+    LinkSend(embedded_hal::spi::ErrorKind),
+    /// A busy / code-ready pin could not be driven.
+    Pin(embedded_hal::digital::ErrorKind),
+    /// No frame start (magic) within the bytes searched.
+    FrameNotFound { skipped: usize },
+    /// A frame of a frame-format version this build cannot read.
+    FrameVersion { found: u8, supported: u8 },
+    /// An input frame whose sample count is not one wedge's (or one slice's).
+    FrameSampleCount { found: u32, expected: u32 },
+    /// A frame whose CRC-32 does not match its contents.
+    FrameCrc { stored: u32, computed: u32 },
+    /// A frame shorter than its header says, or a field out of range.
+    FrameMalformed { reason: &'static str },
+    /// A caller-provided buffer (samples, scratch, frame) is shorter than the codec needs.
+    BufferTooSmall { needed: usize, got: usize },
+    /// The weights given to the firmware could not be used.
+    Weights(WeightsError),
+    /// The int8 encoder refused the wedge (e.g. an ADC value above 1023).
+    Encode(EncodeError),
+    /// The sparse codec refused the wedge.
+    Sparse(SparseError),
+    /// A bug in this crate (see [`InternalError`]).
+    Internal(InternalError),
+}
+
+impl core::fmt::Display for FirmwareError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FirmwareError::LinkReceive(kind) => {
+                write!(f, "front-end link error while receiving a wedge: {kind}")
+            }
+            FirmwareError::LinkSend(kind) => {
+                write!(f, "outgoing link error while sending a code frame: {kind}")
+            }
+            FirmwareError::Pin(kind) => write!(f, "could not drive a busy / code-ready pin: {kind}"),
+            FirmwareError::FrameNotFound { skipped } => {
+                write!(f, "no frame start found in {skipped} bytes (link idle or out of sync)")
+            }
+            FirmwareError::FrameVersion { found, supported } => write!(
+                f,
+                "frame format version {found} is not supported (this build reads version {supported})"
+            ),
+            FirmwareError::FrameSampleCount { found, expected } => write!(
+                f,
+                "input frame announces {found} ADC samples, expected {expected}"
+            ),
+            FirmwareError::FrameCrc { stored, computed } => write!(
+                f,
+                "frame CRC mismatch: stored {stored:#010x}, computed {computed:#010x} (corrupted on the link)"
+            ),
+            FirmwareError::FrameMalformed { reason } => write!(f, "malformed frame: {reason}"),
+            FirmwareError::BufferTooSmall { needed, got } => write!(
+                f,
+                "firmware buffer too small for this codec: need {needed} elements, got {got}"
+            ),
+            FirmwareError::Weights(e) => write!(f, "int8 weights: {e}"),
+            FirmwareError::Encode(e) => write!(f, "int8 encoder: {e}"),
+            FirmwareError::Sparse(e) => write!(f, "sparse codec: {e}"),
+            FirmwareError::Internal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for FirmwareError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            FirmwareError::Weights(e) => Some(e),
+            FirmwareError::Encode(e) => Some(e),
+            FirmwareError::Sparse(e) => Some(e),
+            FirmwareError::Internal(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+wrap!(FirmwareError::Weights(WeightsError));
+wrap!(FirmwareError::Encode(EncodeError));
+wrap!(FirmwareError::Sparse(SparseError));
+wrap!(FirmwareError::Internal(InternalError));
 
 /// First bytes of every input frame.
 pub const INPUT_MAGIC: [u8; 4] = *b"BCWI";
@@ -124,12 +214,14 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn put_u32(bytes: &mut [u8], at: usize, value: u32) -> Result<(), Error> {
-    let end = at.checked_add(4).ok_or(Error::Overflow)?;
+fn put_u32(bytes: &mut [u8], at: usize, value: u32) -> Result<(), FirmwareError> {
+    let end = at
+        .checked_add(4)
+        .ok_or(internal("frame field offset overflows"))?;
     let got = bytes.len();
     bytes
         .get_mut(at..end)
-        .ok_or(Error::BufferTooSmall { needed: end, got })?
+        .ok_or(FirmwareError::BufferTooSmall { needed: end, got })?
         .copy_from_slice(&value.to_le_bytes());
     Ok(())
 }
@@ -152,22 +244,22 @@ pub struct InputHeader {
 }
 
 /// Checks an input header (magic, version, one wedge's sample count).
-pub fn parse_input_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<InputHeader, Error> {
+pub fn parse_input_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<InputHeader, FirmwareError> {
     if h[..4] != INPUT_MAGIC {
-        return Err(Error::FrameMalformed {
+        return Err(FirmwareError::FrameMalformed {
             reason: "input frame magic missing",
         });
     }
     if h[4] != FRAME_VERSION {
-        return Err(Error::FrameVersion {
+        return Err(FirmwareError::FrameVersion {
             found: h[4],
             supported: FRAME_VERSION,
         });
     }
-    let wedge_id = u32_at(h, 8).ok_or(Error::Overflow)?;
-    let samples = u32_at(h, 12).ok_or(Error::Overflow)?;
+    let wedge_id = u32_at(h, 8).ok_or(internal("input header field outside the header"))?;
+    let samples = u32_at(h, 12).ok_or(internal("input header field outside the header"))?;
     if samples != WEDGE_SAMPLES {
-        return Err(Error::FrameSampleCount {
+        return Err(FirmwareError::FrameSampleCount {
             found: samples,
             expected: WEDGE_SAMPLES,
         });
@@ -287,7 +379,7 @@ impl CodeFrame<'_> {
 }
 
 /// Parses and checks (magic, version, codec, length, CRC) the code frame at the start of `bytes`.
-pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, Error> {
+pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, FirmwareError> {
     parse_code_frame_version(bytes, FRAME_VERSION).map(|(frame, _)| frame)
 }
 
@@ -296,38 +388,49 @@ pub fn parse_code_frame(bytes: &[u8]) -> Result<CodeFrame<'_>, Error> {
 pub(crate) fn parse_code_frame_version(
     bytes: &[u8],
     version: u8,
-) -> Result<(CodeFrame<'_>, u16), Error> {
-    let header = bytes.get(..CODE_HEADER_LEN).ok_or(Error::FrameMalformed {
-        reason: "shorter than a code frame header",
-    })?;
+) -> Result<(CodeFrame<'_>, u16), FirmwareError> {
+    let header = bytes
+        .get(..CODE_HEADER_LEN)
+        .ok_or(FirmwareError::FrameMalformed {
+            reason: "shorter than a code frame header",
+        })?;
     if header[..4] != CODE_MAGIC {
-        return Err(Error::FrameMalformed {
+        return Err(FirmwareError::FrameMalformed {
             reason: "code frame magic missing",
         });
     }
     if header[4] != version {
-        return Err(Error::FrameVersion {
+        return Err(FirmwareError::FrameVersion {
             found: header[4],
             supported: version,
         });
     }
     let slice = u16::from_le_bytes([header[6], header[7]]);
-    let codec = CodecKind::from_u8(header[5]).ok_or(Error::FrameMalformed {
+    let codec = CodecKind::from_u8(header[5]).ok_or(FirmwareError::FrameMalformed {
         reason: "unknown codec kind",
     })?;
-    let wedge_id = u32_at(header, 8).ok_or(Error::Overflow)?;
-    let len = u32_at(header, 12).ok_or(Error::Overflow)? as usize;
-    let tag = u32_at(header, 16).ok_or(Error::Overflow)?;
-    let body_end = CODE_HEADER_LEN.checked_add(len).ok_or(Error::Overflow)?;
-    let stored = u32_at(bytes, body_end).ok_or(Error::FrameMalformed {
+    let field = || internal("code header field outside the header");
+    let wedge_id = u32_at(header, 8).ok_or_else(field)?;
+    let len = u32_at(header, 12).ok_or_else(field)? as usize;
+    let tag = u32_at(header, 16).ok_or_else(field)?;
+    let body_end = CODE_HEADER_LEN
+        .checked_add(len)
+        .ok_or(FirmwareError::FrameMalformed {
+            reason: "code frame length field too large for this target",
+        })?;
+    let stored = u32_at(bytes, body_end).ok_or(FirmwareError::FrameMalformed {
         reason: "code frame shorter than its length field",
     })?;
-    let body = bytes.get(..body_end).ok_or(Error::Overflow)?;
+    let body = bytes
+        .get(..body_end)
+        .ok_or(internal("code frame body shorter than its checked length"))?;
     let computed = crc32(body);
     if stored != computed {
-        return Err(Error::FrameCrc { stored, computed });
+        return Err(FirmwareError::FrameCrc { stored, computed });
     }
-    let payload = body.get(CODE_HEADER_LEN..).ok_or(Error::Overflow)?;
+    let payload = body
+        .get(CODE_HEADER_LEN..)
+        .ok_or(internal("code frame body shorter than its header"))?;
     let frame = CodeFrame {
         codec,
         wedge_id,
@@ -360,7 +463,7 @@ pub enum Codec<'a> {
 
 impl<'a> Codec<'a> {
     /// Parses and validates a weights file (see [`Encoder::parse`]).
-    pub fn bcae(weights: &'a [u8]) -> Result<Self, Error> {
+    pub fn bcae(weights: &'a [u8]) -> Result<Self, WeightsError> {
         let encoder = Encoder::parse(weights)?;
         let weights_crc = weights_crc(weights)?;
         Ok(Codec::Bcae {
@@ -468,7 +571,7 @@ pub struct Stats {
     pub pin_errors: u32,
     /// The most recent error.
     #[serde(skip)]
-    pub last_error: Option<Error>,
+    pub last_error: Option<FirmwareError>,
 }
 
 impl Stats {
@@ -482,16 +585,16 @@ impl Stats {
             + self.tx_link_errors
     }
 
-    pub(crate) fn count(&mut self, error: Error) {
+    pub(crate) fn count(&mut self, error: FirmwareError) {
         let counter = match error {
-            Error::LinkReceive(_) => &mut self.rx_link_errors,
-            Error::LinkSend(_) => &mut self.tx_link_errors,
-            Error::Pin(_) => &mut self.pin_errors,
-            Error::FrameNotFound { .. } => &mut self.frames_not_found,
-            Error::FrameVersion { .. }
-            | Error::FrameSampleCount { .. }
-            | Error::FrameMalformed { .. } => &mut self.bad_headers,
-            Error::FrameCrc { .. } => &mut self.crc_errors,
+            FirmwareError::LinkReceive(_) => &mut self.rx_link_errors,
+            FirmwareError::LinkSend(_) => &mut self.tx_link_errors,
+            FirmwareError::Pin(_) => &mut self.pin_errors,
+            FirmwareError::FrameNotFound { .. } => &mut self.frames_not_found,
+            FirmwareError::FrameVersion { .. }
+            | FirmwareError::FrameSampleCount { .. }
+            | FirmwareError::FrameMalformed { .. } => &mut self.bad_headers,
+            FirmwareError::FrameCrc { .. } => &mut self.crc_errors,
             _ => &mut self.encode_errors,
         };
         *counter = counter.saturating_add(1);
@@ -511,7 +614,7 @@ pub struct Sent {
 pub(crate) fn drive<P: OutputPin>(pin: &mut P, high: bool, stats: &mut Stats) {
     let result = if high { pin.set_high() } else { pin.set_low() };
     if let Err(e) = result {
-        stats.count(Error::Pin(e.kind()));
+        stats.count(FirmwareError::Pin(e.kind()));
     }
 }
 
@@ -530,12 +633,12 @@ where
     BUSY: OutputPin,
     READY: OutputPin,
 {
-    /// Checks the buffers against the codec ([`Error::BufferTooSmall`]) and drives both pins low.
+    /// Checks the buffers against the codec ([`FirmwareError::BufferTooSmall`]) and drives both pins low.
     pub fn new(
         io: Peripherals<RX, TX, BUSY, READY>,
         codec: Codec<'a>,
         buffers: Buffers<'a>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, FirmwareError> {
         let need = [
             (WEDGE_VOXELS, buffers.adc.len()),
             (codec.scratch_len(), buffers.scratch.len()),
@@ -543,7 +646,7 @@ where
         ];
         for (needed, got) in need {
             if got < needed {
-                return Err(Error::BufferTooSmall { needed, got });
+                return Err(FirmwareError::BufferTooSmall { needed, got });
             }
         }
         let mut fw = Firmware {
@@ -586,7 +689,7 @@ where
 
     /// Processes one wedge: receive, check, encode, send. On error the wedge is dropped, the error
     /// is counted in [`Firmware::stats`] and returned; call `step` again for the next wedge.
-    pub fn step(&mut self) -> Result<Sent, Error> {
+    pub fn step(&mut self) -> Result<Sent, FirmwareError> {
         let result = self.process();
         // Both pins low between steps, whatever happened (no-ops if already low on real GPIO).
         drive(&mut self.io.code_ready, false, &mut self.stats);
@@ -604,7 +707,7 @@ where
         result
     }
 
-    fn process(&mut self) -> Result<Sent, Error> {
+    fn process(&mut self) -> Result<Sent, FirmwareError> {
         let (header, raw) = self.receive_header()?;
         drive(&mut self.io.busy, true, &mut self.stats);
         self.receive_samples(&raw)?;
@@ -612,11 +715,13 @@ where
         let payload_len = self.encode()?;
         let frame_len = self.seal(header.wedge_id, payload_len)?;
         drive(&mut self.io.code_ready, true, &mut self.stats);
-        let frame = self.buffers.frame.get(..frame_len).ok_or(Error::Overflow)?;
+        let frame = self.buffers.frame.get(..frame_len).ok_or(internal(
+            "sealed frame longer than the checked frame buffer",
+        ))?;
         self.io
             .tx
             .write(frame)
-            .map_err(|e| Error::LinkSend(e.kind()))?;
+            .map_err(|e| FirmwareError::LinkSend(e.kind()))?;
         Ok(Sent {
             wedge_id: header.wedge_id,
             codec: self.codec.kind(),
@@ -626,7 +731,7 @@ where
     }
 
     /// Reads until a header with the magic is found (at most [`MAX_HUNT`] bytes skipped).
-    fn receive_header(&mut self) -> Result<(InputHeader, [u8; INPUT_HEADER_LEN]), Error> {
+    fn receive_header(&mut self) -> Result<(InputHeader, [u8; INPUT_HEADER_LEN]), FirmwareError> {
         let mut h = [0u8; INPUT_HEADER_LEN];
         let mut skipped = 0usize;
         let found = hunt(&mut self.io.rx, &mut h, &mut skipped, MAX_HUNT);
@@ -638,32 +743,24 @@ where
         Ok((parse_input_header(&h)?, h))
     }
 
-    fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), Error> {
-        let got = self.buffers.adc.len();
-        let adc = self
-            .buffers
-            .adc
-            .get_mut(..WEDGE_VOXELS)
-            .ok_or(Error::BufferTooSmall {
-                needed: WEDGE_VOXELS,
-                got,
-            })?;
+    fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), FirmwareError> {
+        let adc = prefix_mut(self.buffers.adc, WEDGE_VOXELS)?;
         receive_samples(&mut self.io.rx, header, adc)
     }
 
     /// Encodes the received wedge into the frame's payload area; returns the payload length.
-    fn encode(&mut self) -> Result<usize, Error> {
+    fn encode(&mut self) -> Result<usize, FirmwareError> {
         let adc = self
             .buffers
             .adc
             .get(..WEDGE_VOXELS)
-            .ok_or(Error::Overflow)?;
+            .ok_or(internal("sample buffer shorter than its checked length"))?;
         let frame_len = self.buffers.frame.len();
         let payload_area = self
             .buffers
             .frame
             .get_mut(CODE_HEADER_LEN..frame_len.saturating_sub(CRC_LEN))
-            .ok_or(Error::BufferTooSmall {
+            .ok_or(FirmwareError::BufferTooSmall {
                 needed: CODE_HEADER_LEN + CRC_LEN,
                 got: frame_len,
             })?;
@@ -672,35 +769,36 @@ where
                 let (scratch, code) =
                     split_at_checked(self.buffers.scratch, encoder.scratch_len())?;
                 let code_len = encoder.code_len();
-                let got = code.len();
-                let code = code.get_mut(..code_len).ok_or(Error::BufferTooSmall {
-                    needed: code_len,
-                    got,
-                })?;
+                let code = prefix_mut(code, code_len)?;
                 encoder.encode(adc, scratch, code)?;
-                let out = payload_area
-                    .get_mut(..code_len)
-                    .ok_or(Error::BufferTooSmall {
-                        needed: code_len,
-                        got: 0,
-                    })?;
+                let out =
+                    payload_area
+                        .get_mut(..code_len)
+                        .ok_or(FirmwareError::BufferTooSmall {
+                            needed: code_len,
+                            got: 0,
+                        })?;
                 for (o, &c) in out.iter_mut().zip(code.iter()) {
                     *o = c as u8;
                 }
                 Ok(code_len)
             }
-            Codec::Sparse { quality, state } => {
-                sparse::encode_with(state, adc, Dims::WEDGE, *quality, payload_area)
-            }
+            Codec::Sparse { quality, state } => Ok(sparse::encode_with(
+                state,
+                adc,
+                Dims::WEDGE,
+                *quality,
+                payload_area,
+            )?),
             Codec::SparseFixedRate { rate, state } => {
-                sparse::encode_fixed_rate_with(state, adc, Dims::WEDGE, *rate, payload_area)
-                    .map(|_| rate.budget)
+                sparse::encode_fixed_rate_with(state, adc, Dims::WEDGE, *rate, payload_area)?;
+                Ok(rate.budget)
             }
         }
     }
 
     /// Writes the code frame's header and CRC around a payload of `payload_len`; returns the frame length.
-    fn seal(&mut self, wedge_id: u32, payload_len: usize) -> Result<usize, Error> {
+    fn seal(&mut self, wedge_id: u32, payload_len: usize) -> Result<usize, FirmwareError> {
         let header = CodeHeader {
             version: FRAME_VERSION,
             codec: self.codec.kind(),
@@ -713,14 +811,15 @@ where
 }
 
 /// Reads an input header from `rx` until it starts with the magic, skipping at most `max_hunt`
-/// bytes ([`Error::FrameNotFound`] beyond); `skipped` counts the bytes slid over.
+/// bytes ([`FirmwareError::FrameNotFound`] beyond); `skipped` counts the bytes slid over.
 pub(crate) fn hunt<RX: SpiBus<u8>>(
     rx: &mut RX,
     h: &mut [u8; INPUT_HEADER_LEN],
     skipped: &mut usize,
     max_hunt: usize,
-) -> Result<(), Error> {
-    rx.read(h).map_err(|e| Error::LinkReceive(e.kind()))?;
+) -> Result<(), FirmwareError> {
+    rx.read(h)
+        .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
     while h[..4] != INPUT_MAGIC {
         // The next offset whose bytes could begin the magic; 16 if none.
         let shift = (1..INPUT_HEADER_LEN)
@@ -732,31 +831,35 @@ pub(crate) fn hunt<RX: SpiBus<u8>>(
             })
             .unwrap_or(INPUT_HEADER_LEN);
         if *skipped + shift > max_hunt {
-            return Err(Error::FrameNotFound { skipped: *skipped });
+            return Err(FirmwareError::FrameNotFound { skipped: *skipped });
         }
         h.copy_within(shift.., 0);
         let tail = h
             .get_mut(INPUT_HEADER_LEN - shift..)
-            .ok_or(Error::Overflow)?;
+            .ok_or(internal("resync shift longer than the header"))?;
         *skipped += shift;
-        rx.read(tail).map_err(|e| Error::LinkReceive(e.kind()))?;
+        rx.read(tail)
+            .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
     }
     Ok(())
 }
 
 /// Receives `samples.len()` little-endian u16 samples and the CRC trailer of the frame whose
-/// `header` was read, in [`RX_CHUNK`]-byte reads; [`Error::FrameCrc`] unless the CRC matches.
+/// `header` was read, in [`RX_CHUNK`]-byte reads; [`FirmwareError::FrameCrc`] unless the CRC matches.
 pub(crate) fn receive_samples<RX: SpiBus<u8>>(
     rx: &mut RX,
     header: &[u8; INPUT_HEADER_LEN],
     samples: &mut [u16],
-) -> Result<(), Error> {
+) -> Result<(), FirmwareError> {
     let mut crc = Crc32::new();
     crc.update(header);
     let mut chunk = [0u8; RX_CHUNK];
     for part in samples.chunks_mut(RX_CHUNK / 2) {
-        let bytes = chunk.get_mut(..2 * part.len()).ok_or(Error::Overflow)?;
-        rx.read(bytes).map_err(|e| Error::LinkReceive(e.kind()))?;
+        let bytes = chunk
+            .get_mut(..2 * part.len())
+            .ok_or(internal("sample chunk longer than the read buffer"))?;
+        rx.read(bytes)
+            .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
         crc.update(bytes);
         for (sample, pair) in part.iter_mut().zip(bytes.chunks_exact(2)) {
             if let [lo, hi] = *pair {
@@ -766,21 +869,21 @@ pub(crate) fn receive_samples<RX: SpiBus<u8>>(
     }
     let mut trailer = [0u8; CRC_LEN];
     rx.read(&mut trailer)
-        .map_err(|e| Error::LinkReceive(e.kind()))?;
+        .map_err(|e| FirmwareError::LinkReceive(e.kind()))?;
     let (stored, computed) = (u32::from_le_bytes(trailer), crc.finalize());
     if stored != computed {
-        return Err(Error::FrameCrc { stored, computed });
+        return Err(FirmwareError::FrameCrc { stored, computed });
     }
     Ok(())
 }
 
 /// The CRC-32 a weights file ends with (which model made a code).
-pub(crate) fn weights_crc(weights: &[u8]) -> Result<u32, Error> {
+pub(crate) fn weights_crc(weights: &[u8]) -> Result<u32, WeightsError> {
     weights
         .len()
         .checked_sub(CRC_LEN)
         .and_then(|at| u32_at(weights, at))
-        .ok_or(Error::TruncatedWeights)
+        .ok_or(WeightsError::Truncated)
 }
 
 /// The fields of a code frame's header.
@@ -800,9 +903,11 @@ pub(crate) fn seal_code_frame(
     frame: &mut [u8],
     h: CodeHeader,
     payload_len: usize,
-) -> Result<usize, Error> {
-    let len = u32::try_from(payload_len).map_err(|_| Error::Overflow)?;
-    let header = frame.get_mut(..CODE_HEADER_LEN).ok_or(Error::Overflow)?;
+) -> Result<usize, FirmwareError> {
+    let len = u32::try_from(payload_len)
+        .map_err(|_| internal("payload longer than the codec's bound"))?;
+    let got = frame.len();
+    let header = prefix_mut(frame, CODE_HEADER_LEN)?;
     header[..4].copy_from_slice(&CODE_MAGIC);
     header[4] = h.version;
     header[5] = h.codec as u8;
@@ -811,14 +916,24 @@ pub(crate) fn seal_code_frame(
     put_u32(header, 12, len)?;
     put_u32(header, 16, h.tag)?;
     let body_end = CODE_HEADER_LEN + payload_len;
-    let crc = crc32(frame.get(..body_end).ok_or(Error::Overflow)?);
+    let crc = crc32(frame.get(..body_end).ok_or(FirmwareError::BufferTooSmall {
+        needed: body_end + CRC_LEN,
+        got,
+    })?);
     put_u32(frame, body_end, crc)?;
     Ok(body_end + CRC_LEN)
 }
 
-fn split_at_checked(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), Error> {
+/// The first `len` elements of a caller's buffer, or [`FirmwareError::BufferTooSmall`].
+pub(crate) fn prefix_mut<T>(buf: &mut [T], len: usize) -> Result<&mut [T], FirmwareError> {
+    let got = buf.len();
+    buf.get_mut(..len)
+        .ok_or(FirmwareError::BufferTooSmall { needed: len, got })
+}
+
+fn split_at_checked(buf: &mut [i8], at: usize) -> Result<(&mut [i8], &mut [i8]), FirmwareError> {
     if at > buf.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(FirmwareError::BufferTooSmall {
             needed: at,
             got: buf.len(),
         });

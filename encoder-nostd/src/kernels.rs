@@ -4,10 +4,15 @@
 //! checked once per row, and inner loops are zipped iterators over contiguous memory so LLVM
 //! vectorises them (the convolution's innermost loop runs along the output row).
 //! The arithmetic is the one pinned in [`crate::weights`].
+//!
+//! Layers must have passed [`Conv::validate`](crate::weights::Conv::validate), as every layer of a
+//! parsed weights file has: a kernel given one that has not reports
+//! [`EncodeError::InvalidLayer`], or past its entry checks an [`crate::InternalError`].
 use core::ops::Range;
 
+use crate::encoder::EncodeError;
+use crate::error::internal;
 use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW, MAX_SHIFT};
-use crate::Error;
 
 /// The pinned requantization rule (TFLite "single rounding", round half up, i64 intermediate):
 /// `clamp(((acc * M) + (1 << (shift - 1))) >> shift) + zp, -128, 127)`, with
@@ -40,13 +45,20 @@ struct Channel {
     shift: u8,
 }
 
-fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, Error> {
+fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, EncodeError> {
     Ok(Channel {
-        bias: le_i32(conv.bias, co).ok_or(Error::CorruptWeights)?,
-        multiplier: le_i32(conv.requant.multiplier, co).ok_or(Error::CorruptWeights)?,
-        negative_multiplier: le_i32(conv.requant.negative_multiplier, co)
-            .ok_or(Error::CorruptWeights)?,
-        shift: *conv.requant.shift.get(co).ok_or(Error::CorruptWeights)?,
+        bias: le_i32(conv.bias, co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
+        multiplier: le_i32(conv.requant.multiplier, co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
+        negative_multiplier: le_i32(conv.requant.negative_multiplier, co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
+        shift: *conv.requant.shift.get(co).ok_or(internal(
+            "per-channel parameter array shorter than its checked length",
+        ))?,
     })
 }
 
@@ -69,11 +81,13 @@ fn valid_range(output: usize, input: usize, k: usize, stride: usize, pad: usize)
 }
 
 /// Output shape of `conv` on `input` (no validation beyond avoiding division by zero).
-pub fn conv_output_shape(conv: &Conv<'_>, input: Shape) -> Result<Shape, Error> {
-    let dim = |n: usize, k: u8, s: u8, p: u8| -> Result<usize, Error> {
+pub fn conv_output_shape(conv: &Conv<'_>, input: Shape) -> Result<Shape, EncodeError> {
+    let dim = |n: usize, k: u8, s: u8, p: u8| -> Result<usize, EncodeError> {
         let (k, s, p) = (k as usize, s as usize, p as usize);
         if k == 0 || s == 0 || n + 2 * p < k {
-            return Err(Error::CorruptWeights);
+            return Err(EncodeError::InvalidLayer {
+                what: "kernel, stride or padding give no output",
+            });
         }
         Ok((n + 2 * p - k) / s + 1)
     };
@@ -92,7 +106,7 @@ pub fn conv(
     input: &[i8],
     in_shape: Shape,
     output: &mut [i8],
-) -> Result<Shape, Error> {
+) -> Result<Shape, EncodeError> {
     let out_shape = conv_output_shape(conv, in_shape)?;
     conv_rows(conv, input, in_shape, 0..out_shape.h, output)?;
     Ok(out_shape)
@@ -107,7 +121,7 @@ pub fn conv_rows(
     in_shape: Shape,
     rows: Range<usize>,
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     conv_rows_with(conv, input, in_shape, rows, output, true)
 }
 
@@ -119,7 +133,7 @@ pub fn conv_rows_dense(
     in_shape: Shape,
     rows: Range<usize>,
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     conv_rows_with(conv, input, in_shape, rows, output, false)
 }
 
@@ -130,16 +144,20 @@ fn conv_rows_with(
     rows: Range<usize>,
     output: &mut [i8],
     allow_sparse: bool,
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let out = conv_output_shape(conv, in_shape)?;
     if conv.in_channels as usize != in_shape.c || rows.end > out.h || rows.start > rows.end {
-        return Err(Error::CorruptWeights);
+        return Err(EncodeError::InvalidLayer {
+            what: "input channels or output rows do not match the input shape",
+        });
     }
     if out.w > MAX_ROW {
-        return Err(Error::CorruptWeights);
+        return Err(EncodeError::InvalidLayer {
+            what: "output row longer than the kernels' row buffer",
+        });
     }
     if input.len() < in_shape.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed: in_shape.len(),
             got: input.len(),
         });
@@ -147,7 +165,7 @@ fn conv_rows_with(
     let n_rows = rows.end - rows.start;
     let needed = out.c * out.d * n_rows * out.w;
     if output.len() < needed {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed,
             got: output.len(),
         });
@@ -159,7 +177,9 @@ fn conv_rows_with(
     let zp = conv.input_zero_point as i32;
     let in_plane = in_shape.h * in_shape.w;
     let mut acc_buf = [0i32; MAX_ROW];
-    let acc = acc_buf.get_mut(..out.w).ok_or(Error::CorruptWeights)?;
+    let acc = acc_buf
+        .get_mut(..out.w)
+        .ok_or(internal("conv row index out of its checked range"))?;
     // Valid output-column ranges per kernel column, computed once.
     let mut col_ranges = [(0usize, 0usize); 256];
     for (x, r) in col_ranges.iter_mut().enumerate().take(kw) {
@@ -189,7 +209,7 @@ fn conv_rows_with(
         let w_co = conv
             .weights
             .get(co * terms..(co + 1) * terms)
-            .ok_or(Error::CorruptWeights)?;
+            .ok_or(internal("conv row index out of its checked range"))?;
         for od in 0..out.d {
             for oy in rows.clone() {
                 acc.fill(ch.bias);
@@ -208,10 +228,11 @@ fn conv_rows_with(
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
                             let in_row = input
                                 .get(row_start..row_start + in_shape.w)
-                                .ok_or(Error::CorruptWeights)?;
+                                .ok_or(internal("conv row index out of its checked range"))?;
                             let w_base = ((ci * kd + z) * kh + y) * kw;
-                            let w_row =
-                                w_co.get(w_base..w_base + kw).ok_or(Error::CorruptWeights)?;
+                            let w_row = w_co
+                                .get(w_base..w_base + kw)
+                                .ok_or(internal("conv row index out of its checked range"))?;
                             for (x, (&w, &(lo, hi))) in
                                 w_row.iter().zip(col_ranges.iter()).enumerate()
                             {
@@ -219,19 +240,24 @@ fn conv_rows_with(
                                 if w == 0 || lo >= hi {
                                     continue;
                                 }
-                                let acc_part = acc.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
+                                let acc_part = acc
+                                    .get_mut(lo..hi)
+                                    .ok_or(internal("conv row index out of its checked range"))?;
                                 // First input column: lo * sw + x - pw (>= 0 by construction).
-                                let first =
-                                    (lo * sw + x).checked_sub(pw).ok_or(Error::CorruptWeights)?;
+                                let first = (lo * sw + x)
+                                    .checked_sub(pw)
+                                    .ok_or(internal("conv row index out of its checked range"))?;
                                 if sw == 1 {
-                                    let src = in_row
-                                        .get(first..first + acc_part.len())
-                                        .ok_or(Error::CorruptWeights)?;
+                                    let src = in_row.get(first..first + acc_part.len()).ok_or(
+                                        internal("conv row index out of its checked range"),
+                                    )?;
                                     for (a, &v) in acc_part.iter_mut().zip(src) {
                                         *a = a.wrapping_add(w * (v as i32 - zp));
                                     }
                                 } else {
-                                    let src = in_row.get(first..).ok_or(Error::CorruptWeights)?;
+                                    let src = in_row.get(first..).ok_or(internal(
+                                        "conv row index out of its checked range",
+                                    ))?;
                                     for (a, &v) in acc_part.iter_mut().zip(src.iter().step_by(sw)) {
                                         *a = a.wrapping_add(w * (v as i32 - zp));
                                     }
@@ -240,7 +266,9 @@ fn conv_rows_with(
                         }
                     }
                 }
-                let dst = out_rows.next().ok_or(Error::CorruptWeights)?;
+                let dst = out_rows
+                    .next()
+                    .ok_or(internal("conv row index out of its checked range"))?;
                 for (o, &a) in dst.iter_mut().zip(acc.iter()) {
                     *o = requantize(
                         a,
@@ -273,7 +301,7 @@ fn conv_rows_strided(
     rows: Range<usize>,
     col_ranges: &[(usize, usize); 256],
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let [kd, kh, kw] = conv.kernel.map(usize::from);
     let [sd, sh, sw] = conv.stride.map(usize::from);
     let [pd, ph, pw] = conv.padding.map(usize::from);
@@ -291,7 +319,7 @@ fn conv_rows_strided(
                 let g1 = (g0 + group).min(out.c);
                 let acc = acc_buf
                     .get_mut(..(g1 - g0) * out.w)
-                    .ok_or(Error::CorruptWeights)?;
+                    .ok_or(internal("strided conv index out of its checked range"))?;
                 for (k, acc_c) in acc.chunks_exact_mut(out.w).enumerate() {
                     acc_c.fill(channel(conv, g0 + k)?.bias);
                 }
@@ -310,11 +338,12 @@ fn conv_rows_strided(
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
                             let in_row = input
                                 .get(row_start..row_start + in_shape.w)
-                                .ok_or(Error::CorruptWeights)?;
+                                .ok_or(internal("strided conv index out of its checked range"))?;
                             for p in 0..sw {
-                                let dst = phases
-                                    .get_mut(p * phase_len..(p + 1) * phase_len)
-                                    .ok_or(Error::CorruptWeights)?;
+                                let dst =
+                                    phases.get_mut(p * phase_len..(p + 1) * phase_len).ok_or(
+                                        internal("strided conv index out of its checked range"),
+                                    )?;
                                 let src = in_row.get(p..).unwrap_or(&[]);
                                 for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
                                     *d = v as i16 - zp;
@@ -323,8 +352,9 @@ fn conv_rows_strided(
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for (k, acc_c) in acc.chunks_exact_mut(out.w).enumerate() {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row =
-                                    conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
+                                    "strided conv index out of its checked range",
+                                ))?;
                                 for (x, (&w, &(lo, hi))) in
                                     w_row.iter().zip(col_ranges.iter()).enumerate()
                                 {
@@ -332,15 +362,16 @@ fn conv_rows_strided(
                                     if w == 0 || lo >= hi {
                                         continue;
                                     }
-                                    let first = (lo * sw + x)
-                                        .checked_sub(pw)
-                                        .ok_or(Error::CorruptWeights)?;
+                                    let first = (lo * sw + x).checked_sub(pw).ok_or(internal(
+                                        "strided conv index out of its checked range",
+                                    ))?;
                                     let start = (first % sw) * phase_len + first / sw;
-                                    let src = phases
-                                        .get(start..start + (hi - lo))
-                                        .ok_or(Error::CorruptWeights)?;
-                                    let acc_part =
-                                        acc_c.get_mut(lo..hi).ok_or(Error::CorruptWeights)?;
+                                    let src = phases.get(start..start + (hi - lo)).ok_or(
+                                        internal("strided conv index out of its checked range"),
+                                    )?;
+                                    let acc_part = acc_c.get_mut(lo..hi).ok_or(internal(
+                                        "strided conv index out of its checked range",
+                                    ))?;
                                     for (a, &v) in acc_part.iter_mut().zip(src) {
                                         *a = a.wrapping_add(w * v as i32);
                                     }
@@ -355,7 +386,7 @@ fn conv_rows_strided(
                     let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
                     let dst = output
                         .get_mut(at..at + out.w)
-                        .ok_or(Error::CorruptWeights)?;
+                        .ok_or(internal("strided conv index out of its checked range"))?;
                     for (o, &a) in dst.iter_mut().zip(acc_c) {
                         *o = requantize(
                             a,
@@ -448,7 +479,7 @@ fn conv_rows_sparse<const LANES: usize>(
     out: Shape,
     rows: Range<usize>,
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let [kd, kh, kw] = conv.kernel.map(usize::from);
     let [sd, sh, sw] = conv.stride.map(usize::from);
     let [pd, ph, pw] = conv.padding.map(usize::from);
@@ -462,7 +493,9 @@ fn conv_rows_sparse<const LANES: usize>(
     let first = kw - 1 - pw;
     let span = in_shape.w + kw - 1;
     if pw >= kw || first + (out.w.max(1) - 1) * sw >= span {
-        return Err(Error::CorruptWeights);
+        return Err(EncodeError::InvalidLayer {
+            what: "padding not smaller than the kernel",
+        });
     }
     let mut acc = [[0i32; LANES]; SPARSE_ACC];
     // i16 products are exact: |w| <= 127 and |v - zp| <= 255, so |w * (v - zp)| <= 32,385.
@@ -477,7 +510,9 @@ fn conv_rows_sparse<const LANES: usize>(
                 for (k, b) in bias.iter_mut().enumerate().take(g) {
                     *b = channel(conv, g0 + k)?.bias;
                 }
-                acc.get_mut(..span).ok_or(Error::CorruptWeights)?.fill(bias);
+                acc.get_mut(..span)
+                    .ok_or(internal("sparse-input conv index out of its checked range"))?
+                    .fill(bias);
                 for ci in 0..in_shape.c {
                     for z in 0..kd {
                         let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
@@ -491,9 +526,12 @@ fn conv_rows_sparse<const LANES: usize>(
                                 continue;
                             };
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
-                            let in_row = input
-                                .get(row_start..row_start + in_shape.w)
-                                .ok_or(Error::CorruptWeights)?;
+                            let in_row =
+                                input
+                                    .get(row_start..row_start + in_shape.w)
+                                    .ok_or(internal(
+                                        "sparse-input conv index out of its checked range",
+                                    ))?;
                             let n = gather_nonzero(in_row, zp, &mut cols, &mut vals);
                             if n == 0 {
                                 continue;
@@ -502,18 +540,23 @@ fn conv_rows_sparse<const LANES: usize>(
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for k in 0..g {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row =
-                                    conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
+                                    "sparse-input conv index out of its checked range",
+                                ))?;
                                 for (tap, &w) in taps.iter_mut().zip(w_row.iter().rev()) {
                                     if let Some(lane) = tap.get_mut(k) {
                                         *lane = w as i8 as i16;
                                     }
                                 }
                             }
-                            let taps = taps.get(..kw).ok_or(Error::CorruptWeights)?;
+                            let taps = taps.get(..kw).ok_or(internal(
+                                "sparse-input conv index out of its checked range",
+                            ))?;
                             for (&ix, &v) in cols.iter().zip(vals.iter()).take(n) {
                                 let ix = ix as usize;
-                                let dst = acc.get_mut(ix..ix + kw).ok_or(Error::CorruptWeights)?;
+                                let dst = acc.get_mut(ix..ix + kw).ok_or(internal(
+                                    "sparse-input conv index out of its checked range",
+                                ))?;
                                 for (a, tap) in dst.iter_mut().zip(taps) {
                                     for (a, &w) in a.iter_mut().zip(tap) {
                                         *a = a.wrapping_add(w.wrapping_mul(v) as i32);
@@ -523,14 +566,16 @@ fn conv_rows_sparse<const LANES: usize>(
                         }
                     }
                 }
-                let acc_out = acc.get(first..span).ok_or(Error::CorruptWeights)?;
+                let acc_out = acc
+                    .get(first..span)
+                    .ok_or(internal("sparse-input conv index out of its checked range"))?;
                 for k in 0..g {
                     let co = g0 + k;
                     let ch = channel(conv, co)?;
                     let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
                     let dst = output
                         .get_mut(at..at + out.w)
-                        .ok_or(Error::CorruptWeights)?;
+                        .ok_or(internal("sparse-input conv index out of its checked range"))?;
                     for (o, a) in dst.iter_mut().zip(acc_out.iter().step_by(sw)) {
                         *o = requantize(
                             a.get(k).copied().unwrap_or(0),
@@ -565,7 +610,7 @@ fn conv_rows_pairs(
     out: Shape,
     rows: Range<usize>,
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let [kd, kh, kw] = conv.kernel.map(usize::from);
     let [sd, sh, _] = conv.stride.map(usize::from);
     let [pd, ph, pw] = conv.padding.map(usize::from);
@@ -578,8 +623,12 @@ fn conv_rows_pairs(
     let mut acc = [[0i32; MAX_ROW]; PAIR_GROUP];
     let mut xp = [0i16; MAX_ROW + PAIR_TAPS + 1];
     let mut pairs = [[0i16; 2]; MAX_ROW + PAIR_TAPS];
-    let xp = xp.get_mut(..padded).ok_or(Error::CorruptWeights)?;
-    let pairs = pairs.get_mut(..padded - 1).ok_or(Error::CorruptWeights)?;
+    let xp = xp
+        .get_mut(..padded)
+        .ok_or(internal("paired-tap conv index out of its checked range"))?;
+    let pairs = pairs
+        .get_mut(..padded - 1)
+        .ok_or(internal("paired-tap conv index out of its checked range"))?;
     for od in 0..out.d {
         for oy in rows.clone() {
             for g0 in (0..out.c).step_by(PAIR_GROUP) {
@@ -600,13 +649,16 @@ fn conv_rows_pairs(
                                 continue;
                             };
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
-                            let in_row = input
-                                .get(row_start..row_start + in_shape.w)
-                                .ok_or(Error::CorruptWeights)?;
+                            let in_row =
+                                input
+                                    .get(row_start..row_start + in_shape.w)
+                                    .ok_or(internal(
+                                        "paired-tap conv index out of its checked range",
+                                    ))?;
                             xp.fill(0);
-                            let body = xp
-                                .get_mut(pw..pw + in_shape.w)
-                                .ok_or(Error::CorruptWeights)?;
+                            let body = xp.get_mut(pw..pw + in_shape.w).ok_or(internal(
+                                "paired-tap conv index out of its checked range",
+                            ))?;
                             for (d, &v) in body.iter_mut().zip(in_row) {
                                 *d = v as i16 - zp;
                             }
@@ -616,9 +668,12 @@ fn conv_rows_pairs(
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for (k, acc_c) in acc.iter_mut().enumerate().take(g) {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row =
-                                    conv.weights.get(at..at + kw).ok_or(Error::CorruptWeights)?;
-                                let acc_c = acc_c.get_mut(..out.w).ok_or(Error::CorruptWeights)?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
+                                    "paired-tap conv index out of its checked range",
+                                ))?;
+                                let acc_c = acc_c.get_mut(..out.w).ok_or(internal(
+                                    "paired-tap conv index out of its checked range",
+                                ))?;
                                 add_tap_pairs(acc_c, pairs, w_row)?;
                             }
                         }
@@ -630,7 +685,7 @@ fn conv_rows_pairs(
                     let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
                     let dst = output
                         .get_mut(at..at + out.w)
-                        .ok_or(Error::CorruptWeights)?;
+                        .ok_or(internal("paired-tap conv index out of its checked range"))?;
                     for (o, &a) in dst.iter_mut().zip(acc_c.iter()) {
                         *o = requantize(
                             a,
@@ -655,16 +710,20 @@ pub(crate) fn add_tap_pairs(
     acc: &mut [i32],
     pairs: &[[i16; 2]],
     w_row: &[u8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let n = acc.len();
     let w = |t: usize| w_row.get(t).map_or(0, |&v| v as i8 as i16);
     let mut t = 0;
     while t < w_row.len() {
         let (w0, w1) = (w(t), w(t + 1));
-        let p0 = pairs.get(t..t + n).ok_or(Error::CorruptWeights)?;
+        let p0 = pairs
+            .get(t..t + n)
+            .ok_or(internal("tap pair index out of its checked range"))?;
         if t + 2 < w_row.len() {
             let (w2, w3) = (w(t + 2), w(t + 3));
-            let p1 = pairs.get(t + 2..t + 2 + n).ok_or(Error::CorruptWeights)?;
+            let p1 = pairs
+                .get(t + 2..t + 2 + n)
+                .ok_or(internal("tap pair index out of its checked range"))?;
             for ((a, x), y) in acc.iter_mut().zip(p0).zip(p1) {
                 let s = (x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w1) as i32)
                     + (y[0].wrapping_mul(w2) as i32 + y[1].wrapping_mul(w3) as i32);
@@ -683,9 +742,15 @@ pub(crate) fn add_tap_pairs(
 
 /// 2x2 average pooling (stride 2) over each [h][w] plane of `input` (shape `in_shape`, even h and
 /// w), keeping the input's scale and zero point: `y = (q00 + q01 + q10 + q11 + 2) >> 2`.
-pub fn avg_pool_2x2(input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<Shape, Error> {
+pub fn avg_pool_2x2(
+    input: &[i8],
+    in_shape: Shape,
+    output: &mut [i8],
+) -> Result<Shape, EncodeError> {
     if (in_shape.h | in_shape.w) & 1 != 0 {
-        return Err(Error::CorruptWeights);
+        return Err(EncodeError::InvalidLayer {
+            what: "2x2 pooling of an odd height or width",
+        });
     }
     let out = Shape {
         h: in_shape.h / 2,
@@ -693,13 +758,13 @@ pub fn avg_pool_2x2(input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<
         ..in_shape
     };
     if input.len() < in_shape.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed: in_shape.len(),
             got: input.len(),
         });
     }
     if output.len() < out.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed: out.len(),
             got: output.len(),
         });
@@ -726,9 +791,9 @@ pub fn avg_pool_2x2(input: &[i8], in_shape: Shape, output: &mut [i8]) -> Result<
 
 /// Residual add with requantization, in place over `b`:
 /// `b = requant(a_multiplier * (a - a_zp) + b_multiplier * (b - b_zp))`.
-pub fn add_in_place(add: &Add, a: &[i8], b: &mut [i8]) -> Result<(), Error> {
+pub fn add_in_place(add: &Add, a: &[i8], b: &mut [i8]) -> Result<(), EncodeError> {
     if a.len() != b.len() {
-        return Err(Error::WrongShape {
+        return Err(EncodeError::WrongShape {
             expected: b.len(),
             got: a.len(),
         });
@@ -762,26 +827,28 @@ pub fn input_from_adc(
     z_bins: usize,
     w_padded: usize,
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let expected = layers * azimuth * z_bins;
     if adc.len() != expected {
-        return Err(Error::WrongShape {
+        return Err(EncodeError::WrongShape {
             expected,
             got: adc.len(),
         });
     }
     if table.len() != 1024 || z_bins > w_padded {
-        return Err(Error::CorruptWeights);
+        return Err(EncodeError::InvalidLayer {
+            what: "input table not 1024 entries, or more z bins than the padded row",
+        });
     }
     let needed = layers * azimuth * w_padded;
     if output.len() < needed {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed,
             got: output.len(),
         });
     }
     if let Some((index, &value)) = adc.iter().enumerate().find(|(_, &v)| v > 1023) {
-        return Err(Error::AdcOutOfRange { index, value });
+        return Err(EncodeError::AdcOutOfRange { index, value });
     }
     let pad = table.first().map_or(0, |&b| b as i8);
     let plane = azimuth * w_padded;
@@ -1183,18 +1250,18 @@ mod tests {
         bad[7] = 1024;
         assert_eq!(
             input_from_adc(&table, &bad, layers, az, z, w, &mut out),
-            Err(Error::AdcOutOfRange {
+            Err(EncodeError::AdcOutOfRange {
                 index: 7,
                 value: 1024
             })
         );
         assert!(matches!(
             input_from_adc(&table, &adc[1..], layers, az, z, w, &mut out),
-            Err(Error::WrongShape { .. })
+            Err(EncodeError::WrongShape { .. })
         ));
         assert!(matches!(
             input_from_adc(&table, &adc, layers, az, z, w, &mut out[1..]),
-            Err(Error::BufferTooSmall { .. })
+            Err(EncodeError::BufferTooSmall { .. })
         ));
     }
 }

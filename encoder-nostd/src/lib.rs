@@ -1,7 +1,9 @@
 //! `encoder-nostd`: the part of bcae-rs that runs on a front-end board.
 //!
 //! `#![no_std]`, no heap, no `unsafe`, and no panics on any input: every misuse (short buffers,
-//! corrupt or truncated weights, wrong shapes, out-of-range ADC) is a typed [`Error`].
+//! corrupt or truncated weights, wrong shapes, out-of-range ADC) is a typed error of its module
+//! ([`WeightsError`], [`EncodeError`], [`SparseError`], [`FirmwareError`]; [`Error`] holds any of
+//! them), and a state only a bug can reach is an [`InternalError`], never blamed on the input.
 //!
 //! - [`geometry`]: the TPC wedge's shape and ADC range.
 //! - [`checksum`]: the CRC-32 used by every format of the project.
@@ -24,4 +26,4 @@ pub mod sparse;
 pub mod streaming;
 pub mod weights;
 
-pub use error::Error;
+pub use error::{EncodeError, Error, FirmwareError, InternalError, SparseError, WeightsError};

@@ -50,10 +50,84 @@ pub use fixed_rate::{
 
 pub use quant::{Quantizer, ADC_VALUES, LOG2_Q16};
 
+use crate::error::{wrap, write_adc_out_of_range, InternalError};
 use crate::geometry::{ADC_MAX, AZIMUTH, LAYERS, Z_BINS};
-use crate::Error;
 use quant::VALUE_BUCKETS;
 use range_coder::{RangeDecoder, RangeEncoder, PROB_INIT};
+
+/// Why the sparse codec could not encode or decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SparseError {
+    /// A quality that is neither `lossless` nor a log2 step in (0, 64).
+    InvalidQuality,
+    /// The input grid does not have the voxel count of its dimensions.
+    WrongShape { expected: usize, got: usize },
+    /// An ADC value above the 10-bit range (1023).
+    AdcOutOfRange { index: usize, value: u16 },
+    /// The output buffer cannot hold the payload (`needed` is the exact size).
+    BufferTooSmall { needed: usize, got: usize },
+    /// A grid or payload too large for this target's integers (or for the 32-bit length field).
+    Overflow,
+    /// A payload ends before its header says it should.
+    Truncated { needed: usize, got: usize },
+    /// A payload written by a codec version this build cannot read.
+    Version { found: u8, supported: u8 },
+    /// A corrupt payload (the reason says how it was detected).
+    Corrupt { reason: &'static str },
+    /// A fixed-rate budget too small even for an empty grid's payload (`needed` bytes).
+    BudgetTooSmall { budget: usize, needed: usize },
+    /// A bug in this crate (see [`InternalError`]).
+    Internal(InternalError),
+}
+
+impl core::fmt::Display for SparseError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SparseError::InvalidQuality => write!(
+                f,
+                "invalid sparse quality: use `lossless` or a log2 step such as 0.05 (between 1/1024 and 63.99)"
+            ),
+            SparseError::WrongShape { expected, got } => write!(
+                f,
+                "wrong grid size for the sparse codec: expected {expected} ADC values, got {got}"
+            ),
+            SparseError::AdcOutOfRange { index, value } => write_adc_out_of_range(f, *index, *value),
+            SparseError::BufferTooSmall { needed, got } => write!(
+                f,
+                "buffer too small for the sparse payload: need {needed} bytes, got {got}"
+            ),
+            SparseError::Overflow => write!(
+                f,
+                "grid too large for the sparse codec (its size overflows this target's integers)"
+            ),
+            SparseError::Truncated { needed, got } => {
+                write!(f, "sparse payload truncated: need {needed} bytes, got {got}")
+            }
+            SparseError::Version { found, supported } => write!(
+                f,
+                "sparse payload version {found} is not supported (this build reads version {supported})"
+            ),
+            SparseError::Corrupt { reason } => write!(f, "sparse payload is corrupt: {reason}"),
+            SparseError::BudgetTooSmall { budget, needed } => write!(
+                f,
+                "fixed-rate sparse budget of {budget} bytes is too small: even an empty grid needs {needed} (use a lower ratio)"
+            ),
+            SparseError::Internal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for SparseError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            SparseError::Internal(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+wrap!(SparseError::Internal(InternalError));
 
 /// Codec version written in every payload.
 pub const VERSION: u8 = 1;
@@ -112,7 +186,7 @@ impl Quality {
     }
 
     /// Parse `lossless` or a log2 step as a decimal number (e.g. `0.05`), rounded to 1/1024.
-    pub fn parse(text: &str) -> Result<Quality, Error> {
+    pub fn parse(text: &str) -> Result<Quality, SparseError> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("lossless") {
             return Ok(Quality::LOSSLESS);
@@ -126,14 +200,14 @@ impl Quality {
             || !digits_ok(int_part)
             || !digits_ok(frac_part)
         {
-            return Err(Error::InvalidQuality);
+            return Err(SparseError::InvalidQuality);
         }
         let mut int: u64 = 0;
         for b in int_part.bytes() {
             int = int
                 .checked_mul(10)
                 .and_then(|v| v.checked_add(u64::from(b - b'0')))
-                .ok_or(Error::InvalidQuality)?;
+                .ok_or(SparseError::InvalidQuality)?;
         }
         // Fraction: up to 9 significant digits, as num / 10^len.
         let (mut num, mut den) = (0u64, 1u64);
@@ -144,10 +218,10 @@ impl Quality {
         let step = int
             .checked_mul(1024)
             .and_then(|v| v.checked_add((num * 1024 + den / 2) / den))
-            .ok_or(Error::InvalidQuality)?;
+            .ok_or(SparseError::InvalidQuality)?;
         match u16::try_from(step) {
             Ok(s) if s > 0 => Ok(Quality(s)),
-            _ => Err(Error::InvalidQuality),
+            _ => Err(SparseError::InvalidQuality),
         }
     }
 }
@@ -355,20 +429,25 @@ fn write_header(out: &mut [u8], mode: u8, quality: Quality, dims: Dims, body_len
 }
 
 /// Encode one wedge (on-disk order, shape (192, 249, 16)) into `out`; returns the bytes written.
-pub fn encode_wedge(adc: &[u16], quality: Quality, out: &mut [u8]) -> Result<usize, Error> {
+pub fn encode_wedge(adc: &[u16], quality: Quality, out: &mut [u8]) -> Result<usize, SparseError> {
     encode(adc, Dims::WEDGE, quality, out)
 }
 
 /// Encode a grid of `dims` into `out` with the codec state on the stack (~60 KiB).
-pub fn encode(adc: &[u16], dims: Dims, quality: Quality, out: &mut [u8]) -> Result<usize, Error> {
+pub fn encode(
+    adc: &[u16],
+    dims: Dims,
+    quality: Quality,
+    out: &mut [u8],
+) -> Result<usize, SparseError> {
     let mut scratch = SparseScratch::new();
     encode_with(&mut scratch, adc, dims, quality, out)
 }
 
 /// Encode a grid of `dims` into `out`, using the caller's scratch. Returns the payload length.
 ///
-/// Errors: [`Error::WrongShape`] if `adc.len()` is not the grid's voxel count,
-/// [`Error::AdcOutOfRange`] for a value above 1023, [`Error::BufferTooSmall`] (with the exact
+/// Errors: [`SparseError::WrongShape`] if `adc.len()` is not the grid's voxel count,
+/// [`SparseError::AdcOutOfRange`] for a value above 1023, [`SparseError::BufferTooSmall`] (with the exact
 /// size needed) if `out` cannot hold the payload. A buffer of [`max_encoded_len`] always suffices.
 pub fn encode_with(
     scratch: &mut SparseScratch,
@@ -376,7 +455,7 @@ pub fn encode_with(
     dims: Dims,
     quality: Quality,
     out: &mut [u8],
-) -> Result<usize, Error> {
+) -> Result<usize, SparseError> {
     let voxels = check_input(adc, dims)?;
     let stored_len = stored_body_len(voxels);
     let body_out = out.get_mut(HEADER_LEN..).unwrap_or(&mut []);
@@ -384,39 +463,39 @@ pub fn encode_with(
     if let Some(coded_len) = coded_len {
         let needed = HEADER_LEN + coded_len;
         if needed > out.len() {
-            return Err(Error::BufferTooSmall {
+            return Err(SparseError::BufferTooSmall {
                 needed,
                 got: out.len(),
             });
         }
-        let body_len = u32::try_from(coded_len).map_err(|_| Error::Overflow)?;
+        let body_len = u32::try_from(coded_len).map_err(|_| SparseError::Overflow)?;
         write_header(out, MODE_CODED, quality, dims, body_len);
         return Ok(needed);
     }
     let needed = HEADER_LEN + stored_len;
     if needed > out.len() {
-        return Err(Error::BufferTooSmall {
+        return Err(SparseError::BufferTooSmall {
             needed,
             got: out.len(),
         });
     }
-    let body_len = u32::try_from(stored_len).map_err(|_| Error::Overflow)?;
+    let body_len = u32::try_from(stored_len).map_err(|_| SparseError::Overflow)?;
     write_header(out, MODE_STORED, quality, dims, body_len);
     pack10(adc, out.get_mut(HEADER_LEN..needed).unwrap_or(&mut []));
     Ok(needed)
 }
 
 /// The grid's voxel count, after checking that `adc` has that many values, all 10-bit.
-fn check_input(adc: &[u16], dims: Dims) -> Result<usize, Error> {
-    let voxels = dims.voxels().ok_or(Error::Overflow)?;
+fn check_input(adc: &[u16], dims: Dims) -> Result<usize, SparseError> {
+    let voxels = dims.voxels().ok_or(SparseError::Overflow)?;
     if adc.len() != voxels {
-        return Err(Error::WrongShape {
+        return Err(SparseError::WrongShape {
             expected: voxels,
             got: adc.len(),
         });
     }
     if let Some((index, &value)) = adc.iter().enumerate().find(|(_, &v)| v > ADC_MAX) {
-        return Err(Error::AdcOutOfRange { index, value });
+        return Err(SparseError::AdcOutOfRange { index, value });
     }
     Ok(voxels)
 }
@@ -510,18 +589,18 @@ fn unpack10(body: &[u8], out: &mut [u16]) {
 }
 
 /// Parse and check a payload's header.
-pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
-    let h = bytes.get(..HEADER_LEN).ok_or(Error::SparseTruncated {
+pub fn read_header(bytes: &[u8]) -> Result<Header, SparseError> {
+    let h = bytes.get(..HEADER_LEN).ok_or(SparseError::Truncated {
         needed: HEADER_LEN,
         got: bytes.len(),
     })?;
     if h[0..2] != MAGIC {
-        return Err(Error::SparseCorrupt {
+        return Err(SparseError::Corrupt {
             reason: "not a sparse payload (bad magic)",
         });
     }
     if h[2] != VERSION {
-        return Err(Error::SparseVersion {
+        return Err(SparseError::Version {
             found: h[2],
             supported: VERSION,
         });
@@ -530,7 +609,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
         MODE_CODED => false,
         MODE_STORED => true,
         _ => {
-            return Err(Error::SparseCorrupt {
+            return Err(SparseError::Corrupt {
                 reason: "unknown mode",
             })
         }
@@ -543,22 +622,22 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
         z: u16_at(10),
     };
     let body_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
-    let voxels = dims.voxels().ok_or(Error::SparseCorrupt {
+    let voxels = dims.voxels().ok_or(SparseError::Corrupt {
         reason: "grid too large",
     })?;
     if stored && body_len != stored_body_len(voxels) {
-        return Err(Error::SparseCorrupt {
+        return Err(SparseError::Corrupt {
             reason: "stored body length does not match the grid",
         });
     }
     if body_len > stored_body_len(voxels) {
-        return Err(Error::SparseCorrupt {
+        return Err(SparseError::Corrupt {
             reason: "body longer than the stored-mode bound",
         });
     }
     let needed = HEADER_LEN + body_len;
     if bytes.len() < needed {
-        return Err(Error::SparseTruncated {
+        return Err(SparseError::Truncated {
             needed,
             got: bytes.len(),
         });
@@ -574,7 +653,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Error> {
 
 /// Decode a payload into `out` (which must hold exactly the grid's voxel count) with the codec
 /// state on the stack (~60 KiB). Returns the header; bytes after the payload are ignored.
-pub fn decode(bytes: &[u8], out: &mut [u16]) -> Result<Header, Error> {
+pub fn decode(bytes: &[u8], out: &mut [u16]) -> Result<Header, SparseError> {
     let mut scratch = SparseScratch::new();
     decode_with(&mut scratch, bytes, out)
 }
@@ -586,11 +665,11 @@ pub fn decode_with(
     scratch: &mut SparseScratch,
     bytes: &[u8],
     out: &mut [u16],
-) -> Result<Header, Error> {
+) -> Result<Header, SparseError> {
     let header = read_header(bytes)?;
     let voxels = header.dims.voxels().unwrap_or(0);
     if out.len() != voxels {
-        return Err(Error::WrongShape {
+        return Err(SparseError::WrongShape {
             expected: voxels,
             got: out.len(),
         });
@@ -627,7 +706,7 @@ pub fn decode_with(
                     let value = u16::try_from(symbol)
                         .ok()
                         .and_then(|s| scratch.quant.adc(s))
-                        .ok_or(Error::SparseCorrupt {
+                        .ok_or(SparseError::Corrupt {
                             reason: "value symbol out of range",
                         })?;
                     if let Some(slot) = out.get_mut(idx) {
@@ -643,7 +722,7 @@ pub fn decode_with(
             }
         }
         if dec.overran() {
-            return Err(Error::SparseCorrupt {
+            return Err(SparseError::Corrupt {
                 reason: "body ends early (truncated or corrupt)",
             });
         }

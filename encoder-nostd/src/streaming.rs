@@ -38,7 +38,9 @@
 //! runs once the last input column its kernel reaches (or the tensor's last column) has been
 //! written and, for an add, once the skip column exists. z positions 249..255 (the networks'
 //! padding, ADC 0) are fed by the encoder itself after the last slice.
+use crate::encoder::EncodeError;
 use crate::encoder::Encoder;
+use crate::error::{internal, Error};
 use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
@@ -46,7 +48,6 @@ use crate::kernels::{
 use crate::weights::{
     le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
 };
-use crate::Error;
 
 /// Most rings (tensors) and stages a network may have (BCAE-2D with 8 blocks needs 42 and 41).
 const MAX_NODES: usize = 48;
@@ -161,23 +162,25 @@ pub struct StreamEncoder<'a> {
     plan: Plan,
 }
 
-fn err_corrupt<T>() -> Result<T, Error> {
-    Err(Error::CorruptWeights)
+fn bug<T>(what: &'static str) -> Result<T, EncodeError> {
+    Err(internal(what).into())
 }
 
-fn push<T, const N: usize>(v: &mut heapless::Vec<T, N>, item: T) -> Result<usize, Error> {
-    v.push(item).map_err(|_| Error::CorruptWeights)?;
+fn push<T, const N: usize>(v: &mut heapless::Vec<T, N>, item: T) -> Result<usize, EncodeError> {
+    // MAX_NODES holds the largest network the weights format allows (BCAE-2D, 8 blocks).
+    v.push(item)
+        .map_err(|_| internal("streaming plan longer than MAX_NODES"))?;
     Ok(v.len() - 1)
 }
 
 impl<'a> StreamEncoder<'a> {
     /// Parses and validates a weights file (see [`Encoder::parse`]).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
-        Self::new(Encoder::parse(bytes)?)
+        Ok(Self::new(Encoder::parse(bytes)?)?)
     }
 
     /// Plans the streaming schedule of an already validated encoder.
-    pub fn new(encoder: Encoder<'a>) -> Result<Self, Error> {
+    pub fn new(encoder: Encoder<'a>) -> Result<Self, EncodeError> {
         let mut plan = Plan {
             rings: heapless::Vec::new(),
             stages: heapless::Vec::new(),
@@ -192,13 +195,11 @@ impl<'a> StreamEncoder<'a> {
         }
         let mut this = StreamEncoder { encoder, plan };
         this.size_rings()?;
-        let code = this
-            .plan
-            .rings
-            .get(this.plan.code)
-            .ok_or(Error::CorruptWeights)?;
+        let code = this.plan.rings.get(this.plan.code).ok_or(internal(
+            "the planned code ring differs from the encoder's code shape",
+        ))?;
         if code.shape != this.encoder.code_shape() {
-            return err_corrupt();
+            return bug("the planned code ring differs from the encoder's code shape");
         }
         Ok(this)
     }
@@ -231,9 +232,12 @@ impl<'a> StreamEncoder<'a> {
 
     /// Starts a wedge over `scratch` (at least [`StreamEncoder::scratch_bytes`]; contents
     /// overwritten as the wedge goes).
-    pub fn begin<'e, 's>(&'e self, scratch: &'s mut [i8]) -> Result<Stream<'e, 'a, 's>, Error> {
+    pub fn begin<'e, 's>(
+        &'e self,
+        scratch: &'s mut [i8],
+    ) -> Result<Stream<'e, 'a, 's>, EncodeError> {
         if scratch.len() < self.plan.scratch {
-            return Err(Error::BufferTooSmall {
+            return Err(EncodeError::BufferTooSmall {
                 needed: self.plan.scratch,
                 got: scratch.len(),
             });
@@ -247,16 +251,21 @@ impl<'a> StreamEncoder<'a> {
 
     /// Encodes a whole wedge by streaming it (same arguments and code layout as
     /// [`Encoder::encode`]; `scratch` only needs [`StreamEncoder::scratch_bytes`]).
-    pub fn encode(&self, adc: &[u16], scratch: &mut [i8], code: &mut [i8]) -> Result<(), Error> {
+    pub fn encode(
+        &self,
+        adc: &[u16],
+        scratch: &mut [i8],
+        code: &mut [i8],
+    ) -> Result<(), EncodeError> {
         if adc.len() != SLICE_SAMPLES * Z_BINS {
-            return Err(Error::WrongShape {
+            return Err(EncodeError::WrongShape {
                 expected: SLICE_SAMPLES * Z_BINS,
                 got: adc.len(),
             });
         }
         let shape = self.code_shape();
         if code.len() < shape.len() {
-            return Err(Error::BufferTooSmall {
+            return Err(EncodeError::BufferTooSmall {
                 needed: shape.len(),
                 got: code.len(),
             });
@@ -267,7 +276,10 @@ impl<'a> StreamEncoder<'a> {
         for z in 0..Z_BINS {
             for (a, dst) in slice.chunks_exact_mut(LAYERS).enumerate() {
                 let at = (a * Z_BINS + z) * LAYERS;
-                dst.copy_from_slice(adc.get(at..at + LAYERS).ok_or(Error::Overflow)?);
+                dst.copy_from_slice(
+                    adc.get(at..at + LAYERS)
+                        .ok_or(internal("wedge slice outside the checked input"))?,
+                );
             }
             stream.push(&slice, &mut scatter)?;
         }
@@ -275,21 +287,25 @@ impl<'a> StreamEncoder<'a> {
     }
 
     /// Finds each ring's depth by running the schedule once without data, then lays out scratch.
-    fn size_rings(&mut self) -> Result<(), Error> {
+    fn size_rings(&mut self) -> Result<(), EncodeError> {
         let mut needed = [1usize; MAX_NODES];
         let mut c = Counters::new();
         let input_cols = self
             .plan
             .rings
             .first()
-            .ok_or(Error::CorruptWeights)?
+            .ok_or(internal("streaming schedule inconsistent with its plan"))?
             .shape
             .w;
         for _ in 0..input_cols {
             self.note_write(&c, 0, &mut needed);
             c.written[0] += 1;
             while let Some(s) = self.ready_stage(&c) {
-                let op = *self.plan.stages.get(s).ok_or(Error::CorruptWeights)?;
+                let op = *self
+                    .plan
+                    .stages
+                    .get(s)
+                    .ok_or(internal("streaming schedule inconsistent with its plan"))?;
                 let col = c.next[s];
                 self.note_write(&c, op.dst(), &mut needed);
                 c.written[op.dst()] += 1;
@@ -297,7 +313,7 @@ impl<'a> StreamEncoder<'a> {
             }
         }
         if c.written[self.plan.code] != self.code_slices() {
-            return err_corrupt();
+            return bug("streaming schedule inconsistent with its plan");
         }
         let mut offset = 0usize;
         for (ring, &slots) in self.plan.rings.iter_mut().zip(needed.iter()) {
@@ -426,9 +442,11 @@ fn add_of<'e>(encoder: &'e Encoder<'_>, at: AddAt) -> Option<&'e Add> {
     }
 }
 
-fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, Error> {
+fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, EncodeError> {
     if shape.h > MAX_ROW || shape.w == 0 {
-        return err_corrupt();
+        return Err(EncodeError::Unsupported {
+            what: "a tensor taller than the line buffers' 256 azimuth rows",
+        });
     }
     push(
         &mut plan.rings,
@@ -441,8 +459,17 @@ fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, Error> {
 }
 
 /// A conv stage from ring `src` into a new ring; returns the new ring.
-fn add_conv(plan: &mut Plan, conv: &Conv<'_>, layer: Layer, src: usize) -> Result<usize, Error> {
-    let in_shape = plan.rings.get(src).ok_or(Error::CorruptWeights)?.shape;
+fn add_conv(
+    plan: &mut Plan,
+    conv: &Conv<'_>,
+    layer: Layer,
+    src: usize,
+) -> Result<usize, EncodeError> {
+    let in_shape = plan
+        .rings
+        .get(src)
+        .ok_or(internal("plan ring index out of range"))?
+        .shape;
     let shape = conv_output_shape(conv, in_shape)?;
     check_conv(conv, in_shape)?;
     let dst = new_ring(plan, shape)?;
@@ -458,12 +485,16 @@ fn add_conv_add(
     add: AddAt,
     src: usize,
     skip: usize,
-) -> Result<usize, Error> {
-    let in_shape = plan.rings.get(src).ok_or(Error::CorruptWeights)?.shape;
+) -> Result<usize, EncodeError> {
+    let in_shape = plan
+        .rings
+        .get(src)
+        .ok_or(internal("residual operands planned with different shapes"))?
+        .shape;
     let shape = conv_output_shape(conv, in_shape)?;
     check_conv(conv, in_shape)?;
     if plan.rings.get(skip).map(|r| r.shape) != Some(shape) {
-        return err_corrupt();
+        return bug("residual operands planned with different shapes");
     }
     let dst = new_ring(plan, shape)?;
     plan.tmp_len = plan.tmp_len.max(shape.c * shape.d * shape.h);
@@ -480,10 +511,14 @@ fn add_conv_add(
     Ok(dst)
 }
 
-fn add_pool(plan: &mut Plan, src: usize) -> Result<usize, Error> {
-    let s = plan.rings.get(src).ok_or(Error::CorruptWeights)?.shape;
+fn add_pool(plan: &mut Plan, src: usize) -> Result<usize, EncodeError> {
+    let s = plan
+        .rings
+        .get(src)
+        .ok_or(internal("pooling planned on an odd shape"))?
+        .shape;
     if (s.h | s.w) & 1 != 0 {
-        return err_corrupt();
+        return bug("pooling planned on an odd shape");
     }
     let dst = new_ring(
         plan,
@@ -498,20 +533,26 @@ fn add_pool(plan: &mut Plan, src: usize) -> Result<usize, Error> {
 }
 
 /// What [`conv_column`] supports beyond the weights format's own checks.
-fn check_conv(conv: &Conv<'_>, input: Shape) -> Result<(), Error> {
+fn check_conv(conv: &Conv<'_>, input: Shape) -> Result<(), EncodeError> {
     let [_, kh, kw] = conv.kernel.map(usize::from);
     if kw > MAX_Z_TAPS || kh > MAX_H_TAPS || input.h > MAX_ROW || conv.stride[1] == 0 {
-        return err_corrupt();
+        return Err(EncodeError::Unsupported {
+            what: "a kernel of more than 8 taps along z or azimuth",
+        });
     }
     Ok(())
 }
 
-fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), Error> {
+fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
     let mut x = new_ring(plan, HT_INPUT)?;
     for (b, block) in net.blocks.iter().enumerate() {
         // skip, main1, then main2 + add: downstream runs first, so the add consumes each skip
         // column before the skip conv writes the next one (a one-column skip ring).
-        let x_shape = plan.rings.get(x).ok_or(Error::CorruptWeights)?.shape;
+        let x_shape = plan
+            .rings
+            .get(x)
+            .ok_or(internal("plan ring index out of range"))?
+            .shape;
         let skip_shape = conv_output_shape(&block.skip, x_shape)?;
         check_conv(&block.skip, x_shape)?;
         let s = new_ring(plan, skip_shape)?;
@@ -530,7 +571,7 @@ fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), Error> {
     Ok(())
 }
 
-fn build_2d(net: &Network2d<'_>, plan: &mut Plan) -> Result<(), Error> {
+fn build_2d(net: &Network2d<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
     let input = new_ring(plan, INPUT_2D)?;
     let mut x = add_conv(plan, &net.input, Layer::Input2d, input)?;
     for (b, block) in net.blocks.iter().enumerate() {
@@ -560,19 +601,21 @@ pub fn scatter_code_slice(
     o: usize,
     slice: &[i8],
     code: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     if o >= shape.w || slice.len() != shape.c * shape.d * shape.h {
-        return Err(Error::WrongShape {
+        return Err(EncodeError::WrongShape {
             expected: shape.c * shape.d * shape.h,
             got: slice.len(),
         });
     }
     let got = code.len();
     for (i, &v) in slice.iter().enumerate() {
-        *code.get_mut(i * shape.w + o).ok_or(Error::BufferTooSmall {
-            needed: shape.len(),
-            got,
-        })? = v;
+        *code
+            .get_mut(i * shape.w + o)
+            .ok_or(EncodeError::BufferTooSmall {
+                needed: shape.len(),
+                got,
+            })? = v;
     }
     Ok(())
 }
@@ -639,9 +682,10 @@ impl Stream<'_, '_, '_> {
     }
 
     /// See [`StreamEncoder::push`].
-    pub fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
+    pub fn push<F, E>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), E>
     where
-        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+        F: FnMut(usize, &[i8]) -> Result<(), E>,
+        E: From<EncodeError>,
     {
         self.encoder
             .push(&mut self.state, self.scratch, slice, emit)
@@ -651,26 +695,28 @@ impl Stream<'_, '_, '_> {
 impl StreamEncoder<'_> {
     /// Feeds the next z slice (192 azimuth x 16 layers, layer fastest, each at most 1023) and
     /// hands every code slice it completes to `emit(o, slice)` (slice laid out (c, d, h)). The
-    /// 249th slice completes the wedge; pushing more is [`Error::WrongShape`] until
+    /// 249th slice completes the wedge; pushing more is [`EncodeError::WrongShape`] until
     /// [`StreamState::reset`]. A slice with an ADC value above 1023 is refused before anything is
     /// changed; an `emit` error ends the push (reset before reusing the stream).
     /// `state` and `scratch` (at least [`StreamEncoder::scratch_bytes`]) belong to one wedge from
     /// its first slice to its last.
-    pub fn push<F>(
+    pub fn push<F, E>(
         &self,
         state: &mut StreamState,
         scratch: &mut [i8],
         slice: &[u16],
         emit: &mut F,
-    ) -> Result<(), Error>
+    ) -> Result<(), E>
     where
-        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+        F: FnMut(usize, &[i8]) -> Result<(), E>,
+        E: From<EncodeError>,
     {
         if scratch.len() < self.plan.scratch {
-            return Err(Error::BufferTooSmall {
+            return Err(EncodeError::BufferTooSmall {
                 needed: self.plan.scratch,
                 got: scratch.len(),
-            });
+            }
+            .into());
         }
         let mut run = Run {
             encoder: self,
@@ -691,28 +737,32 @@ struct Run<'r, 'e, 'a> {
 }
 
 impl Run<'_, '_, '_> {
-    fn push<F>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), Error>
+    fn push<F, E>(&mut self, slice: &[u16], emit: &mut F) -> Result<(), E>
     where
-        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+        F: FnMut(usize, &[i8]) -> Result<(), E>,
+        E: From<EncodeError>,
     {
         if slice.len() != SLICE_SAMPLES {
-            return Err(Error::WrongShape {
+            return Err(EncodeError::WrongShape {
                 expected: SLICE_SAMPLES,
                 got: slice.len(),
-            });
+            }
+            .into());
         }
         if *self.slices >= Z_BINS {
-            return Err(Error::WrongShape {
+            return Err(EncodeError::WrongShape {
                 expected: Z_BINS,
                 got: *self.slices + 1,
-            });
+            }
+            .into());
         }
         if let Some((i, &value)) = slice.iter().enumerate().find(|(_, &v)| v > 1023) {
             let (a, l) = (i / LAYERS, i % LAYERS);
-            return Err(Error::AdcOutOfRange {
+            return Err(EncodeError::AdcOutOfRange {
                 index: (a * Z_BINS + *self.slices) * LAYERS + l,
                 value,
-            });
+            }
+            .into());
         }
         self.input_column(Some(slice))?;
         *self.slices += 1;
@@ -728,10 +778,12 @@ impl Run<'_, '_, '_> {
     }
 
     /// Writes the next input column (`None`: a padding column) through the input table.
-    fn input_column(&mut self, slice: Option<&[u16]>) -> Result<(), Error> {
+    fn input_column(&mut self, slice: Option<&[u16]>) -> Result<(), EncodeError> {
         let enc = self.encoder;
         let table = enc.encoder.model().input_table;
-        let pad = *table.first().ok_or(Error::CorruptWeights)? as i8;
+        let pad = *table.first().ok_or(internal(
+            "input table shorter than its checked 1024 entries",
+        ))? as i8;
         let col = self.counters.written[0];
         let dst = self.slot_mut(0, col)?;
         match slice {
@@ -754,13 +806,18 @@ impl Run<'_, '_, '_> {
     }
 
     /// Runs every stage that can run, handing code columns to `emit`.
-    fn drain<F>(&mut self, emit: &mut F) -> Result<(), Error>
+    fn drain<F, E>(&mut self, emit: &mut F) -> Result<(), E>
     where
-        F: FnMut(usize, &[i8]) -> Result<(), Error>,
+        F: FnMut(usize, &[i8]) -> Result<(), E>,
+        E: From<EncodeError>,
     {
         let enc = self.encoder;
         while let Some(s) = enc.ready_stage(self.counters) {
-            let op = *enc.plan.stages.get(s).ok_or(Error::CorruptWeights)?;
+            let op = *enc
+                .plan
+                .stages
+                .get(s)
+                .ok_or(EncodeError::from(internal("stage index out of the plan")))?;
             let o = self.counters.next[s];
             self.run(op, o)?;
             let dst = op.dst();
@@ -774,12 +831,14 @@ impl Run<'_, '_, '_> {
     }
 
     /// Computes output column `o` of one stage.
-    fn run(&mut self, op: Op, o: usize) -> Result<(), Error> {
+    fn run(&mut self, op: Op, o: usize) -> Result<(), EncodeError> {
         let enc = self.encoder;
         let plan = &enc.plan;
         match op {
             Op::Conv { layer, src, dst } => {
-                let out = plan.rings.get(dst).ok_or(Error::CorruptWeights)?;
+                let out = plan.rings.get(dst).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let (out_shape, out_at) = (out.shape, self.slot_range(dst, o)?);
                 let (input, output) = split_input_output(self.scratch, plan, src, out_at)?;
                 conv_stage(enc, layer, input, src, o, out_shape, output)
@@ -791,7 +850,9 @@ impl Run<'_, '_, '_> {
                 skip,
                 dst,
             } => {
-                let out = plan.rings.get(dst).ok_or(Error::CorruptWeights)?;
+                let out = plan.rings.get(dst).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let out_shape = out.shape;
                 let col = out.col_len();
                 let tmp_at = plan.tmp_offset..plan.tmp_offset + col;
@@ -801,12 +862,16 @@ impl Run<'_, '_, '_> {
                 let skip_at = self.slot_range(skip, o)?;
                 let dst_at = self.slot_range(dst, o)?;
                 self.scratch.copy_within(skip_at, dst_at.start);
-                let add = add_of(&enc.encoder, add).ok_or(Error::CorruptWeights)?;
+                let add = add_of(&enc.encoder, add).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let (a, b) = two_ranges(self.scratch, tmp_at, dst_at)?;
                 add_in_place(add, a, b)
             }
             Op::Pool { src, dst } => {
-                let ring = plan.rings.get(src).ok_or(Error::CorruptWeights)?;
+                let ring = plan.rings.get(src).ok_or(internal(
+                    "stage refers to a ring or add missing from the plan",
+                ))?;
                 let (cd, h) = (ring.shape.c * ring.shape.d, ring.shape.h);
                 let first = self.slot_range(src, 2 * o)?;
                 let second = self.slot_range(src, 2 * o + 1)?;
@@ -817,23 +882,30 @@ impl Run<'_, '_, '_> {
     }
 
     /// Byte range of column `col` of ring `r`, refusing a column already overwritten or not yet written.
-    fn slot_range(&self, r: usize, col: usize) -> Result<core::ops::Range<usize>, Error> {
+    fn slot_range(&self, r: usize, col: usize) -> Result<core::ops::Range<usize>, EncodeError> {
         slot_range(&self.encoder.plan, r, col)
     }
 
-    fn slot(&self, r: usize, col: usize) -> Result<&[i8], Error> {
+    fn slot(&self, r: usize, col: usize) -> Result<&[i8], EncodeError> {
         let at = self.slot_range(r, col)?;
-        self.scratch.get(at).ok_or(Error::CorruptWeights)
+        self.scratch
+            .get(at)
+            .ok_or(internal("ring slot outside scratch").into())
     }
 
-    fn slot_mut(&mut self, r: usize, col: usize) -> Result<&mut [i8], Error> {
+    fn slot_mut(&mut self, r: usize, col: usize) -> Result<&mut [i8], EncodeError> {
         let at = self.slot_range(r, col)?;
-        self.scratch.get_mut(at).ok_or(Error::CorruptWeights)
+        self.scratch
+            .get_mut(at)
+            .ok_or(internal("ring slot outside scratch").into())
     }
 }
 
-fn slot_range(plan: &Plan, r: usize, col: usize) -> Result<core::ops::Range<usize>, Error> {
-    let ring = plan.rings.get(r).ok_or(Error::CorruptWeights)?;
+fn slot_range(plan: &Plan, r: usize, col: usize) -> Result<core::ops::Range<usize>, EncodeError> {
+    let ring = plan
+        .rings
+        .get(r)
+        .ok_or(internal("ring index out of the plan"))?;
     let len = ring.col_len();
     let start = ring.offset + (col % ring.slots.max(1)) * len;
     Ok(start..start + len)
@@ -845,8 +917,11 @@ fn split_input_output<'s>(
     plan: &Plan,
     src: usize,
     out: core::ops::Range<usize>,
-) -> Result<(&'s [i8], &'s mut [i8]), Error> {
-    let ring = plan.rings.get(src).ok_or(Error::CorruptWeights)?;
+) -> Result<(&'s [i8], &'s mut [i8]), EncodeError> {
+    let ring = plan
+        .rings
+        .get(src)
+        .ok_or(internal("ring index out of the plan"))?;
     let input = ring.offset..ring.offset + ring.slots * ring.col_len();
     let (a, b) = two_ranges(scratch, input, out)?;
     Ok((a, b))
@@ -857,8 +932,8 @@ fn two_ranges(
     buf: &mut [i8],
     first: core::ops::Range<usize>,
     second: core::ops::Range<usize>,
-) -> Result<(&[i8], &mut [i8]), Error> {
-    let too_small = Error::BufferTooSmall {
+) -> Result<(&[i8], &mut [i8]), EncodeError> {
+    let too_small = EncodeError::BufferTooSmall {
         needed: first.end.max(second.end),
         got: buf.len(),
     };
@@ -872,7 +947,7 @@ fn two_ranges(
         let (lo, hi) = buf.split_at_mut(first.start);
         Ok((&hi[..first.end - first.start], &mut lo[second]))
     } else {
-        err_corrupt()
+        bug("a stage reads and writes the same ring slot")
     }
 }
 
@@ -886,9 +961,13 @@ fn conv_stage(
     o: usize,
     out_shape: Shape,
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let conv = conv_of(&enc.encoder, layer);
-    let ring = enc.plan.rings.get(src).ok_or(Error::CorruptWeights)?;
+    let ring = enc
+        .plan
+        .rings
+        .get(src)
+        .ok_or(internal("conv column outside its ring"))?;
     let (kw, sw, pw) = (
         conv.kernel[2] as usize,
         conv.stride[2] as usize,
@@ -901,7 +980,11 @@ fn conv_stage(
             continue;
         };
         let at = (z % ring.slots.max(1)) * len;
-        *col = Some(ring_bytes.get(at..at + len).ok_or(Error::CorruptWeights)?);
+        *col = Some(
+            ring_bytes
+                .get(at..at + len)
+                .ok_or(internal("conv column outside its ring"))?,
+        );
     }
     conv_column(
         conv,
@@ -926,19 +1009,19 @@ pub fn conv_column(
     out: Shape,
     cols: &[Option<&[i8]>],
     output: &mut [i8],
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let [kd, kh, kw] = conv.kernel.map(usize::from);
     let [sd, sh, _] = conv.stride.map(usize::from);
     let [pd, ph, _] = conv.padding.map(usize::from);
     if cols.len() != kw || kh > MAX_H_TAPS || sh == 0 || in_shape.h > MAX_ROW || out.h == 0 {
-        return err_corrupt();
+        return bug("column conv index out of its checked range");
     }
     if conv.in_channels as usize != in_shape.c || conv.out_channels as usize != out.c {
-        return err_corrupt();
+        return bug("column conv index out of its checked range");
     }
     let needed = out.c * out.d * out.h;
     if output.len() < needed {
-        return Err(Error::BufferTooSmall {
+        return Err(EncodeError::BufferTooSmall {
             needed,
             got: output.len(),
         });
@@ -952,7 +1035,9 @@ pub fn conv_column(
         let n = in_shape.c * in_shape.d * in_shape.h;
         let (mut nonzero, mut total) = (0usize, 0usize);
         for col in cols.iter().flatten() {
-            let col = col.get(..n).ok_or(Error::CorruptWeights)?;
+            let col = col
+                .get(..n)
+                .ok_or(internal("column conv index out of its checked range"))?;
             nonzero += col.iter().filter(|&&v| v != zp8).count();
             total += n;
         }
@@ -967,7 +1052,9 @@ pub fn conv_column(
     }
     .clamp(1, out.c);
     let mut acc_cl = [[0i32; SPARSE_LANES]; MAX_ROW];
-    let acc_cl = acc_cl.get_mut(..out.h).ok_or(Error::CorruptWeights)?;
+    let acc_cl = acc_cl
+        .get_mut(..out.h)
+        .ok_or(internal("column conv index out of its checked range"))?;
     // Tap y reads azimuth phase taps[y].0 at output o + taps[y].1 ... (see the sparse loop).
     let mut taps = [(0usize, 0isize); MAX_H_TAPS];
     for (y, t) in taps.iter_mut().enumerate().take(kh) {
@@ -987,9 +1074,12 @@ pub fn conv_column(
             let g1 = (g0 + group).min(out.c);
             let acc = acc_buf
                 .get_mut(..(g1 - g0) * out.h)
-                .ok_or(Error::CorruptWeights)?;
+                .ok_or(internal("column conv index out of its checked range"))?;
             for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
-                acc_c.fill(le_i32(conv.bias, g0 + k).ok_or(Error::CorruptWeights)?);
+                acc_c.fill(
+                    le_i32(conv.bias, g0 + k)
+                        .ok_or(internal("column conv index out of its checked range"))?,
+                );
             }
             if sparse {
                 acc_cl.fill([0; SPARSE_LANES]);
@@ -1006,7 +1096,7 @@ pub fn conv_column(
                         };
                         let row = col
                             .get(row_at..row_at + in_shape.h)
-                            .ok_or(Error::CorruptWeights)?;
+                            .ok_or(internal("column conv index out of its checked range"))?;
                         let w_base = (ci * kd + z) * kh * kw + x;
                         if sparse {
                             // Non-zero values (input position i, i - zp), grouped by phase
@@ -1030,11 +1120,10 @@ pub fn conv_column(
                             let mut wt = [[0i16; SPARSE_LANES]; MAX_H_TAPS];
                             for (k, lanes) in (g0..g1).zip(0..SPARSE_LANES) {
                                 for (y, w) in wt.iter_mut().enumerate().take(kh) {
-                                    w[lanes] = *conv
-                                        .weights
-                                        .get(k * terms + w_base + y * kw)
-                                        .ok_or(Error::CorruptWeights)?
-                                        as i8 as i16;
+                                    w[lanes] =
+                                        *conv.weights.get(k * terms + w_base + y * kw).ok_or(
+                                            internal("column conv index out of its checked range"),
+                                        )? as i8 as i16;
                                 }
                             }
                             for (y, &(p, off)) in taps.iter().enumerate().take(kh) {
@@ -1043,10 +1132,18 @@ pub fn conv_column(
                                     continue;
                                 }
                                 // Output o reads input o * sh + y - ph = m * sh + p: o = m + off.
-                                let at = *seg.get(p).ok_or(Error::CorruptWeights)?
-                                    ..*seg.get(p + 1).ok_or(Error::CorruptWeights)?;
-                                let ms = nz_m.get(at.clone()).ok_or(Error::CorruptWeights)?;
-                                let vs = nz_v.get(at).ok_or(Error::CorruptWeights)?;
+                                let at = *seg
+                                    .get(p)
+                                    .ok_or(internal("column conv index out of its checked range"))?
+                                    ..*seg.get(p + 1).ok_or(internal(
+                                        "column conv index out of its checked range",
+                                    ))?;
+                                let ms = nz_m.get(at.clone()).ok_or(internal(
+                                    "column conv index out of its checked range",
+                                ))?;
+                                let vs = nz_v.get(at).ok_or(internal(
+                                    "column conv index out of its checked range",
+                                ))?;
                                 for (&m, &v) in ms.iter().zip(vs) {
                                     let o = (m as isize + off) as usize;
                                     if let Some(a) = acc_cl.get_mut(o) {
@@ -1066,7 +1163,9 @@ pub fn conv_column(
                         for p in 0..sh.min(kh) {
                             let taps_p = (kh - p).div_ceil(sh);
                             let q_len = out.h + taps_p + 1;
-                            let q = phase.get_mut(..q_len).ok_or(Error::CorruptWeights)?;
+                            let q = phase
+                                .get_mut(..q_len)
+                                .ok_or(internal("column conv index out of its checked range"))?;
                             for (m, v) in q.iter_mut().enumerate() {
                                 *v = (m * sh + p)
                                     .checked_sub(ph)
@@ -1075,7 +1174,7 @@ pub fn conv_column(
                             }
                             let pairs = pairs_buf
                                 .get_mut(..q_len - 1)
-                                .ok_or(Error::CorruptWeights)?;
+                                .ok_or(internal("column conv index out of its checked range"))?;
                             for (pr, w) in pairs.iter_mut().zip(q.windows(2)) {
                                 *pr = [w[0], w[1]];
                             }
@@ -1083,12 +1182,13 @@ pub fn conv_column(
                                 let w_co = (g0 + k) * terms + w_base;
                                 let mut w_row = [0u8; MAX_H_TAPS];
                                 for (t, w) in w_row.iter_mut().enumerate().take(taps_p) {
-                                    *w = *conv
-                                        .weights
-                                        .get(w_co + (p + t * sh) * kw)
-                                        .ok_or(Error::CorruptWeights)?;
+                                    *w = *conv.weights.get(w_co + (p + t * sh) * kw).ok_or(
+                                        internal("column conv index out of its checked range"),
+                                    )?;
                                 }
-                                let w_row = w_row.get(..taps_p).ok_or(Error::CorruptWeights)?;
+                                let w_row = w_row.get(..taps_p).ok_or(internal(
+                                    "column conv index out of its checked range",
+                                ))?;
                                 add_tap_pairs(acc_c, pairs, w_row)?;
                             }
                         }
@@ -1098,20 +1198,29 @@ pub fn conv_column(
             if sparse {
                 for (k, acc_c) in acc.chunks_exact_mut(out.h).enumerate() {
                     for (a, lanes) in acc_c.iter_mut().zip(acc_cl.iter()) {
-                        *a = a.wrapping_add(*lanes.get(k).ok_or(Error::CorruptWeights)?);
+                        *a = a.wrapping_add(
+                            *lanes
+                                .get(k)
+                                .ok_or(internal("column conv index out of its checked range"))?,
+                        );
                     }
                 }
             }
             for (k, acc_c) in acc.chunks_exact(out.h).enumerate() {
                 let co = g0 + k;
-                let m = le_i32(conv.requant.multiplier, co).ok_or(Error::CorruptWeights)?;
-                let n =
-                    le_i32(conv.requant.negative_multiplier, co).ok_or(Error::CorruptWeights)?;
-                let shift = *conv.requant.shift.get(co).ok_or(Error::CorruptWeights)?;
+                let m = le_i32(conv.requant.multiplier, co)
+                    .ok_or(internal("column conv index out of its checked range"))?;
+                let n = le_i32(conv.requant.negative_multiplier, co)
+                    .ok_or(internal("column conv index out of its checked range"))?;
+                let shift = *conv
+                    .requant
+                    .shift
+                    .get(co)
+                    .ok_or(internal("column conv index out of its checked range"))?;
                 let at = (co * out.d + od) * out.h;
                 let dst = output
                     .get_mut(at..at + out.h)
-                    .ok_or(Error::CorruptWeights)?;
+                    .ok_or(internal("column conv index out of its checked range"))?;
                 for (q, &a) in dst.iter_mut().zip(acc_c) {
                     *q = requantize(a, m, n, shift, conv.requant.output_zero_point);
                 }
@@ -1131,23 +1240,23 @@ fn pool_columns(
     first: usize,
     second: usize,
     dst: core::ops::Range<usize>,
-) -> Result<(), Error> {
+) -> Result<(), EncodeError> {
     let half = h / 2;
     if dst.len() != cd * half {
-        return err_corrupt();
+        return bug("pooling column index out of its checked range");
     }
     for r in 0..cd {
         for j in 0..half {
-            let at = |base: usize, k: usize| -> Result<i32, Error> {
+            let at = |base: usize, k: usize| -> Result<i32, EncodeError> {
                 scratch
                     .get(base + r * h + 2 * j + k)
                     .map(|&v| v as i32)
-                    .ok_or(Error::CorruptWeights)
+                    .ok_or(internal("pooling column index out of its checked range").into())
             };
             let sum = at(first, 0)? + at(first, 1)? + at(second, 0)? + at(second, 1)?;
             let out = scratch
                 .get_mut(dst.start + r * half + j)
-                .ok_or(Error::CorruptWeights)?;
+                .ok_or(internal("pooling column index out of its checked range"))?;
             *out = ((sum + 2) >> 2).clamp(-128, 127) as i8;
         }
     }

@@ -42,8 +42,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::crc32;
+use crate::error::{internal, wrap, InternalError};
 use crate::geometry::{LAYERS, Z_PADDED};
-use crate::Error;
 
 #[cfg(any(feature = "std", test))]
 pub mod owned;
@@ -70,6 +70,73 @@ pub const MAX_CHANNELS: u16 = 256;
 pub const MAX_2D_BLOCKS: usize = 8;
 /// Most output columns of one convolution row (the z axis, padded).
 pub const MAX_ROW: usize = Z_PADDED;
+
+/// Why a weights file cannot be used (or written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WeightsError {
+    /// The bytes end before the format says they should.
+    Truncated,
+    /// The bytes do not start with the format's magic number: not an int8 weights file.
+    BadMagic,
+    /// Written by a format version this build cannot read.
+    UnsupportedVersion { found: u16, supported: u16 },
+    /// The CRC-32 stored in the file does not match its contents.
+    CrcMismatch { stored: u32, computed: u32 },
+    /// The file decodes but describes an inconsistent model (layer shapes do not chain, a value
+    /// out of its range, bytes left over, ...).
+    Inconsistent,
+    /// The weights are for another model than the one asked for.
+    WrongModel,
+    /// The output buffer given to [`write()`] is shorter than the file.
+    BufferTooSmall { needed: usize, got: usize },
+    /// A bug in this crate (see [`InternalError`]).
+    Internal(InternalError),
+}
+
+impl core::fmt::Display for WeightsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WeightsError::Truncated => write!(
+                f,
+                "weights are truncated (the file ends early: it was cut while being copied or written)"
+            ),
+            WeightsError::BadMagic => write!(
+                f,
+                "not a bcae int8 weights file (bad magic)"
+            ),
+            WeightsError::UnsupportedVersion { found, supported } => write!(
+                f,
+                "weights format version {found} is not supported (this build reads version {supported})"
+            ),
+            WeightsError::CrcMismatch { stored, computed } => write!(
+                f,
+                "weights CRC mismatch: stored {stored:#010x}, computed {computed:#010x} (file is corrupt)"
+            ),
+            WeightsError::Inconsistent => write!(
+                f,
+                "weights describe an inconsistent model (a damaged or hand-made file)"
+            ),
+            WeightsError::WrongModel => write!(f, "weights are for a different model"),
+            WeightsError::BufferTooSmall { needed, got } => write!(
+                f,
+                "buffer too small for the weights file: need {needed} bytes, got {got}"
+            ),
+            WeightsError::Internal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for WeightsError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            WeightsError::Internal(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+wrap!(WeightsError::Internal(InternalError));
 
 /// The fixed-layout start of a weights file, read before anything else.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,72 +323,74 @@ pub fn le_i32(bytes: &[u8], index: usize) -> Option<i32> {
     Some(i32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
 }
 
-fn map_postcard(e: postcard::Error) -> Error {
+fn map_postcard(e: postcard::Error) -> WeightsError {
     match e {
-        postcard::Error::DeserializeUnexpectedEnd => Error::TruncatedWeights,
-        _ => Error::CorruptWeights,
+        postcard::Error::DeserializeUnexpectedEnd => WeightsError::Truncated,
+        _ => WeightsError::Inconsistent,
     }
 }
 
 /// Parses and validates a weights file, borrowing every array from `bytes` (no copy).
 ///
 /// Order of checks: magic, version, CRC, decoding, [`QuantizedModel::validate`].
-pub fn parse(bytes: &[u8]) -> Result<QuantizedModel<'_>, Error> {
+pub fn parse(bytes: &[u8]) -> Result<QuantizedModel<'_>, WeightsError> {
     let (header, rest) = postcard::take_from_bytes::<Header>(bytes).map_err(|e| match e {
-        postcard::Error::DeserializeUnexpectedEnd => Error::TruncatedWeights,
-        _ => Error::BadMagic,
+        postcard::Error::DeserializeUnexpectedEnd => WeightsError::Truncated,
+        _ => WeightsError::BadMagic,
     })?;
     if header.magic != MAGIC {
-        return Err(Error::BadMagic);
+        return Err(WeightsError::BadMagic);
     }
     if header.version != FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion {
+        return Err(WeightsError::UnsupportedVersion {
             found: header.version,
             supported: FORMAT_VERSION,
         });
     }
-    let body_end = bytes.len().checked_sub(4).ok_or(Error::TruncatedWeights)?;
+    let body_end = bytes.len().checked_sub(4).ok_or(WeightsError::Truncated)?;
     let header_len = bytes.len() - rest.len();
     if body_end < header_len {
-        return Err(Error::TruncatedWeights);
+        return Err(WeightsError::Truncated);
     }
     let (covered, trailer) = bytes.split_at(body_end);
     let stored = match trailer {
         [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
-        _ => return Err(Error::TruncatedWeights),
+        _ => return Err(WeightsError::Truncated),
     };
     let computed = crc32(covered);
     if stored != computed {
-        return Err(Error::CrcMismatch { stored, computed });
+        return Err(WeightsError::CrcMismatch { stored, computed });
     }
-    let body = covered.get(header_len..).ok_or(Error::TruncatedWeights)?;
+    let body = covered.get(header_len..).ok_or(WeightsError::Truncated)?;
     let (model, left) =
         postcard::take_from_bytes::<QuantizedModel<'_>>(body).map_err(map_postcard)?;
     if !left.is_empty() {
-        return Err(Error::CorruptWeights);
+        return Err(WeightsError::Inconsistent);
     }
     model.validate()?;
     Ok(model)
 }
 
 /// Bytes [`write`] needs for `model`.
-pub fn serialized_len(model: &QuantizedModel<'_>) -> Result<usize, Error> {
+pub fn serialized_len(model: &QuantizedModel<'_>) -> Result<usize, WeightsError> {
     let header = Header {
         magic: MAGIC,
         version: FORMAT_VERSION,
     };
-    let h = postcard::experimental::serialized_size(&header).map_err(|_| Error::CorruptWeights)?;
-    let b = postcard::experimental::serialized_size(model).map_err(|_| Error::CorruptWeights)?;
+    let h = postcard::experimental::serialized_size(&header)
+        .map_err(|_| internal("postcard cannot size the weights header"))?;
+    let b = postcard::experimental::serialized_size(model)
+        .map_err(|_| internal("postcard cannot size the model"))?;
     Ok(h + b + 4)
 }
 
 /// Writes a weights file for `model` into `out` (no allocation) and returns its length.
 /// The model is validated first, so a file that `write` produces always parses.
-pub fn write(model: &QuantizedModel<'_>, out: &mut [u8]) -> Result<usize, Error> {
+pub fn write(model: &QuantizedModel<'_>, out: &mut [u8]) -> Result<usize, WeightsError> {
     model.validate()?;
     let needed = serialized_len(model)?;
     if out.len() < needed {
-        return Err(Error::BufferTooSmall {
+        return Err(WeightsError::BufferTooSmall {
             needed,
             got: out.len(),
         });
@@ -331,18 +400,21 @@ pub fn write(model: &QuantizedModel<'_>, out: &mut [u8]) -> Result<usize, Error>
         version: FORMAT_VERSION,
     };
     let h = postcard::to_slice(&header, out)
-        .map_err(|_| Error::CorruptWeights)?
+        .map_err(|_| internal("the header does not fit its computed size"))?
         .len();
     let tail = out
         .get_mut(h..)
-        .ok_or(Error::BufferTooSmall { needed, got: h })?;
+        .ok_or(WeightsError::BufferTooSmall { needed, got: h })?;
     let b = postcard::to_slice(model, tail)
-        .map_err(|_| Error::CorruptWeights)?
+        .map_err(|_| internal("the model does not fit its computed size"))?
         .len();
     let body_end = h + b;
-    let crc = crc32(out.get(..body_end).ok_or(Error::CorruptWeights)?);
+    let crc = crc32(
+        out.get(..body_end)
+            .ok_or(internal("the written body is shorter than its length"))?,
+    );
     out.get_mut(body_end..body_end + 4)
-        .ok_or(Error::BufferTooSmall {
+        .ok_or(WeightsError::BufferTooSmall {
             needed,
             got: body_end,
         })?
@@ -383,31 +455,31 @@ pub const INPUT_2D: Shape = Shape {
     w: Z_PADDED,
 };
 
-fn out_dim(input: usize, kernel: u8, stride: u8, pad: u8) -> Result<usize, Error> {
+fn out_dim(input: usize, kernel: u8, stride: u8, pad: u8) -> Result<usize, WeightsError> {
     let (k, s, p) = (kernel as usize, stride as usize, pad as usize);
     if k == 0 || s == 0 || p >= k {
-        return Err(Error::CorruptWeights);
+        return Err(WeightsError::Inconsistent);
     }
     let padded = input + 2 * p;
     if padded < k {
-        return Err(Error::CorruptWeights);
+        return Err(WeightsError::Inconsistent);
     }
     Ok((padded - k) / s + 1)
 }
 
-fn check_multiplier(m: i32) -> Result<(), Error> {
+fn check_multiplier(m: i32) -> Result<(), WeightsError> {
     if (0..=MAX_MULTIPLIER).contains(&m) {
         Ok(())
     } else {
-        Err(Error::CorruptWeights)
+        Err(WeightsError::Inconsistent)
     }
 }
 
-fn check_shift(s: u8) -> Result<(), Error> {
+fn check_shift(s: u8) -> Result<(), WeightsError> {
     if (1..=MAX_SHIFT).contains(&s) {
         Ok(())
     } else {
-        Err(Error::CorruptWeights)
+        Err(WeightsError::Inconsistent)
     }
 }
 
@@ -421,40 +493,44 @@ impl Conv<'_> {
     }
 
     /// Checks this layer against its input shape and returns its output shape.
-    pub fn validate(&self, input: Shape, input_zero_point: i8) -> Result<Shape, Error> {
+    pub fn validate(&self, input: Shape, input_zero_point: i8) -> Result<Shape, WeightsError> {
         let (ci, co) = (self.in_channels as usize, self.out_channels as usize);
         if ci != input.c || co == 0 || self.out_channels > MAX_CHANNELS {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         if self.input_zero_point != input_zero_point {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         let terms = self.terms();
         if (terms as i64) * 127 * 255 > MAX_ACC_TERMS_BOUND {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         if self.weights.len() != co * terms {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         if self.weights.iter().any(|&b| b as i8 == i8::MIN) {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         if self.bias.len() != 4 * co
             || self.requant.multiplier.len() != 4 * co
             || self.requant.negative_multiplier.len() != 4 * co
             || self.requant.shift.len() != co
         {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         for c in 0..co {
-            let bias = le_i32(self.bias, c).ok_or(Error::CorruptWeights)?;
+            let bias = le_i32(self.bias, c)
+                .ok_or(internal("bias array shorter than its checked length"))?;
             if bias.unsigned_abs() > MAX_ABS_BIAS as u32 {
-                return Err(Error::CorruptWeights);
+                return Err(WeightsError::Inconsistent);
             }
-            check_multiplier(le_i32(self.requant.multiplier, c).ok_or(Error::CorruptWeights)?)?;
             check_multiplier(
-                le_i32(self.requant.negative_multiplier, c).ok_or(Error::CorruptWeights)?,
+                le_i32(self.requant.multiplier, c)
+                    .ok_or(internal("multiplier array shorter than its checked length"))?,
             )?;
+            check_multiplier(le_i32(self.requant.negative_multiplier, c).ok_or(internal(
+                "negative multiplier array shorter than its checked length",
+            ))?)?;
         }
         for &s in self.requant.shift {
             check_shift(s)?;
@@ -466,7 +542,7 @@ impl Conv<'_> {
             w: out_dim(input.w, self.kernel[2], self.stride[2], self.padding[2])?,
         };
         if out.w > MAX_ROW || out.is_empty() {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         Ok(out)
     }
@@ -479,9 +555,9 @@ impl Conv<'_> {
 
 impl Add {
     /// Checks the operands' zero points and the parameter ranges.
-    pub fn validate(&self, a_zero_point: i8, b_zero_point: i8) -> Result<(), Error> {
+    pub fn validate(&self, a_zero_point: i8, b_zero_point: i8) -> Result<(), WeightsError> {
         if self.a_zero_point != a_zero_point || self.b_zero_point != b_zero_point {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         check_multiplier(self.a_multiplier)?;
         check_multiplier(self.b_multiplier)?;
@@ -493,7 +569,7 @@ impl Add {
 
 impl HtNetwork<'_> {
     /// Validates every layer; returns the code shape and the largest block-output size.
-    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, Error> {
+    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, WeightsError> {
         let mut shape = HT_INPUT;
         let mut zp = input_zero_point;
         for block in &self.blocks {
@@ -501,7 +577,7 @@ impl HtNetwork<'_> {
             let m = block.main2.validate(h, block.main1.output_zero_point())?;
             let s = block.skip.validate(shape, zp)?;
             if m != s {
-                return Err(Error::CorruptWeights);
+                return Err(WeightsError::Inconsistent);
             }
             block.add.validate(
                 block.main2.output_zero_point(),
@@ -516,23 +592,23 @@ impl HtNetwork<'_> {
 
 impl Network2d<'_> {
     /// Validates every layer; returns the code shape.
-    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, Error> {
+    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, WeightsError> {
         if self.blocks.len() != self.m as usize || self.d > self.m || self.m == 0 {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         let is_2d = |c: &Conv<'_>| c.kernel[0] == 1 && c.stride[0] == 1 && c.padding[0] == 0;
         if !is_2d(&self.input) {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         let mut shape = self.input.validate(INPUT_2D, input_zero_point)?;
         let mut zp = self.input.output_zero_point();
         for (i, block) in self.blocks.iter().enumerate() {
             if block.pool != (i < self.d as usize) {
-                return Err(Error::CorruptWeights);
+                return Err(WeightsError::Inconsistent);
             }
             if block.pool {
                 if (shape.h | shape.w) & 1 != 0 {
-                    return Err(Error::CorruptWeights);
+                    return Err(WeightsError::Inconsistent);
                 }
                 shape = Shape {
                     h: shape.h / 2,
@@ -542,12 +618,12 @@ impl Network2d<'_> {
             }
             for res in &block.res {
                 if !is_2d(&res.conv1) || !is_2d(&res.conv2) {
-                    return Err(Error::CorruptWeights);
+                    return Err(WeightsError::Inconsistent);
                 }
                 let h = res.conv1.validate(shape, zp)?;
                 let m = res.conv2.validate(h, res.conv1.output_zero_point())?;
                 if m != shape {
-                    return Err(Error::CorruptWeights);
+                    return Err(WeightsError::Inconsistent);
                 }
                 res.add.validate(res.conv2.output_zero_point(), zp)?;
                 zp = res.add.output_zero_point;
@@ -579,14 +655,14 @@ impl QuantizedModel<'_> {
     }
 
     /// Checks every shape, range and bound the encoder relies on; returns the code shape.
-    pub fn validate(&self) -> Result<Shape, Error> {
+    pub fn validate(&self) -> Result<Shape, WeightsError> {
         if self.input_table.len() != INPUT_TABLE_LEN {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         let padding_value = self.input_table.first().map(|&b| b as i8);
         if padding_value != Some(self.input_zero_point) {
             // ADC 0 must map to the real value 0, i.e. the zero point (it is also the z padding).
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         let (code, code_zp) = match &self.network {
             Network::BcaeHt(ht) => (
@@ -600,20 +676,20 @@ impl QuantizedModel<'_> {
                     .last()
                     .and_then(|b| b.res.last())
                     .map(|r| r.add.output_zero_point)
-                    .ok_or(Error::CorruptWeights)?;
+                    .ok_or(internal("a validated BCAE-2D has no last residual block"))?;
                 (shape, zp)
             }
         };
         if code_zp != self.code_zero_point
             || !(self.code_scale.is_finite() && self.code_scale > 0.0)
         {
-            return Err(Error::CorruptWeights);
+            return Err(WeightsError::Inconsistent);
         }
         Ok(code)
     }
 
     /// The code's shape (channels, depth, height, width); depth is 1 for BCAE-2D.
-    pub fn code_shape(&self) -> Result<Shape, Error> {
+    pub fn code_shape(&self) -> Result<Shape, WeightsError> {
         self.validate()
     }
 }

@@ -313,8 +313,8 @@ pub fn streaming_bench(
     use encoder_nostd::firmware::{CODE_HEADER_LEN, CRC_LEN};
     use encoder_nostd::geometry::{WEDGE_VOXELS, Z_BINS};
     use encoder_nostd::streaming::{StreamEncoder, StreamState, SLICE_SAMPLES};
-    let whole = Encoder::parse(weights).map_err(SimError::Firmware)?;
-    let stream = StreamEncoder::new(whole.clone()).map_err(SimError::Firmware)?;
+    let whole = Encoder::parse(weights)?;
+    let stream = StreamEncoder::new(whole.clone())?;
     let mut scratch = vec![0i8; whole.scratch_len()];
     let mut code = vec![0i8; whole.code_len()];
     let mut line = vec![0i8; stream.scratch_bytes()];
@@ -330,8 +330,7 @@ pub fn streaming_bench(
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
-        .collect::<Result<_, _>>()
-        .map_err(SimError::Firmware)?;
+        .collect::<Result<_, _>>()?;
     let shape = stream.code_shape();
     let (mut t_whole, mut t_stream) = (Duration::ZERO, Duration::ZERO);
     let (mut lat_whole, mut lat_stream) = (vec![], vec![]);
@@ -340,9 +339,7 @@ pub fn streaming_bench(
     while start.elapsed() < min || n < 2 {
         let i = n % wedges.len();
         let t0 = Instant::now();
-        whole
-            .encode(&wedges[i].adc, &mut scratch, &mut code)
-            .map_err(SimError::Firmware)?;
+        whole.encode(&wedges[i].adc, &mut scratch, &mut code)?;
         let d = t0.elapsed();
         t_whole += d;
         lat_whole.push(d);
@@ -354,15 +351,11 @@ pub fn streaming_bench(
         };
         let t0 = Instant::now();
         for slice in &slices[i][..Z_BINS - 1] {
-            stream
-                .push(&mut state, &mut line, slice, &mut emit)
-                .map_err(SimError::Firmware)?;
+            stream.push(&mut state, &mut line, slice, &mut emit)?;
         }
         let before = emitted.get();
         let t_last = Instant::now();
-        stream
-            .push(&mut state, &mut line, &slices[i][Z_BINS - 1], &mut emit)
-            .map_err(SimError::Firmware)?;
+        stream.push(&mut state, &mut line, &slices[i][Z_BINS - 1], &mut emit)?;
         lat_stream.push(t_last.elapsed());
         t_stream += t0.elapsed();
         before_last = before;
@@ -626,7 +619,7 @@ fn float_row(
 
 /// Runs the benchmark for the int8 weights `weights`.
 pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError> {
-    let encoder = Encoder::parse(weights).map_err(SimError::Firmware)?;
+    let encoder = Encoder::parse(weights)?;
     let macs = encoder.macs_per_wedge();
     let wedges = synth::generate_wedges(7, opts.wedges.max(1));
     let min = Duration::from_secs_f64(opts.min_seconds);
@@ -644,9 +637,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
         || {
             let w = &wedges[next % wedges.len()];
             next += 1;
-            encoder
-                .encode(&w.adc, &mut scratch, &mut code)
-                .map_err(SimError::Firmware)?;
+            encoder.encode(&w.adc, &mut scratch, &mut code)?;
             Ok(1)
         },
     )?);
@@ -667,13 +658,9 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
                                 vec![0i8; encoder.code_len()],
                             )
                         },
-                        |(s, c), i| {
-                            encoder
-                                .encode(&wedges[i % wedges.len()].adc, s, c)
-                                .map_err(SimError::Firmware)
-                        },
+                        |(s, c), i| encoder.encode(&wedges[i % wedges.len()].adc, s, c),
                     )
-                    .collect::<Result<Vec<()>, _>>()?;
+                    .collect::<Result<Vec<()>, encoder_nostd::EncodeError>>()?;
                 Ok(threads)
             },
         )?);
@@ -701,8 +688,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
                 sparse::Dims::WEDGE,
                 opts.sparse_quality,
                 &mut out,
-            )
-            .map_err(SimError::Firmware)?;
+            )?;
             Ok(1)
         },
     )?;

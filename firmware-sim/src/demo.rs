@@ -158,8 +158,8 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
         ));
     }
     let weights = firmware_sim::read_weights(&args.weights)?;
-    let encoder =
-        Encoder::parse(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", args.weights.display()))?;
+    let encoder = Encoder::parse(&weights)
+        .with_context(|| format!("{}: not usable int8 weights", args.weights.display()))?;
     // Fail before any work when the decoders are not the weights' own.
     let fp = encoder.fingerprint();
     let checkpoint_path = args.run.join(checkpoint::MODEL_FILE);

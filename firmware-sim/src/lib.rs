@@ -28,7 +28,8 @@ pub enum SimError {
     #[error("{path}: not usable int8 weights: {error} (export them with `bcae quantize`)")]
     Weights {
         path: PathBuf,
-        error: encoder_nostd::Error,
+        #[source]
+        error: encoder_nostd::WeightsError,
     },
     #[error(transparent)]
     Data(#[from] trainer::data::DataError),
@@ -39,11 +40,12 @@ pub enum SimError {
     #[error(transparent)]
     Eval(Box<trainer::eval::EvalError>),
     #[error("firmware set-up failed: {0}")]
-    Firmware(encoder_nostd::Error),
+    Firmware(#[from] encoder_nostd::Error),
     #[error("the host sparse encoder failed on wedge {wedge}: {error}")]
     Sparse {
         wedge: usize,
-        error: encoder_nostd::Error,
+        #[source]
+        error: encoder_nostd::SparseError,
     },
     #[error("{0}")]
     Input(String),
@@ -55,6 +57,24 @@ pub enum SimError {
     #[error("{0}")]
     Qemu(String),
 }
+
+/// The encoder-nostd errors of set-up and encoding (weights, encoders, firmware loop), so `?`
+/// takes each straight into [`SimError::Firmware`].
+macro_rules! firmware_error_from {
+    ($($module_error:ty),*) => {$(
+        impl From<$module_error> for SimError {
+            fn from(e: $module_error) -> Self {
+                SimError::Firmware(e.into())
+            }
+        }
+    )*};
+}
+firmware_error_from!(
+    encoder_nostd::WeightsError,
+    encoder_nostd::EncodeError,
+    encoder_nostd::SparseError,
+    encoder_nostd::FirmwareError
+);
 
 impl From<trainer::eval::EvalError> for SimError {
     fn from(e: trainer::eval::EvalError) -> Self {

@@ -60,9 +60,7 @@ fn random_weights_cmd(args: RandomWeightsArgs) -> anyhow::Result<ExitCode> {
         "bcae-2d" => OwnedModel::random_2d(args.seed, 4, 3, 32),
         other => bail!("unknown model '{other}': use bcae-ht, bcae++ or bcae-2d"),
     };
-    let bytes = model
-        .to_bytes()
-        .map_err(|e| anyhow::anyhow!("serializing the random model: {e}"))?;
+    let bytes = model.to_bytes().context("serializing the random model")?;
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "wrote {} ({} bytes): random {} weights, for testing only",

@@ -433,10 +433,9 @@ fn run_with(
                 scratch: &mut mem.scratch,
                 frame: &mut mem.frame,
             };
-            Board::Whole(Box::new(
-                encoder_nostd::firmware::Firmware::new(io, codec, buffers)
-                    .map_err(SimError::Firmware)?,
-            ))
+            Board::Whole(Box::new(encoder_nostd::firmware::Firmware::new(
+                io, codec, buffers,
+            )?))
         }
     };
 

@@ -168,7 +168,7 @@ impl SimFrontEnd {
         &mut self,
         wedge_id: u32,
         adc: &[u16],
-    ) -> Result<(), encoder_nostd::Error> {
+    ) -> Result<(), encoder_nostd::EncodeError> {
         use encoder_nostd::firmware::streaming::{gather_slice, slice_header};
         let mut slice = vec![0u16; encoder_nostd::streaming::SLICE_SAMPLES];
         for z in 0..encoder_nostd::geometry::Z_BINS {

@@ -493,7 +493,7 @@ pub fn run(
     device: &Device,
 ) -> Result<QemuReport, SimError> {
     let weights = crate::read_weights(&opts.weights)?;
-    let encoder = Encoder::parse(&weights).map_err(SimError::Firmware)?;
+    let encoder = Encoder::parse(&weights)?;
     let n = opts.wedges.min(source.len());
     if n == 0 {
         return Err(SimError::Input(
@@ -609,7 +609,7 @@ pub fn run(
         }
     }
     let streaming = if opts.stream {
-        let plan = StreamEncoder::new(encoder.clone()).map_err(SimError::Firmware)?;
+        let plan = StreamEncoder::new(encoder.clone())?;
         Some(StreamingImage {
             slice_bytes: 2 * SLICE_SAMPLES,
             scratch_bytes: plan.scratch_bytes(),

@@ -108,7 +108,7 @@ pub struct StreamMemory {
 impl StreamMemory {
     /// Exactly the memory the streaming loop needs for `weights`.
     pub fn for_weights(weights: &[u8]) -> Result<Self, SimError> {
-        let enc = StreamEncoder::parse(weights).map_err(SimError::Firmware)?;
+        let enc = StreamEncoder::parse(weights)?;
         Ok(StreamMemory {
             slice: vec![0; SLICE_SAMPLES],
             scratch: vec![0; enc.scratch_bytes()],
@@ -132,7 +132,7 @@ impl StreamMemory {
             scratch: &mut self.scratch,
             frame: &mut self.frame,
         };
-        StreamFirmware::new(io, weights, buffers).map_err(SimError::Firmware)
+        Ok(StreamFirmware::new(io, weights, buffers)?)
     }
 }
 
@@ -143,7 +143,7 @@ pub fn codec<'a>(
     sparse: &'a mut SparseScratch,
 ) -> Result<Codec<'a>, SimError> {
     match choice {
-        CodecChoice::Bcae => Codec::bcae(weights).map_err(SimError::Firmware),
+        CodecChoice::Bcae => Ok(Codec::bcae(weights)?),
         CodecChoice::Sparse(q) => Ok(Codec::sparse(q, sparse)),
         CodecChoice::SparseFixed(rate) => Ok(Codec::sparse_fixed_rate(rate, sparse)),
     }
@@ -178,9 +178,9 @@ pub enum Outcome {
     /// A code frame arrived intact.
     Received(ReceivedCode),
     /// The firmware dropped the wedge (the error it reported and counted).
-    Dropped(encoder_nostd::Error),
+    Dropped(encoder_nostd::FirmwareError),
     /// The firmware sent a frame, but it arrived corrupted (the DAQ's check failed).
-    CorruptedOnLink(encoder_nostd::Error),
+    CorruptedOnLink(encoder_nostd::FirmwareError),
 }
 
 /// Pushes one wedge into the front end and runs one firmware step; checks the pin protocol.
@@ -198,7 +198,7 @@ pub fn run_wedge(fw: &mut SimFirmware<'_>, wedge_id: u32, adc: &[u16]) -> (Outco
     let outcome = match step {
         Err(e) => Outcome::Dropped(e),
         Ok(_) => match io.tx.take_frame() {
-            None => Outcome::CorruptedOnLink(encoder_nostd::Error::FrameMalformed {
+            None => Outcome::CorruptedOnLink(encoder_nostd::FirmwareError::FrameMalformed {
                 reason: "no frame captured",
             }),
             Some(bytes) => match parse_code_frame(&bytes) {
@@ -226,7 +226,7 @@ pub fn run_wedge_streaming(
     let shape = fw.encoder().code_shape();
     let io = fw.peripherals_mut();
     if let Err(e) = io.rx.push_wedge_slices(wedge_id, adc) {
-        return (Outcome::Dropped(e), PinCheck { ok: true });
+        return (Outcome::Dropped(e.into()), PinCheck { ok: true });
     }
     let (mut pins_ok, mut error, mut corrupted) = (true, None, None);
     let mut code = vec![0i8; shape.len()];
@@ -253,12 +253,12 @@ pub fn run_wedge_streaming(
                     match scatter_code_slice(shape, o as usize, &values, &mut code) {
                         Ok(()) => seen[o as usize] = true,
                         Err(e) => {
-                            corrupted.get_or_insert(e);
+                            corrupted.get_or_insert(e.into());
                         }
                     }
                 }
                 Ok(_) => {
-                    corrupted.get_or_insert(encoder_nostd::Error::FrameMalformed {
+                    corrupted.get_or_insert(encoder_nostd::FirmwareError::FrameMalformed {
                         reason: "code slice of another wedge or past the code",
                     });
                 }
@@ -277,7 +277,7 @@ pub fn run_wedge_streaming(
         }),
         (_, _, Some(e)) => Outcome::CorruptedOnLink(e),
         (false, Some(e), None) => Outcome::Dropped(e),
-        (false, None, None) => Outcome::Dropped(encoder_nostd::Error::FrameMalformed {
+        (false, None, None) => Outcome::Dropped(encoder_nostd::FirmwareError::FrameMalformed {
             reason: "the wedge's slices ended before its code was complete",
         }),
     };

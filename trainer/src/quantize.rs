@@ -63,17 +63,11 @@ pub enum QuantizeError {
     #[error("percentile must be in (50, 100], got {0}")]
     Percentile(f64),
     #[error("invalid quantized model: {0}")]
-    Weights(encoder_nostd::Error),
+    Weights(#[from] encoder_nostd::WeightsError),
     #[error(transparent)]
     Quantized(#[from] QuantizedError),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
-}
-
-impl From<encoder_nostd::Error> for QuantizeError {
-    fn from(e: encoder_nostd::Error) -> Self {
-        QuantizeError::Weights(e)
-    }
 }
 
 type Result<T> = std::result::Result<T, QuantizeError>;

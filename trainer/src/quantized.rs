@@ -29,7 +29,7 @@ pub const F32_EXACT: i64 = 1 << 24;
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizedError {
     #[error("invalid int8 weights: {0} (re-export them with `bcae quantize`)")]
-    Weights(encoder_nostd::Error),
+    Weights(#[from] encoder_nostd::WeightsError),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
     #[error(
@@ -54,12 +54,10 @@ pub enum QuantizedError {
     },
     #[error("wedge {wedge} has {got} voxels, expected {WEDGE_VOXELS} (192 x 249 x 16)")]
     WrongShape { wedge: usize, got: usize },
-}
-
-impl From<encoder_nostd::Error> for QuantizedError {
-    fn from(e: encoder_nostd::Error) -> Self {
-        QuantizedError::Weights(e)
-    }
+    #[error(
+        "bug in the candle integer path: {0} (the weights passed validation; please report it)"
+    )]
+    Internal(&'static str),
 }
 
 type Result<T> = std::result::Result<T, QuantizedError>;
@@ -158,17 +156,12 @@ impl ConvT {
                 .iter()
                 .map(|&b| b as i8 as i64)
                 .sum();
-            let bias = le_i32(conv.bias, c).ok_or(encoder_nostd::Error::CorruptWeights)? as i64;
+            let short = || QuantizedError::Internal("per-channel array shorter than validated");
+            let bias = le_i32(conv.bias, c).ok_or_else(short)? as i64;
             offset.push((bias - conv.input_zero_point as i64 * wsum) as f64);
-            let mp = le_i32(conv.requant.multiplier, c)
-                .ok_or(encoder_nostd::Error::CorruptWeights)? as f64;
-            let mn = le_i32(conv.requant.negative_multiplier, c)
-                .ok_or(encoder_nostd::Error::CorruptWeights)? as f64;
-            let s = *conv
-                .requant
-                .shift
-                .get(c)
-                .ok_or(encoder_nostd::Error::CorruptWeights)? as i32;
+            let mp = le_i32(conv.requant.multiplier, c).ok_or_else(short)? as f64;
+            let mn = le_i32(conv.requant.negative_multiplier, c).ok_or_else(short)? as f64;
+            let s = *conv.requant.shift.get(c).ok_or_else(short)? as i32;
             m_neg.push(mn);
             m_diff.push(mp - mn);
             half.push(2f64.powi(s - 1));

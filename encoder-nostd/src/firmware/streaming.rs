@@ -38,7 +38,7 @@
 //!
 //! 1. Find and check a slice header (hunting for the magic as the whole-wedge loop does, for at
 //!    most [`MAX_SLICE_HUNT`] bytes); raise `busy`.
-//! 2. Receive the samples with a running CRC ([`Error::FrameCrc`]: the slice is lost, and with
+//! 2. Receive the samples with a running CRC ([`FirmwareError::FrameCrc`]: the slice is lost, and with
 //!    it the wedge in progress).
 //! 3. Slice 0 starts a wedge (dropping an unfinished one); slice z continues the wedge in
 //!    progress when it is its next slice; any other slice belongs to a wedge already lost and is
@@ -53,14 +53,14 @@ use embedded_hal::digital::OutputPin;
 use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 
 use super::{
-    drive, hunt, parse_code_frame_version, receive_samples, seal_code_frame, u32_at, weights_crc,
-    CodeFrame, CodeHeader, CodecKind, Peripherals, Stats, CODE_HEADER_LEN, CRC_LEN,
-    INPUT_HEADER_LEN, INPUT_MAGIC,
+    drive, hunt, parse_code_frame_version, prefix_mut, receive_samples, seal_code_frame, u32_at,
+    weights_crc, CodeFrame, CodeHeader, CodecKind, FirmwareError, Peripherals, Stats,
+    CODE_HEADER_LEN, CRC_LEN, INPUT_HEADER_LEN, INPUT_MAGIC,
 };
-use crate::encoder::Encoder;
+use crate::encoder::{EncodeError, Encoder};
+use crate::error::internal;
 use crate::geometry::Z_BINS;
 use crate::streaming::{StreamEncoder, StreamState, SLICE_SAMPLES};
-use crate::Error;
 
 /// Frame-format version of slice frames and code-slice frames.
 pub const SLICE_FRAME_VERSION: u8 = 2;
@@ -88,29 +88,29 @@ pub struct SliceHeader {
 }
 
 /// Checks a slice header (magic, version 2, slice index, one slice's sample count).
-pub fn parse_slice_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<SliceHeader, Error> {
+pub fn parse_slice_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<SliceHeader, FirmwareError> {
     if h[..4] != INPUT_MAGIC {
-        return Err(Error::FrameMalformed {
+        return Err(FirmwareError::FrameMalformed {
             reason: "input frame magic missing",
         });
     }
     if h[4] != SLICE_FRAME_VERSION {
-        return Err(Error::FrameVersion {
+        return Err(FirmwareError::FrameVersion {
             found: h[4],
             supported: SLICE_FRAME_VERSION,
         });
     }
     let slice = u16::from_le_bytes([h[6], h[7]]);
-    let wedge_id = u32_at(h, 8).ok_or(Error::Overflow)?;
-    let samples = u32_at(h, 12).ok_or(Error::Overflow)?;
+    let wedge_id = u32_at(h, 8).ok_or(internal("slice header field outside the header"))?;
+    let samples = u32_at(h, 12).ok_or(internal("slice header field outside the header"))?;
     if samples != SLICE_FRAME_SAMPLES {
-        return Err(Error::FrameSampleCount {
+        return Err(FirmwareError::FrameSampleCount {
             found: samples,
             expected: SLICE_FRAME_SAMPLES,
         });
     }
     if slice as usize >= Z_BINS {
-        return Err(Error::FrameMalformed {
+        return Err(FirmwareError::FrameMalformed {
             reason: "slice index past the wedge's 249 drift-time bins",
         });
     }
@@ -118,23 +118,26 @@ pub fn parse_slice_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<SliceHeader, Err
 }
 
 /// Parses and checks a code-slice frame (version 2); returns the frame and the code slice index.
-pub fn parse_code_slice_frame(bytes: &[u8]) -> Result<(CodeFrame<'_>, u16), Error> {
+pub fn parse_code_slice_frame(bytes: &[u8]) -> Result<(CodeFrame<'_>, u16), FirmwareError> {
     parse_code_frame_version(bytes, SLICE_FRAME_VERSION)
 }
 
 /// Copies slice `z` (azimuth, layer; layer fastest) out of a whole wedge in the on-disk order
 /// (what a front end reading drift-time bin `z` holds).
-pub fn gather_slice(adc: &[u16], z: usize, slice: &mut [u16]) -> Result<(), Error> {
+pub fn gather_slice(adc: &[u16], z: usize, slice: &mut [u16]) -> Result<(), EncodeError> {
     let layers = crate::geometry::LAYERS;
     if adc.len() != SLICE_SAMPLES * Z_BINS || slice.len() != SLICE_SAMPLES || z >= Z_BINS {
-        return Err(Error::WrongShape {
+        return Err(EncodeError::WrongShape {
             expected: SLICE_SAMPLES * Z_BINS,
             got: adc.len(),
         });
     }
     for (a, dst) in slice.chunks_exact_mut(layers).enumerate() {
         let at = (a * Z_BINS + z) * layers;
-        dst.copy_from_slice(adc.get(at..at + layers).ok_or(Error::Overflow)?);
+        dst.copy_from_slice(
+            adc.get(at..at + layers)
+                .ok_or(internal("slice sample outside the checked wedge"))?,
+        );
     }
     Ok(())
 }
@@ -190,12 +193,12 @@ where
     BUSY: OutputPin,
     READY: OutputPin,
 {
-    /// Parses the weights, checks the buffers ([`Error::BufferTooSmall`]), drives both pins low.
+    /// Parses the weights, checks the buffers ([`FirmwareError::BufferTooSmall`]), drives both pins low.
     pub fn new(
         io: Peripherals<RX, TX, BUSY, READY>,
         weights: &'a [u8],
         buffers: SliceBuffers<'a>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, FirmwareError> {
         let encoder = StreamEncoder::new(Encoder::parse(weights)?)?;
         let weights_crc = weights_crc(weights)?;
         let need = [
@@ -205,7 +208,7 @@ where
         ];
         for (needed, got) in need {
             if got < needed {
-                return Err(Error::BufferTooSmall { needed, got });
+                return Err(FirmwareError::BufferTooSmall { needed, got });
             }
         }
         let mut fw = StreamFirmware {
@@ -255,7 +258,7 @@ where
 
     /// Processes one slice frame: receive, check, encode, send what completed. On error the
     /// error is counted in [`StreamFirmware::stats`] and returned; call `step` again.
-    pub fn step(&mut self) -> Result<SliceDone, Error> {
+    pub fn step(&mut self) -> Result<SliceDone, FirmwareError> {
         let result = self.process();
         drive(&mut self.io.code_ready, false, &mut self.stats.common);
         drive(&mut self.io.busy, false, &mut self.stats.common);
@@ -282,7 +285,7 @@ where
         self.state.reset();
     }
 
-    fn process(&mut self) -> Result<SliceDone, Error> {
+    fn process(&mut self) -> Result<SliceDone, FirmwareError> {
         let mut h = [0u8; INPUT_HEADER_LEN];
         let mut skipped = 0usize;
         let found = hunt(&mut self.io.rx, &mut h, &mut skipped, MAX_SLICE_HUNT);
@@ -311,24 +314,29 @@ where
         let mut sent = 0usize;
         let tag = self.weights_crc;
         let (io, frame, stats) = (&mut self.io, &mut *self.buffers.frame, &mut self.stats);
-        let mut emit = |o: usize, code: &[i8]| -> Result<(), Error> {
+        let mut emit = |o: usize, code: &[i8]| -> Result<(), FirmwareError> {
             let payload = frame
                 .get_mut(CODE_HEADER_LEN..CODE_HEADER_LEN + code.len())
-                .ok_or(Error::Overflow)?;
+                .ok_or(internal("code slice longer than the checked frame buffer"))?;
             for (b, &c) in payload.iter_mut().zip(code) {
                 *b = c as u8;
             }
             let header = CodeHeader {
                 version: SLICE_FRAME_VERSION,
                 codec: CodecKind::Bcae,
-                slice: u16::try_from(o).map_err(|_| Error::Overflow)?,
+                slice: u16::try_from(o).map_err(|_| internal("code slice index above 65535"))?,
                 wedge_id,
                 tag,
             };
             let len = seal_code_frame(frame, header, code.len())?;
             drive(&mut io.code_ready, true, &mut stats.common);
-            let bytes = frame.get(..len).ok_or(Error::Overflow)?;
-            let result = io.tx.write(bytes).map_err(|e| Error::LinkSend(e.kind()));
+            let bytes = frame.get(..len).ok_or(internal(
+                "sealed frame longer than the checked frame buffer",
+            ))?;
+            let result = io
+                .tx
+                .write(bytes)
+                .map_err(|e| FirmwareError::LinkSend(e.kind()));
             drive(&mut io.code_ready, false, &mut stats.common);
             result?;
             let common = &mut stats.common;
@@ -341,7 +349,7 @@ where
             .buffers
             .slice
             .get(..SLICE_SAMPLES)
-            .ok_or(Error::Overflow)?;
+            .ok_or(internal("slice buffer shorter than its checked length"))?;
         self.encoder
             .push(&mut self.state, self.buffers.scratch, slice, &mut emit)?;
         let wedge_complete = self.state.is_complete();
@@ -357,23 +365,15 @@ where
         })
     }
 
-    fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), Error> {
-        let got = self.buffers.slice.len();
-        let slice = self
-            .buffers
-            .slice
-            .get_mut(..SLICE_SAMPLES)
-            .ok_or(Error::BufferTooSmall {
-                needed: SLICE_SAMPLES,
-                got,
-            })?;
+    fn receive_samples(&mut self, header: &[u8; INPUT_HEADER_LEN]) -> Result<(), FirmwareError> {
+        let slice = prefix_mut(self.buffers.slice, SLICE_SAMPLES)?;
         receive_samples(&mut self.io.rx, header, slice)
     }
 }
 
 /// The error a step returns for a slice of a wedge already lost (counted in
 /// [`StreamStats::slices_skipped`], not as a fault: the fault that lost the wedge was counted).
-pub const SLICE_SKIPPED: Error = Error::FrameMalformed {
+pub const SLICE_SKIPPED: FirmwareError = FirmwareError::FrameMalformed {
     reason: "slice of a wedge already lost: skipped until the next slice 0",
 };
 

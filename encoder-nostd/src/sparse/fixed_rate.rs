@@ -15,12 +15,13 @@
 //! Each attempt stops as soon as its output passes the budget, so a failing attempt is cheap;
 //! about 14 attempts for a wedge that fits at some step, about 24 when hits must be dropped.
 
+use super::SparseError;
 use super::{
     check_input, encode_coded, encode_with, stored_body_len, write_header, Dims, Quality,
     SparseScratch, Voxels, HEADER_LEN, MODE_CODED,
 };
+use crate::error::internal;
 use crate::geometry::{ADC_MAX, ZERO_SUPPRESSION};
-use crate::Error;
 
 /// The coarsest log2 step tried (4.0): one bin holds every ADC from 64 to 1023.
 pub const STEP_MAX_Q10: u16 = 4096;
@@ -154,7 +155,7 @@ pub fn encode_fixed_rate(
     dims: Dims,
     rate: FixedRate,
     out: &mut [u8],
-) -> Result<FixedRateReport, Error> {
+) -> Result<FixedRateReport, SparseError> {
     let mut scratch = SparseScratch::new();
     encode_fixed_rate_with(&mut scratch, adc, dims, rate, out)
 }
@@ -162,19 +163,19 @@ pub fn encode_fixed_rate(
 /// Encode a grid of `dims` into exactly `rate.budget` bytes of `out` (the payload, then zero
 /// padding), at the finest setting that fits (see the module docs).
 ///
-/// Errors: those of [`super::encode_with`], [`Error::BufferTooSmall`] if `out` is shorter than the
-/// budget, [`Error::SparseBudgetTooSmall`] if even an empty grid does not fit.
+/// Errors: those of [`super::encode_with`], [`SparseError::BufferTooSmall`] if `out` is shorter than the
+/// budget, [`SparseError::BudgetTooSmall`] if even an empty grid does not fit.
 pub fn encode_fixed_rate_with(
     scratch: &mut SparseScratch,
     adc: &[u16],
     dims: Dims,
     rate: FixedRate,
     out: &mut [u8],
-) -> Result<FixedRateReport, Error> {
+) -> Result<FixedRateReport, SparseError> {
     let voxels = check_input(adc, dims)?;
     let budget = rate.budget;
     let got = out.len();
-    let out = out.get_mut(..budget).ok_or(Error::BufferTooSmall {
+    let out = out.get_mut(..budget).ok_or(SparseError::BufferTooSmall {
         needed: budget,
         got,
     })?;
@@ -186,7 +187,7 @@ pub fn encode_fixed_rate_with(
     }
     let limit = budget
         .checked_sub(HEADER_LEN)
-        .ok_or(Error::SparseBudgetTooSmall {
+        .ok_or(SparseError::BudgetTooSmall {
             budget,
             needed: HEADER_LEN + 1,
         })?;
@@ -229,7 +230,7 @@ pub fn encode_fixed_rate_with(
                 &mut [],
                 usize::MAX,
             );
-            return Err(Error::SparseBudgetTooSmall {
+            return Err(SparseError::BudgetTooSmall {
                 budget,
                 needed: empty.map_or(usize::MAX, |n| n.saturating_add(HEADER_LEN)),
             });
@@ -246,10 +247,10 @@ pub fn encode_fixed_rate_with(
         (coarsest, hi)
     };
     // The last attempt may have been another setting: code the chosen one again.
-    let body_len = fits(scratch, quality, drop_below, out).ok_or(Error::SparseCorrupt {
-        reason: "fixed-rate setting stopped fitting (non-deterministic encoder)",
-    })?;
-    let body_len32 = u32::try_from(body_len).map_err(|_| Error::Overflow)?;
+    let body_len = fits(scratch, quality, drop_below, out).ok_or(internal(
+        "fixed-rate setting stopped fitting (non-deterministic encoder)",
+    ))?;
+    let body_len32 = u32::try_from(body_len).map_err(|_| SparseError::Overflow)?;
     write_header(out, MODE_CODED, quality, dims, body_len32);
     Ok(finish(
         out,
@@ -549,15 +550,15 @@ mod tests {
         };
         assert!(matches!(
             encode_fixed_rate(&adc, dims, rate(8), &mut out),
-            Err(Error::SparseBudgetTooSmall { budget: 8, .. })
+            Err(SparseError::BudgetTooSmall { budget: 8, .. })
         ));
         assert!(matches!(
             encode_fixed_rate(&adc, dims, rate(17), &mut out),
-            Err(Error::SparseBudgetTooSmall { budget: 17, .. })
+            Err(SparseError::BudgetTooSmall { budget: 17, .. })
         ));
         assert_eq!(
             encode_fixed_rate(&adc, dims, rate(100), &mut out),
-            Err(Error::BufferTooSmall {
+            Err(SparseError::BufferTooSmall {
                 needed: 100,
                 got: 64
             })

@@ -107,7 +107,7 @@ fn code_slices_leave_as_soon_as_their_receptive_field_is_complete() {
         let mut emit = |o: usize, col: &[i8]| {
             assert_eq!(col.len(), enc.code_slice_len());
             emitted_at.push((o, z));
-            Ok(())
+            Ok::<(), EncodeError>(())
         };
         stream.push(&slice, &mut emit).unwrap();
     }
@@ -121,10 +121,10 @@ fn code_slices_leave_as_soon_as_their_receptive_field_is_complete() {
         assert_eq!(z, (16 * o + 76).min(Z_BINS - 1), "code slice {o}");
     }
     // More slices than a wedge has are refused; reset starts a new wedge.
-    let mut none = |_: usize, _: &[i8]| Ok(());
+    let mut none = |_: usize, _: &[i8]| Ok::<(), EncodeError>(());
     assert!(matches!(
         stream.push(&slice, &mut none),
-        Err(Error::WrongShape { .. })
+        Err(EncodeError::WrongShape { .. })
     ));
     stream.reset();
     assert_eq!(stream.slices_pushed(), 0);
@@ -140,16 +140,16 @@ fn every_misuse_is_a_typed_error() {
     let mut scratch = vec![0i8; enc.scratch_bytes()];
     assert_eq!(
         enc.begin(&mut scratch[1..]).err(),
-        Some(Error::BufferTooSmall {
+        Some(EncodeError::BufferTooSmall {
             needed: enc.scratch_bytes(),
             got: enc.scratch_bytes() - 1
         })
     );
-    let mut none = |_: usize, _: &[i8]| Ok(());
+    let mut none = |_: usize, _: &[i8]| Ok::<(), EncodeError>(());
     let mut stream = enc.begin(&mut scratch).unwrap();
     assert!(matches!(
         stream.push(&[0u16; SLICE_SAMPLES - 1], &mut none),
-        Err(Error::WrongShape { .. })
+        Err(EncodeError::WrongShape { .. })
     ));
     // The same ADC index as the whole-wedge encoder reports, and the slice is not taken.
     let mut adc = wedge(3, 10);
@@ -160,7 +160,7 @@ fn every_misuse_is_a_typed_error() {
     slice[a * LAYERS + l] = 1024;
     assert_eq!(
         stream.push(&slice, &mut none),
-        Err(Error::AdcOutOfRange { index, value: 1024 })
+        Err(EncodeError::AdcOutOfRange { index, value: 1024 })
     );
     assert_eq!(stream.slices_pushed(), 0);
     let mut code = vec![0i8; enc.code_shape().len()];
@@ -172,16 +172,19 @@ fn every_misuse_is_a_typed_error() {
     );
     assert!(matches!(
         enc.encode(&adc[1..], &mut scratch, &mut code),
-        Err(Error::WrongShape { .. })
+        Err(EncodeError::WrongShape { .. })
     ));
     assert!(matches!(
         enc.encode(&wedge(1, 10), &mut scratch, &mut code[1..]),
-        Err(Error::BufferTooSmall { .. })
+        Err(EncodeError::BufferTooSmall { .. })
     ));
     // An emit error ends the push and is passed on.
     let mut stream = enc.begin(&mut scratch).unwrap();
-    let mut failing =
-        |_: usize, _: &[i8]| Err(Error::LinkSend(embedded_hal::spi::ErrorKind::Other));
+    let mut failing = |_: usize, _: &[i8]| {
+        Err(crate::FirmwareError::LinkSend(
+            embedded_hal::spi::ErrorKind::Other,
+        ))
+    };
     let zero = vec![0u16; SLICE_SAMPLES];
     let mut result = Ok(());
     for _ in 0..Z_BINS {
@@ -192,7 +195,9 @@ fn every_misuse_is_a_typed_error() {
     }
     assert_eq!(
         result,
-        Err(Error::LinkSend(embedded_hal::spi::ErrorKind::Other))
+        Err(crate::FirmwareError::LinkSend(
+            embedded_hal::spi::ErrorKind::Other
+        ))
     );
 }
 

@@ -10,7 +10,8 @@ use super::{
     write, Add, Block2d, Conv, Fingerprint, HtBlock, HtNetwork, Network, Network2d, QuantizedModel,
     Requant, MAX_2D_BLOCKS,
 };
-use crate::Error;
+use crate::error::internal;
+use crate::weights::WeightsError;
 
 /// An owned convolution layer (see [`Conv`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -171,15 +172,15 @@ impl OwnedModel {
     }
 
     /// Serializes to the weights file format (validating first).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WeightsError> {
         let convs = self.convs();
         let bytes: Vec<ConvBytes> = convs.iter().map(|c| c.bytes()).collect();
         let table: Vec<u8> = self.input_table.iter().map(|&v| v as u8).collect();
         let mut views = convs.iter().zip(&bytes).map(|(c, b)| c.view(b));
-        let mut next = || views.next().ok_or(Error::CorruptWeights);
+        let mut next = || views.next().ok_or(internal("fewer conv views than convs"));
         let network = match &self.network {
             OwnedNetwork::BcaeHt { blocks, .. } => {
-                let mut ht = |b: &OwnedHtBlock| -> Result<HtBlock<'_>, Error> {
+                let mut ht = |b: &OwnedHtBlock| -> Result<HtBlock<'_>, WeightsError> {
                     Ok(HtBlock {
                         main1: next()?,
                         skip: next()?,
@@ -216,7 +217,7 @@ impl OwnedModel {
                         pool: b.pool,
                         res: [r0, r1],
                     })
-                    .map_err(|_| Error::CorruptWeights)?;
+                    .map_err(|_| WeightsError::Inconsistent)?;
                 }
                 Network::Bcae2d(Network2d {
                     m: *m,

@@ -177,9 +177,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let calib_secs = started.elapsed().as_secs_f64();
 
     let model = quantize::quantize(&float, &calib, args.percentile, &source)?;
-    let bytes = model
-        .to_bytes()
-        .map_err(|e| anyhow::anyhow!("serializing the int8 model: {e}"))?;
+    let bytes = model.to_bytes().context("serializing the int8 model")?;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -187,8 +185,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
         .with_context(|| format!("writing {}", args.out.display()))?;
 
     let int8 = QuantizedEncoder::from_bytes(&bytes, &device)?;
-    let board =
-        encoder_nostd::encoder::Encoder::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let board = encoder_nostd::encoder::Encoder::parse(&bytes)?;
     let eval_root = args.eval.clone().unwrap_or_else(|| args.calib.clone());
 
     // Board (encoder-nostd) against the candle integer path, bit for bit, on synthetic wedges
@@ -209,7 +206,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
                 let t = Instant::now();
                 board
                     .encode(&w.adc, &mut scratch, &mut code)
-                    .map_err(|e| anyhow::anyhow!("encoder-nostd: {e}"))?;
+                    .with_context(|| format!("encoder-nostd on check wedge {i}"))?;
                 board_secs += t.elapsed().as_secs_f64();
                 if let Some(pos) = code.iter().zip(expected).position(|(a, b)| a != b) {
                     bail!(

@@ -548,7 +548,7 @@ fn encode_one(
             sparse::encode_fixed_rate(&wedge.adc, sparse::Dims::WEDGE, rate, &mut out)?;
             Ok(out)
         }
-        (None, CodecChoice::Int8) => Err(encoder_nostd::Error::WrongModel),
+        (None, CodecChoice::Int8) => Err(encoder_nostd::WeightsError::WrongModel.into()),
     }
 }
 

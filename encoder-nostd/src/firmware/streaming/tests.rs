@@ -173,7 +173,7 @@ fn link_faults_and_wrong_frames_are_counted_and_survived() {
     let mut fw = rig.firmware(&w, data);
     assert_eq!(
         fw.step().err(),
-        Some(Error::FrameVersion {
+        Some(FirmwareError::FrameVersion {
             found: 1,
             supported: SLICE_FRAME_VERSION
         })
@@ -181,7 +181,7 @@ fn link_faults_and_wrong_frames_are_counted_and_survived() {
     fw.peripherals_mut().tx.fail_next = true;
     let mut sends_failed = 0;
     for _ in 0..2 * Z_BINS + 20 {
-        if let Err(Error::LinkSend(_)) = fw.step() {
+        if let Err(FirmwareError::LinkSend(_)) = fw.step() {
             sends_failed += 1;
         }
     }
@@ -212,13 +212,13 @@ fn frames_are_checked() {
     );
     assert!(matches!(
         parse_slice_header(&slice_header(5, 249)),
-        Err(Error::FrameMalformed { .. })
+        Err(FirmwareError::FrameMalformed { .. })
     ));
     let mut count = h;
     count[13] ^= 1;
     assert!(matches!(
         parse_slice_header(&count),
-        Err(Error::FrameSampleCount { .. })
+        Err(FirmwareError::FrameSampleCount { .. })
     ));
     // A code-slice frame: version 2 only, every byte covered by the CRC.
     let mut frame = vec![0u8; CODE_HEADER_LEN + 3 + CRC_LEN];
@@ -238,7 +238,7 @@ fn frames_are_checked() {
     );
     assert!(matches!(
         crate::firmware::parse_code_frame(&frame),
-        Err(Error::FrameVersion { .. })
+        Err(FirmwareError::FrameVersion { .. })
     ));
     for at in 0..len {
         let mut bad = frame.clone();

@@ -307,7 +307,8 @@ fn decode_into(payload: &[u8], source: &mut [u16]) -> Result<(), encoder_nostd::
     // SAFETY: SPARSE is used only here, by one thread; SparseScratch is integers and arrays of
     // integers, valid when all bits are zero.
     let state = unsafe { zeroed(&mut *addr_of_mut!(SPARSE)) };
-    sparse::decode_with(state, payload, source).map(|_| ())
+    sparse::decode_with(state, payload, source)?;
+    Ok(())
 }
 
 /// Paints the free stack (from its end up to just below the caller's frame).
