@@ -617,7 +617,7 @@ mod tests {
             return;
         };
         let run = tempfile::tempdir().unwrap();
-        crate::cli::import::import_state_dicts(
+        crate::import::import_state_dicts(
             &ModelConfig::BcaeV1,
             &[dir.join("encoder_2000.pt"), dir.join("decoder_2000.pt")],
             run.path(),

@@ -6,11 +6,13 @@
 //! - [`models`]: BCAE-2D, BCAE-HT, BCAE++ and the original BCAE (2021) in candle.
 //! - [`loss`], [`metrics`], [`train`], [`eval`], [`checkpoint`]: the bicephalous training loop and
 //!   the paper's Table-1 evaluation.
+//! - [`import`]: the reference PyTorch state_dicts into a run directory.
 //! - [`quantize`], [`quantized`]: int8 post-training quantization into `encoder-nostd`'s weights
 //!   format, and the candle integer path that reproduces the board's codes bit for bit.
 //! - [`device`]: choosing CPU or CUDA.
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
+//! - [`terminal`]: what both binaries share at the terminal edge (flag parsers, error reports).
 //! - [`cli`]: the `bcae` subcommands (the binary only parses arguments and dispatches).
 
 #[cfg(feature = "baselines")]
@@ -22,6 +24,7 @@ pub mod conv_cpu;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod import;
 pub mod loss;
 pub mod metrics;
 pub mod models;
@@ -29,4 +32,5 @@ pub mod nn;
 pub mod quantize;
 pub mod quantized;
 pub mod table;
+pub mod terminal;
 pub mod train;

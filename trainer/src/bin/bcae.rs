@@ -43,7 +43,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    trainer::cli::exit_quietly_on_closed_pipe();
+    trainer::terminal::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Synth(args) => trainer::cli::data::run_synth(args),
@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            trainer::cli::report_error(&e);
+            trainer::terminal::report_error(&e);
             std::process::ExitCode::FAILURE
         }
     }

@@ -42,7 +42,7 @@ pub struct CompareArgs {
     #[arg(long, default_value = "all")]
     pub split: Split,
     /// Use at most this many wedges.
-    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
     pub limit: Option<usize>,
     /// Sparse codec log2 steps to sweep (`lossless` is always included).
     #[arg(long, value_delimiter = ',', default_values_t = vec![
@@ -51,7 +51,7 @@ pub struct CompareArgs {
     pub qualities: Vec<String>,
     /// Target ratios: for each, the sparse step is searched to reach it (mean payload), for a
     /// comparison at the BCAE's own ratio (31.125 = f16 code, 62.25 = int8 code).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![31.125, 62.25], value_parser = crate::cli::numbers::positive_f64)]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![31.125, 62.25], value_parser = crate::terminal::numbers::positive_f64)]
     pub ratios: Vec<f64>,
     /// zstd level for the raw-array baseline (1 to 22).
     #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(1..=22))]
@@ -70,7 +70,7 @@ pub struct CompareArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Wedges per batch for the BCAE models.
-    #[arg(long, default_value_t = 2, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 2, value_parser = crate::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print JSON instead of the table.
     #[arg(long)]

@@ -17,7 +17,7 @@ use crate::data::{read_wedge, Dataset, Split, Wedge, AZIMUTH, LAYERS, WEDGES_PER
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
     /// Number of events (24 wedges each).
-    #[arg(long, default_value_t = 5, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 5, value_parser = crate::terminal::numbers::at_least_one)]
     pub events: usize,
     /// Random seed: the same seed gives the same data, bit for bit.
     #[arg(long, default_value_t = 0)]
@@ -26,7 +26,7 @@ pub struct SynthArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction of events listed in test.txt (the last events).
-    #[arg(long, default_value_t = 0.2, value_parser = crate::cli::numbers::fraction)]
+    #[arg(long, default_value_t = 0.2, value_parser = crate::terminal::numbers::fraction)]
     pub test_fraction: f64,
     /// Replace the data set synth wrote into --out before (the files its train.txt / test.txt
     /// list); other .npy files there are never touched (synth then refuses the folder).
@@ -45,7 +45,7 @@ pub struct StatsArgs {
     #[arg(long, default_value = "all")]
     pub split: Split,
     /// Use at most this many wedges of each input.
-    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
     pub limit: Option<usize>,
     /// Print JSON instead of the table.
     #[arg(long)]

@@ -51,7 +51,7 @@ pub struct DecodeCodeArgs {
     #[arg(long)]
     pub encode: bool,
     /// Segmentation threshold h in (c > h).
-    #[arg(long, default_value_t = 0.5, value_parser = crate::cli::numbers::fraction)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::terminal::numbers::fraction)]
     pub threshold: f64,
     /// Write each reconstruction (ADC rounded to integers, uint16 (192, 249, 16)) into this
     /// folder as recon_j.npy.

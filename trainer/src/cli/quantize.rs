@@ -33,7 +33,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub calib: PathBuf,
     /// Calibration wedges.
-    #[arg(long, default_value_t = 64, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 64, value_parser = crate::terminal::numbers::at_least_one)]
     pub wedges: usize,
     /// Evaluation data (default: the --calib root's test split).
     #[arg(long)]
@@ -59,7 +59,7 @@ pub struct QuantizeArgs {
     pub force: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print the report as JSON.
     #[arg(long)]

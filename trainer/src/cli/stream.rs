@@ -498,7 +498,7 @@ fn compress_into(
             let (payload, secs) = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    bar.suspend(|| eprintln!("error: skipped {}", crate::cli::one_line(&e)));
+                    bar.suspend(|| eprintln!("error: skipped {}", crate::terminal::one_line(&e)));
                     skipped.push(input.path.display().to_string());
                     continue;
                 }
@@ -828,7 +828,7 @@ pub struct DecompressArgs {
     #[arg(long)]
     pub force: bool,
     /// Wedges decoded per batch.
-    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -991,14 +991,14 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
                         "warning: frame {} ({}): {}",
                         d.info.number,
                         d.info.id,
-                        crate::cli::one_line(&e)
+                        crate::terminal::one_line(&e)
                     )
                 });
                 failed.push(format!(
                     "frame {} ({}): {}",
                     d.info.number,
                     d.info.id,
-                    crate::cli::one_line(&e)
+                    crate::terminal::one_line(&e)
                 ));
             }
         }
@@ -1409,7 +1409,7 @@ pub fn eval_stream(o: &StreamEvalOptions<'_>) -> Result<StreamEvalReport> {
                     "frame {} ({}): {}",
                     d.info.number,
                     d.info.id,
-                    crate::cli::one_line(&e)
+                    crate::terminal::one_line(&e)
                 );
                 bar.suspend(|| eprintln!("warning: {msg}"));
                 failed.push(msg);

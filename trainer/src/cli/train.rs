@@ -43,25 +43,25 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Total epochs (default 200; on --resume, extends or shortens the run).
-    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
     pub epochs: Option<usize>,
     /// Batches per epoch (default: the whole training split).
-    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
     pub batches_per_epoch: Option<usize>,
-    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Train on random AxZ crops (azimuth x z, multiples of 8 for BCAE-2D with d=3, of 16 for
     /// the 3D models); evaluation always uses whole wedges.
     #[arg(long, value_parser = parse_crop)]
     pub crop: Option<(usize, usize)>,
     /// Initial learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli::numbers::positive_f64)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::terminal::numbers::positive_f64)]
     pub lr: f64,
     /// Epochs at the initial learning rate (default: 50 for BCAE-2D, 100 for the 3D models).
     #[arg(long)]
     pub warmup_epochs: Option<usize>,
     /// Then x0.95 every this many epochs (default: 10 for BCAE-2D, 20 for the 3D models).
-    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
     pub decay_every: Option<usize>,
     /// Seed of the initialisation, data order and crops.
     #[arg(long, default_value_t = 0)]
@@ -374,12 +374,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     /// Evaluate at most this many wedges.
-    #[arg(long, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
     pub max_wedges: Option<usize>,
     /// Also print every wedge's metrics.
     #[arg(long)]
     pub per_wedge: bool,
-    #[arg(long, default_value_t = 4, value_parser = crate::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
@@ -394,7 +394,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(m) = args.max_wedges {
         data.truncate(m);
     }
-    let unreadable = crate::cli::drop_unreadable(&mut data);
+    let unreadable = crate::terminal::drop_unreadable(&mut data);
     if data.is_empty() {
         bail!(
             "none of the wedges of {} could be read (see the errors above)",
@@ -457,7 +457,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 }
                 // Keep going: one unsupported precision should not hide the other rows.
                 Err(e) => {
-                    eprintln!("{}", crate::cli::error_text(&e));
+                    eprintln!("{}", crate::terminal::error_text(&e));
                     failures.push(format!("{} {}", run.display(), precision.name()));
                 }
             }

@@ -467,7 +467,7 @@ mod tests {
     fn released_model(dir: &Path) -> BcaeV1 {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("run");
-        crate::cli::import::import_state_dicts(
+        crate::import::import_state_dicts(
             &super::super::ModelConfig::BcaeV1,
             &[dir.join("encoder_2000.pt"), dir.join("decoder_2000.pt")],
             &out,
