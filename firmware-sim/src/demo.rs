@@ -18,9 +18,10 @@ use firmware_sim::source::WedgeSource;
 use firmware_sim::SimError;
 use serde::Serialize;
 use trainer::checkpoint;
-use trainer::cli::stream::{decode_stream_file, int8_stream_header, DecoderPrecision};
 use trainer::cli::train::draw_reconstruction;
+use trainer::compress::int8_stream_header;
 use trainer::data::{self, synth, Dataset, Split, WEDGE_VOXELS};
+use trainer::decode::{decode_stream_file, DecoderPrecision};
 use trainer::device::DeviceChoice;
 use trainer::metrics::{compression_ratio, crop_padded, score, MeanMetrics, WedgeMetrics};
 use trainer::models;
@@ -42,7 +43,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Wedges to run (synthetic: from as many 24-wedge events as needed).
-    #[arg(long, default_value_t = 8, value_parser = trainer::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 8, value_parser = trainer::terminal::numbers::at_least_one)]
     pub wedges: usize,
     /// Seed of the synthetic events (the shipped models were trained on seed 2026).
     #[arg(long, default_value_t = 2027)]
@@ -297,6 +298,7 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
 
     // 3. Decode with the float decoders and score against the originals.
     let t0 = Instant::now();
+    let bar = trainer::terminal::progress_bar(0, "decode");
     let decoded = decode_stream_file(
         &stream_path,
         Some(&args.run),
@@ -304,7 +306,14 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
         DecoderPrecision::F32,
         false,
         4,
-    )?;
+        &bar,
+    );
+    bar.finish_and_clear();
+    let decoded = decoded?;
+    for note in &decoded.notes {
+        eprintln!("{note}");
+    }
+    let decoded = decoded.wedges;
     let decode_secs = t0.elapsed().as_secs_f64();
     let mut per = Vec::with_capacity(n);
     let mut zero = Vec::with_capacity(n);

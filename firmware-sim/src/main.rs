@@ -79,7 +79,7 @@ struct SourceArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// N synthetic wedges (events 0, 1, ... of the physics generator).
-    #[arg(long, value_name = "N", value_parser = trainer::cli::numbers::at_least_one)]
+    #[arg(long, value_name = "N", value_parser = trainer::terminal::numbers::at_least_one)]
     synth: Option<usize>,
 }
 
@@ -108,23 +108,23 @@ struct ParityArgs {
     #[arg(long, default_value = "bcae", value_parser = CodecChoice::parse)]
     codec: CodecChoice,
     /// Wedges per candle batch.
-    #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     batch: usize,
     /// Run the streaming firmware (249 slice frames in per wedge, code slices out as they
     /// complete) instead of the whole-wedge loop; BCAE only.
     #[arg(long)]
     stream: bool,
     /// Inject faults: probability per byte of a dropped byte on the front-end link.
-    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::terminal::numbers::fraction)]
     drop_byte: f64,
     /// Inject faults: probability per byte of a flipped bit (both links).
-    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::terminal::numbers::fraction)]
     flip_bit: f64,
     /// Inject faults: probability per byte of a link error on the front-end read holding it.
-    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::terminal::numbers::fraction)]
     fail_read: f64,
     /// Inject faults: probability per sent frame of a link error.
-    #[arg(long, default_value_t = 0.0, value_parser = trainer::cli::numbers::fraction)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer::terminal::numbers::fraction)]
     fail_send: f64,
     /// Device of the candle reference.
     #[arg(long, value_enum)]
@@ -143,13 +143,13 @@ struct BenchArgs {
     #[arg(long, value_name = "runs/NAME")]
     run: Option<PathBuf>,
     /// Distinct synthetic wedges to cycle through.
-    #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     wedges: usize,
     /// Minimum measuring time per row, seconds.
-    #[arg(long, default_value_t = 3.0, value_parser = trainer::cli::numbers::positive_f64)]
+    #[arg(long, default_value_t = 3.0, value_parser = trainer::terminal::numbers::positive_f64)]
     seconds: f64,
     /// Batch size of the candle rows (and of the PyTorch row).
-    #[arg(long, default_value_t = 4, value_parser = trainer::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     batch: usize,
     /// A Python with PyTorch for a PyTorch fp32 row (scripts/bench-vs-torch.sh makes one).
     #[arg(long, value_name = "PYTHON", requires = "torch_ref")]
@@ -168,7 +168,7 @@ struct QemuArgs {
     #[arg(long, value_name = "W.bcae.postcard")]
     weights: PathBuf,
     /// Wedges to embed in the image (each about 100-200 kB as a sparse payload; 4 MiB code memory).
-    #[arg(long, default_value_t = 2, value_parser = trainer::cli::numbers::at_least_one)]
+    #[arg(long, default_value_t = 2, value_parser = trainer::terminal::numbers::at_least_one)]
     wedges: usize,
     /// Take the wedges from .npy files instead of the synthetic generator.
     #[arg(long, value_name = "DIR")]
@@ -346,7 +346,7 @@ fn demo_cmd(args: demo::DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    trainer::cli::exit_quietly_on_closed_pipe();
+    trainer::terminal::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo_cmd(args),
@@ -356,7 +356,7 @@ fn main() -> ExitCode {
         Command::RandomWeights(args) => random_weights_cmd(args),
     };
     result.unwrap_or_else(|e| {
-        trainer::cli::report_error(&e);
+        trainer::terminal::report_error(&e);
         ExitCode::FAILURE
     })
 }

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use bcae_stream::{StreamWriter, WedgeId};
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::encoder::Encoder;
-use trainer::cli::stream::{decode_stream_file, int8_stream_header, DecoderPrecision};
+use trainer::compress::int8_stream_header;
 use trainer::data::synth;
+use trainer::decode::{decode_stream_file, DecoderPrecision};
 use trainer::device::DeviceChoice;
 use trainer::metrics::{score, MeanMetrics, WedgeMetrics};
 
@@ -147,8 +148,10 @@ fn shipped_models_match_their_cards_fingerprints_and_metrics() {
             DecoderPrecision::F32,
             false,
             2,
+            &indicatif::ProgressBar::hidden(),
         )
-        .unwrap();
+        .unwrap()
+        .wedges;
         let per: Vec<WedgeMetrics> = decoded
             .into_iter()
             .zip(&wedges)

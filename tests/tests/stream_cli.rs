@@ -10,10 +10,11 @@ use encoder_nostd::encoder::Encoder;
 use encoder_nostd::sparse::Quality;
 use encoder_nostd::weights::owned::OwnedModel;
 use trainer::cli::stream::{
-    eval_stream, run_compress, run_decompress, run_inspect, CodecChoice, CompressArgs,
-    DecoderPrecision, DecompressArgs, InspectArgs, StreamEvalOptions,
+    run_compress, run_decompress, run_inspect, CompressArgs, DecompressArgs, InspectArgs,
 };
+use trainer::compress::CodecChoice;
 use trainer::data::{self, synth, Split, Wedge};
+use trainer::decode::{eval_stream, DecoderPrecision, StreamEvalOptions};
 use trainer::device::DeviceChoice;
 use trainer::metrics::{score, MeanMetrics};
 use trainer::models::{self, ModelConfig};
@@ -173,7 +174,11 @@ fn int8_stream_round_trip_fingerprint_check_and_damage() {
         "decompressed wedge differs from the in-memory decode"
     );
 
-    let report = eval_stream(&options(&stream, &root, Some(&run))).unwrap();
+    let report = eval_stream(
+        &options(&stream, &root, Some(&run)),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     let expected = MeanMetrics::of(&[score(&wedges[0].1.adc, &direct[0].adc)]);
     assert_eq!(report.wedges, 1);
     assert_eq!(report.mean.mae, expected.mae);
@@ -229,7 +234,11 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
             rel.display()
         );
     }
-    let report = eval_stream(&options(&stream, &root, None)).unwrap();
+    let report = eval_stream(
+        &options(&stream, &root, None),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     assert_eq!((report.wedges, report.mean.mae), (3, 0.0));
     assert_eq!((report.mean.precision, report.mean.recall), (1.0, 1.0));
 

@@ -9,6 +9,8 @@
 //! - [`import`]: the reference PyTorch state_dicts into a run directory.
 //! - [`quantize`], [`quantized`]: int8 post-training quantization into `encoder-nostd`'s weights
 //!   format, and the candle integer path that reproduces the board's codes bit for bit.
+//! - [`compress`], [`decode`]: `.bcae` streams written (int8 codes from the board's encoder, or
+//!   the sparse codec) and read back (float decoders, fingerprint check), and scored.
 //! - [`device`]: choosing CPU or CUDA.
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
@@ -20,8 +22,10 @@ pub mod baselines;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod compress;
 pub mod conv_cpu;
 pub mod data;
+pub mod decode;
 pub mod device;
 pub mod eval;
 pub mod import;

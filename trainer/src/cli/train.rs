@@ -385,9 +385,38 @@ pub struct EvalArgs {
     pub device: DeviceChoice,
 }
 
+/// `bcae eval --stream S --truth DIR [--run R]`: TRAIN's `bcae eval` arguments, forwarded.
+fn run_eval_stream_args(stream: &Path, args: &EvalArgs) -> Result<()> {
+    use crate::eval::Precision;
+    if args.runs.len() > 1 {
+        bail!("eval --stream decodes with one run; pass a single --run");
+    }
+    let precision = match args.precision.as_slice() {
+        [Precision::F32] => crate::decode::DecoderPrecision::F32,
+        [Precision::F16] => crate::decode::DecoderPrecision::F16,
+        _ => {
+            bail!("eval --stream decodes in one precision: pass --precision f32 or --precision f16")
+        }
+    };
+    if args.max_wedges.is_some() {
+        eprintln!("note: --max-wedges is ignored with --stream (every frame is scored)");
+    }
+    crate::cli::stream::run_eval_stream(crate::decode::StreamEvalOptions {
+        stream,
+        truth: &args.data,
+        run: args.runs.first().map(PathBuf::as_path),
+        device: args.device,
+        precision,
+        force: args.force,
+        batch_size: args.batch_size,
+        json: args.json,
+        per_wedge: args.per_wedge,
+    })
+}
+
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(stream) = &args.stream {
-        return crate::cli::stream::run_eval_stream_args(stream, &args);
+        return run_eval_stream_args(stream, &args);
     }
     let device = device::open(args.device)?;
     let mut data = open_split(&args.data, args.split)?;
