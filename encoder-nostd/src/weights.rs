@@ -296,6 +296,65 @@ impl ModelKind {
             ModelKind::Bcae2d { .. } => ModelFamily::Bcae2d,
         }
     }
+
+    /// The model's name as the command lines write it (`bcae train --model`, a stream header's
+    /// model kind): `bcae-ht`, `bcae++`, `bcae-2d(m=4,d=3,c=32)`; `Display` gives the name for
+    /// people (`BCAE-HT`, `BCAE-2D(m=4, d=3, 32 ch)`). One place names models for both binaries.
+    pub fn cli_name(self) -> CliName {
+        CliName(self)
+    }
+}
+
+/// [`ModelKind::cli_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CliName(ModelKind);
+
+const HT_CHANNELS: [u16; 4] = [2, 4, 4, 8];
+const HT_PLUS_PLUS_CHANNELS: [u16; 4] = [8, 16, 32, 32];
+
+impl core::fmt::Display for CliName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            ModelKind::BcaeHt {
+                channels: HT_CHANNELS,
+                code_channels: 8,
+            } => f.write_str("bcae-ht"),
+            ModelKind::BcaeHt {
+                channels: HT_PLUS_PLUS_CHANNELS,
+                code_channels: 8,
+            } => f.write_str("bcae++"),
+            ModelKind::BcaeHt {
+                channels,
+                code_channels,
+            } => write!(f, "bcae-ht(channels={channels:?},code={code_channels})"),
+            ModelKind::Bcae2d { m, d, channels } => write!(f, "bcae-2d(m={m},d={d},c={channels})"),
+        }
+    }
+}
+
+impl core::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ModelKind::BcaeHt {
+                channels: HT_CHANNELS,
+                code_channels: 8,
+            } => f.write_str("BCAE-HT"),
+            ModelKind::BcaeHt {
+                channels: HT_PLUS_PLUS_CHANNELS,
+                code_channels: 8,
+            } => f.write_str("BCAE++"),
+            ModelKind::BcaeHt {
+                channels,
+                code_channels,
+            } => write!(
+                f,
+                "BCAE-HT-shaped (channels {channels:?}, code {code_channels})"
+            ),
+            ModelKind::Bcae2d { m, d, channels } => {
+                write!(f, "BCAE-2D(m={m}, d={d}, {channels} ch)")
+            }
+        }
+    }
 }
 
 /// Everything a board needs to encode wedges.
@@ -691,5 +750,49 @@ impl QuantizedModel<'_> {
     /// The code's shape (channels, depth, height, width); depth is 1 for BCAE-2D.
     pub fn code_shape(&self) -> Result<Shape, WeightsError> {
         self.validate()
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    extern crate std;
+    use super::ModelKind;
+    use std::string::ToString;
+
+    /// Stream headers store the CLI name: it must not change under existing files.
+    #[test]
+    fn models_are_named_alike_on_both_command_lines() {
+        let ht = ModelKind::BcaeHt {
+            channels: [2, 4, 4, 8],
+            code_channels: 8,
+        };
+        let pp = ModelKind::BcaeHt {
+            channels: [8, 16, 32, 32],
+            code_channels: 8,
+        };
+        let odd = ModelKind::BcaeHt {
+            channels: [1, 2, 3, 4],
+            code_channels: 5,
+        };
+        let two = ModelKind::Bcae2d {
+            m: 4,
+            d: 3,
+            channels: 32,
+        };
+        let cli: std::vec::Vec<_> = [ht, pp, odd, two]
+            .iter()
+            .map(|k| k.cli_name().to_string())
+            .collect();
+        assert_eq!(
+            cli,
+            [
+                "bcae-ht",
+                "bcae++",
+                "bcae-ht(channels=[1, 2, 3, 4],code=5)",
+                "bcae-2d(m=4,d=3,c=32)"
+            ]
+        );
+        assert_eq!(ht.to_string(), "BCAE-HT");
+        assert_eq!(two.to_string(), "BCAE-2D(m=4, d=3, 32 ch)");
     }
 }

@@ -95,22 +95,9 @@ pub fn read_weights(path: &std::path::Path) -> Result<Vec<u8>, SimError> {
     Ok(bytes)
 }
 
-/// A model's display name from its weights.
+/// A model's display name from its weights (`encoder_nostd`'s `Display` of [`ModelKind`]).
+///
+/// [`ModelKind`]: encoder_nostd::weights::ModelKind
 pub fn model_name(kind: encoder_nostd::weights::ModelKind) -> String {
-    use encoder_nostd::weights::ModelKind;
-    match kind {
-        ModelKind::BcaeHt {
-            channels: [2, 4, 4, 8],
-            code_channels: 8,
-        } => "BCAE-HT".into(),
-        ModelKind::BcaeHt {
-            channels: [8, 16, 32, 32],
-            code_channels: 8,
-        } => "BCAE++".into(),
-        ModelKind::BcaeHt {
-            channels,
-            code_channels,
-        } => format!("BCAE-HT-shaped (channels {channels:?}, code {code_channels})"),
-        ModelKind::Bcae2d { m, d, channels } => format!("BCAE-2D(m={m}, d={d}, {channels} ch)"),
-    }
+    kind.to_string()
 }

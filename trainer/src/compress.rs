@@ -135,27 +135,6 @@ fn common_parent(files: &[&PathBuf]) -> Option<PathBuf> {
     common
 }
 
-/// Name an int8 model the way `bcae train --model` does.
-fn model_kind_name(kind: ModelKind) -> String {
-    match kind {
-        ModelKind::BcaeHt {
-            channels: [2, 4, 4, 8],
-            code_channels: 8,
-        } => "bcae-ht".into(),
-        ModelKind::BcaeHt {
-            channels: [8, 16, 32, 32],
-            code_channels: 8,
-        } => "bcae++".into(),
-        ModelKind::BcaeHt {
-            channels,
-            code_channels,
-        } => {
-            format!("bcae-ht(channels={channels:?},code={code_channels})")
-        }
-        ModelKind::Bcae2d { m, d, channels } => format!("bcae-2d(m={m},d={d},c={channels})"),
-    }
-}
-
 /// The code shape the float decoders take (BCAE-2D has no depth axis).
 fn encoder_code_shape(encoder: &Encoder<'_>) -> Vec<u32> {
     let s = encoder.code_shape();
@@ -175,7 +154,7 @@ pub fn int8_stream_header(encoder: &Encoder<'_>) -> StreamHeader {
         run_name: fp.name.to_string(),
     };
     StreamHeader::int8(
-        &model_kind_name(encoder.kind()),
+        &encoder.kind().cli_name().to_string(),
         &fingerprint.to_bytes(),
         &encoder_code_shape(encoder),
         encoder.code_scale(),
