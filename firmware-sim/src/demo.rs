@@ -231,7 +231,7 @@ pub fn run(args: DemoArgs) -> Result<DemoReport> {
     };
     let report = parity::run_collecting(
         &weights,
-        CodecChoice::Bcae,
+        CodecChoice::Int8,
         &mut source,
         &device,
         opts,

@@ -103,7 +103,7 @@ struct ParityArgs {
     /// Seed of the synthetic wedges.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// What the board encodes with: bcae, sparse (lossless), sparse:QUALITY (e.g. sparse:0.05) or
+    /// What the board encodes with: int8 (alias bcae), sparse (lossless), sparse:QUALITY (e.g. sparse:0.05) or
     /// sparse@RATIO (fixed rate: every payload raw/RATIO bytes, e.g. sparse@62.25).
     #[arg(long, default_value = "bcae", value_parser = CodecChoice::parse)]
     codec: CodecChoice,
@@ -213,7 +213,7 @@ fn device(choice: Option<trainer::device::DeviceChoice>) -> anyhow::Result<candl
 fn parity_cmd(args: ParityArgs) -> anyhow::Result<ExitCode> {
     let weights = match (&args.weights, args.codec) {
         (Some(path), _) => firmware_sim::read_weights(path)?,
-        (None, CodecChoice::Bcae) => bail!(
+        (None, CodecChoice::Int8) => bail!(
             "--codec bcae (the default) needs --weights W.bcae.postcard: the shipped \
              weights/bcae-ht.bcae.postcard, or one from `bcae quantize`; or use --codec sparse"
         ),

@@ -369,7 +369,7 @@ pub fn run_against(
     run_with(
         board,
         reference,
-        CodecChoice::Bcae,
+        CodecChoice::Int8,
         source,
         device,
         opts,
@@ -399,7 +399,7 @@ fn run_with(
         Codec::Sparse { .. } | Codec::SparseFixedRate { .. } => (None, None),
     };
     let reference = match choice {
-        CodecChoice::Bcae => Reference::Candle(Box::new(QuantizedEncoder::from_bytes(
+        CodecChoice::Int8 => Reference::Candle(Box::new(QuantizedEncoder::from_bytes(
             reference_weights,
             device,
         )?)),
@@ -414,7 +414,7 @@ fn run_with(
             ..opts.faults
         }),
     );
-    let streaming = opts.streaming && choice == CodecChoice::Bcae;
+    let streaming = opts.streaming && choice == CodecChoice::Int8;
     if opts.streaming && !streaming {
         return Err(SimError::Input(
             "--stream runs the streaming BCAE encoder: use it with --codec bcae".into(),
@@ -441,9 +441,12 @@ fn run_with(
 
     let mut report = ParityReport {
         codec: if streaming {
-            format!("{} streaming (z slices in, code slices out)", choice.name())
+            format!(
+                "{} streaming (z slices in, code slices out)",
+                trainer::compress::codec_label(choice)
+            )
         } else {
-            choice.name()
+            trainer::compress::codec_label(choice)
         },
         model,
         source: source.describe(),
@@ -528,7 +531,7 @@ fn run_with(
                 }
             };
             let expected_kind = match choice {
-                CodecChoice::Bcae => CodecKind::Bcae,
+                CodecChoice::Int8 => CodecKind::Bcae,
                 CodecChoice::Sparse(_) | CodecChoice::SparseFixed(_) => CodecKind::Sparse,
             };
             if code.wedge_id != index as u32 || code.codec != expected_kind {
@@ -548,7 +551,7 @@ fn run_with(
                     wedge_mismatches += 1;
                     if report.first_mismatch.is_none() {
                         let as_value = |v: Option<&u8>| match (v, choice) {
-                            (Some(&v), CodecChoice::Bcae) => v as i8 as i16,
+                            (Some(&v), CodecChoice::Int8) => v as i8 as i16,
                             (Some(&v), _) => v as i16,
                             (None, _) => -1,
                         };
@@ -573,7 +576,7 @@ fn run_with(
                 CodecChoice::SparseFixed(rate) => {
                     code.payload.len() == rate.budget && sparse_decodes(&code.payload, wedge, None)
                 }
-                CodecChoice::Bcae => true,
+                CodecChoice::Int8 => true,
             };
             if !decodes {
                 report.decode_failures += 1;
@@ -637,7 +640,7 @@ mod tests {
         let mut src = WedgeSource::synth(1, 2);
         let r = run(
             &weights,
-            CodecChoice::Bcae,
+            CodecChoice::Int8,
             &mut src,
             &Device::Cpu,
             ParityOptions {
@@ -667,7 +670,7 @@ mod tests {
                 streaming: true,
                 ..Default::default()
             };
-            let r = run(&weights, CodecChoice::Bcae, &mut src, &Device::Cpu, opts).unwrap();
+            let r = run(&weights, CodecChoice::Int8, &mut src, &Device::Cpu, opts).unwrap();
             assert!(r.passed(false), "{}", r.text());
             assert_eq!(r.wedges_compared, 2);
             let stream = r.stream.unwrap();
@@ -694,7 +697,7 @@ mod tests {
             streaming: true,
             ..Default::default()
         };
-        let r = run(&weights, CodecChoice::Bcae, &mut src, &Device::Cpu, opts).unwrap();
+        let r = run(&weights, CodecChoice::Int8, &mut src, &Device::Cpu, opts).unwrap();
         assert_eq!(r.mismatches, 0, "{}", r.text());
         assert_eq!(
             r.wedges_compared + r.dropped + r.corrupted_on_link,

@@ -3,7 +3,7 @@
 use encoder_nostd::firmware::streaming::{parse_code_slice_frame, SliceBuffers, StreamFirmware};
 use encoder_nostd::firmware::{parse_code_frame, Codec, CodecKind, Firmware, Peripherals};
 use encoder_nostd::geometry::WEDGE_VOXELS;
-use encoder_nostd::sparse::{FixedRate, Quality, SparseScratch};
+use encoder_nostd::sparse::SparseScratch;
 use encoder_nostd::streaming::{scatter_code_slice, StreamEncoder, SLICE_SAMPLES};
 
 use crate::peripherals::{CaptureLink, Edge, EventClock, RecordingPin, SimFrontEnd};
@@ -17,49 +17,9 @@ pub type SimFirmware<'a> = Firmware<'a, SimFrontEnd, CaptureLink, RecordingPin, 
 pub type SimStreamFirmware<'a> =
     StreamFirmware<'a, SimFrontEnd, CaptureLink, RecordingPin, RecordingPin>;
 
-/// Which codec the simulated board runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CodecChoice {
-    /// The int8 BCAE encoder of the weights file.
-    Bcae,
-    /// The sparse codec at a quality.
-    Sparse(Quality),
-    /// The sparse codec at a fixed rate (every payload the same size).
-    SparseFixed(FixedRate),
-}
-
-impl CodecChoice {
-    /// `bcae`, `sparse` (lossless), `sparse:QUALITY` (`lossless` or a log2 step, e.g. `0.05`) or
-    /// `sparse@RATIO` (fixed rate: every payload raw/RATIO bytes, e.g. `sparse@62.25`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if let Some(ratio) = text.strip_prefix("sparse@") {
-            return ratio
-                .parse::<f64>()
-                .ok()
-                .and_then(|r| FixedRate::for_ratio(WEDGE_VOXELS * 2, r))
-                .map(CodecChoice::SparseFixed)
-                .ok_or_else(|| format!("bad ratio '{ratio}' in '{text}': use e.g. sparse@62.25"));
-        }
-        match text.split_once(':') {
-            None if text == "bcae" => Ok(CodecChoice::Bcae),
-            None if text == "sparse" => Ok(CodecChoice::Sparse(Quality::LOSSLESS)),
-            Some(("sparse", q)) => Quality::parse(q)
-                .map(CodecChoice::Sparse)
-                .map_err(|e| e.to_string()),
-            _ => Err(format!(
-                "unknown codec '{text}': use bcae, sparse, sparse:QUALITY (e.g. sparse:0.05) or sparse@RATIO (e.g. sparse@62.25)"
-            )),
-        }
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            CodecChoice::Bcae => "bcae-int8".into(),
-            CodecChoice::Sparse(q) => format!("sparse:{q}"),
-            CodecChoice::SparseFixed(rate) => format!("sparse, fixed rate {} bytes", rate.budget),
-        }
-    }
-}
+/// Which codec the simulated board runs: the one codec choice of both binaries (its grammar and
+/// labels live in `trainer::compress`).
+pub use trainer::compress::CodecChoice;
 
 /// The board's memory, as a board would hold it in statics.
 pub struct SimMemory {
@@ -143,7 +103,7 @@ pub fn codec<'a>(
     sparse: &'a mut SparseScratch,
 ) -> Result<Codec<'a>, SimError> {
     match choice {
-        CodecChoice::Bcae => Ok(Codec::bcae(weights)?),
+        CodecChoice::Int8 => Ok(Codec::bcae(weights)?),
         CodecChoice::Sparse(q) => Ok(Codec::sparse(q, sparse)),
         CodecChoice::SparseFixed(rate) => Ok(Codec::sparse_fixed_rate(rate, sparse)),
     }

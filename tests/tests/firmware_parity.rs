@@ -59,14 +59,14 @@ fn bcae_ht_and_2d_codes_from_npy_files_are_bit_exact_through_the_firmware_loop()
         .unwrap();
     assert_parity(
         &ht,
-        CodecChoice::Bcae,
+        CodecChoice::Int8,
         &mut WedgeSource::files(dir.path()).unwrap(),
         2,
     );
     let two_d = OwnedModel::random_2d(32, 2, 2, 4).to_bytes().unwrap();
     assert_parity(
         &two_d,
-        CodecChoice::Bcae,
+        CodecChoice::Int8,
         &mut WedgeSource::files(dir.path()).unwrap(),
         2,
     );
@@ -80,14 +80,14 @@ fn the_real_wedge_is_bit_exact_for_both_model_families_and_lossless_sparse() {
         .unwrap();
     assert_parity(
         &ht,
-        CodecChoice::Bcae,
+        CodecChoice::Int8,
         &mut WedgeSource::files(path).unwrap(),
         1,
     );
     let two_d = OwnedModel::random_2d(34, 3, 3, 8).to_bytes().unwrap();
     assert_parity(
         &two_d,
-        CodecChoice::Bcae,
+        CodecChoice::Int8,
         &mut WedgeSource::files(path).unwrap(),
         1,
     );

@@ -20,14 +20,18 @@ use rayon::prelude::*;
 
 use crate::data::{self, Dataset, Split, Wedge};
 
-/// Which codec `compress` writes.
+/// A codec, as both binaries take it (`bcae compress --codec`, `firmware-sim parity --codec`):
+/// `int8` (alias `bcae`: the board's int8 BCAE encoder, needs weights), `sparse` (lossless),
+/// `sparse:QUALITY` (`lossless` or a log2 step such as `0.05`), or `sparse@RATIO` (fixed rate:
+/// every payload raw/RATIO bytes, such as `sparse@62.25`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecChoice {
     /// Int8 BCAE codes from the `encoder-nostd` encoder (needs `--weights`).
     Int8,
     /// The sparse codec with a quality (lossless or a log2 step).
     Sparse(Quality),
-    /// The sparse codec at a fixed rate (`--codec sparse --ratio R`): every payload one size.
+    /// The sparse codec at a fixed rate (`sparse@R`, or `--codec sparse --ratio R`): every
+    /// payload one size.
     SparseFixed(FixedRate),
 }
 
@@ -43,16 +47,20 @@ impl CodecChoice {
             CodecChoice::Sparse(Quality::log2_step_q10(param.min(u16::MAX as u32) as u16))
         }
     }
+
+    /// Parse a `--codec` value (for clap's `value_parser`).
+    pub fn parse(text: &str) -> Result<CodecChoice, String> {
+        text.parse()
+    }
 }
 
 impl FromStr for CodecChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("int8") {
+        let lower = s.trim().to_ascii_lowercase();
+        if lower == "int8" || lower == "bcae" {
             return Ok(CodecChoice::Int8);
         }
-        let lower = s.to_ascii_lowercase();
         if lower == "sparse" {
             return Ok(CodecChoice::Sparse(Quality::LOSSLESS));
         }
@@ -61,8 +69,19 @@ impl FromStr for CodecChoice {
                 format!("bad sparse quality '{q}': use 'lossless' or a log2 step such as 0.05")
             });
         }
+        if let Some(ratio) = lower.strip_prefix("sparse@") {
+            return ratio
+                .parse::<f64>()
+                .ok()
+                .and_then(|r| FixedRate::for_ratio(WEDGE_VOXELS * 2, r))
+                .map(CodecChoice::SparseFixed)
+                .ok_or_else(|| {
+                    format!("bad ratio '{ratio}' in '{s}': give a ratio of at least 1, e.g. sparse@62.25")
+                });
+        }
         Err(format!(
-            "unknown codec '{s}': use int8, sparse (lossless) or sparse:QUALITY (e.g. sparse:0.05)"
+            "unknown codec '{}': use int8, sparse (lossless), sparse:QUALITY (e.g. sparse:0.05) or sparse@RATIO (e.g. sparse@62.25)",
+            s.trim()
         ))
     }
 }
@@ -312,6 +331,16 @@ mod tests {
         );
         assert!("sparse:abc".parse::<CodecChoice>().is_err());
         assert!("zstd".parse::<CodecChoice>().is_err());
+        // The same grammar in both binaries: `bcae` is firmware-sim's name for int8, and a
+        // fixed rate can be given inline.
+        assert_eq!("bcae".parse::<CodecChoice>(), Ok(CodecChoice::Int8));
+        assert!(matches!(
+            "sparse@62.25".parse::<CodecChoice>(),
+            Ok(CodecChoice::SparseFixed(r)) if r.budget == 24_576
+        ));
+        for bad in ["sparse@0.5", "sparse@x", "sparse@nan"] {
+            assert!(bad.parse::<CodecChoice>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub struct CompressArgs {
     /// int8 encoder weights (from `bcae quantize`); needed for --codec int8.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// int8 (BCAE code), sparse (lossless) or sparse:QUALITY (log2 step, e.g. sparse:0.05).
+    /// int8 (BCAE code; alias bcae), sparse (lossless), sparse:QUALITY (log2 step, e.g. sparse:0.05)
+    /// or sparse@RATIO (fixed rate, as --codec sparse --ratio RATIO).
     #[arg(long, default_value = "int8")]
     pub codec: CodecChoice,
     /// With --codec sparse: a fixed rate guaranteeing this ratio for every wedge. Each payload is
