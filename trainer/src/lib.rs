@@ -11,6 +11,8 @@
 //!   format, and the candle integer path that reproduces the board's codes bit for bit.
 //! - [`compress`], [`decode`]: `.bcae` streams written (int8 codes from the board's encoder, or
 //!   the sparse codec) and read back (float decoders, fingerprint check), and scored.
+//! - [`compare`]: the rate-distortion comparison with the sparse codec, zstd (and SZ3 / ZFP),
+//!   at mean and at guaranteed ratios.
 //! - [`device`]: choosing CPU or CUDA.
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
@@ -22,6 +24,7 @@ pub mod baselines;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod compress;
 pub mod conv_cpu;
 pub mod data;

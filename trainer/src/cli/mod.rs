@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod compare;
-pub mod compare_fixed;
 pub mod data;
 pub mod decode_code;
 pub mod import;

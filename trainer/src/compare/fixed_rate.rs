@@ -1,4 +1,4 @@
-//! `bcae compare --fixed-ratio`: every codec at a ratio guaranteed for every wedge, the question a
+//! Every codec at a ratio guaranteed for every wedge (`bcae compare --fixed-ratio`), the question a
 //! readout link sized for a fixed bandwidth asks. Each wedge gets a budget of raw/RATIO bytes:
 //!
 //! - sparse: the fixed-rate mode of `encoder-nostd` (finest step that fits, then the lowest-charge
@@ -20,7 +20,7 @@ use plotters::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::compare::{CompareRow, Comparison, RAW_WEDGE_BYTES};
+use super::{CompareRow, Comparison, RAW_WEDGE_BYTES};
 use crate::data::Wedge;
 use crate::metrics::score;
 use crate::metrics::{MeanMetrics, WedgeMetrics};
@@ -84,7 +84,7 @@ pub fn fixed_rate_rows(
     if ratios.is_empty() {
         return Ok(Vec::new());
     }
-    let bar = super::compare::progress(
+    let bar = super::progress(
         (wedges.len() * ratios.len() * (1 + 2 * usize::from(cfg!(feature = "baselines")))) as u64,
         "guaranteed ratios",
     );
@@ -219,7 +219,7 @@ fn error_bounded(
     budget: usize,
     bar: &ProgressBar,
 ) -> Result<FixedRow> {
-    use super::compare::{score_decoded, truth_layer_major};
+    use super::{score_decoded, truth_layer_major};
     use crate::baselines::{compress, decompress, fit_budget, BOUND_RANGE};
     use encoder_nostd::geometry::{AZIMUTH, LAYERS, Z_BINS};
     let dims = [LAYERS, AZIMUTH, Z_BINS];
@@ -254,86 +254,6 @@ fn error_bounded(
         )
     };
     Ok(row)
-}
-
-fn fmt(x: f64, digits: usize) -> String {
-    if x.is_finite() {
-        format!("{x:.digits$}")
-    } else {
-        "-".into()
-    }
-}
-
-/// The guaranteed-ratio table, after the mean-ratio one.
-pub fn print_table(c: &Comparison) {
-    if c.fixed_rate.is_empty() {
-        return;
-    }
-    println!();
-    println!(
-        "At a guaranteed ratio: every wedge within floor(raw / ratio) bytes (fixed-rate frames padded to it)."
-    );
-    println!(
-        "MAE mean / worst wedge; precision and recall pooled over hits, recall of the worst wedge;"
-    );
-    println!(
-        "values on true-positive hits: TP MAE (log2), TP correlation, the largest share of hits at one ADC value;"
-    );
-    println!(
-        "'-': the codec does not hold this ratio on every wedge (fits = wedges within budget)."
-    );
-    println!();
-    let header = [
-        "ratio",
-        "budget",
-        "codec",
-        "setting",
-        "fits",
-        "MAE",
-        "MAE worst",
-        "precision",
-        "recall",
-        "recall worst",
-        "TP MAE",
-        "TP corr",
-        "top value",
-        "used ratio",
-    ];
-    let cells: Vec<Vec<String>> = c
-        .fixed_rate
-        .iter()
-        .map(|r| {
-            let m = r.metrics.as_ref();
-            vec![
-                format!("{}", r.ratio),
-                r.budget.to_string(),
-                r.codec.clone(),
-                r.setting.clone(),
-                format!("{}/{}", r.fits, r.wedges),
-                fmt(m.map_or(f64::NAN, |m| m.mae), 5),
-                fmt(if m.is_some() { r.worst_mae } else { f64::NAN }, 5),
-                fmt(m.map_or(f64::NAN, |m| m.precision), 4),
-                fmt(m.map_or(f64::NAN, |m| m.recall), 4),
-                fmt(
-                    if m.is_some() {
-                        r.worst_recall
-                    } else {
-                        f64::NAN
-                    },
-                    4,
-                ),
-                fmt(m.map_or(f64::NAN, |m| m.tp_mae), 4),
-                fmt(m.map_or(f64::NAN, |m| m.tp_correlation), 3),
-                m.map_or("-".into(), |m| format!("{:.1} %", 100.0 * m.mode_share)),
-                fmt(r.payload_ratio, 2),
-            ]
-        })
-        .collect();
-    let table = crate::table::align(&header, &cells, &[2, 3]);
-    println!("{}", table.header);
-    for row in &table.rows {
-        println!("{row}");
-    }
 }
 
 /// Series of the plot: one per codec and drop rule / setting family, sorted by ratio.
