@@ -18,13 +18,13 @@ use firmware_sim::source::WedgeSource;
 use firmware_sim::SimError;
 use serde::Serialize;
 use trainer::checkpoint;
-use trainer::cli::train::draw_reconstruction;
 use trainer::compress::int8_stream_header;
 use trainer::data::{self, synth, Dataset, Split, WEDGE_VOXELS};
 use trainer::decode::{decode_stream_file, DecoderPrecision};
 use trainer::device::DeviceChoice;
 use trainer::metrics::{compression_ratio, crop_padded, score, MeanMetrics, WedgeMetrics};
 use trainer::models;
+use trainer::plot::draw_reconstruction;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \

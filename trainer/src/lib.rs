@@ -13,6 +13,7 @@
 //!   the sparse codec) and read back (float decoders, fingerprint check), and scored.
 //! - [`compare`]: the rate-distortion comparison with the sparse codec, zstd (and SZ3 / ZFP),
 //!   at mean and at guaranteed ratios.
+//! - [`plot`]: the reconstruction picture and the shared colour scales.
 //! - [`device`]: choosing CPU or CUDA.
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
@@ -36,6 +37,7 @@ pub mod loss;
 pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod plot;
 pub mod quantize;
 pub mod quantized;
 pub mod table;

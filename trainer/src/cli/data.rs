@@ -622,23 +622,6 @@ fn draw_histograms(path: &Path, inputs: &[Input]) -> Result<()> {
     Ok(())
 }
 
-/// A perceptual colour scale (viridis anchors), t in [0, 1].
-fn colormap(t: f64) -> RGBColor {
-    const ANCHORS: [(u8, u8, u8); 5] = [
-        (68, 1, 84),
-        (59, 82, 139),
-        (33, 145, 140),
-        (94, 201, 98),
-        (253, 231, 37),
-    ];
-    let t = t.clamp(0.0, 1.0) * (ANCHORS.len() - 1) as f64;
-    let i = (t.floor() as usize).min(ANCHORS.len() - 2);
-    let f = t - i as f64;
-    let lerp = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
-    let (a, b) = (ANCHORS[i], ANCHORS[i + 1]);
-    RGBColor(lerp(a.0, b.0), lerp(a.1, b.1), lerp(a.2, b.2))
-}
-
 pub fn run_show(args: ShowArgs) -> Result<()> {
     if let Some(run) = &args.run {
         return crate::cli::train::show_reconstruction(run, &args.wedge, &args.out, args.device);
@@ -717,7 +700,10 @@ pub fn draw_wedge(path: &Path, wedge: &Wedge, layers: &[usize], title: &str) -> 
                 .map(|(i, &v)| {
                     let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
                     let t = (v + 1.0).log2() / (vmax + 1.0).log2();
-                    Rectangle::new([(a, z), (a + 1, z + 1)], colormap(t).filled())
+                    Rectangle::new(
+                        [(a, z), (a + 1, z + 1)],
+                        crate::plot::sequential(t).filled(),
+                    )
                 }),
         )?;
     }

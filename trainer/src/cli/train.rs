@@ -6,7 +6,7 @@ use candle_core::Device;
 use plotters::prelude::*;
 
 use crate::checkpoint::{self, TrainSettings};
-use crate::data::{read_wedge, DataError, Dataset, Split, Wedge, AZIMUTH, LAYERS, Z_BINS};
+use crate::data::{read_wedge, DataError, Dataset, Split, Wedge, Z_BINS};
 use crate::device::{self, DeviceChoice};
 use crate::eval::{self, EvalModel, EvalReport, Precision};
 use crate::loss::RegressionMask;
@@ -748,114 +748,8 @@ pub fn show_reconstruction(
         fmt_metric(metrics.tp_mae, 3),
         fmt_percent(metrics.below_threshold_share)
     );
-    draw_reconstruction(out, &title, &truth, &recon)?;
+    crate::plot::draw_reconstruction(out, &title, &truth, &recon)?;
     println!("{title}\ndrawn to {}", out.display());
-    Ok(())
-}
-
-/// Draw input, reconstruction and difference panels (the paper's Figure 5) of one wedge given
-/// in log2(ADC+1), cropped layout (16, 192, 249), each summed over the 16 layers.
-pub fn draw_reconstruction(out: &Path, title: &str, truth: &[f32], recon: &[f32]) -> Result<()> {
-    let n = LAYERS * AZIMUTH * Z_BINS;
-    if truth.len() != n || recon.len() != n {
-        bail!(
-            "draw_reconstruction: expected {n} values (16 x 192 x 249) per wedge, got {} and {}",
-            truth.len(),
-            recon.len()
-        );
-    }
-    // (layer, azimuth, z) -> sum over layers, (azimuth, z).
-    let plane = |v: &[f32]| -> Vec<f64> {
-        let mut s = vec![0f64; AZIMUTH * Z_BINS];
-        for l in 0..LAYERS {
-            for (i, acc) in s.iter_mut().enumerate() {
-                *acc += v[l * AZIMUTH * Z_BINS + i] as f64;
-            }
-        }
-        s
-    };
-    let (pin, prec) = (plane(truth), plane(recon));
-    let diff: Vec<f64> = prec.iter().zip(&pin).map(|(r, i)| r - i).collect();
-    draw_panels(out, title, &pin, &prec, &diff)
-}
-
-fn sequential(t: f64) -> RGBColor {
-    // white -> blue -> red -> yellow
-    const A: [(f64, (f64, f64, f64)); 4] = [
-        (0.0, (255.0, 255.0, 255.0)),
-        (0.35, (40.0, 80.0, 200.0)),
-        (0.7, (210.0, 40.0, 40.0)),
-        (1.0, (250.0, 220.0, 40.0)),
-    ];
-    let t = t.clamp(0.0, 1.0);
-    let i = A
-        .iter()
-        .rposition(|(p, _)| *p <= t)
-        .unwrap_or(0)
-        .min(A.len() - 2);
-    let (p0, c0) = A[i];
-    let (p1, c1) = A[i + 1];
-    let f = (t - p0) / (p1 - p0);
-    let l = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
-    RGBColor(l(c0.0, c1.0), l(c0.1, c1.1), l(c0.2, c1.2))
-}
-
-fn diverging(t: f64) -> RGBColor {
-    // -1 blue, 0 white, +1 red
-    let t = t.clamp(-1.0, 1.0);
-    let w = (255.0 * (1.0 - t.abs())).round() as u8;
-    if t >= 0.0 {
-        RGBColor(255, w, w)
-    } else {
-        RGBColor(w, w, 255)
-    }
-}
-
-fn draw_panels(path: &Path, title: &str, input: &[f64], recon: &[f64], diff: &[f64]) -> Result<()> {
-    let (pw, ph) = (AZIMUTH as u32 * 2 + 90, Z_BINS as u32 * 2 + 90);
-    let root = BitMapBackend::new(path, (pw * 3, ph + 40)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(40);
-    top.titled(title, ("sans-serif", 18))?;
-    let areas = body.split_evenly((1, 3));
-    let vmax = input
-        .iter()
-        .chain(recon)
-        .copied()
-        .fold(0.0, f64::max)
-        .max(1e-9);
-    let dmax = diff.iter().fold(0.0f64, |a, d| a.max(d.abs())).max(1e-9);
-    let panels: [(&str, &[f64], bool); 3] = [
-        ("input: sum over layers of log2(ADC+1)", input, false),
-        ("reconstruction", recon, false),
-        ("reconstruction - input (red +, blue -)", diff, true),
-    ];
-    for (area, (caption, values, signed)) in areas.iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(35)
-            .y_label_area_size(40)
-            .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc("azimuth")
-            .y_desc("z bin")
-            .draw()?;
-        chart.draw_series(values.iter().enumerate().filter(|(_, &v)| v != 0.0).map(
-            |(i, &v)| {
-                let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
-                let color = if signed {
-                    diverging(v / dmax)
-                } else {
-                    sequential(v / vmax)
-                };
-                Rectangle::new([(a, z), (a + 1, z + 1)], color.filled())
-            },
-        ))?;
-    }
-    root.present()?;
     Ok(())
 }
 

@@ -477,10 +477,20 @@ mod tests {
                 }
             }
         }
-        let c = Comparison {
-            fixed_rate: rows,
-            ..Comparison::default()
-        };
-        print_table(&c);
+        // The measured rows, for the CI log (`bcae compare --fixed-ratio` prints them as a table).
+        for r in &rows {
+            let m = r.metrics.as_ref();
+            println!(
+                "ratio {} {} ({}): fits {}/{}, MAE {}, recall {}, used ratio {:.2}",
+                r.ratio,
+                r.codec,
+                r.setting,
+                r.fits,
+                r.wedges,
+                m.map_or("-".into(), |m| format!("{:.5}", m.mae)),
+                m.map_or("-".into(), |m| format!("{:.4}", m.recall)),
+                r.payload_ratio
+            );
+        }
     }
 }
