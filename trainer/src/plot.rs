@@ -84,30 +84,50 @@ fn draw_panels(path: &Path, title: &str, input: &[f64], recon: &[f64], diff: &[f
         ("reconstruction - input (red +, blue -)", diff, true),
     ];
     for (area, (caption, values, signed)) in areas.iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(35)
-            .y_label_area_size(40)
-            .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc("azimuth")
-            .y_desc("z bin")
-            .draw()?;
-        chart.draw_series(values.iter().enumerate().filter(|(_, &v)| v != 0.0).map(
-            |(i, &v)| {
-                let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
-                let color = if signed {
-                    diverging(v / dmax)
-                } else {
-                    sequential(v / vmax)
-                };
-                Rectangle::new([(a, z), (a + 1, z + 1)], color.filled())
-            },
-        ))?;
+        plane_panel(area, caption, values, |v| {
+            if signed {
+                diverging(v / dmax)
+            } else {
+                sequential(v / vmax)
+            }
+        })?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// One (azimuth, z) plane as a panel: `values` azimuth-major (192 x 249), zeros left white,
+/// every other voxel in `color(value)`.
+pub fn plane_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    values: &[f64],
+    color: impl Fn(f64) -> RGBColor,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(35)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("azimuth")
+        .y_desc("z bin")
+        .draw()?;
+    chart.draw_series(
+        values
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v != 0.0)
+            .map(|(i, &v)| {
+                let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
+                Rectangle::new([(a, z), (a + 1, z + 1)], color(v).filled())
+            }),
+    )?;
     Ok(())
 }

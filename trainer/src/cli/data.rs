@@ -680,32 +680,9 @@ pub fn draw_wedge(path: &Path, wedge: &Wedge, layers: &[usize], title: &str) -> 
             (format!("layer {l}"), v)
         };
         let vmax = values.iter().copied().fold(0.0, f64::max).max(1.0);
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 18))
-            .margin(8)
-            .x_label_area_size(35)
-            .y_label_area_size(40)
-            .build_cartesian_2d(0..AZIMUTH as i32, 0..Z_BINS as i32)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc("azimuth pad")
-            .y_desc("z bin")
-            .draw()?;
-        chart.draw_series(
-            values
-                .iter()
-                .enumerate()
-                .filter(|(_, &v)| v > 0.0)
-                .map(|(i, &v)| {
-                    let (a, z) = ((i / Z_BINS) as i32, (i % Z_BINS) as i32);
-                    let t = (v + 1.0).log2() / (vmax + 1.0).log2();
-                    Rectangle::new(
-                        [(a, z), (a + 1, z + 1)],
-                        crate::plot::sequential(t).filled(),
-                    )
-                }),
-        )?;
+        crate::plot::plane_panel(area, &caption, &values, |v| {
+            crate::plot::sequential((v + 1.0).log2() / (vmax + 1.0).log2())
+        })?;
     }
     root.present()?;
     Ok(())
