@@ -110,11 +110,10 @@ pub(crate) fn summarize(
 pub fn sparse_round_trip(adc: &[u16], quality: Quality) -> Result<(usize, f64, Vec<u16>)> {
     let mut buf = vec![0u8; MAX_WEDGE_ENCODED_LEN];
     let start = Instant::now();
-    let n = sparse::encode_wedge(adc, quality, &mut buf)
-        .map_err(|e| anyhow::anyhow!("sparse encode: {e}"))?;
+    let n = sparse::encode_wedge(adc, quality, &mut buf).context("sparse encode")?;
     let seconds = start.elapsed().as_secs_f64();
     let mut back = vec![0u16; WEDGE_VOXELS];
-    sparse::decode(&buf[..n], &mut back).map_err(|e| anyhow::anyhow!("sparse decode: {e}"))?;
+    sparse::decode(&buf[..n], &mut back).context("sparse decode")?;
     Ok((n, seconds, back))
 }
 
@@ -147,8 +146,7 @@ fn sparse_mean_bytes(wedges: &[Wedge], quality: Quality) -> Result<f64> {
         .par_iter()
         .map(|w| {
             let mut buf = vec![0u8; MAX_WEDGE_ENCODED_LEN];
-            sparse::encode_wedge(&w.adc, quality, &mut buf)
-                .map_err(|e| anyhow::anyhow!("sparse encode: {e}"))
+            sparse::encode_wedge(&w.adc, quality, &mut buf).context("sparse encode")
         })
         .collect::<Result<Vec<usize>>>()?;
     Ok(sizes.iter().sum::<usize>() as f64 / wedges.len().max(1) as f64)
@@ -454,7 +452,7 @@ fn bcae_int8_row(
         let start = Instant::now();
         encoder
             .encode(&w.adc, &mut scratch, &mut code)
-            .map_err(|e| anyhow::anyhow!("int8 encode: {e}"))?;
+            .context("int8 encode")?;
         let encode_s = start.elapsed().as_secs_f64();
         let values = crate::quantize::dequantize_code(code.iter().copied(), scale, zero_point);
         let tensor = candle_core::Tensor::from_vec(values, dims.as_slice(), model.device())?;

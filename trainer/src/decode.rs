@@ -191,8 +191,8 @@ impl FrameDecoder {
                 .par_iter()
                 .map(|p| {
                     let mut w = Wedge::zeros();
-                    let h = sparse::decode(p, &mut w.adc)
-                        .map_err(|e| anyhow!("sparse payload does not decode: {e}"))?;
+                    let h =
+                        sparse::decode(p, &mut w.adc).context("sparse payload does not decode")?;
                     if h.dims != sparse::Dims::WEDGE {
                         bail!("sparse payload holds a {:?} grid, not a wedge", h.dims);
                     }

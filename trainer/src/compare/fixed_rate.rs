@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use encoder_nostd::geometry::WEDGE_VOXELS;
 use encoder_nostd::sparse::{self, Dims, DropRule, FixedRate, STEP_MAX_Q10};
 use indicatif::ProgressBar;
@@ -167,10 +167,9 @@ fn sparse_fixed(wedges: &[Wedge], rate: FixedRate, bar: &ProgressBar) -> Result<
         .map(|w| {
             let mut out = vec![0u8; rate.budget];
             let report = sparse::encode_fixed_rate(&w.adc, Dims::WEDGE, rate, &mut out)
-                .map_err(|e| anyhow::anyhow!("fixed-rate sparse encode: {e}"))?;
+                .context("fixed-rate sparse encode")?;
             let mut back = vec![0u16; WEDGE_VOXELS];
-            sparse::decode(&out, &mut back)
-                .map_err(|e| anyhow::anyhow!("fixed-rate sparse decode: {e}"))?;
+            sparse::decode(&out, &mut back).context("fixed-rate sparse decode")?;
             let metrics = score(&w.adc, &back);
             bar.inc(1);
             Ok(SparseWedge {
