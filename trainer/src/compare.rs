@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use encoder_nostd::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS};
 use encoder_nostd::sparse::{self, Quality, MAX_WEDGE_ENCODED_LEN};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use plotters::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -257,7 +257,7 @@ pub struct Settings {
 pub fn measure(wedges: &[Wedge], s: &Settings, mut notes: Vec<String>) -> Result<Comparison> {
     let mut qualities = s.qualities.clone();
     let zstd_runs = if s.zstd_level.is_none() { 0 } else { 2 };
-    let bar = progress(
+    let bar = crate::terminal::progress_bar(
         (wedges.len() * (s.qualities.len() + zstd_runs)) as u64,
         "measuring",
     );
@@ -296,7 +296,7 @@ pub fn measure(wedges: &[Wedge], s: &Settings, mut notes: Vec<String>) -> Result
     bar.finish_and_clear();
     if !s.runs.is_empty() {
         let device = device::open(s.device)?;
-        let bar = progress(
+        let bar = crate::terminal::progress_bar(
             (wedges.len() * (s.runs.len() + s.weights.len())) as u64,
             "BCAE",
         );
@@ -475,17 +475,6 @@ fn bcae_int8_row(
         "fixed",
         &results,
     )))
-}
-
-pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} {{msg}} [{{bar:30}}] {{pos}}/{{len}} wedge codings (eta {{eta}})"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// Two panels against the compression ratio: MAE, and precision / recall.

@@ -18,13 +18,14 @@
 //! - [`bench`]: float-model throughput (training steps, encoder, decoders) for `bcae bench`.
 //! - `baselines` (feature `baselines`): SZ3 and ZFP, measured in `bcae compare`.
 //! - [`terminal`]: what both binaries share at the terminal edge (flag parsers, error reports).
-//! - [`cli`]: the `bcae` subcommands (the binary only parses arguments and dispatches).
+//!
+//! The `bcae` binary's subcommands (`src/bin/bcae/cli/`) are private to it: argument parsing and
+//! printing over this library, which never imports them.
 
 #[cfg(feature = "baselines")]
 pub mod baselines;
 pub mod bench;
 pub mod checkpoint;
-pub mod cli;
 pub mod compare;
 pub mod compress;
 pub mod conv_cpu;

@@ -84,7 +84,7 @@ pub fn fixed_rate_rows(
     if ratios.is_empty() {
         return Ok(Vec::new());
     }
-    let bar = super::progress(
+    let bar = crate::terminal::progress_bar(
         (wedges.len() * ratios.len() * (1 + 2 * usize::from(cfg!(feature = "baselines")))) as u64,
         "guaranteed ratios",
     );

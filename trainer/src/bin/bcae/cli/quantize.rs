@@ -8,12 +8,12 @@ use candle_nn::VarBuilder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::checkpoint;
-use crate::data::{Dataset, Split, Wedge};
-use crate::device::{self, DeviceChoice};
-use crate::metrics::{fmt_metric, fmt_percent};
-use crate::quantize::{self, AccuracyReport, Calibration, FloatEncoder, LayerBound};
-use crate::quantized::QuantizedEncoder;
+use trainer::checkpoint;
+use trainer::data::{Dataset, Split, Wedge};
+use trainer::device::{self, DeviceChoice};
+use trainer::metrics::{fmt_metric, fmt_percent};
+use trainer::quantize::{self, AccuracyReport, Calibration, FloatEncoder, LayerBound};
+use trainer::quantized::QuantizedEncoder;
 
 /// Quantize a trained BCAE-HT or BCAE-2D encoder to int8 (the weights file `encoder-nostd`
 /// runs on a board), check it bit for bit against the board's encoder, and report its accuracy
@@ -33,7 +33,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub calib: PathBuf,
     /// Calibration wedges.
-    #[arg(long, default_value_t = 64, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 64, value_parser = trainer::terminal::numbers::at_least_one)]
     pub wedges: usize,
     /// Evaluation data (default: the --calib root's test split).
     #[arg(long)]
@@ -59,7 +59,7 @@ pub struct QuantizeArgs {
     pub force: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -169,7 +169,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
             &calib_set,
             start..(start + args.batch_size.max(1)).min(total),
         )?;
-        let x = crate::data::batch_tensor(&wedges, &device)?;
+        let x = trainer::data::batch_tensor(&wedges, &device)?;
         calib.observe(&float, &x, total)?;
         progress.inc(wedges.len() as u64);
     }
@@ -193,7 +193,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let mut checked = (0usize, 0usize);
     let (mut board_secs, mut candle_secs) = (0f64, 0f64);
     if args.check_wedges > 0 {
-        let wedges = crate::data::synth::generate_wedges(args.check_seed, args.check_wedges);
+        let wedges = trainer::data::synth::generate_wedges(args.check_seed, args.check_wedges);
         let progress = bar(wedges.len(), "bit-exact check");
         let mut scratch = vec![0i8; board.scratch_len()];
         let mut code = vec![0i8; board.code_len()];
@@ -240,7 +240,7 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let accuracy = if args.eval_wedges > 0 {
         let ds = open_data(&eval_root, Split::Test, args.eval_wedges)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let net = crate::models::build(&cfg, vb)?;
+        let net = trainer::models::build(&cfg, vb)?;
         let progress = bar(ds.len(), "evaluate");
         let mut all = vec![];
         for start in (0..ds.len()).step_by(args.batch_size.max(1)) {
@@ -365,11 +365,11 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
                 fmt_metric(m.tp_mae, 4),
                 fmt_metric(m.tp_correlation, 3),
                 fmt_percent(m.below_threshold_share),
-                crate::eval::top_value(m),
+                trainer::eval::top_value(m),
                 ratio
             );
         }
-        print!("{}", crate::eval::VALUE_COLUMNS_NOTE);
+        print!("{}", trainer::eval::VALUE_COLUMNS_NOTE);
         if let Some(why) = a.int8_code.value_collapse() {
             println!("COLLAPSED: {why}");
         }

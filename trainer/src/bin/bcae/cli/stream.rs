@@ -26,18 +26,18 @@ use encoder_nostd::geometry::WEDGE_VOXELS;
 use encoder_nostd::sparse::FixedRate;
 use serde::Serialize;
 
-use crate::compress::{
+use trainer::compress::{
     codec_label, collect_inputs, compress_into, int8_stream_header, same_file, temporary_beside,
     CodecChoice, CompressResult,
 };
-use crate::data::{self, Split};
-use crate::decode::{
+use trainer::data::{self, Split};
+use trainer::decode::{
     decode_stream, eval_stream, output_path, plan_outputs, stream_notes, DecoderPrecision,
     FrameDecoder, StreamEvalOptions,
 };
-use crate::device::DeviceChoice;
-use crate::metrics::{fmt_metric, fmt_percent};
-use crate::terminal::progress_bar;
+use trainer::device::DeviceChoice;
+use trainer::metrics::{fmt_metric, fmt_percent};
+use trainer::terminal::progress_bar;
 
 /// Print what the library said about a stream (warnings and notes) on stderr.
 fn say(notes: &[String]) {
@@ -292,7 +292,7 @@ pub struct DecompressArgs {
     #[arg(long)]
     pub force: bool,
     /// Wedges decoded per batch.
-    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -349,7 +349,7 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
             Ok(mut w) => {
                 // Written as it is scored: no ADC below the zero-suppression threshold.
                 for v in &mut w.adc {
-                    *v = crate::metrics::zero_suppressed(*v);
+                    *v = trainer::metrics::zero_suppressed(*v);
                 }
                 let path = plan
                     .get(&d.info.number)
@@ -368,14 +368,14 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
                         "warning: frame {} ({}): {}",
                         d.info.number,
                         d.info.id,
-                        crate::terminal::one_line(&e)
+                        trainer::terminal::one_line(&e)
                     )
                 });
                 failed.push(format!(
                     "frame {} ({}): {}",
                     d.info.number,
                     d.info.id,
-                    crate::terminal::one_line(&e)
+                    trainer::terminal::one_line(&e)
                 ));
             }
         }
@@ -760,11 +760,11 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
             fmt_metric(m.tp_mae, 4),
             fmt_metric(m.tp_correlation, 3),
             fmt_percent(m.below_threshold_share),
-            crate::eval::top_value(m),
+            trainer::eval::top_value(m),
             m.recon_occupancy,
             report.ratio_on_disk
         );
-        print!("  {}", crate::eval::VALUE_COLUMNS_NOTE);
+        print!("  {}", trainer::eval::VALUE_COLUMNS_NOTE);
         if let Some(why) = m.value_collapse() {
             println!("  COLLAPSED: {why}");
         }

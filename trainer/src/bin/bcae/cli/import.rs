@@ -1,12 +1,12 @@
 //! `bcae import-torch`: load the reference implementation's PyTorch state_dicts into a run
-//! (the import itself: [`crate::import`]).
+//! (the import itself: [`trainer::import`]).
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::checkpoint;
-use crate::import::import_state_dicts;
-use crate::models::ModelConfig;
+use trainer::checkpoint;
+use trainer::import::import_state_dicts;
+use trainer::models::ModelConfig;
 
 const CONVERSION_HELP: &str = "\
 The files are PyTorch state_dicts as `torch.save(module.state_dict(), PATH)` writes them (zip

@@ -5,14 +5,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use plotters::prelude::*;
 
-use crate::checkpoint::{self, TrainSettings};
-use crate::data::{read_wedge, DataError, Dataset, Split, Wedge, Z_BINS};
-use crate::device::{self, DeviceChoice};
-use crate::eval::{self, EvalModel, EvalReport, Precision};
-use crate::loss::RegressionMask;
-use crate::metrics::{fmt_metric, fmt_percent};
-use crate::models::ModelConfig;
-use crate::train::{median_hit_log2, RunOptions, Trainer};
+use trainer::checkpoint::{self, TrainSettings};
+use trainer::data::{read_wedge, DataError, Dataset, Split, Wedge, Z_BINS};
+use trainer::device::{self, DeviceChoice};
+use trainer::eval::{self, EvalModel, EvalReport, Precision};
+use trainer::loss::RegressionMask;
+use trainer::metrics::{fmt_metric, fmt_percent};
+use trainer::models::ModelConfig;
+use trainer::train::{median_hit_log2, RunOptions, Trainer};
 
 /// Train a BCAE on wedge data (CPU by default; CUDA with a `--features cuda` build).
 #[derive(Debug, clap::Args)]
@@ -43,25 +43,25 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Total epochs (default 200; on --resume, extends or shortens the run).
-    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, value_parser = trainer::terminal::numbers::at_least_one)]
     pub epochs: Option<usize>,
     /// Batches per epoch (default: the whole training split).
-    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, value_parser = trainer::terminal::numbers::at_least_one)]
     pub batches_per_epoch: Option<usize>,
-    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Train on random AxZ crops (azimuth x z, multiples of 8 for BCAE-2D with d=3, of 16 for
     /// the 3D models); evaluation always uses whole wedges.
     #[arg(long, value_parser = parse_crop)]
     pub crop: Option<(usize, usize)>,
     /// Initial learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::terminal::numbers::positive_f64)]
+    #[arg(long, default_value_t = 1e-3, value_parser = trainer::terminal::numbers::positive_f64)]
     pub lr: f64,
     /// Epochs at the initial learning rate (default: 50 for BCAE-2D, 100 for the 3D models).
     #[arg(long)]
     pub warmup_epochs: Option<usize>,
     /// Then x0.95 every this many epochs (default: 10 for BCAE-2D, 20 for the 3D models).
-    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, value_parser = trainer::terminal::numbers::at_least_one)]
     pub decay_every: Option<usize>,
     /// Seed of the initialisation, data order and crops.
     #[arg(long, default_value_t = 0)]
@@ -84,7 +84,7 @@ pub struct TrainArgs {
     /// Voxels the regression loss counts: `truth` (every true hit; the default, since with the
     /// paper's mask the head collapses to its floor early in training, issue 15) or `prediction`
     /// (the paper's loss: the predicted hits).
-    #[arg(long, value_enum, default_value_t = crate::train::DEFAULT_REG_MASK)]
+    #[arg(long, value_enum, default_value_t = trainer::train::DEFAULT_REG_MASK)]
     pub reg_mask: RegressionMask,
 }
 
@@ -103,12 +103,12 @@ fn parse_reg_init(s: &str) -> std::result::Result<RegInit, String> {
         v => v
             .parse::<f64>()
             .ok()
-            .filter(|x| *x > crate::loss::TRANSFORM_OFFSET && x.is_finite())
+            .filter(|x| *x > trainer::loss::TRANSFORM_OFFSET && x.is_finite())
             .map(RegInit::Value)
             .ok_or_else(|| {
                 format!(
                     "--reg-init {s}: expected median, reference, or a log2(ADC+1) value above {}",
-                    crate::loss::TRANSFORM_OFFSET
+                    trainer::loss::TRANSFORM_OFFSET
                 )
             }),
     }
@@ -251,7 +251,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                     .context("--reg-init median: the first 8 training wedges hold no hit; give --reg-init VALUE")?;
                 eprintln!(
                     "regression head starts at the training hits' median log2(ADC+1) = {median:.3} (ADC {})",
-                    crate::data::log_to_adc(median as f32)
+                    trainer::data::log_to_adc(median as f32)
                 );
                 Some(median)
             }
@@ -262,8 +262,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         eprintln!(
             "training {} ({} encoder + {} decoder parameters) into {}",
             cfg.label(),
-            crate::models::encoder_param_count(&cfg),
-            crate::models::decoder_param_count(&cfg),
+            trainer::models::encoder_param_count(&cfg),
+            trainer::models::decoder_param_count(&cfg),
             args.out.display()
         );
         (t, train, test)
@@ -374,12 +374,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     /// Evaluate at most this many wedges.
-    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, value_parser = trainer::terminal::numbers::at_least_one)]
     pub max_wedges: Option<usize>,
     /// Also print every wedge's metrics.
     #[arg(long)]
     pub per_wedge: bool,
-    #[arg(long, default_value_t = 4, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = trainer::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
@@ -387,13 +387,13 @@ pub struct EvalArgs {
 
 /// `bcae eval --stream S --truth DIR [--run R]`: TRAIN's `bcae eval` arguments, forwarded.
 fn run_eval_stream_args(stream: &Path, args: &EvalArgs) -> Result<()> {
-    use crate::eval::Precision;
+    use trainer::eval::Precision;
     if args.runs.len() > 1 {
         bail!("eval --stream decodes with one run; pass a single --run");
     }
     let precision = match args.precision.as_slice() {
-        [Precision::F32] => crate::decode::DecoderPrecision::F32,
-        [Precision::F16] => crate::decode::DecoderPrecision::F16,
+        [Precision::F32] => trainer::decode::DecoderPrecision::F32,
+        [Precision::F16] => trainer::decode::DecoderPrecision::F16,
         _ => {
             bail!("eval --stream decodes in one precision: pass --precision f32 or --precision f16")
         }
@@ -401,7 +401,7 @@ fn run_eval_stream_args(stream: &Path, args: &EvalArgs) -> Result<()> {
     if args.max_wedges.is_some() {
         eprintln!("note: --max-wedges is ignored with --stream (every frame is scored)");
     }
-    crate::cli::stream::run_eval_stream(crate::decode::StreamEvalOptions {
+    crate::cli::stream::run_eval_stream(trainer::decode::StreamEvalOptions {
         stream,
         truth: &args.data,
         run: args.runs.first().map(PathBuf::as_path),
@@ -423,7 +423,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(m) = args.max_wedges {
         data.truncate(m);
     }
-    let unreadable = crate::terminal::drop_unreadable(&mut data);
+    let unreadable = trainer::terminal::drop_unreadable(&mut data);
     if data.is_empty() {
         bail!(
             "none of the wedges of {} could be read (see the errors above)",
@@ -486,7 +486,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 }
                 // Keep going: one unsupported precision should not hide the other rows.
                 Err(e) => {
-                    eprintln!("{}", crate::terminal::error_text(&e));
+                    eprintln!("{}", trainer::terminal::error_text(&e));
                     failures.push(format!("{} {}", run.display(), precision.name()));
                 }
             }
@@ -732,7 +732,7 @@ pub fn show_reconstruction(
     let recon = model.decode_log2(&model.encode(&x)?)?;
     let truth: Vec<f32> = x.narrow(3, 0, Z_BINS)?.flatten_all()?.to_vec1()?;
     let recon: Vec<f32> = recon.flatten_all()?.to_vec1()?;
-    let metrics = crate::metrics::score_log2(&truth, &recon);
+    let metrics = trainer::metrics::score_log2(&truth, &recon);
     let title = format!(
         "{} by {} ({}): MAE {:.4}, PSNR {:.2} dB, precision {:.3}, recall {:.3}, TP value MAE {}, <ADC64 {}",
         wedge_path.file_name().map_or_else(
@@ -748,7 +748,7 @@ pub fn show_reconstruction(
         fmt_metric(metrics.tp_mae, 3),
         fmt_percent(metrics.below_threshold_share)
     );
-    crate::plot::draw_reconstruction(out, &title, &truth, &recon)?;
+    trainer::plot::draw_reconstruction(out, &title, &truth, &recon)?;
     println!("{title}\ndrawn to {}", out.display());
     Ok(())
 }

@@ -7,11 +7,11 @@ use candle_core::DType;
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use crate::checkpoint;
-use crate::data::{read_wedge, write_wedge, Wedge, ADC_MAX};
-use crate::device::{self, DeviceChoice};
-use crate::models::bcae_v1::{self, published_metrics, read_code_npz, BcaeV1, V1Metrics};
-use crate::models::ModelConfig;
+use trainer::checkpoint;
+use trainer::data::{read_wedge, write_wedge, Wedge, ADC_MAX};
+use trainer::device::{self, DeviceChoice};
+use trainer::models::bcae_v1::{self, published_metrics, read_code_npz, BcaeV1, V1Metrics};
+use trainer::models::ModelConfig;
 
 /// Decode released original-BCAE codes (compressed_j.npz) with an imported bcae-v1 run and
 /// compare with the authors' published per-wedge metrics.
@@ -51,7 +51,7 @@ pub struct DecodeCodeArgs {
     #[arg(long)]
     pub encode: bool,
     /// Segmentation threshold h in (c > h).
-    #[arg(long, default_value_t = 0.5, value_parser = crate::terminal::numbers::fraction)]
+    #[arg(long, default_value_t = 0.5, value_parser = trainer::terminal::numbers::fraction)]
     pub threshold: f64,
     /// Write each reconstruction (ADC rounded to integers, uint16 (192, 249, 16)) into this
     /// folder as recon_j.npy.
@@ -367,9 +367,9 @@ mod tests {
 
     #[test]
     fn reconstructions_round_to_adc() {
-        let w = adc_wedge(&vec![70.4; crate::data::WEDGE_VOXELS]);
+        let w = adc_wedge(&vec![70.4; trainer::data::WEDGE_VOXELS]);
         assert!(w.adc.iter().all(|&v| v == 70));
-        let w = adc_wedge(&vec![5000.0; crate::data::WEDGE_VOXELS]);
+        let w = adc_wedge(&vec![5000.0; trainer::data::WEDGE_VOXELS]);
         assert!(w.adc.iter().all(|&v| v == ADC_MAX));
     }
 }

@@ -8,16 +8,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use rayon::prelude::*;
 
-use crate::data::stats::{self, Accumulator, Stats, TargetCheck};
-use crate::data::synth::{self, SynthConfig};
-use crate::data::{read_wedge, Dataset, Split, Wedge, AZIMUTH, LAYERS, WEDGES_PER_EVENT, Z_BINS};
+use trainer::data::stats::{self, Accumulator, Stats, TargetCheck};
+use trainer::data::synth::{self, SynthConfig};
+use trainer::data::{read_wedge, Dataset, Split, Wedge, AZIMUTH, LAYERS, WEDGES_PER_EVENT, Z_BINS};
 
 /// Generate a synthetic data set in the reference layout (24 wedges per event,
 /// `outer/12-2_{sector}-{side}/*.npy`, `train.txt` / `test.txt` split by event).
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
     /// Number of events (24 wedges each).
-    #[arg(long, default_value_t = 5, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 5, value_parser = trainer::terminal::numbers::at_least_one)]
     pub events: usize,
     /// Random seed: the same seed gives the same data, bit for bit.
     #[arg(long, default_value_t = 0)]
@@ -26,7 +26,7 @@ pub struct SynthArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction of events listed in test.txt (the last events).
-    #[arg(long, default_value_t = 0.2, value_parser = crate::terminal::numbers::fraction)]
+    #[arg(long, default_value_t = 0.2, value_parser = trainer::terminal::numbers::fraction)]
     pub test_fraction: f64,
     /// Replace the data set synth wrote into --out before (the files its train.txt / test.txt
     /// list); other .npy files there are never touched (synth then refuses the folder).
@@ -45,7 +45,7 @@ pub struct StatsArgs {
     #[arg(long, default_value = "all")]
     pub split: Split,
     /// Use at most this many wedges of each input.
-    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, value_parser = trainer::terminal::numbers::at_least_one)]
     pub limit: Option<usize>,
     /// Print JSON instead of the table.
     #[arg(long)]
@@ -73,8 +73,8 @@ pub struct ShowArgs {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Device for --run.
-    #[arg(long, value_enum, default_value_t = crate::device::DeviceChoice::Cpu)]
-    pub device: crate::device::DeviceChoice,
+    #[arg(long, value_enum, default_value_t = trainer::device::DeviceChoice::Cpu)]
+    pub device: trainer::device::DeviceChoice,
 }
 
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor).
@@ -109,7 +109,7 @@ fn free_bytes_of(_dir: &Path) -> Option<u64> {
 
 /// Bytes of one wedge file as `bcae synth` writes it.
 fn wedge_file_bytes() -> u64 {
-    crate::data::wedge_to_npy_bytes(&Wedge::zeros()).map_or(1_530_000, |b| b.len() as u64)
+    trainer::data::wedge_to_npy_bytes(&Wedge::zeros()).map_or(1_530_000, |b| b.len() as u64)
 }
 
 /// Refuse an output folder that already holds wedges synth would mix its own with. With
@@ -125,7 +125,7 @@ fn clear_synth_output(out: &Path, overwrite: bool) -> Result<()> {
     let has_lists = ["train.txt", "test.txt"]
         .iter()
         .any(|l| out.join(l).is_file());
-    let present = crate::data::npy_files_under(out)?;
+    let present = trainer::data::npy_files_under(out)?;
     if !overwrite && (has_lists || !present.is_empty()) {
         bail!(
             "{} already holds {} (e.g. {}); new wedges would be mixed with them: choose a new \
@@ -277,9 +277,9 @@ fn load_stats(path: &Path, split: Split, limit: Option<usize>) -> Result<Stats> 
         })
         .try_fold(
             Accumulator::new,
-            |mut acc, w: Result<Wedge, crate::data::DataError>| {
+            |mut acc, w: Result<Wedge, trainer::data::DataError>| {
                 acc.add(&w?);
-                Ok::<_, crate::data::DataError>(acc)
+                Ok::<_, trainer::data::DataError>(acc)
             },
         )
         .try_reduce(Accumulator::new, |a, b| Ok(a.merge(b)))?;
@@ -680,8 +680,8 @@ pub fn draw_wedge(path: &Path, wedge: &Wedge, layers: &[usize], title: &str) -> 
             (format!("layer {l}"), v)
         };
         let vmax = values.iter().copied().fold(0.0, f64::max).max(1.0);
-        crate::plot::plane_panel(area, &caption, &values, |v| {
-            crate::plot::sequential((v + 1.0).log2() / (vmax + 1.0).log2())
+        trainer::plot::plane_panel(area, &caption, &values, |v| {
+            trainer::plot::sequential((v + 1.0).log2() / (vmax + 1.0).log2())
         })?;
     }
     root.present()?;

@@ -1,5 +1,5 @@
 //! `bcae compare`: arguments, the wedges read, and the two tables printed; the measuring is
-//! [`crate::compare`].
+//! [`trainer::compare`].
 
 use std::path::PathBuf;
 
@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use encoder_nostd::sparse::Quality;
 use rayon::prelude::*;
 
-use crate::compare::{draw_rate_distortion, fixed_rate, measure, progress, Comparison, Settings};
-use crate::data::{Dataset, Split, Wedge};
-use crate::device::DeviceChoice;
-use crate::metrics::{fmt_metric, fmt_percent, value_collapse};
+use trainer::compare::{draw_rate_distortion, fixed_rate, measure, Comparison, Settings};
+use trainer::data::{Dataset, Split, Wedge};
+use trainer::device::DeviceChoice;
+use trainer::metrics::{fmt_metric, fmt_percent, value_collapse};
 
 /// Compare the sparse codec, zstd and BCAE models on the same wedges: one table, optional JSON and
 /// a rate-distortion plot.
@@ -23,7 +23,7 @@ pub struct CompareArgs {
     #[arg(long, default_value = "all")]
     pub split: Split,
     /// Use at most this many wedges.
-    #[arg(long, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, value_parser = trainer::terminal::numbers::at_least_one)]
     pub limit: Option<usize>,
     /// Sparse codec log2 steps to sweep (`lossless` is always included).
     #[arg(long, value_delimiter = ',', default_values_t = vec![
@@ -32,7 +32,7 @@ pub struct CompareArgs {
     pub qualities: Vec<String>,
     /// Target ratios: for each, the sparse step is searched to reach it (mean payload), for a
     /// comparison at the BCAE's own ratio (31.125 = f16 code, 62.25 = int8 code).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![31.125, 62.25], value_parser = crate::terminal::numbers::positive_f64)]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![31.125, 62.25], value_parser = trainer::terminal::numbers::positive_f64)]
     pub ratios: Vec<f64>,
     /// zstd level for the raw-array baseline (1 to 22).
     #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(1..=22))]
@@ -51,7 +51,7 @@ pub struct CompareArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
     /// Wedges per batch for the BCAE models.
-    #[arg(long, default_value_t = 2, value_parser = crate::terminal::numbers::at_least_one)]
+    #[arg(long, default_value_t = 2, value_parser = trainer::terminal::numbers::at_least_one)]
     pub batch_size: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
@@ -106,7 +106,7 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
         bail!("--weights needs the --run it was quantized from: the int8 code is decoded by that run's float decoders");
     }
 
-    let load_bar = progress(ds.len() as u64, "reading");
+    let load_bar = trainer::terminal::progress_bar(ds.len() as u64, "reading");
     let wedges = (0..ds.len())
         .into_par_iter()
         .map(|i| {
@@ -201,14 +201,14 @@ fn print_table(c: &Comparison) {
                 fmt_metric(r.metrics.tp_mae, 4),
                 fmt_metric(r.metrics.tp_correlation, 3),
                 fmt_percent(r.metrics.below_threshold_share),
-                crate::eval::top_value(&r.metrics),
+                trainer::eval::top_value(&r.metrics),
                 format!("{:.1}", r.encode_per_s),
                 if r.exact { "yes" } else { "no" }.to_string(),
             ]
         })
         .collect();
     // Text columns left-aligned, numbers right-aligned.
-    let table = crate::table::align(&header, &cells, &[0, 1, 2]);
+    let table = trainer::table::align(&header, &cells, &[0, 1, 2]);
     println!("{}", table.header);
     for row in &table.rows {
         println!("{row}");
@@ -300,7 +300,7 @@ fn print_fixed_table(c: &Comparison) {
             ]
         })
         .collect();
-    let table = crate::table::align(&header, &cells, &[2, 3]);
+    let table = trainer::table::align(&header, &cells, &[2, 3]);
     println!("{}", table.header);
     for row in &table.rows {
         println!("{row}");

@@ -7,13 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use encoder_nostd::encoder::Encoder;
-use encoder_nostd::sparse::Quality;
 use encoder_nostd::weights::owned::OwnedModel;
-use trainer::cli::stream::{
-    run_compress, run_decompress, run_inspect, CompressArgs, DecompressArgs, InspectArgs,
-};
-use trainer::compress::CodecChoice;
-use trainer::data::{self, synth, Split, Wedge};
+use trainer::data::{self, synth, Wedge};
 use trainer::decode::{eval_stream, DecoderPrecision, StreamEvalOptions};
 use trainer::device::DeviceChoice;
 use trainer::metrics::{score, MeanMetrics};
@@ -60,31 +55,54 @@ fn weights_for(run: &Path, out: &Path) -> Vec<u8> {
     bytes
 }
 
-fn compress(inputs: Vec<PathBuf>, out: &Path, weights: Option<PathBuf>, codec: CodecChoice) {
-    run_compress(CompressArgs {
-        inputs,
-        output: out.to_path_buf(),
-        weights,
-        codec,
-        ratio: None,
-        split: Split::All,
-        force: false,
-        json: true,
-    })
-    .unwrap();
+/// `bcae ARGS`, as a user runs it: `Ok(stdout)` on success, `Err(stderr)` on failure.
+fn bcae(args: &[&std::ffi::OsStr]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bcae"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
-fn decompress(stream: &Path, run: Option<&Path>, out: &Path, force: bool) -> anyhow::Result<()> {
-    run_decompress(DecompressArgs {
-        stream: stream.to_path_buf(),
-        run: run.map(Path::to_path_buf),
-        output: out.to_path_buf(),
-        device: DeviceChoice::Cpu,
-        precision: DecoderPrecision::F32,
-        force,
-        batch_size: 4,
-        json: true,
-    })
+fn compress(inputs: Vec<PathBuf>, out: &Path, weights: Option<PathBuf>, codec: &str) {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["compress".as_ref(), "--codec".as_ref(), codec.as_ref()];
+    if let Some(w) = &weights {
+        args.extend(["--weights".as_ref(), w.as_os_str()]);
+    }
+    args.extend(inputs.iter().map(|p| p.as_os_str()));
+    args.extend(["-o".as_ref(), out.as_os_str(), "--json".as_ref()]);
+    bcae(&args).unwrap();
+}
+
+fn decompress(
+    stream: &Path,
+    run: Option<&Path>,
+    out: &Path,
+    force: bool,
+) -> Result<String, String> {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["decompress".as_ref(), stream.as_os_str()];
+    if let Some(r) = run {
+        args.extend(["--run".as_ref(), r.as_os_str()]);
+    }
+    args.extend(["-o".as_ref(), out.as_os_str(), "--json".as_ref()]);
+    if force {
+        args.push("--force".as_ref());
+    }
+    bcae(&args)
+}
+
+fn inspect(stream: &Path, frames: bool) -> Result<String, String> {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["inspect".as_ref(), stream.as_os_str(), "--json".as_ref()];
+    if frames {
+        args.push("--frames".as_ref());
+    }
+    bcae(&args)
 }
 
 fn options<'a>(stream: &'a Path, truth: &'a Path, run: Option<&'a Path>) -> StreamEvalOptions<'a> {
@@ -124,14 +142,9 @@ fn int8_stream_round_trip_fingerprint_check_and_damage() {
         vec![root.clone()],
         &stream,
         Some(weights_path.clone()),
-        CodecChoice::Int8,
+        "int8",
     );
-    run_inspect(InspectArgs {
-        stream: stream.clone(),
-        json: true,
-        frames: false,
-    })
-    .unwrap();
+    inspect(&stream, false).unwrap();
 
     // Decompress writes the wedge at its relative path ...
     let out = tmp.path().join("out");
@@ -204,12 +217,7 @@ fn int8_stream_round_trip_fingerprint_check_and_damage() {
     // One flipped bit in the code: inspect reports it and exits with an error.
     let payload = bcae_stream::StreamReader::open(&stream).unwrap().frames()[0].payload_offset();
     flip_bit(&stream, payload + 7, 3);
-    assert!(run_inspect(InspectArgs {
-        stream,
-        json: true,
-        frames: true
-    })
-    .is_err());
+    assert!(inspect(&stream, true).is_err());
 }
 
 #[test]
@@ -218,12 +226,7 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     let root = tmp.path().join("data");
     let wedges = write_data(&root, 3);
     let stream = tmp.path().join("sparse.bcae");
-    compress(
-        vec![root.clone()],
-        &stream,
-        None,
-        CodecChoice::Sparse(Quality::LOSSLESS),
-    );
+    compress(vec![root.clone()], &stream, None, "sparse");
     let out = tmp.path().join("out");
     decompress(&stream, None, &out, false).unwrap();
     for (rel, w) in &wedges {
@@ -277,7 +280,7 @@ fn sparse_stream_is_lossless_end_to_end_and_survives_truncation() {
     // Loose files keep their sector folders (named from their common parent).
     let files: Vec<PathBuf> = wedges.iter().map(|(rel, _)| root.join(rel)).collect();
     let loose = tmp.path().join("loose.bcae");
-    compress(files, &loose, None, CodecChoice::Sparse(Quality::LOSSLESS));
+    compress(files, &loose, None, "sparse");
     let r = bcae_stream::StreamReader::open(&loose).unwrap();
     assert_eq!(r.frames()[1].id.sector, Some(1));
     assert!(
@@ -293,36 +296,25 @@ fn foreign_and_corrupt_files_get_clear_errors() {
     let root = tmp.path().join("data");
     let wedges = write_data(&root, 1);
     let npy = root.join(&wedges[0].0);
-    let err = run_inspect(InspectArgs {
-        stream: npy,
-        json: false,
-        frames: false,
-    })
-    .unwrap_err();
+    let err = inspect(&npy, false).unwrap_err();
     assert!(format!("{err:#}").contains("not a .bcae stream"), "{err:#}");
 
     let stream = tmp.path().join("s.bcae");
-    compress(
-        vec![root.clone()],
-        &stream,
-        None,
-        CodecChoice::Sparse(Quality::LOSSLESS),
-    );
+    compress(vec![root.clone()], &stream, None, "sparse");
     flip_bit(&stream, 20, 0);
     let err = decompress(&stream, None, &tmp.path().join("o"), false).unwrap_err();
     assert!(format!("{err:#}").contains("header is corrupt"), "{err:#}");
 
     // int8 without weights, and an int8 stream without a run, say what to pass.
-    let err = run_compress(CompressArgs {
-        inputs: vec![root.clone()],
-        output: tmp.path().join("x.bcae"),
-        weights: None,
-        codec: CodecChoice::Int8,
-        ratio: None,
-        split: Split::All,
-        force: false,
-        json: false,
-    })
+    let x = tmp.path().join("x.bcae");
+    let err = bcae(&[
+        "compress".as_ref(),
+        "--codec".as_ref(),
+        "int8".as_ref(),
+        root.as_os_str(),
+        "-o".as_ref(),
+        x.as_os_str(),
+    ])
     .unwrap_err();
     assert!(format!("{err:#}").contains("--weights"), "{err:#}");
 }

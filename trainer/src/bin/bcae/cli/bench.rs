@@ -1,9 +1,9 @@
 //! `bcae bench`: float-model throughput (training steps, encoder, encoder + decoders) as a table.
 use anyhow::{bail, Result};
 
-use crate::bench::{self, BenchRow, Work};
-use crate::device::{self, DeviceChoice};
-use crate::models::ModelConfig;
+use trainer::bench::{self, BenchRow, Work};
+use trainer::device::{self, DeviceChoice};
+use trainer::models::ModelConfig;
 
 /// Time training steps and inference of the float models on random data-shaped inputs.
 ///
