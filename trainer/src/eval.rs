@@ -562,7 +562,7 @@ pub fn table(reports: &[EvalReport]) -> String {
         out.push_str(&r);
         out.push('\n');
     }
-    out.push_str("MAE, MSE, PSNR on log2(ADC+1), cropped (16,192,249) wedges. PSNR dB = 20 log10(max/RMSE); PSNR ref = max/sqrt(MSE) as the reference code reports it.\n");
+    out.push_str("MAE, MSE, PSNR on log2(ADC+1) of the decoded ADC values (cut to 0 below 64), cropped (16,192,249) wedges. PSNR dB = 20 log10(max/RMSE); PSNR ref = max/sqrt(MSE) as the reference code reports it.\n");
     out.push_str("precision/recall pooled over voxels; ratio = input voxels x 16 bits / code bits (16 a value, 8 for int8); enc wedges/s = encoder only, inputs on the device (int8: encoder-nostd from raw ADC, all threads).\n");
     out.push_str(VALUE_COLUMNS_NOTE);
     for r in reports {
@@ -578,7 +578,7 @@ pub fn table(reports: &[EvalReport]) -> String {
 }
 
 /// What the value columns of every metrics table mean.
-pub const VALUE_COLUMNS_NOTE: &str = "TP MAE / TP corr: log2 values on the true positives (MAE, Pearson r); <ADC64: reconstructed hits decoding below the zero-suppression threshold (the floor of 6 + 3 exp(r) is ADC 63); top value: the largest share of reconstructed hits at one ADC value (which).\n";
+pub const VALUE_COLUMNS_NOTE: &str = "TP MAE / TP corr: log2 values on the true positives (MAE, Pearson r); <ADC64: the decoder's hits below the zero-suppression threshold, cut to 0 before scoring (the floor of 6 + 3 exp(r) is ADC 63); top value: the largest share of the decoder's hits at one ADC value (which).\n";
 
 /// "12.3% @63": the largest share of reconstructed hits at a single ADC value, and the value.
 pub fn top_value(m: &MeanMetrics) -> String {

@@ -162,8 +162,8 @@ fn print_table(c: &Comparison) {
     println!(
         "ratio = raw / mean payload (every byte a decoder needs); worst = raw / largest payload."
     );
-    println!("MAE in log2(ADC+1) of the decoded ADC values over all voxels (nothing re-thresholded); precision/recall of hits.");
-    println!("<ADC64: the decoder's hits below the zero-suppression threshold (a BCAE's hits at its output transform's floor);");
+    println!("MAE in log2(ADC+1) of the decoded ADC values (cut to 0 below 64) over all voxels; precision/recall of hits.");
+    println!("<ADC64: the decoder's hits below the zero-suppression threshold, cut before scoring (a BCAE's hits at its output transform's floor);");
     println!("TP MAE / TP corr: log2 values on the true positives; top value: the largest share of hits at one ADC value.");
     println!("enc/s: sparse, zstd and int8 encoders on one core; float BCAE encoders in candle (all threads).");
     println!();
