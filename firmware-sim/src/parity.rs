@@ -602,14 +602,7 @@ pub fn progress_bar(show: bool, len: u64, what: &str) -> Option<indicatif::Progr
     if !show {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} wedges ({eta} left)")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_string());
-    Some(bar)
+    Some(trainer::terminal::progress_bar(len, what))
 }
 
 #[cfg(test)]

@@ -261,13 +261,8 @@ fn load_stats(path: &Path, split: Split, limit: Option<usize>) -> Result<Stats> 
     if let Some(n) = limit {
         ds.truncate(n);
     }
-    let bar = ProgressBar::new(ds.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} reading {msg} [{bar:30}] {pos}/{len} wedges")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(path.display().to_string());
+    let bar =
+        trainer::terminal::progress_bar(ds.len() as u64, &format!("reading {}", path.display()));
     let acc = (0..ds.len())
         .into_par_iter()
         .map(|i| {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use candle_nn::VarBuilder;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use trainer::checkpoint;
@@ -108,15 +108,7 @@ fn percentile(s: &str) -> std::result::Result<f64, String> {
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} wedges ({{per_sec}}, eta {{eta}})"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
+    trainer::terminal::progress_bar(len as u64, what)
 }
 
 fn open_data(root: &Path, split: Split, n: usize) -> Result<Dataset> {

@@ -460,35 +460,29 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let mut reports: Vec<EvalReport> = Vec::new();
     let mut failures = Vec::new();
     for (run, precision, weights) in jobs {
-        {
-            let bar = indicatif::ProgressBar::new(n as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-                )
-                .expect("valid progress template"),
-            );
-            bar.set_message(format!("{} {}", run.display(), precision.name()));
-            let model = match weights {
-                Some(w) => EvalModel::load_int8(run, w, &device),
-                None => EvalModel::load(run, &device, precision),
-            };
-            let result = model
-                .and_then(|model| {
-                    eval::evaluate(&model, &data, args.max_wedges, args.batch_size, Some(&bar))
-                })
-                .with_context(|| format!("evaluating {} in {}", run.display(), precision.name()));
-            bar.finish_and_clear();
-            match result {
-                Ok(mut report) => {
-                    report.run = run.display().to_string();
-                    reports.push(report);
-                }
-                // Keep going: one unsupported precision should not hide the other rows.
-                Err(e) => {
-                    eprintln!("{}", trainer::terminal::error_text(&e));
-                    failures.push(format!("{} {}", run.display(), precision.name()));
-                }
+        let bar = trainer::terminal::progress_bar(
+            n as u64,
+            &format!("{} {}", run.display(), precision.name()),
+        );
+        let model = match weights {
+            Some(w) => EvalModel::load_int8(run, w, &device),
+            None => EvalModel::load(run, &device, precision),
+        };
+        let result = model
+            .and_then(|model| {
+                eval::evaluate(&model, &data, args.max_wedges, args.batch_size, Some(&bar))
+            })
+            .with_context(|| format!("evaluating {} in {}", run.display(), precision.name()));
+        bar.finish_and_clear();
+        match result {
+            Ok(mut report) => {
+                report.run = run.display().to_string();
+                reports.push(report);
+            }
+            // Keep going: one unsupported precision should not hide the other rows.
+            Err(e) => {
+                eprintln!("{}", trainer::terminal::error_text(&e));
+                failures.push(format!("{} {}", run.display(), precision.name()));
             }
         }
     }
