@@ -534,12 +534,7 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
             .label(name.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    crate::plot::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
 
     let mut chart = ChartBuilder::on(&right)
         .caption(
@@ -583,12 +578,7 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
             .label(name.clone())
             .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    crate::plot::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }

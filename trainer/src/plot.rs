@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 
 use crate::data::{AZIMUTH, LAYERS, Z_BINS};
@@ -129,5 +130,22 @@ where
                 Rectangle::new([(a, z), (a + 1, z + 1)], color(v).filled())
             }),
     )?;
+    Ok(())
+}
+
+/// The legend of every chart: a black border over a translucent white box at `position`.
+pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     Ok(())
 }

@@ -335,12 +335,7 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
             r.worst_mae.max(mae_floor),
         )
     })?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .draw()?;
+    crate::plot::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     let mut chart = ChartBuilder::on(&right)
         .caption(
@@ -359,12 +354,7 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
     mean_and_worst(&mut chart, &series, |r| {
         (r.metrics.map(|m| m.recall), r.worst_recall)
     })?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .draw()?;
+    crate::plot::legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     root.present()?;
     Ok(())
 }

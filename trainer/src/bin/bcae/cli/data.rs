@@ -608,11 +608,7 @@ fn draw_histograms(path: &Path, inputs: &[Input]) -> Result<()> {
         )?
         .label("data-spec (9 real wedges)")
         .legend(|(x, y)| Circle::new((x + 10, y), 4, BLACK.filled()));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    trainer::plot::legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     root.present()?;
     Ok(())
 }

@@ -670,18 +670,19 @@ fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<(
                 .x_label_area_size(35)
                 .y_label_area_size(60)
                 .build_cartesian_2d(x_range, (lo * 0.8..hi * 1.25).log_scale())?;
-            chart.configure_mesh().x_desc("epoch").draw()?;
+            // Short tick labels: a log axis's ticks (0.7000000001 ...) otherwise overflow the panel.
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_label_formatter(&|v| format!("{v:.2e}"))
+                .draw()?;
             for (name, data, color) in series {
                 chart
                     .draw_series(LineSeries::new(data, color.stroke_width(2)))?
                     .label(name)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
+            trainer::plot::legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         } else {
             let mut chart = ChartBuilder::on(area)
                 .caption(caption, ("sans-serif", 18))
@@ -696,12 +697,7 @@ fn plot_log(path: &Path, rows: &[checkpoint::EpochLog], title: &str) -> Result<(
                     .label(name)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
+            trainer::plot::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         }
     }
     root.present()?;
