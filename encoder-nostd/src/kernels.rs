@@ -14,6 +14,53 @@ use crate::encoder::EncodeError;
 use crate::error::internal;
 use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW, MAX_SHIFT};
 
+/// Declares `$wrapper`, which runs the kernel `$kernel` through `pulp`'s run-time dispatch: on an
+/// x86-64 host the kernel is compiled a second (and third) time for AVX2 (AVX-512) and the
+/// widest one the CPU has is taken, so a default (SSE2) build still runs 256-bit integer code;
+/// on a board it is a plain call. Only code inlined into pulp's `#[target_feature]` entry points
+/// gets the wider instructions, so `$kernel` and everything its loops call are
+/// `#[inline(always)]` (a closure would stay a separate function compiled for the baseline).
+/// The wrapper itself is not inlined, so each kernel's stack buffers stay in its own frame.
+/// Every level computes the identical integer result: only the instruction set differs.
+macro_rules! simd_kernel {
+    ($wrapper:ident, $op:ident => $kernel:ident [$($lanes:ident)?] ($($field:ident: $ty:ty),* $(,)?)) => {
+        struct $op<'a, 'w, $(const $lanes: usize)?> {
+            $($field: $ty,)*
+            _lifetimes: core::marker::PhantomData<(&'a (), &'w ())>,
+        }
+
+        impl<$(const $lanes: usize)?> pulp::WithSimd for $op<'_, '_, $($lanes)?> {
+            type Output = Result<(), EncodeError>;
+
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
+                $kernel::<$($lanes)?>($(self.$field),*)
+            }
+        }
+
+        #[inline(never)]
+        fn $wrapper<'a, 'w, $(const $lanes: usize)?>($($field: $ty),*) -> Result<(), EncodeError> {
+            pulp::Arch::new().dispatch($op::<$($lanes)?> {
+                $($field,)*
+                _lifetimes: core::marker::PhantomData,
+            })
+        }
+    };
+}
+
+simd_kernel!(conv_rows_sparse, SparseConv => sparse_kernel [LANES] (
+    conv: &'a Conv<'w>, input: &'a [i8], in_shape: Shape, out: Shape, rows: Range<usize>,
+    output: &'a mut [i8],
+));
+simd_kernel!(conv_rows_pairs, PairsConv => pairs_kernel [] (
+    conv: &'a Conv<'w>, input: &'a [i8], in_shape: Shape, out: Shape, rows: Range<usize>,
+    output: &'a mut [i8],
+));
+simd_kernel!(conv_rows_strided, StridedConv => strided_kernel [] (
+    conv: &'a Conv<'w>, input: &'a [i8], in_shape: Shape, out: Shape, rows: Range<usize>,
+    col_ranges: &'a [(usize, usize); 256], output: &'a mut [i8],
+));
+
 /// The pinned requantization rule (TFLite "single rounding", round half up, i64 intermediate):
 /// `clamp(((acc * M) + (1 << (shift - 1))) >> shift) + zp, -128, 127)`, with
 /// `M = multiplier` where `acc >= 0` and `M = negative_multiplier` where `acc < 0` (a fused
@@ -45,6 +92,7 @@ struct Channel {
     shift: u8,
 }
 
+#[inline(always)]
 fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, EncodeError> {
     Ok(Channel {
         bias: le_i32(conv.bias, co).ok_or(internal(
@@ -293,7 +341,8 @@ const STRIDED_ACC: usize = 2048;
 /// once into `stride` contiguous phases holding `x - zp`, then shared by a group of output
 /// channels, so every inner loop is contiguous (a plain `step_by` loop does not vectorise).
 /// Same arithmetic and output layout as [`conv_rows`]; stack use about 9 KiB.
-fn conv_rows_strided(
+#[inline(always)]
+fn strided_kernel(
     conv: &Conv<'_>,
     input: &[i8],
     in_shape: Shape,
@@ -439,6 +488,7 @@ const SPARSE_ACC: usize = MAX_ROW + SPARSE_TAPS;
 /// Collects the input values of `row` that differ from `zp`: columns into `cols`, `v - zp` into
 /// `vals`; returns how many. Blocks of 16 equal to `zp` (most of a zero-suppressed row) are
 /// skipped with one vectorised test.
+#[inline(always)]
 pub(crate) fn gather_nonzero(
     row: &[i8],
     zp: i8,
@@ -470,9 +520,8 @@ pub(crate) fn gather_nonzero(
 /// each tap is one vector multiply-add whose lanes are channels. A stride along w scatters at
 /// full resolution and reads every `stride`-th column. The integer sums are the dense kernel's
 /// exactly (i32 wrapping adds commute). Stack use at most about 10 KiB.
-// Not inlined: its stack buffers stay out of the callers' frames.
-#[inline(never)]
-fn conv_rows_sparse<const LANES: usize>(
+#[inline(always)]
+fn sparse_kernel<const LANES: usize>(
     conv: &Conv<'_>,
     input: &[i8],
     in_shape: Shape,
@@ -601,9 +650,8 @@ const PAIR_GROUP: usize = 8;
 /// `|x - zp| <= 255`), zero-padded, and as pairs `(x[m], x[m + 1])`, then shared by
 /// [`PAIR_GROUP`] output channels; every pass adds two taps' products per output,
 /// `x[m] * w[t] + x[m + 1] * w[t + 1]` (i16 products, i32 sums), along a contiguous output row. Stack use about 10 KiB.
-// Not inlined: its stack buffers stay out of the callers' frames.
-#[inline(never)]
-fn conv_rows_pairs(
+#[inline(always)]
+fn pairs_kernel(
     conv: &Conv<'_>,
     input: &[i8],
     in_shape: Shape,
@@ -705,7 +753,7 @@ fn conv_rows_pairs(
 /// `acc[ox] += sum over taps t of w_row[t] * x[ox + t]`, `pairs[m] = (x[m], x[m + 1])`, taps
 /// taken two per pair and four per pass over `acc` (an odd last tap pairs with weight 0).
 /// Products in i16 are exact (|w| <= 127, |x| <= 255), sums in i32.
-#[inline]
+#[inline(always)]
 pub(crate) fn add_tap_pairs(
     acc: &mut [i32],
     pairs: &[[i16; 2]],
