@@ -234,18 +234,18 @@ fn conv_rows_with(
         let range = valid_range(out.w, in_shape.w, x, sw, pw);
         *r = (range.start, range.end);
     }
-    if allow_sparse && pw < kw && kw <= SPARSE_TAPS && in_shape.w <= MAX_ROW {
+    if allow_sparse
+        && out.c >= SPARSE_MIN_CHANNELS
+        && pw < kw
+        && kw <= SPARSE_TAPS
+        && in_shape.w <= MAX_ROW
+    {
         let (lo, hi) = input_rows(&rows, in_shape.h, kh, sh, ph);
         if mostly_zero_point(input, in_shape, lo..hi, conv.input_zero_point) {
-            // Few output channels (BCAE-HT's first block: 2) get narrower vectors.
-            return if out.c <= 4 {
-                conv_rows_sparse::<4>(conv, input, in_shape, out, rows, output)
-            } else {
-                conv_rows_sparse::<8>(conv, input, in_shape, out, rows, output)
-            };
+            return conv_rows_sparse::<8>(conv, input, in_shape, out, rows, output);
         }
     }
-    if sw == 1 && pw < kw && kw <= PAIR_TAPS && in_shape.w <= MAX_ROW {
+    if sw <= PAIR_STRIDE && pw < kw && kw <= PAIR_TAPS && in_shape.w <= MAX_ROW {
         return conv_rows_pairs(conv, input, in_shape, out, rows, output);
     }
     if sw > 1 && in_shape.w <= STRIDED_ROW {
@@ -480,6 +480,10 @@ fn mostly_zero_point(input: &[i8], in_shape: Shape, iy: Range<usize>, zp: i8) ->
 
 /// Widest kernel (taps along w) of the sparse path.
 const SPARSE_TAPS: usize = 8;
+/// The sparse path is taken only for layers with at least this many output channels: each
+/// gathered row then feeds enough vector multiply-adds to pay for the gather. With fewer (BCAE-HT's
+/// first layer: 2 channels) the paired dense kernel was 3x faster on the zero-suppressed wedge.
+const SPARSE_MIN_CHANNELS: usize = 8;
 /// The sparse path is taken where at most one input value in this many is not the zero point.
 pub(crate) const SPARSE_DENSITY: usize = 5;
 /// Accumulator columns of the sparse path: every `ix + t`, `ix < MAX_ROW`, `t < SPARSE_TAPS`.
@@ -487,7 +491,9 @@ const SPARSE_ACC: usize = MAX_ROW + SPARSE_TAPS;
 
 /// Collects the input values of `row` that differ from `zp`: columns into `cols`, `v - zp` into
 /// `vals`; returns how many. Blocks of 16 equal to `zp` (most of a zero-suppressed row) are
-/// skipped with one vectorised test.
+/// skipped with one vectorised test; inside a block every value is written and the count only
+/// advances past the ones that differ (no branch per value: at ~11 % occupancy a branch per
+/// value mispredicts often and cost more than the scatter it feeds).
 #[inline(always)]
 pub(crate) fn gather_nonzero(
     row: &[i8],
@@ -501,25 +507,29 @@ pub(crate) fn gather_nonzero(
             continue;
         }
         for (i, &v) in block.iter().enumerate() {
-            if v != zp {
-                if let (Some(c), Some(x)) = (cols.get_mut(n), vals.get_mut(n)) {
-                    *c = (b * 16 + i) as u16;
-                    *x = v as i16 - zp as i16;
-                    n += 1;
-                }
+            // n <= the value's index < row.len(), so the slot exists whenever the row fits.
+            if let (Some(c), Some(x)) = (cols.get_mut(n), vals.get_mut(n)) {
+                *c = (b * 16 + i) as u16;
+                *x = v as i16 - zp as i16;
+                n += usize::from(v != zp);
             }
         }
     }
     n
 }
 
+/// Output-channel groups of `LANES` that one pass of the sparse path accumulates together, so
+/// each input row is gathered once per pass rather than once per group (4 x 8 = BCAE-2D's 32).
+const SPARSE_GROUPS: usize = 4;
+
 /// The convolution for inputs that are mostly the zero point (the zero-suppressed wedge
 /// entering the first layer): for each input value `v != zp`, scatter `w * (v - zp)` into every
 /// output it reaches; zero-point inputs contribute nothing and cost nothing. Accumulators are
-/// channel-last (`acc[column][channel]`, `LANES` output channels at a time, one i32 vector) so
-/// each tap is one vector multiply-add whose lanes are channels. A stride along w scatters at
-/// full resolution and reads every `stride`-th column. The integer sums are the dense kernel's
-/// exactly (i32 wrapping adds commute). Stack use at most about 10 KiB.
+/// channel-last (`acc[group][column][channel]`, `LANES` output channels per vector, up to
+/// [`SPARSE_GROUPS`] vectors per gathered row) so each tap is one vector multiply-add whose lanes
+/// are channels. A stride along w scatters at full resolution and reads every `stride`-th
+/// column. The integer sums are the dense kernel's exactly (i32 wrapping adds commute). Stack
+/// use at most about 36 KiB (LANES = 8).
 #[inline(always)]
 fn sparse_kernel<const LANES: usize>(
     conv: &Conv<'_>,
@@ -546,22 +556,31 @@ fn sparse_kernel<const LANES: usize>(
             what: "padding not smaller than the kernel",
         });
     }
-    let mut acc = [[0i32; LANES]; SPARSE_ACC];
+    let mut acc = [[[0i32; LANES]; SPARSE_ACC]; SPARSE_GROUPS];
     // i16 products are exact: |w| <= 127 and |v - zp| <= 255, so |w * (v - zp)| <= 32,385.
-    let mut taps = [[0i16; LANES]; SPARSE_TAPS];
+    let mut taps = [[[0i16; LANES]; SPARSE_TAPS]; SPARSE_GROUPS];
     let mut cols = [0u16; MAX_ROW];
     let mut vals = [0i16; MAX_ROW];
+    let pass = LANES * SPARSE_GROUPS;
     for od in 0..out.d {
         for oy in rows.clone() {
-            for g0 in (0..out.c).step_by(LANES) {
-                let g = (out.c - g0).min(LANES);
-                let mut bias = [0i32; LANES];
-                for (k, b) in bias.iter_mut().enumerate().take(g) {
-                    *b = channel(conv, g0 + k)?.bias;
+            for p0 in (0..out.c).step_by(pass) {
+                // Channels p0 + g * LANES + k, k < LANES, for the groups g < groups.
+                let in_pass = (out.c - p0).min(pass);
+                let groups = in_pass.div_ceil(LANES);
+                for (g, acc_g) in acc.iter_mut().enumerate().take(groups) {
+                    let mut bias = [0i32; LANES];
+                    for (k, b) in bias.iter_mut().enumerate() {
+                        let co = p0 + g * LANES + k;
+                        if co < out.c {
+                            *b = channel(conv, co)?.bias;
+                        }
+                    }
+                    acc_g
+                        .get_mut(..span)
+                        .ok_or(internal("sparse-input conv index out of its checked range"))?
+                        .fill(bias);
                 }
-                acc.get_mut(..span)
-                    .ok_or(internal("sparse-input conv index out of its checked range"))?
-                    .fill(bias);
                 for ci in 0..in_shape.c {
                     for z in 0..kd {
                         let Some(id) = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d)
@@ -585,54 +604,72 @@ fn sparse_kernel<const LANES: usize>(
                             if n == 0 {
                                 continue;
                             }
-                            // taps[t][k]: weight of tap kw - 1 - t for channel g0 + k.
+                            // taps[g][t][k]: weight of tap kw - 1 - t for channel p0 + g * LANES + k
+                            // (0 past the last channel).
                             let w_base = ((ci * kd + z) * kh + y) * kw;
-                            for k in 0..g {
-                                let at = (g0 + k) * terms + w_base;
-                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
-                                    "sparse-input conv index out of its checked range",
-                                ))?;
-                                for (tap, &w) in taps.iter_mut().zip(w_row.iter().rev()) {
-                                    if let Some(lane) = tap.get_mut(k) {
-                                        *lane = w as i8 as i16;
+                            for (g, taps_g) in taps.iter_mut().enumerate().take(groups) {
+                                for k in 0..LANES {
+                                    let co = p0 + g * LANES + k;
+                                    let at = co * terms + w_base;
+                                    let w_row = if co < out.c {
+                                        conv.weights.get(at..at + kw).ok_or(internal(
+                                            "sparse-input conv index out of its checked range",
+                                        ))?
+                                    } else {
+                                        &[]
+                                    };
+                                    for (t, tap) in taps_g.iter_mut().enumerate().take(kw) {
+                                        let w = w_row.get(kw - 1 - t).map_or(0, |&w| w as i8);
+                                        if let Some(lane) = tap.get_mut(k) {
+                                            *lane = w as i16;
+                                        }
                                     }
                                 }
                             }
-                            let taps = taps.get(..kw).ok_or(internal(
-                                "sparse-input conv index out of its checked range",
-                            ))?;
-                            for (&ix, &v) in cols.iter().zip(vals.iter()).take(n) {
-                                let ix = ix as usize;
-                                let dst = acc.get_mut(ix..ix + kw).ok_or(internal(
+                            let (cols, vals) =
+                                (cols.get(..n).unwrap_or(&[]), vals.get(..n).unwrap_or(&[]));
+                            for (acc_g, taps_g) in acc.iter_mut().zip(&taps).take(groups) {
+                                let taps_g = taps_g.get(..kw).ok_or(internal(
                                     "sparse-input conv index out of its checked range",
                                 ))?;
-                                for (a, tap) in dst.iter_mut().zip(taps) {
-                                    for (a, &w) in a.iter_mut().zip(tap) {
-                                        *a = a.wrapping_add(w.wrapping_mul(v) as i32);
+                                for (&ix, &v) in cols.iter().zip(vals) {
+                                    let ix = ix as usize;
+                                    let dst = acc_g.get_mut(ix..ix + kw).ok_or(internal(
+                                        "sparse-input conv index out of its checked range",
+                                    ))?;
+                                    for (a, tap) in dst.iter_mut().zip(taps_g) {
+                                        for (a, &w) in a.iter_mut().zip(tap) {
+                                            *a = a.wrapping_add(w.wrapping_mul(v) as i32);
+                                        }
                                     }
                                 }
                             }
                         }
                     }
                 }
-                let acc_out = acc
-                    .get(first..span)
-                    .ok_or(internal("sparse-input conv index out of its checked range"))?;
-                for k in 0..g {
-                    let co = g0 + k;
-                    let ch = channel(conv, co)?;
-                    let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
-                    let dst = output
-                        .get_mut(at..at + out.w)
+                for (g, acc_g) in acc.iter().enumerate().take(groups) {
+                    let acc_out = acc_g
+                        .get(first..span)
                         .ok_or(internal("sparse-input conv index out of its checked range"))?;
-                    for (o, a) in dst.iter_mut().zip(acc_out.iter().step_by(sw)) {
-                        *o = requantize(
-                            a.get(k).copied().unwrap_or(0),
-                            ch.multiplier,
-                            ch.negative_multiplier,
-                            ch.shift,
-                            conv.requant.output_zero_point,
-                        );
+                    for k in 0..LANES {
+                        let co = p0 + g * LANES + k;
+                        if co >= out.c {
+                            break;
+                        }
+                        let ch = channel(conv, co)?;
+                        let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
+                        let dst = output
+                            .get_mut(at..at + out.w)
+                            .ok_or(internal("sparse-input conv index out of its checked range"))?;
+                        for (o, a) in dst.iter_mut().zip(acc_out.iter().step_by(sw)) {
+                            *o = requantize(
+                                a.get(k).copied().unwrap_or(0),
+                                ch.multiplier,
+                                ch.negative_multiplier,
+                                ch.shift,
+                                conv.requant.output_zero_point,
+                            );
+                        }
                     }
                 }
             }
@@ -646,10 +683,20 @@ const PAIR_TAPS: usize = 8;
 /// Output channels sharing one prepared input row in the paired dense path.
 const PAIR_GROUP: usize = 8;
 
-/// The dense stride-1 convolution. Each input row is prepared once as `x - zp` in i16 (exact:
-/// `|x - zp| <= 255`), zero-padded, and as pairs `(x[m], x[m + 1])`, then shared by
-/// [`PAIR_GROUP`] output channels; every pass adds two taps' products per output,
-/// `x[m] * w[t] + x[m + 1] * w[t + 1]` (i16 products, i32 sums), along a contiguous output row. Stack use about 10 KiB.
+/// Largest stride along w of the paired dense path (BCAE-HT's (1, 2, 2) convolutions).
+const PAIR_STRIDE: usize = 2;
+/// Pairs of one prepared phase: every output column plus the kernel's reach.
+const PHASE_PAIRS: usize = MAX_ROW + PAIR_TAPS;
+
+/// The dense convolution for strides 1 and 2 along w. Each input row is prepared once, shared
+/// by [`PAIR_GROUP`] output channels: as `x - zp` in i16 (exact: `|x - zp| <= 255`), zero-padded
+/// (`xpad[j] = x[j - pw] - zp`), split into `stride` phases (`phase_p[m] = xpad[m * stride + p]`)
+/// and stored as pairs `(phase_p[m], phase_p[m + 1])`. Output column `ox`'s tap `x` reads
+/// `xpad[ox * stride + x] = phase_{x % stride}[ox + x / stride]`, so each phase is a stride-1
+/// row convolution with taps `p, p + stride, ...`, taken two per pair (one i16 multiply-add
+/// pair per output, i32 sums; an odd last tap pairs with weight 0) and two pairs per pass over
+/// a contiguous accumulator row: a 4-tap stride-2 row is one pass, like a 3- or 4-tap stride-1
+/// row. Stack use about 14 KiB.
 #[inline(always)]
 fn pairs_kernel(
     conv: &Conv<'_>,
@@ -659,24 +706,28 @@ fn pairs_kernel(
     rows: Range<usize>,
     output: &mut [i8],
 ) -> Result<(), EncodeError> {
+    const ERR: &str = "paired-tap conv index out of its checked range";
     let [kd, kh, kw] = conv.kernel.map(usize::from);
-    let [sd, sh, _] = conv.stride.map(usize::from);
+    let [sd, sh, sw] = conv.stride.map(usize::from);
     let [pd, ph, pw] = conv.padding.map(usize::from);
+    if sw == 0 || sw > PAIR_STRIDE || kw > PAIR_TAPS || pw >= kw {
+        return Err(internal(ERR).into());
+    }
     let terms = conv.terms();
     let zp = conv.input_zero_point as i16;
     let in_plane = in_shape.h * in_shape.w;
     let n_rows = rows.end - rows.start;
-    // Output ox with tap x reads padded position ox + x; pairs reach ox + x + 1 < out.w + kw.
-    let padded = out.w + kw;
+    // Taps per phase (at most), pairs per phase and padded positions read.
+    let per_phase = kw.div_ceil(sw);
+    let phase_pairs = out.w + per_phase;
+    let padded = sw * (phase_pairs + 1);
     let mut acc = [[0i32; MAX_ROW]; PAIR_GROUP];
-    let mut xp = [0i16; MAX_ROW + PAIR_TAPS + 1];
-    let mut pairs = [[0i16; 2]; MAX_ROW + PAIR_TAPS];
-    let xp = xp
-        .get_mut(..padded)
-        .ok_or(internal("paired-tap conv index out of its checked range"))?;
-    let pairs = pairs
-        .get_mut(..padded - 1)
-        .ok_or(internal("paired-tap conv index out of its checked range"))?;
+    let mut xp = [0i16; PAIR_STRIDE * (PHASE_PAIRS + 1)];
+    let mut pairs = [[0i16; 2]; PAIR_STRIDE * PHASE_PAIRS];
+    let xp = xp.get_mut(..padded).ok_or(internal(ERR))?;
+    let pairs = pairs.get_mut(..sw * phase_pairs).ok_or(internal(ERR))?;
+    // Where the input row lands in xpad (positions past the input stay 0 = the zero point).
+    let body_len = in_shape.w.min(padded.saturating_sub(pw));
     for od in 0..out.d {
         for oy in rows.clone() {
             for g0 in (0..out.c).step_by(PAIR_GROUP) {
@@ -697,32 +748,43 @@ fn pairs_kernel(
                                 continue;
                             };
                             let row_start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
-                            let in_row =
-                                input
-                                    .get(row_start..row_start + in_shape.w)
-                                    .ok_or(internal(
-                                        "paired-tap conv index out of its checked range",
-                                    ))?;
+                            let in_row = input
+                                .get(row_start..row_start + body_len)
+                                .ok_or(internal(ERR))?;
                             xp.fill(0);
-                            let body = xp.get_mut(pw..pw + in_shape.w).ok_or(internal(
-                                "paired-tap conv index out of its checked range",
-                            ))?;
+                            let body = xp.get_mut(pw..pw + body_len).ok_or(internal(ERR))?;
                             for (d, &v) in body.iter_mut().zip(in_row) {
                                 *d = v as i16 - zp;
                             }
-                            for (p, w) in pairs.iter_mut().zip(xp.windows(2)) {
-                                *p = [w[0], w[1]];
+                            if sw == 1 {
+                                for (p, w) in pairs.iter_mut().zip(xp.windows(2)) {
+                                    *p = [w[0], w[1]];
+                                }
+                            } else {
+                                // Stride 2: phase p's pair m is (xpad[2m + p], xpad[2m + p + 2]),
+                                // built from consecutive 2-element chunks (vectorises).
+                                let (even, odd) = pairs.split_at_mut(phase_pairs);
+                                let next = xp.get(2..).unwrap_or(&[]);
+                                for (((e, o), a), b) in even
+                                    .iter_mut()
+                                    .zip(odd.iter_mut())
+                                    .zip(xp.chunks_exact(2))
+                                    .zip(next.chunks_exact(2))
+                                {
+                                    *e = [a[0], b[0]];
+                                    *o = [a[1], b[1]];
+                                }
                             }
                             let w_base = ((ci * kd + z) * kh + y) * kw;
                             for (k, acc_c) in acc.iter_mut().enumerate().take(g) {
                                 let at = (g0 + k) * terms + w_base;
-                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(
-                                    "paired-tap conv index out of its checked range",
-                                ))?;
-                                let acc_c = acc_c.get_mut(..out.w).ok_or(internal(
-                                    "paired-tap conv index out of its checked range",
-                                ))?;
-                                add_tap_pairs(acc_c, pairs, w_row)?;
+                                let w_row = conv.weights.get(at..at + kw).ok_or(internal(ERR))?;
+                                let acc_c = acc_c.get_mut(..out.w).ok_or(internal(ERR))?;
+                                if sw == 1 {
+                                    add_tap_pairs(acc_c, pairs, w_row)?;
+                                } else {
+                                    add_stride2_pairs(acc_c, pairs, phase_pairs, w_row)?;
+                                }
                             }
                         }
                     }
@@ -731,9 +793,7 @@ fn pairs_kernel(
                     let co = g0 + k;
                     let ch = channel(conv, co)?;
                     let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
-                    let dst = output
-                        .get_mut(at..at + out.w)
-                        .ok_or(internal("paired-tap conv index out of its checked range"))?;
+                    let dst = output.get_mut(at..at + out.w).ok_or(internal(ERR))?;
                     for (o, &a) in dst.iter_mut().zip(acc_c.iter()) {
                         *o = requantize(
                             a,
@@ -746,6 +806,38 @@ fn pairs_kernel(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// One kernel row of [`pairs_kernel`] at stride 2: `acc[ox] += sum over taps x of w_row[x] *
+/// phase_{x % 2}[ox + x / 2]`, `pairs` holding phase 0's `phase_pairs` pairs, then phase 1's.
+/// Taps `(2q, 2q + 2)` pair in phase 0 and `(2q + 1, 2q + 3)` in phase 1, and both go in one
+/// pass over `acc` (a 4-tap row is one pass). Missing taps are weight 0.
+#[inline(always)]
+fn add_stride2_pairs(
+    acc: &mut [i32],
+    pairs: &[[i16; 2]],
+    phase_pairs: usize,
+    w_row: &[u8],
+) -> Result<(), EncodeError> {
+    let n = acc.len();
+    let w = |t: usize| w_row.get(t).map_or(0, |&v| v as i8 as i16);
+    let mut q = 0;
+    while 2 * q < w_row.len() {
+        let (w0, w2, w1, w3) = (w(2 * q), w(2 * q + 2), w(2 * q + 1), w(2 * q + 3));
+        let even = pairs
+            .get(q..q + n)
+            .ok_or(internal("tap pair index out of its checked range"))?;
+        let odd = pairs
+            .get(phase_pairs + q..phase_pairs + q + n)
+            .ok_or(internal("tap pair index out of its checked range"))?;
+        for ((a, x), y) in acc.iter_mut().zip(even).zip(odd) {
+            let s = (x[0].wrapping_mul(w0) as i32 + x[1].wrapping_mul(w2) as i32)
+                + (y[0].wrapping_mul(w1) as i32 + y[1].wrapping_mul(w3) as i32);
+            *a = a.wrapping_add(s);
+        }
+        q += 2;
     }
     Ok(())
 }
@@ -1089,16 +1181,17 @@ mod tests {
     }
 
     fn conv_case() -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
-        // Up to 11 output channels (more than one channel group of the sparse and paired
-        // kernels) and kernels up to 9 wide (past their 8-tap limit).
+        // Up to 35 output channels (more than one pass of the sparse kernel, 4 groups of 8, and
+        // of the paired kernel's groups of 8), kernels up to 9 wide (past their 8-tap limit)
+        // and strides up to 3 along w (past the paired kernel's 2).
         (
             1u16..4,
-            1u16..12,
+            1u16..36,
             1u8..4,
             1u8..5,
             1u8..10,
             1u8..3,
-            1u8..3,
+            1u8..4,
             1u8..4,
             any::<i8>(),
             any::<i8>(),
