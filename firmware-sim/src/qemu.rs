@@ -188,6 +188,9 @@ pub struct WedgeCrcs {
     pub board_sparse_len: Option<usize>,
     /// The streaming image encodes BCAE only: no sparse payload to compare.
     pub sparse_checked: bool,
+    /// Instructions the board executed in the int8 encoder for this wedge (whole-wedge image,
+    /// counted through QEMU's `-icount`; see [`INSTRUCTIONS_PER_TICK`]).
+    pub board_encode_instructions: Option<u64>,
 }
 
 impl WedgeCrcs {
@@ -211,6 +214,10 @@ pub struct QemuReport {
     pub elf: PathBuf,
     pub scratch_bytes: usize,
     pub code_bytes: usize,
+    /// Multiply-adds of the dense network per wedge (what "per MAC" divides by).
+    pub macs_per_wedge: u64,
+    /// [`QemuReport::instructions_per_mac`]'s ratio, for `--json` readers.
+    pub board_instructions_per_mac: Option<f64>,
     /// Peak int8-encoder scratch per model shape: (model, scratch bytes, code bytes).
     pub scratch_per_model: Vec<(String, usize, usize)>,
     pub build_seconds: f64,
@@ -223,6 +230,32 @@ pub struct QemuReport {
 }
 
 impl QemuReport {
+    /// Instructions per dense-equivalent MAC of the board's int8 encoder: the median over the
+    /// wedges of the instructions QEMU counted, divided by the dense network's MACs per wedge
+    /// (the sparse first layer skips zero inputs, so this is what a wedge costs per MAC of work
+    /// it replaces). `None` when the board reported no timings (the streaming image).
+    pub fn instructions_per_mac(&self) -> Option<(u64, f64)> {
+        let mut counts: Vec<u64> = self
+            .wedges
+            .iter()
+            .filter_map(|w| w.board_encode_instructions)
+            .collect();
+        counts.sort_unstable();
+        let median = *counts.get(counts.len().checked_sub(1)? / 2)?;
+        Some((median, median as f64 / self.macs_per_wedge.max(1) as f64))
+    }
+
+    fn instructions_per_mac_text(&self) -> Option<String> {
+        let (instructions, per_mac) = self.instructions_per_mac()?;
+        Some(format!(
+            "int8 encoder on the board: {:.3} G instructions per wedge (median of {}), {:.3} GMAC per wedge (dense) -> {:.2} instructions per MAC (QEMU -icount: an estimate; a Cortex-M4F runs most instructions in 1 cycle, loads and branches in 2-3)\n",
+            instructions as f64 / 1e9,
+            self.wedges.iter().filter(|w| w.board_encode_instructions.is_some()).count(),
+            self.macs_per_wedge as f64 / 1e9,
+            per_mac
+        ))
+    }
+
     pub fn text(&self) -> String {
         let mut s = format!(
             "model {} on an emulated Cortex-M4F (qemu-system-arm -M mps2-an386)\n",
@@ -261,6 +294,9 @@ impl QemuReport {
             self.wedges.len(),
             self.board_failures
         );
+        if let Some(line) = self.instructions_per_mac_text() {
+            s += &line;
+        }
         let i = &self.image;
         match (&self.board_ram, &self.streaming) {
             (Some(r), Some(st)) => {
@@ -340,7 +376,14 @@ fn wedges_blob(payloads: &[(u32, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// One `wedge` line of the board: (id, BCAE code CRC, sparse payload CRC and length if sent).
-type BoardWedge = (u32, u32, Option<(u32, usize)>);
+/// (id, BCAE code CRC, sparse (CRC, length), encoder SysTick ticks).
+type BoardWedge = (u32, u32, Option<(u32, usize)>, Option<u64>);
+
+/// QEMU runs with `-icount shift=0`: its virtual clock advances 1 ns per executed instruction,
+/// and the image's SysTick counts that clock at mps2-an386's 25 MHz SYSCLK, so one tick is 40
+/// instructions. An estimate of the work a Cortex-M4F core does (its real cycles per
+/// instruction, 1 for most, 2-3 for loads and branches, are not modelled).
+pub const INSTRUCTIONS_PER_TICK: u64 = 40;
 
 /// The streaming image's `ram` line.
 fn parse_board_ram(text: &str) -> Option<BoardRam> {
@@ -373,11 +416,12 @@ fn parse_board_output(text: &str) -> (Vec<BoardWedge>, u32, bool) {
             let hex = |k: &str| fields.get(k).and_then(|v| u32::from_str_radix(v, 16).ok());
             let sparse =
                 hex("sparse_crc").zip(fields.get("sparse_len").and_then(|v| v.parse().ok()));
+            let ticks = fields.get("encode_ticks").and_then(|v| v.parse().ok());
             if let (Some(id), Some(b)) = (
                 fields.get("id").and_then(|v| v.parse().ok()),
                 hex("bcae_crc"),
             ) {
-                wedges.push((id, b, sparse));
+                wedges.push((id, b, sparse, ticks));
             }
         } else if line.starts_with("stats ") {
             failures = fields
@@ -525,6 +569,7 @@ pub fn run(
             board_sparse_crc: None,
             board_sparse_len: None,
             sparse_checked: !opts.stream,
+            board_encode_instructions: None,
         });
         payloads.push((i as u32, buf[..len].to_vec()));
     }
@@ -584,8 +629,17 @@ pub fn run(
     let image = image_size(&elf, embedded)?;
 
     let mut cmd = Command::new(&opts.qemu);
-    cmd.args(["-M", "mps2-an386", "-nographic", "-semihosting", "-kernel"])
-        .arg(&elf);
+    // -icount shift=0: one instruction per virtual nanosecond, which the image's SysTick reads.
+    cmd.args([
+        "-M",
+        "mps2-an386",
+        "-nographic",
+        "-semihosting",
+        "-icount",
+        "shift=0",
+        "-kernel",
+    ])
+    .arg(&elf);
     let qemu_start = Instant::now();
     let (exit_ok, output) = match run_with_timeout(cmd, opts.timeout, "qemu-system-arm") {
         Err(SimError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -601,8 +655,11 @@ pub fn run(
     if !exit_ok || !done {
         failures = failures.max(1);
     }
-    for (id, bcae, sparse) in board {
+    for (id, bcae, sparse, ticks) in board {
         if let Some(row) = rows.iter_mut().find(|r| r.id == id) {
+            row.board_encode_instructions = ticks
+                .filter(|&t| t > 0)
+                .map(|t| t.saturating_mul(INSTRUCTIONS_PER_TICK));
             row.board_bcae_crc = Some(bcae);
             row.board_sparse_crc = sparse.map(|(crc, _)| crc);
             row.board_sparse_len = sparse.map(|(_, len)| len);
@@ -631,7 +688,7 @@ pub fn run(
         None
     };
     let all_match = failures == 0 && rows.iter().all(|r| r.matches());
-    Ok(QemuReport {
+    let mut report = QemuReport {
         model: format!(
             "{}{}",
             crate::model_name(encoder.kind()),
@@ -652,13 +709,17 @@ pub fn run(
         elf,
         scratch_bytes: encoder.scratch_len(),
         code_bytes: encoder.code_len(),
+        macs_per_wedge: encoder.macs_per_wedge(),
+        board_instructions_per_mac: None,
         scratch_per_model: scratch_per_model(),
         build_seconds,
         qemu_seconds,
         board_output: output,
         board_ram,
         streaming,
-    })
+    };
+    report.board_instructions_per_mac = report.instructions_per_mac().map(|(_, per_mac)| per_mac);
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -667,11 +728,11 @@ mod tests {
 
     #[test]
     fn board_output_is_parsed() {
-        let text = "image model=BcaeHt scratch=1 code=2 wedges=2\nwedge id=0 bcae_crc=0000abcd bcae_len=24576 sparse_crc=ffffffff sparse_len=12\nwedge id=1 bcae_crc=zz\nstats codes=2 failed=0\ndone\n";
+        let text = "image model=BcaeHt scratch=1 code=2 wedges=2\nwedge id=0 bcae_crc=0000abcd bcae_len=24576 sparse_crc=ffffffff sparse_len=12 encode_ticks=123456\nwedge id=1 bcae_crc=zz\nstats codes=2 failed=0\ndone\n";
         let (w, failures, done) = parse_board_output(text);
-        assert_eq!(w, vec![(0, 0xabcd, Some((0xffff_ffff, 12)))]);
+        assert_eq!(w, vec![(0, 0xabcd, Some((0xffff_ffff, 12)), Some(123_456))]);
         let stream = "wedge id=4 bcae_crc=00000010 bcae_len=24576 code_slices=16\nram region=262144 statics=96000 stack_peak=9000\n";
-        assert_eq!(parse_board_output(stream).0, vec![(4, 0x10, None)]);
+        assert_eq!(parse_board_output(stream).0, vec![(4, 0x10, None, None)]);
         assert_eq!(
             parse_board_ram(stream),
             Some(BoardRam {

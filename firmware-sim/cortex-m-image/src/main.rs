@@ -7,14 +7,17 @@
 //!    from the front end (an `SpiBus`), the code frame goes to a capture buffer (an `SpiDevice`),
 //!    busy / code-ready are counted (`OutputPin`s);
 //! 3. checks the code frame (magic, length, CRC) and prints the code's CRC-32 over semihosting;
-//! 4. does the same with the sparse codec (lossless) in the loop.
+//! 4. does the same with the sparse codec (lossless) in the loop;
+//! 5. times the int8 encoder alone on the wedge with SysTick (core clock, wraps counted by its
+//!    interrupt). Under `qemu-system-arm -icount shift=0` the virtual clock advances 1 ns per
+//!    executed instruction, so these ticks count instructions (x 40 at the 25 MHz SYSCLK).
 //!
 //! `firmware-sim qemu` prepares the inputs, builds this image, runs it and compares every CRC with
 //! the host's candle integer path. Output lines (parsed by `firmware-sim`):
 //!
 //! ```text
 //! image model=<kind> scratch=<bytes> code=<bytes> wedges=<n>
-//! wedge id=<id> bcae_crc=<hex> bcae_len=<n> sparse_crc=<hex> sparse_len=<n>
+//! wedge id=<id> bcae_crc=<hex> bcae_len=<n> sparse_crc=<hex> sparse_len=<n> encode_ticks=<n>
 //! stats codes=<n> failed=<n>
 //! done
 //! ```
@@ -22,8 +25,11 @@
 #![no_main]
 
 use core::convert::Infallible;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use cortex_m_rt::entry;
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m::peripheral::SYST;
+use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
 use embedded_hal::spi::{self, ErrorType, Operation, SpiBus, SpiDevice};
@@ -53,6 +59,27 @@ static FRAME: ConstStaticCell<[u8; FRAME_BYTES]> = ConstStaticCell::new([0; FRAM
 static CAPTURED: ConstStaticCell<[u8; FRAME_BYTES]> = ConstStaticCell::new([0; FRAME_BYTES]);
 /// ~32 KiB, built once at start-up (its constructor is not `const`).
 static SPARSE_STATE: StaticCell<SparseScratch> = StaticCell::new();
+
+/// SysTick wraps (its 24-bit counter reloads every 2^24 core-clock ticks).
+static SYSTICK_WRAPS: AtomicU32 = AtomicU32::new(0);
+const SYSTICK_RELOAD: u32 = 0x00FF_FFFF;
+
+#[exception]
+fn SysTick() {
+    SYSTICK_WRAPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Core-clock ticks since SysTick started (wraps counted; re-read if one lands in between).
+fn ticks() -> u64 {
+    loop {
+        let wraps = SYSTICK_WRAPS.load(Ordering::Relaxed);
+        let current = SYST::get_current();
+        if SYSTICK_WRAPS.load(Ordering::Relaxed) == wraps {
+            return u64::from(wraps) * u64::from(SYSTICK_RELOAD + 1)
+                + u64::from(SYSTICK_RELOAD - current);
+        }
+    }
+}
 
 /// The front end: streams one input frame, then an idle line (0xFF).
 struct FrontEnd<'w>(InputFrameStream<'w>);
@@ -204,6 +231,13 @@ fn run() -> Result<u32, encoder_nostd::Error> {
     let captured = CAPTURED.take();
     let sparse_state = SPARSE_STATE.init(SparseScratch::new());
 
+    if let Some(mut core) = cortex_m::Peripherals::take() {
+        core.SYST.set_clock_source(SystClkSource::Core);
+        core.SYST.set_reload(SYSTICK_RELOAD);
+        core.SYST.clear_current();
+        core.SYST.enable_interrupt();
+        core.SYST.enable_counter();
+    }
     let codec = Codec::bcae(WEIGHTS)?;
     if let Codec::Bcae { encoder, .. } = &codec {
         let kind = encoder.kind();
@@ -238,6 +272,17 @@ fn run() -> Result<u32, encoder_nostd::Error> {
         at += 8 + len as usize;
         sparse::decode_with(sparse_state, payload, &mut source[..])?;
 
+        // The encoder alone, timed (its scratch is followed by room for the code).
+        let encode_ticks = match &codec {
+            Codec::Bcae { encoder, .. } => {
+                let (work, code) = scratch.split_at_mut(encoder.scratch_len());
+                let start = ticks();
+                encoder.encode(&source[..], work, &mut code[..encoder.code_len()])?;
+                ticks() - start
+            }
+            _ => 0,
+        };
+
         let memory = Buffers {
             adc: &mut adc[..],
             scratch: &mut scratch[..],
@@ -261,12 +306,13 @@ fn run() -> Result<u32, encoder_nostd::Error> {
         if let (Some((bcae_crc, bcae_len)), Some((sparse_crc, sparse_len))) = (bcae, sparse) {
             codes += 2;
             hprintln!(
-                "wedge id={} bcae_crc={:08x} bcae_len={} sparse_crc={:08x} sparse_len={}",
+                "wedge id={} bcae_crc={:08x} bcae_len={} sparse_crc={:08x} sparse_len={} encode_ticks={}",
                 id,
                 bcae_crc,
                 bcae_len,
                 sparse_crc,
-                sparse_len
+                sparse_len,
+                encode_ticks
             );
         }
     }
