@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The int8 encoder against PyTorch fp32, in one run per model: `firmware-sim bench` (no_std int8 on
 # 1 and all threads, with dense-equivalent GMAC/s and % of the core's int8 peak) plus a PyTorch fp32
-# row from the reference checkout's own encoder (scripts/torch_bench.py), for BCAE-HT (the shipped
-# weights) and BCAE-2D(4,8,3) (random weights: speed does not depend on their values).
+# row from the reference checkout's own encoder (scripts/torch_bench.py), for the shipped BCAE-HT
+# and BCAE-2D(4,8,3).
 #
 #   scripts/bench-vs-torch.sh REF_CHECKOUT [--venv DIR] [--mode encoder] [--native] [--seconds N]
 #
@@ -101,10 +101,16 @@ fi
 cargo build --release -q -p firmware-sim
 BIN=${CARGO_TARGET_DIR:-target}/release/firmware-sim
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
-"$BIN" random-weights --model bcae-2d --out "$WORK/bcae-2d-483.bcae.postcard" >/dev/null
+# BCAE-2D(4,8,3): the shipped weights, or random weights of that shape (speed does not depend on
+# their values).
+W2D=weights/bcae-2d-m4n8d3.bcae.postcard
+if [[ ! -f $W2D ]]; then
+  W2D=$WORK/bcae-2d-483.bcae.postcard
+  "$BIN" random-weights --model bcae-2d --out "$W2D" >/dev/null
+fi
 
 echo "# $(date -u '+%F %T') UTC, load average $(cut -d' ' -f1-3 /proc/loadavg), RUSTFLAGS='${RUSTFLAGS:-}'"
-for W in weights/bcae-ht.bcae.postcard "$WORK/bcae-2d-483.bcae.postcard"; do
+for W in weights/bcae-ht.bcae.postcard "$W2D"; do
   RAYON_NUM_THREADS=$THREADS "$BIN" bench --weights "$W" --batch "$BATCH" --seconds "$SECONDS_PER_ROW" \
     --torch-python "$PY" --torch-ref "$REF"
 done

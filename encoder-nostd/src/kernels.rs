@@ -48,6 +48,24 @@ macro_rules! simd_kernel {
     };
 }
 
+/// The instruction set the convolution kernels run with on this CPU: the level `pulp`'s
+/// run-time dispatch picks (x86-64: AVX-512, AVX2 or the SSE2 baseline; elsewhere plain code,
+/// vectorised only as far as the build's target features allow).
+pub fn simd_level() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        match pulp::Arch::new() {
+            pulp::Arch::V4(_) => "AVX-512 (x86-64-v4)",
+            pulp::Arch::V3(_) => "AVX2 (x86-64-v3)",
+            _ => "SSE2 (x86-64 baseline)",
+        }
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        "the build's target features (no run-time dispatch on this architecture)"
+    }
+}
+
 simd_kernel!(conv_rows_sparse, SparseConv => sparse_kernel [LANES] (
     conv: &'a Conv<'w>, input: &'a [i8], in_shape: Shape, out: Shape, rows: Range<usize>,
     output: &'a mut [i8],
@@ -1023,6 +1041,26 @@ pub fn input_from_adc(
 
 #[cfg(test)]
 mod tests {
+    /// The reported level is the one the CPU supports (what pulp dispatches to).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_level_matches_the_cpu() {
+        extern crate std;
+        let level = simd_level();
+        let avx512 = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512cd");
+        if avx512 {
+            assert!(level.starts_with("AVX-512"), "{level}");
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            assert!(level.starts_with("AVX2"), "{level}");
+        } else {
+            assert!(level.starts_with("SSE2"), "{level}");
+        }
+    }
+
     use super::*;
     use crate::weights::Requant;
     use proptest::prelude::*;

@@ -97,6 +97,8 @@ pub struct BuildInfo {
     pub debug_assertions: bool,
     pub cuda_feature: bool,
     pub rayon_threads: usize,
+    /// The instruction set the int8 kernels run with here (`encoder_nostd::kernels::simd_level`).
+    pub int8_kernels: &'static str,
 }
 
 impl BuildInfo {
@@ -145,6 +147,7 @@ impl BuildInfo {
             debug_assertions: cfg!(debug_assertions),
             cuda_feature: cfg!(feature = "cuda"),
             rayon_threads: rayon::current_num_threads(),
+            int8_kernels: encoder_nostd::kernels::simd_level(),
         }
     }
 
@@ -155,15 +158,11 @@ impl BuildInfo {
             "release"
         };
         format!(
-            "build: {} {profile}; compiled target features: [{}]; CPU has: [{}]{}; cuda feature: {}; threads: {}",
+            "build: {} {profile}; compiled target features: [{}]; CPU has: [{}]; int8 kernels run as: {} (run-time dispatch); cuda feature: {}; threads: {}",
             self.target_arch,
             self.compiled_features.join(", "),
             self.cpu_features.join(", "),
-            if self.cpu_features.iter().any(|f| !self.compiled_features.contains(f)) {
-                " (RUSTFLAGS=\"-C target-cpu=native\" would enable the rest)"
-            } else {
-                ""
-            },
+            self.int8_kernels,
             if self.cuda_feature { "on" } else { "off" },
             self.rayon_threads
         )
@@ -868,6 +867,7 @@ mod tests {
             "float rows say what they need: {text}"
         );
         assert!(text.contains("compiled target features"), "{text}");
+        assert!(text.contains("int8 kernels run as"), "{text}");
         let st = &report.streaming;
         assert!(st.wedges >= 2 && st.streaming_wedges_per_s > 0.0, "{text}");
         assert!(st.streaming_ram_bytes * 10 < st.whole_ram_bytes, "{text}");
