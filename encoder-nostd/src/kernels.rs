@@ -23,7 +23,7 @@ use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW, MAX_SHIFT};
 /// The wrapper itself is not inlined, so each kernel's stack buffers stay in its own frame.
 /// Every level computes the identical integer result: only the instruction set differs.
 macro_rules! simd_kernel {
-    ($wrapper:ident, $op:ident => $kernel:ident [$($lanes:ident)?] ($($field:ident: $ty:ty),* $(,)?)) => {
+    ($(#[$doc:meta])* $vis:vis $wrapper:ident, $op:ident => $kernel:ident [$($lanes:ident)?] ($($field:ident: $ty:ty),* $(,)?)) => {
         struct $op<'a, 'w, $(const $lanes: usize)?> {
             $($field: $ty,)*
             _lifetimes: core::marker::PhantomData<(&'a (), &'w ())>,
@@ -38,8 +38,9 @@ macro_rules! simd_kernel {
             }
         }
 
+        $(#[$doc])*
         #[inline(never)]
-        fn $wrapper<'a, 'w, $(const $lanes: usize)?>($($field: $ty),*) -> Result<(), EncodeError> {
+        $vis fn $wrapper<'a, 'w, $(const $lanes: usize)?>($($field: $ty),*) -> Result<(), EncodeError> {
             pulp::Arch::new().dispatch($op::<$($lanes)?> {
                 $($field,)*
                 _lifetimes: core::marker::PhantomData,
@@ -47,6 +48,8 @@ macro_rules! simd_kernel {
         }
     };
 }
+
+pub(crate) use simd_kernel;
 
 /// The instruction set the convolution kernels run with on this CPU: the level `pulp`'s
 /// run-time dispatch picks (x86-64: AVX-512, AVX2 or the SSE2 baseline; elsewhere plain code,

@@ -43,7 +43,8 @@ use crate::encoder::Encoder;
 use crate::error::{internal, Error};
 use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
 use crate::kernels::{
-    add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
+    add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, simd_kernel,
+    SPARSE_DENSITY,
 };
 use crate::weights::{
     le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
@@ -995,15 +996,24 @@ fn conv_stage(
     )
 }
 
-/// One output z-column of `conv`, all channels, depths and azimuth positions, from the input
-/// columns `cols[x]` (kernel tap x along z; `None` where the tap falls in the padding), each
-/// laid out (c, d, h). `output` receives (out.c, out.d, out.h). Same arithmetic as
-/// [`crate::kernels::conv`]; each input row is converted to `x - zp` (and de-interleaved by the
-/// azimuth stride) once, then shared by a group of output channels. Where the input columns are
-/// mostly the zero point (the zero-suppressed wedge entering the first layer, which holds most of
-/// the network's MACs), each row's other values are scattered instead, so the zero point costs
-/// nothing (the same products, summed in another order: integer sums do not depend on it).
-pub fn conv_column(
+simd_kernel!(
+    /// One output z-column of `conv`, all channels, depths and azimuth positions, from the input
+    /// columns `cols[x]` (kernel tap x along z; `None` where the tap falls in the padding), each
+    /// laid out (c, d, h). `output` receives (out.c, out.d, out.h). Same arithmetic as
+    /// [`crate::kernels::conv`]; each input row is converted to `x - zp` (and de-interleaved by
+    /// the azimuth stride) once, then shared by a group of output channels. Where the input
+    /// columns are mostly the zero point (the zero-suppressed wedge entering the first layer,
+    /// which holds most of the network's MACs), each row's other values are scattered instead,
+    /// so the zero point costs nothing (the same products, summed in another order: integer sums
+    /// do not depend on it). Runs through the kernels' run-time SIMD dispatch.
+    pub conv_column, ColumnConv => column_kernel [] (
+        conv: &'a Conv<'w>, in_shape: Shape, out: Shape, cols: &'a [Option<&'a [i8]>],
+        output: &'a mut [i8],
+    )
+);
+
+#[inline(always)]
+fn column_kernel(
     conv: &Conv<'_>,
     in_shape: Shape,
     out: Shape,
