@@ -45,9 +45,8 @@ use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
 };
-use crate::weights::{
-    le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
-};
+use crate::topology::LayerId;
+use crate::weights::{le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, MAX_ROW};
 
 /// Most rings (tensors) and stages a network may have (BCAE-2D with 8 blocks needs 42 and 41).
 const MAX_NODES: usize = 48;
@@ -62,37 +61,18 @@ const SPARSE_LANES: usize = 8;
 /// ADC samples in one z slice (192 azimuth x 16 layers).
 pub const SLICE_SAMPLES: usize = AZIMUTH * LAYERS;
 
-/// A layer of the model, by position (stages borrow nothing, so the plan is small and `Copy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layer {
-    HtMain1(usize),
-    HtMain2(usize),
-    HtSkip(usize),
-    HtOutput,
-    Input2d,
-    /// (block, residual block, second conv?)
-    Res2d(usize, usize, bool),
-}
-
-/// A residual add of the model, by position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AddAt {
-    Ht(usize),
-    Res2d(usize, usize),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     /// `dst = conv(src)`.
     Conv {
-        layer: Layer,
+        layer: LayerId,
         src: usize,
         dst: usize,
     },
     /// `dst = add(a = conv(src), b = skip)`, the conv's column held in the shared temporary.
     ConvAdd {
-        layer: Layer,
-        add: AddAt,
+        layer: LayerId,
+        add: LayerId,
         src: usize,
         skip: usize,
         dst: usize,
@@ -189,9 +169,14 @@ impl<'a> StreamEncoder<'a> {
             tmp_len: 0,
             scratch: 0,
         };
+        let input = encoder
+            .model()
+            .topology()
+            .map_err(|_| internal("a validated model has no description"))?
+            .input_shape();
         match &encoder.model().network {
-            Network::BcaeHt(net) => build_ht(net, &mut plan)?,
-            Network::Bcae2d(net) => build_2d(net, &mut plan)?,
+            Network::BcaeHt(net) => build_ht(net, input, &mut plan)?,
+            Network::Bcae2d(net) => build_2d(net, input, &mut plan)?,
         }
         let mut this = StreamEncoder { encoder, plan };
         this.size_rings()?;
@@ -396,7 +381,7 @@ impl<'a> StreamEncoder<'a> {
             })
     }
 
-    fn conv_ready(&self, c: &Counters, layer: Layer, src: usize, o: usize) -> bool {
+    fn conv_ready(&self, c: &Counters, layer: LayerId, src: usize, o: usize) -> bool {
         let conv = self.conv(layer);
         let Some(ring) = self.ring(src) else {
             return false;
@@ -410,36 +395,19 @@ impl<'a> StreamEncoder<'a> {
         self.plan.rings.get(r)
     }
 
-    fn conv(&self, layer: Layer) -> &Conv<'a> {
+    fn conv(&self, layer: LayerId) -> &Conv<'a> {
         conv_of(&self.encoder, layer)
     }
 }
 
-/// The conv at `layer` (positions are built from the same network, so they always exist; a
-/// mismatch falls back to the first layer, and the shape checks then report it).
-fn conv_of<'e, 'a>(encoder: &'e Encoder<'a>, layer: Layer) -> &'e Conv<'a> {
-    match (&encoder.model().network, layer) {
-        (Network::BcaeHt(n), Layer::HtMain1(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.main1),
-        (Network::BcaeHt(n), Layer::HtMain2(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.main2),
-        (Network::BcaeHt(n), Layer::HtSkip(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.skip),
-        (Network::BcaeHt(n), _) => &n.output,
-        (Network::Bcae2d(n), Layer::Res2d(b, r, second)) => n
-            .blocks
-            .get(b)
-            .and_then(|b| b.res.get(r))
-            .map_or(&n.input, |r| if second { &r.conv2 } else { &r.conv1 }),
-        (Network::Bcae2d(n), _) => &n.input,
-    }
+/// The conv named `layer` (stages are planned from the same network, so it always exists; a
+/// mismatch falls back to an empty layer, and the shape checks then report it).
+fn conv_of<'e, 'a>(encoder: &'e Encoder<'a>, layer: LayerId) -> &'e Conv<'a> {
+    encoder.model().network.conv(layer).unwrap_or(&Conv::EMPTY)
 }
 
-fn add_of<'e>(encoder: &'e Encoder<'_>, at: AddAt) -> Option<&'e Add> {
-    match (&encoder.model().network, at) {
-        (Network::BcaeHt(n), AddAt::Ht(b)) => n.blocks.get(b).map(|b| &b.add),
-        (Network::Bcae2d(n), AddAt::Res2d(b, r)) => {
-            n.blocks.get(b).and_then(|b| b.res.get(r)).map(|r| &r.add)
-        }
-        _ => None,
-    }
+fn add_of<'e>(encoder: &'e Encoder<'_>, at: LayerId) -> Option<&'e Add> {
+    encoder.model().network.add(at)
 }
 
 fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, EncodeError> {
@@ -462,7 +430,7 @@ fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, EncodeError> {
 fn add_conv(
     plan: &mut Plan,
     conv: &Conv<'_>,
-    layer: Layer,
+    layer: LayerId,
     src: usize,
 ) -> Result<usize, EncodeError> {
     let in_shape = plan
@@ -481,8 +449,8 @@ fn add_conv(
 fn add_conv_add(
     plan: &mut Plan,
     conv: &Conv<'_>,
-    layer: Layer,
-    add: AddAt,
+    layer: LayerId,
+    add: LayerId,
     src: usize,
     skip: usize,
 ) -> Result<usize, EncodeError> {
@@ -543,9 +511,9 @@ fn check_conv(conv: &Conv<'_>, input: Shape) -> Result<(), EncodeError> {
     Ok(())
 }
 
-fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
-    let mut x = new_ring(plan, HT_INPUT)?;
-    for (b, block) in net.blocks.iter().enumerate() {
+fn build_ht(net: &HtNetwork<'_>, input: Shape, plan: &mut Plan) -> Result<(), EncodeError> {
+    let mut x = new_ring(plan, input)?;
+    for (b, block) in (0u8..).zip(net.blocks.iter()) {
         // skip, main1, then main2 + add: downstream runs first, so the add consumes each skip
         // column before the skip conv writes the next one (a one-column skip ring).
         let x_shape = plan
@@ -559,33 +527,39 @@ fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
         push(
             &mut plan.stages,
             Op::Conv {
-                layer: Layer::HtSkip(b),
+                layer: LayerId::HtSkip(b),
                 src: x,
                 dst: s,
             },
         )?;
-        let h = add_conv(plan, &block.main1, Layer::HtMain1(b), x)?;
-        x = add_conv_add(plan, &block.main2, Layer::HtMain2(b), AddAt::Ht(b), h, s)?;
+        let h = add_conv(plan, &block.main1, LayerId::HtMain1(b), x)?;
+        x = add_conv_add(
+            plan,
+            &block.main2,
+            LayerId::HtMain2(b),
+            LayerId::HtAdd(b),
+            h,
+            s,
+        )?;
     }
-    plan.code = add_conv(plan, &net.output, Layer::HtOutput, x)?;
+    plan.code = add_conv(plan, &net.output, LayerId::HtOutput, x)?;
     Ok(())
 }
 
-fn build_2d(net: &Network2d<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
-    let input = new_ring(plan, INPUT_2D)?;
-    let mut x = add_conv(plan, &net.input, Layer::Input2d, input)?;
-    for (b, block) in net.blocks.iter().enumerate() {
+fn build_2d(net: &Network2d<'_>, input: Shape, plan: &mut Plan) -> Result<(), EncodeError> {
+    let input = new_ring(plan, input)?;
+    let mut x = add_conv(plan, &net.input, LayerId::Input2d, input)?;
+    for (b, block) in (0u8..).zip(net.blocks.iter()) {
         if block.pool {
             x = add_pool(plan, x)?;
         }
-        for r in 0..block.res.len() {
-            let res = &block.res[r];
-            let h = add_conv(plan, &res.conv1, Layer::Res2d(b, r, false), x)?;
+        for (r, res) in (0u8..).zip(block.res.iter()) {
+            let h = add_conv(plan, &res.conv1, LayerId::Res2dConv1(b, r), x)?;
             x = add_conv_add(
                 plan,
                 &res.conv2,
-                Layer::Res2d(b, r, true),
-                AddAt::Res2d(b, r),
+                LayerId::Res2dConv2(b, r),
+                LayerId::Res2dAdd(b, r),
                 h,
                 x,
             )?;
@@ -955,7 +929,7 @@ fn two_ranges(
 /// offset) into `output`.
 fn conv_stage(
     enc: &StreamEncoder<'_>,
-    layer: Layer,
+    layer: LayerId,
     ring_bytes: &[i8],
     src: usize,
     o: usize,
