@@ -45,8 +45,8 @@ use crate::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, SPARSE_DENSITY,
 };
-use crate::topology::LayerId;
-use crate::weights::{le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, MAX_ROW};
+use crate::topology::{LayerId, LayerOp, Op as TopoOp, Source, Topology, MAX_LAYERS};
+use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW};
 
 /// Most rings (tensors) and stages a network may have (BCAE-2D with 8 blocks needs 42 and 41).
 const MAX_NODES: usize = 48;
@@ -169,15 +169,11 @@ impl<'a> StreamEncoder<'a> {
             tmp_len: 0,
             scratch: 0,
         };
-        let input = encoder
+        let topology = encoder
             .model()
             .topology()
-            .map_err(|_| internal("a validated model has no description"))?
-            .input_shape();
-        match &encoder.model().network {
-            Network::BcaeHt(net) => build_ht(net, input, &mut plan)?,
-            Network::Bcae2d(net) => build_2d(net, input, &mut plan)?,
-        }
+            .map_err(|_| internal("a validated model has no description"))?;
+        build(&encoder, &topology, &mut plan)?;
         let mut this = StreamEncoder { encoder, plan };
         this.size_rings()?;
         let code = this.plan.rings.get(this.plan.code).ok_or(internal(
@@ -511,61 +507,93 @@ fn check_conv(conv: &Conv<'_>, input: Shape) -> Result<(), EncodeError> {
     Ok(())
 }
 
-fn build_ht(net: &HtNetwork<'_>, input: Shape, plan: &mut Plan) -> Result<(), EncodeError> {
-    let mut x = new_ring(plan, input)?;
-    for (b, block) in (0u8..).zip(net.blocks.iter()) {
-        // skip, main1, then main2 + add: downstream runs first, so the add consumes each skip
-        // column before the skip conv writes the next one (a one-column skip ring).
-        let x_shape = plan
-            .rings
-            .get(x)
-            .ok_or(internal("plan ring index out of range"))?
-            .shape;
-        let skip_shape = conv_output_shape(&block.skip, x_shape)?;
-        check_conv(&block.skip, x_shape)?;
-        let s = new_ring(plan, skip_shape)?;
-        push(
-            &mut plan.stages,
-            Op::Conv {
-                layer: LayerId::HtSkip(b),
-                src: x,
-                dst: s,
-            },
-        )?;
-        let h = add_conv(plan, &block.main1, LayerId::HtMain1(b), x)?;
-        x = add_conv_add(
-            plan,
-            &block.main2,
-            LayerId::HtMain2(b),
-            LayerId::HtAdd(b),
-            h,
-            s,
-        )?;
-    }
-    plan.code = add_conv(plan, &net.output, LayerId::HtOutput, x)?;
-    Ok(())
+/// Whether layer `i` of `layers` is a conv whose output is the skip operand (`b`) of an add.
+fn feeds_skip(layers: &[LayerOp], i: usize) -> bool {
+    let Some(id) = layers.get(i).map(|l| l.id) else {
+        return false;
+    };
+    matches!(layers.get(i).map(|l| l.op), Some(TopoOp::Conv(_)))
+        && layers
+            .iter()
+            .any(|l| matches!(l.op, TopoOp::Add(a) if a.b == Source::Layer(id)))
 }
 
-fn build_2d(net: &Network2d<'_>, input: Shape, plan: &mut Plan) -> Result<(), EncodeError> {
-    let input = new_ring(plan, input)?;
-    let mut x = add_conv(plan, &net.input, LayerId::Input2d, input)?;
-    for (b, block) in (0u8..).zip(net.blocks.iter()) {
-        if block.pool {
-            x = add_pool(plan, x)?;
+/// The stages of a model, from its description: one ring per tensor and one stage per layer, in
+/// the description's order with two changes. An add is fused into the conv right before it that
+/// makes its main operand (`a`) and nothing else reads (that conv's column only ever lives in the
+/// temporary). A conv making an add's skip operand runs before the other convs reading the same
+/// tensor: downstream runs first, so the add consumes each skip column before the skip conv
+/// writes the next one (a one-column skip ring).
+fn build(encoder: &Encoder<'_>, topology: &Topology, plan: &mut Plan) -> Result<(), EncodeError> {
+    let layers = topology.layers();
+    // Skip convs first in each run of convs reading one tensor, the rest in the description's
+    // order.
+    let reads = |i: usize| match layers.get(i).map(|l| l.op) {
+        Some(TopoOp::Conv(c)) => Some(c.input),
+        _ => None,
+    };
+    let mut order: heapless::Vec<usize, MAX_LAYERS> = heapless::Vec::new();
+    let mut start = 0;
+    while start < layers.len() {
+        let mut end = start + 1;
+        while end < layers.len() && reads(end).is_some() && reads(end) == reads(start) {
+            end += 1;
         }
-        for (r, res) in (0u8..).zip(block.res.iter()) {
-            let h = add_conv(plan, &res.conv1, LayerId::Res2dConv1(b, r), x)?;
-            x = add_conv_add(
-                plan,
-                &res.conv2,
-                LayerId::Res2dConv2(b, r),
-                LayerId::Res2dAdd(b, r),
-                h,
-                x,
-            )?;
+        for skip_first in [true, false] {
+            for i in (start..end).filter(|&i| feeds_skip(layers, i) == skip_first) {
+                push(&mut order, i)?;
+            }
         }
+        start = end;
     }
-    plan.code = x;
+    let mut rings: heapless::Vec<(Source, usize), MAX_NODES> = heapless::Vec::new();
+    let input = new_ring(plan, topology.input_shape())?;
+    push(&mut rings, (Source::Input, input))?;
+    let ring_of = |rings: &heapless::Vec<(Source, usize), MAX_NODES>, s: Source| {
+        rings
+            .iter()
+            .find(|(k, _)| *k == s)
+            .map(|(_, r)| *r)
+            .ok_or(internal("a streaming stage reads a tensor not planned yet"))
+    };
+    let network = &encoder.model().network;
+    let conv_of = |id| {
+        network
+            .conv(id)
+            .ok_or(internal("a validated model lacks a described conv"))
+    };
+    let mut k = 0;
+    while let Some(layer) = order.get(k).and_then(|&i| layers.get(i)) {
+        let next = order.get(k + 1).and_then(|&i| layers.get(i));
+        k += 1;
+        let (id, dst) = match layer.op {
+            TopoOp::Conv(c) => {
+                let read_once = layers
+                    .iter()
+                    .filter(|l| l.op.inputs().contains(&Some(Source::Layer(layer.id))))
+                    .count()
+                    == 1;
+                let src = ring_of(&rings, c.input)?;
+                match next.map(|n| (n.id, n.op)) {
+                    Some((add, TopoOp::Add(a))) if a.a == Source::Layer(layer.id) && read_once => {
+                        k += 1;
+                        let skip = ring_of(&rings, a.b)?;
+                        let conv = conv_of(layer.id)?;
+                        (add, add_conv_add(plan, conv, layer.id, add, src, skip)?)
+                    }
+                    _ => (layer.id, add_conv(plan, conv_of(layer.id)?, layer.id, src)?),
+                }
+            }
+            TopoOp::Pool { input } => (layer.id, add_pool(plan, ring_of(&rings, input)?)?),
+            TopoOp::Add(_) => {
+                return Err(EncodeError::Unsupported {
+                    what: "a residual add not right after the conv making its main operand",
+                })
+            }
+        };
+        push(&mut rings, (Source::Layer(id), dst))?;
+        plan.code = dst;
+    }
     Ok(())
 }
 

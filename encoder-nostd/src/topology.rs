@@ -4,16 +4,17 @@
 //! format's checks ([`crate::weights::QuantizedModel::validate`] compares every layer of a file
 //! with its description, and names the layer that differs), the owned writer
 //! ([`crate::weights::owned::OwnedModel`] holds its layers by [`LayerId`], and its random models
-//! are drawn layer by layer), the whole-wedge encoder's scratch plan (its per-layer shapes), and,
-//! in `trainer`, the float encoder read from a checkpoint (each conv's variable names are here),
+//! are drawn layer by layer), the whole-wedge encoder's scratch plan (its per-layer shapes), the
+//! streaming encoder's stages and rings (one per layer and tensor), and, in `trainer`, the float encoder read from a checkpoint (each conv's variable names are here),
 //! the calibration (one range per named tensor) and the candle integer path.
 //!
 //! Adding a model: a [`ModelKind`] variant and its description in [`Topology::new`]; the weights
 //! format's struct for it (a `Network` variant: the file layout is its serde types) with its
 //! arms in the name accessors (`Network::conv`, `add`, `skeleton`, ...) and in
-//! `QuantizedModel::kind`; its encoder loops (`encoder`, `streaming`); in `trainer`, the float
-//! model and its `ModelConfig::int8_kind`. The quantizer, calibration, candle integer path, owned
-//! writer and validation need no change.
+//! `QuantizedModel::kind`; the whole-wedge encoder's loop over its struct (`encoder`); in
+//! `trainer`, the float model and its `ModelConfig::int8_kind`. The quantizer, calibration, candle
+//! integer path, owned writer, validation and streaming encoder need no change (as long as the
+//! model uses the existing operations: conv, residual add, 2x2 pooling).
 //!
 //! Layers are listed in execution order; every operation names the tensors it reads ([`Source`]),
 //! so consumers walk the list as a dataflow graph. Each layer's output shape is computed here from
