@@ -23,10 +23,11 @@ use crate::geometry::{AZIMUTH, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
 use crate::kernels::{
     add_in_place, avg_pool_2x2, conv, conv_output_shape, conv_rows, input_from_adc,
 };
+use crate::topology::{LayerId, Op, Topology};
 use crate::weights::WeightsError;
 use crate::weights::{
     self, Conv, Fingerprint, HtNetwork, ModelFamily, ModelKind, Network, Network2d, QuantizedModel,
-    Shape, HT_INPUT, INPUT_2D,
+    Shape,
 };
 
 /// Why an int8 encoder (whole-wedge or [`crate::streaming`]) or one of its [`crate::kernels`]
@@ -87,6 +88,8 @@ wrap!(EncodeError::Internal(InternalError));
 /// Scratch layout, computed once at parse time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Plan {
+    /// The network input's shape.
+    input: Shape,
     /// Size of the first slot (BCAE-HT: also holds the input).
     first: usize,
     /// Size of each other slot.
@@ -107,73 +110,63 @@ pub struct Encoder<'a> {
     plan: Plan,
 }
 
-fn conv_macs(conv: &Conv<'_>, out: Shape) -> u64 {
-    out.len() as u64 * conv.terms() as u64
-}
-
-fn plan_ht(net: &HtNetwork<'_>) -> Result<Plan, EncodeError> {
-    let mut shape = HT_INPUT;
-    let mut largest = 0usize;
-    let mut macs = 0u64;
-    for block in &net.blocks {
-        let h = conv_output_shape(&block.main1, shape)?;
-        let s = conv_output_shape(&block.skip, shape)?;
-        let m = conv_output_shape(&block.main2, h)?;
-        macs += conv_macs(&block.main1, h) + conv_macs(&block.skip, s) + conv_macs(&block.main2, m);
-        largest = largest.max(h.len()).max(s.len()).max(m.len());
-        shape = s;
+/// The scratch layout of a model, from its description's per-layer shapes.
+fn plan(topology: &Topology) -> Plan {
+    let input = topology.input_shape();
+    // BCAE-2D pooling in its first block: the input conv runs fused with that pooling, two rows
+    // at a time, and its full-resolution output never fills a slot.
+    let fused = topology.layer(LayerId::Pool2d(0)).is_some();
+    let (mut largest, mut macs, mut code) = (0usize, 0u64, input);
+    for layer in topology.layers() {
+        if let Op::Conv(c) = &layer.op {
+            let terms = c.in_channels as u64 * c.kernel.iter().map(|&k| k as u64).product::<u64>();
+            macs += layer.output.len() as u64 * terms;
+        }
+        let in_slot = match layer.id {
+            // Written straight into the caller's code buffer.
+            LayerId::HtOutput => false,
+            LayerId::Input2d => !fused,
+            _ => true,
+        };
+        if in_slot {
+            largest = largest.max(layer.output.len());
+        }
+        code = layer.output;
     }
-    let code = conv_output_shape(&net.output, shape)?;
-    macs += conv_macs(&net.output, code);
-    let first = HT_INPUT.len().max(largest);
-    Ok(Plan {
-        first,
-        slot: largest,
-        middle: 0,
-        strip: 0,
-        scratch: first + 2 * largest,
-        code,
-        macs,
-    })
-}
-
-fn plan_2d(net: &Network2d<'_>) -> Result<Plan, EncodeError> {
-    let full = conv_output_shape(&net.input, INPUT_2D)?;
-    let mut macs = conv_macs(&net.input, full);
-    let fused = net.d >= 1;
-    let mut largest = if fused { 0 } else { full.len() };
-    let mut shape = full;
-    for block in &net.blocks {
-        if block.pool {
-            shape = Shape {
-                h: shape.h / 2,
-                w: shape.w / 2,
-                ..shape
+    match topology.kind().family() {
+        ModelFamily::BcaeHt => {
+            let first = input.len().max(largest);
+            Plan {
+                input,
+                first,
+                slot: largest,
+                middle: 0,
+                strip: 0,
+                scratch: first + 2 * largest,
+                code,
+                macs,
+            }
+        }
+        ModelFamily::Bcae2d => {
+            let full = topology.layer(LayerId::Input2d).map_or(input, |l| l.output);
+            let strip = if fused {
+                full.c * 2 * full.w + full.c * (full.w / 2)
+            } else {
+                0
             };
-        }
-        largest = largest.max(shape.len());
-        for res in &block.res {
-            let h = conv_output_shape(&res.conv1, shape)?;
-            let m = conv_output_shape(&res.conv2, h)?;
-            macs += conv_macs(&res.conv1, h) + conv_macs(&res.conv2, m);
-            largest = largest.max(h.len()).max(m.len());
+            let middle = (2 * largest).max(input.len());
+            Plan {
+                input,
+                first: largest,
+                slot: largest,
+                middle,
+                strip,
+                scratch: largest + middle + strip,
+                code,
+                macs,
+            }
         }
     }
-    let strip = if fused {
-        full.c * 2 * full.w + full.c * (full.w / 2)
-    } else {
-        0
-    };
-    let middle = (2 * largest).max(INPUT_2D.len());
-    Ok(Plan {
-        first: largest,
-        slot: largest,
-        middle,
-        strip,
-        scratch: largest + middle + strip,
-        code: shape,
-        macs,
-    })
 }
 
 /// Two distinct slots out of three: `src` shared, `dst` mutable.
@@ -238,11 +231,7 @@ impl<'a> Encoder<'a> {
     /// Wraps an already decoded model (validated here).
     pub fn from_model(model: QuantizedModel<'a>) -> Result<Self, WeightsError> {
         let code = model.validate()?;
-        let plan = match &model.network {
-            Network::BcaeHt(net) => plan_ht(net),
-            Network::Bcae2d(net) => plan_2d(net),
-        }
-        .map_err(|_| internal("a validated model's layer shapes do not plan"))?;
+        let plan = plan(&model.topology()?);
         if plan.code != code {
             return Err(internal("the planned code shape differs from the validated one").into());
         }
@@ -347,10 +336,10 @@ impl<'a> Encoder<'a> {
             AZIMUTH,
             Z_BINS,
             Z_PADDED,
-            head_mut(s0, HT_INPUT.len())?,
+            head_mut(s0, plan.input.len())?,
         )?;
         let mut slots = [s0, s1, s2];
-        let (mut x, mut shape) = (0usize, HT_INPUT);
+        let (mut x, mut shape) = (0usize, plan.input);
         for block in &net.blocks {
             // h always in slot 1; the skip branch (and then the block output) alternates between
             // slots 0 and 2; main2 overwrites x, which is dead once h and skip exist.
@@ -394,7 +383,7 @@ impl<'a> Encoder<'a> {
         let (s0, rest) = split(scratch, plan.first)?;
         let (middle, rest) = split(rest, plan.middle)?;
         let (strip, _) = split(rest, plan.strip)?;
-        let input = head_mut(middle, INPUT_2D.len())?;
+        let input = head_mut(middle, plan.input.len())?;
         input_from_adc(
             self.model.input_table,
             adc,
@@ -404,11 +393,12 @@ impl<'a> Encoder<'a> {
             Z_PADDED,
             input,
         )?;
-        let full = conv_output_shape(&net.input, INPUT_2D)?;
-        let mut shape = if net.d >= 1 {
-            fused_conv_pool(&net.input, input, full, strip, s0)?
+        let full = conv_output_shape(&net.input, plan.input)?;
+        // Only a model that pools in its first block has a strip (see `plan`).
+        let mut shape = if plan.strip > 0 {
+            fused_conv_pool(&net.input, input, plan.input, full, strip, s0)?
         } else {
-            conv(&net.input, input, INPUT_2D, s0)?
+            conv(&net.input, input, plan.input, s0)?
         };
         let (s1, rest) = split(middle, plan.slot)?;
         let mut slots = [s0, s1, rest];
@@ -453,6 +443,7 @@ impl<'a> Encoder<'a> {
 fn fused_conv_pool(
     layer: &Conv<'_>,
     input: &[i8],
+    in_shape: Shape,
     full: Shape,
     strip: &mut [i8],
     out: &mut [i8],
@@ -476,7 +467,7 @@ fn fused_conv_pool(
     let row_out = head_mut(row_out, full.c * pooled.w)?;
     let plane = pooled.h * pooled.w;
     for r in 0..pooled.h {
-        conv_rows(layer, input, INPUT_2D, 2 * r..2 * r + 2, rows)?;
+        conv_rows(layer, input, in_shape, 2 * r..2 * r + 2, rows)?;
         avg_pool_2x2(rows, Shape { h: 2, ..full }, row_out)?;
         for (c, pooled_row) in row_out.chunks_exact(pooled.w).enumerate() {
             let start = c * plane + r * pooled.w;
@@ -684,22 +675,21 @@ mod tests {
 
     #[test]
     fn invalid_models_are_refused_even_with_a_valid_crc() {
+        use crate::topology::LayerId;
         let good = OwnedModel::random_ht(6, [2, 4, 4, 8], 8);
+        let layer_error = |m: &OwnedModel| match m.to_bytes().err() {
+            Some(WeightsError::Layer { layer, .. }) => Some(layer),
+            other => panic!("expected a layer error, got {other:?}"),
+        };
         let mut weight128 = good.clone();
-        if let crate::weights::owned::OwnedNetwork::BcaeHt { blocks, .. } = &mut weight128.network {
-            blocks[0].main1.weights[0] = -128;
-        }
-        assert_eq!(weight128.to_bytes().err(), Some(WeightsError::Inconsistent));
+        weight128.conv_mut(LayerId::HtMain1(0)).unwrap().weights[0] = -128;
+        assert_eq!(layer_error(&weight128), Some(LayerId::HtMain1(0)));
         let mut chain = good.clone();
-        if let crate::weights::owned::OwnedNetwork::BcaeHt { blocks, .. } = &mut chain.network {
-            blocks[1].main1.in_channels = 3;
-        }
-        assert_eq!(chain.to_bytes().err(), Some(WeightsError::Inconsistent));
+        chain.conv_mut(LayerId::HtMain1(1)).unwrap().in_channels = 3;
+        assert_eq!(layer_error(&chain), Some(LayerId::HtMain1(1)));
         let mut shift = good.clone();
-        if let crate::weights::owned::OwnedNetwork::BcaeHt { output, .. } = &mut shift.network {
-            output.shift[0] = 0;
-        }
-        assert_eq!(shift.to_bytes().err(), Some(WeightsError::Inconsistent));
+        shift.conv_mut(LayerId::HtOutput).unwrap().shift[0] = 0;
+        assert_eq!(layer_error(&shift), Some(LayerId::HtOutput));
         let mut table = good;
         table.input_table.pop();
         assert_eq!(table.to_bytes().err(), Some(WeightsError::Inconsistent));

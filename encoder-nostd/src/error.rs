@@ -205,6 +205,13 @@ mod tests {
                 "CRC mismatch",
             ),
             (WeightsError::Inconsistent, "inconsistent model"),
+            (
+                WeightsError::Layer {
+                    layer: crate::topology::LayerId::Res2dConv2(2, 1),
+                    what: "a bias is out of range",
+                },
+                "layer block2.res1.conv2: a bias is out of range",
+            ),
             (WeightsError::WrongModel, "different model"),
             (
                 WeightsError::BufferTooSmall {

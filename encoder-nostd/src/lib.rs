@@ -7,6 +7,9 @@
 //!
 //! - [`geometry`]: the TPC wedge's shape and ADC range.
 //! - [`checksum`]: the CRC-32 used by every format of the project.
+//! - [`topology`]: each model's encoder as one ordered list of named layers, from which the
+//!   weights format's checks, the owned writer, the encoders' plans and (in `trainer`) the
+//!   quantizer and the candle integer path are derived.
 //! - [`weights`]: the int8 weights format (the one place it is defined), read with postcard.
 //! - [`kernels`]: integer convolution, pooling, activation and requantization kernels.
 //! - [`encoder`]: BCAE-HT and BCAE-2D int8 encoders over caller-provided scratch memory.
@@ -24,6 +27,7 @@ pub mod geometry;
 pub mod kernels;
 pub mod sparse;
 pub mod streaming;
+pub mod topology;
 pub mod weights;
 
 pub use error::{EncodeError, Error, FirmwareError, InternalError, SparseError, WeightsError};

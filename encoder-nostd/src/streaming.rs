@@ -46,9 +46,8 @@ use crate::kernels::{
     add_in_place, add_tap_pairs, conv_output_shape, gather_nonzero, requantize, simd_kernel,
     SPARSE_DENSITY,
 };
-use crate::weights::{
-    le_i32, Add, Conv, HtNetwork, Network, Network2d, Shape, HT_INPUT, INPUT_2D, MAX_ROW,
-};
+use crate::topology::{LayerId, LayerOp, Op as TopoOp, Source, Topology, MAX_LAYERS};
+use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW};
 
 /// Most rings (tensors) and stages a network may have (BCAE-2D with 8 blocks needs 42 and 41).
 const MAX_NODES: usize = 48;
@@ -63,37 +62,18 @@ const SPARSE_LANES: usize = 8;
 /// ADC samples in one z slice (192 azimuth x 16 layers).
 pub const SLICE_SAMPLES: usize = AZIMUTH * LAYERS;
 
-/// A layer of the model, by position (stages borrow nothing, so the plan is small and `Copy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layer {
-    HtMain1(usize),
-    HtMain2(usize),
-    HtSkip(usize),
-    HtOutput,
-    Input2d,
-    /// (block, residual block, second conv?)
-    Res2d(usize, usize, bool),
-}
-
-/// A residual add of the model, by position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AddAt {
-    Ht(usize),
-    Res2d(usize, usize),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     /// `dst = conv(src)`.
     Conv {
-        layer: Layer,
+        layer: LayerId,
         src: usize,
         dst: usize,
     },
     /// `dst = add(a = conv(src), b = skip)`, the conv's column held in the shared temporary.
     ConvAdd {
-        layer: Layer,
-        add: AddAt,
+        layer: LayerId,
+        add: LayerId,
         src: usize,
         skip: usize,
         dst: usize,
@@ -190,10 +170,11 @@ impl<'a> StreamEncoder<'a> {
             tmp_len: 0,
             scratch: 0,
         };
-        match &encoder.model().network {
-            Network::BcaeHt(net) => build_ht(net, &mut plan)?,
-            Network::Bcae2d(net) => build_2d(net, &mut plan)?,
-        }
+        let topology = encoder
+            .model()
+            .topology()
+            .map_err(|_| internal("a validated model has no description"))?;
+        build(&encoder, &topology, &mut plan)?;
         let mut this = StreamEncoder { encoder, plan };
         this.size_rings()?;
         let code = this.plan.rings.get(this.plan.code).ok_or(internal(
@@ -397,7 +378,7 @@ impl<'a> StreamEncoder<'a> {
             })
     }
 
-    fn conv_ready(&self, c: &Counters, layer: Layer, src: usize, o: usize) -> bool {
+    fn conv_ready(&self, c: &Counters, layer: LayerId, src: usize, o: usize) -> bool {
         let conv = self.conv(layer);
         let Some(ring) = self.ring(src) else {
             return false;
@@ -411,36 +392,19 @@ impl<'a> StreamEncoder<'a> {
         self.plan.rings.get(r)
     }
 
-    fn conv(&self, layer: Layer) -> &Conv<'a> {
+    fn conv(&self, layer: LayerId) -> &Conv<'a> {
         conv_of(&self.encoder, layer)
     }
 }
 
-/// The conv at `layer` (positions are built from the same network, so they always exist; a
-/// mismatch falls back to the first layer, and the shape checks then report it).
-fn conv_of<'e, 'a>(encoder: &'e Encoder<'a>, layer: Layer) -> &'e Conv<'a> {
-    match (&encoder.model().network, layer) {
-        (Network::BcaeHt(n), Layer::HtMain1(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.main1),
-        (Network::BcaeHt(n), Layer::HtMain2(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.main2),
-        (Network::BcaeHt(n), Layer::HtSkip(b)) => n.blocks.get(b).map_or(&n.output, |b| &b.skip),
-        (Network::BcaeHt(n), _) => &n.output,
-        (Network::Bcae2d(n), Layer::Res2d(b, r, second)) => n
-            .blocks
-            .get(b)
-            .and_then(|b| b.res.get(r))
-            .map_or(&n.input, |r| if second { &r.conv2 } else { &r.conv1 }),
-        (Network::Bcae2d(n), _) => &n.input,
-    }
+/// The conv named `layer` (stages are planned from the same network, so it always exists; a
+/// mismatch falls back to an empty layer, and the shape checks then report it).
+fn conv_of<'e, 'a>(encoder: &'e Encoder<'a>, layer: LayerId) -> &'e Conv<'a> {
+    encoder.model().network.conv(layer).unwrap_or(&Conv::EMPTY)
 }
 
-fn add_of<'e>(encoder: &'e Encoder<'_>, at: AddAt) -> Option<&'e Add> {
-    match (&encoder.model().network, at) {
-        (Network::BcaeHt(n), AddAt::Ht(b)) => n.blocks.get(b).map(|b| &b.add),
-        (Network::Bcae2d(n), AddAt::Res2d(b, r)) => {
-            n.blocks.get(b).and_then(|b| b.res.get(r)).map(|r| &r.add)
-        }
-        _ => None,
-    }
+fn add_of<'e>(encoder: &'e Encoder<'_>, at: LayerId) -> Option<&'e Add> {
+    encoder.model().network.add(at)
 }
 
 fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, EncodeError> {
@@ -463,7 +427,7 @@ fn new_ring(plan: &mut Plan, shape: Shape) -> Result<usize, EncodeError> {
 fn add_conv(
     plan: &mut Plan,
     conv: &Conv<'_>,
-    layer: Layer,
+    layer: LayerId,
     src: usize,
 ) -> Result<usize, EncodeError> {
     let in_shape = plan
@@ -482,8 +446,8 @@ fn add_conv(
 fn add_conv_add(
     plan: &mut Plan,
     conv: &Conv<'_>,
-    layer: Layer,
-    add: AddAt,
+    layer: LayerId,
+    add: LayerId,
     src: usize,
     skip: usize,
 ) -> Result<usize, EncodeError> {
@@ -544,55 +508,93 @@ fn check_conv(conv: &Conv<'_>, input: Shape) -> Result<(), EncodeError> {
     Ok(())
 }
 
-fn build_ht(net: &HtNetwork<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
-    let mut x = new_ring(plan, HT_INPUT)?;
-    for (b, block) in net.blocks.iter().enumerate() {
-        // skip, main1, then main2 + add: downstream runs first, so the add consumes each skip
-        // column before the skip conv writes the next one (a one-column skip ring).
-        let x_shape = plan
-            .rings
-            .get(x)
-            .ok_or(internal("plan ring index out of range"))?
-            .shape;
-        let skip_shape = conv_output_shape(&block.skip, x_shape)?;
-        check_conv(&block.skip, x_shape)?;
-        let s = new_ring(plan, skip_shape)?;
-        push(
-            &mut plan.stages,
-            Op::Conv {
-                layer: Layer::HtSkip(b),
-                src: x,
-                dst: s,
-            },
-        )?;
-        let h = add_conv(plan, &block.main1, Layer::HtMain1(b), x)?;
-        x = add_conv_add(plan, &block.main2, Layer::HtMain2(b), AddAt::Ht(b), h, s)?;
-    }
-    plan.code = add_conv(plan, &net.output, Layer::HtOutput, x)?;
-    Ok(())
+/// Whether layer `i` of `layers` is a conv whose output is the skip operand (`b`) of an add.
+fn feeds_skip(layers: &[LayerOp], i: usize) -> bool {
+    let Some(id) = layers.get(i).map(|l| l.id) else {
+        return false;
+    };
+    matches!(layers.get(i).map(|l| l.op), Some(TopoOp::Conv(_)))
+        && layers
+            .iter()
+            .any(|l| matches!(l.op, TopoOp::Add(a) if a.b == Source::Layer(id)))
 }
 
-fn build_2d(net: &Network2d<'_>, plan: &mut Plan) -> Result<(), EncodeError> {
-    let input = new_ring(plan, INPUT_2D)?;
-    let mut x = add_conv(plan, &net.input, Layer::Input2d, input)?;
-    for (b, block) in net.blocks.iter().enumerate() {
-        if block.pool {
-            x = add_pool(plan, x)?;
+/// The stages of a model, from its description: one ring per tensor and one stage per layer, in
+/// the description's order with two changes. An add is fused into the conv right before it that
+/// makes its main operand (`a`) and nothing else reads (that conv's column only ever lives in the
+/// temporary). A conv making an add's skip operand runs before the other convs reading the same
+/// tensor: downstream runs first, so the add consumes each skip column before the skip conv
+/// writes the next one (a one-column skip ring).
+fn build(encoder: &Encoder<'_>, topology: &Topology, plan: &mut Plan) -> Result<(), EncodeError> {
+    let layers = topology.layers();
+    // Skip convs first in each run of convs reading one tensor, the rest in the description's
+    // order.
+    let reads = |i: usize| match layers.get(i).map(|l| l.op) {
+        Some(TopoOp::Conv(c)) => Some(c.input),
+        _ => None,
+    };
+    let mut order: heapless::Vec<usize, MAX_LAYERS> = heapless::Vec::new();
+    let mut start = 0;
+    while start < layers.len() {
+        let mut end = start + 1;
+        while end < layers.len() && reads(end).is_some() && reads(end) == reads(start) {
+            end += 1;
         }
-        for r in 0..block.res.len() {
-            let res = &block.res[r];
-            let h = add_conv(plan, &res.conv1, Layer::Res2d(b, r, false), x)?;
-            x = add_conv_add(
-                plan,
-                &res.conv2,
-                Layer::Res2d(b, r, true),
-                AddAt::Res2d(b, r),
-                h,
-                x,
-            )?;
+        for skip_first in [true, false] {
+            for i in (start..end).filter(|&i| feeds_skip(layers, i) == skip_first) {
+                push(&mut order, i)?;
+            }
         }
+        start = end;
     }
-    plan.code = x;
+    let mut rings: heapless::Vec<(Source, usize), MAX_NODES> = heapless::Vec::new();
+    let input = new_ring(plan, topology.input_shape())?;
+    push(&mut rings, (Source::Input, input))?;
+    let ring_of = |rings: &heapless::Vec<(Source, usize), MAX_NODES>, s: Source| {
+        rings
+            .iter()
+            .find(|(k, _)| *k == s)
+            .map(|(_, r)| *r)
+            .ok_or(internal("a streaming stage reads a tensor not planned yet"))
+    };
+    let network = &encoder.model().network;
+    let conv_of = |id| {
+        network
+            .conv(id)
+            .ok_or(internal("a validated model lacks a described conv"))
+    };
+    let mut k = 0;
+    while let Some(layer) = order.get(k).and_then(|&i| layers.get(i)) {
+        let next = order.get(k + 1).and_then(|&i| layers.get(i));
+        k += 1;
+        let (id, dst) = match layer.op {
+            TopoOp::Conv(c) => {
+                let read_once = layers
+                    .iter()
+                    .filter(|l| l.op.inputs().contains(&Some(Source::Layer(layer.id))))
+                    .count()
+                    == 1;
+                let src = ring_of(&rings, c.input)?;
+                match next.map(|n| (n.id, n.op)) {
+                    Some((add, TopoOp::Add(a))) if a.a == Source::Layer(layer.id) && read_once => {
+                        k += 1;
+                        let skip = ring_of(&rings, a.b)?;
+                        let conv = conv_of(layer.id)?;
+                        (add, add_conv_add(plan, conv, layer.id, add, src, skip)?)
+                    }
+                    _ => (layer.id, add_conv(plan, conv_of(layer.id)?, layer.id, src)?),
+                }
+            }
+            TopoOp::Pool { input } => (layer.id, add_pool(plan, ring_of(&rings, input)?)?),
+            TopoOp::Add(_) => {
+                return Err(EncodeError::Unsupported {
+                    what: "a residual add not right after the conv making its main operand",
+                })
+            }
+        };
+        push(&mut rings, (Source::Layer(id), dst))?;
+        plan.code = dst;
+    }
     Ok(())
 }
 
@@ -956,7 +958,7 @@ fn two_ranges(
 /// offset) into `output`.
 fn conv_stage(
     enc: &StreamEncoder<'_>,
-    layer: Layer,
+    layer: LayerId,
     ring_bytes: &[i8],
     src: usize,
     o: usize,

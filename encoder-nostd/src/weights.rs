@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::checksum::crc32;
 use crate::error::{internal, wrap, InternalError};
 use crate::geometry::{LAYERS, Z_PADDED};
+use crate::topology::{LayerId, Op, Source, Topology};
 
 #[cfg(any(feature = "std", test))]
 pub mod owned;
@@ -86,6 +87,9 @@ pub enum WeightsError {
     /// The file decodes but describes an inconsistent model (layer shapes do not chain, a value
     /// out of its range, bytes left over, ...).
     Inconsistent,
+    /// One layer of the file differs from the model's description ([`crate::topology`]) or holds a
+    /// value out of its range: `layer` names it (as `bcae quantize` reports do), `what` says how.
+    Layer { layer: LayerId, what: &'static str },
     /// The weights are for another model than the one asked for.
     WrongModel,
     /// The output buffer given to [`write()`] is shorter than the file.
@@ -116,6 +120,10 @@ impl core::fmt::Display for WeightsError {
             WeightsError::Inconsistent => write!(
                 f,
                 "weights describe an inconsistent model (a damaged or hand-made file)"
+            ),
+            WeightsError::Layer { layer, what } => write!(
+                f,
+                "weights describe an inconsistent model: layer {layer}: {what} (a damaged or hand-made file)"
             ),
             WeightsError::WrongModel => write!(f, "weights are for a different model"),
             WeightsError::BufferTooSmall { needed, got } => write!(
@@ -290,6 +298,17 @@ pub enum ModelFamily {
 }
 
 impl ModelKind {
+    /// BCAE-HT: block channels 2, 4, 4, 8, code channels 8.
+    pub const BCAE_HT: ModelKind = ModelKind::BcaeHt {
+        channels: HT_CHANNELS,
+        code_channels: 8,
+    };
+    /// BCAE++: BCAE-HT's shape with block channels 8, 16, 32, 32.
+    pub const BCAE_PLUS_PLUS: ModelKind = ModelKind::BcaeHt {
+        channels: HT_PLUS_PLUS_CHANNELS,
+        code_channels: 8,
+    };
+
     pub fn family(&self) -> ModelFamily {
         match self {
             ModelKind::BcaeHt { .. } => ModelFamily::BcaeHt,
@@ -514,35 +533,48 @@ pub const INPUT_2D: Shape = Shape {
     w: Z_PADDED,
 };
 
-fn out_dim(input: usize, kernel: u8, stride: u8, pad: u8) -> Result<usize, WeightsError> {
-    let (k, s, p) = (kernel as usize, stride as usize, pad as usize);
-    if k == 0 || s == 0 || p >= k {
-        return Err(WeightsError::Inconsistent);
-    }
-    let padded = input + 2 * p;
-    if padded < k {
-        return Err(WeightsError::Inconsistent);
-    }
-    Ok((padded - k) / s + 1)
-}
-
-fn check_multiplier(m: i32) -> Result<(), WeightsError> {
+fn check_multiplier(layer: LayerId, m: i32) -> Result<(), WeightsError> {
     if (0..=MAX_MULTIPLIER).contains(&m) {
         Ok(())
     } else {
-        Err(WeightsError::Inconsistent)
+        Err(WeightsError::Layer {
+            layer,
+            what: "a requantization multiplier is out of range",
+        })
     }
 }
 
-fn check_shift(s: u8) -> Result<(), WeightsError> {
+fn check_shift(layer: LayerId, s: u8) -> Result<(), WeightsError> {
     if (1..=MAX_SHIFT).contains(&s) {
         Ok(())
     } else {
-        Err(WeightsError::Inconsistent)
+        Err(WeightsError::Layer {
+            layer,
+            what: "a requantization shift is out of range",
+        })
     }
 }
 
 impl Conv<'_> {
+    /// A layer with no channels and no weights: the placeholder a network is built from before its
+    /// layers are filled in by name (see [`Network::skeleton`]); it never validates.
+    pub const EMPTY: Conv<'static> = Conv {
+        in_channels: 0,
+        out_channels: 0,
+        kernel: [0; 3],
+        stride: [0; 3],
+        padding: [0; 3],
+        input_zero_point: 0,
+        weights: &[],
+        bias: &[],
+        requant: Requant {
+            multiplier: &[],
+            negative_multiplier: &[],
+            shift: &[],
+            output_zero_point: 0,
+        },
+    };
+
     /// Multiply-accumulate terms per output value (in_channels x kernel volume).
     pub fn terms(&self) -> usize {
         self.in_channels as usize
@@ -551,59 +583,61 @@ impl Conv<'_> {
             * self.kernel[2] as usize
     }
 
-    /// Checks this layer against its input shape and returns its output shape.
-    pub fn validate(&self, input: Shape, input_zero_point: i8) -> Result<Shape, WeightsError> {
-        let (ci, co) = (self.in_channels as usize, self.out_channels as usize);
-        if ci != input.c || co == 0 || self.out_channels > MAX_CHANNELS {
-            return Err(WeightsError::Inconsistent);
-        }
+    /// Checks this layer (named `layer` in errors) against its description's output shape and its
+    /// input's zero point: the value ranges and array lengths the kernels rely on.
+    fn validate(
+        &self,
+        layer: LayerId,
+        input_zero_point: i8,
+        output: Shape,
+    ) -> Result<(), WeightsError> {
+        let bad = |what| Err(WeightsError::Layer { layer, what });
+        let co = self.out_channels as usize;
         if self.input_zero_point != input_zero_point {
-            return Err(WeightsError::Inconsistent);
+            return bad("its input zero point is not its input's output zero point");
         }
         let terms = self.terms();
         if (terms as i64) * 127 * 255 > MAX_ACC_TERMS_BOUND {
-            return Err(WeightsError::Inconsistent);
+            return bad("it sums too many products for an i32 accumulator");
         }
         if self.weights.len() != co * terms {
-            return Err(WeightsError::Inconsistent);
+            return bad("its weight array has the wrong length");
         }
         if self.weights.iter().any(|&b| b as i8 == i8::MIN) {
-            return Err(WeightsError::Inconsistent);
+            return bad("a weight is -128 (weights are in [-127, 127])");
         }
         if self.bias.len() != 4 * co
             || self.requant.multiplier.len() != 4 * co
             || self.requant.negative_multiplier.len() != 4 * co
             || self.requant.shift.len() != co
         {
-            return Err(WeightsError::Inconsistent);
+            return bad("a per-channel array has the wrong length");
         }
         for c in 0..co {
             let bias = le_i32(self.bias, c)
                 .ok_or(internal("bias array shorter than its checked length"))?;
             if bias.unsigned_abs() > MAX_ABS_BIAS as u32 {
-                return Err(WeightsError::Inconsistent);
+                return bad("a bias is out of range");
             }
             check_multiplier(
+                layer,
                 le_i32(self.requant.multiplier, c)
                     .ok_or(internal("multiplier array shorter than its checked length"))?,
             )?;
-            check_multiplier(le_i32(self.requant.negative_multiplier, c).ok_or(internal(
-                "negative multiplier array shorter than its checked length",
-            ))?)?;
+            check_multiplier(
+                layer,
+                le_i32(self.requant.negative_multiplier, c).ok_or(internal(
+                    "negative multiplier array shorter than its checked length",
+                ))?,
+            )?;
         }
         for &s in self.requant.shift {
-            check_shift(s)?;
+            check_shift(layer, s)?;
         }
-        let out = Shape {
-            c: co,
-            d: out_dim(input.d, self.kernel[0], self.stride[0], self.padding[0])?,
-            h: out_dim(input.h, self.kernel[1], self.stride[1], self.padding[1])?,
-            w: out_dim(input.w, self.kernel[2], self.stride[2], self.padding[2])?,
-        };
-        if out.w > MAX_ROW || out.is_empty() {
-            return Err(WeightsError::Inconsistent);
+        if output.w > MAX_ROW || output.is_empty() {
+            return bad("its output would be empty or wider than 256");
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The zero point of this layer's output.
@@ -613,82 +647,173 @@ impl Conv<'_> {
 }
 
 impl Add {
-    /// Checks the operands' zero points and the parameter ranges.
-    pub fn validate(&self, a_zero_point: i8, b_zero_point: i8) -> Result<(), WeightsError> {
+    /// A placeholder (see [`Conv::EMPTY`]).
+    pub const EMPTY: Add = Add {
+        a_zero_point: 0,
+        a_multiplier: 0,
+        b_zero_point: 0,
+        b_multiplier: 0,
+        multiplier: 0,
+        negative_multiplier: 0,
+        shift: 0,
+        output_zero_point: 0,
+    };
+
+    /// Checks the operands' zero points and the parameter ranges (errors name `layer`).
+    fn validate(
+        &self,
+        layer: LayerId,
+        a_zero_point: i8,
+        b_zero_point: i8,
+    ) -> Result<(), WeightsError> {
         if self.a_zero_point != a_zero_point || self.b_zero_point != b_zero_point {
-            return Err(WeightsError::Inconsistent);
+            return Err(WeightsError::Layer {
+                layer,
+                what: "an operand zero point is not that operand's output zero point",
+            });
         }
-        check_multiplier(self.a_multiplier)?;
-        check_multiplier(self.b_multiplier)?;
-        check_multiplier(self.multiplier)?;
-        check_multiplier(self.negative_multiplier)?;
-        check_shift(self.shift)
+        check_multiplier(layer, self.a_multiplier)?;
+        check_multiplier(layer, self.b_multiplier)?;
+        check_multiplier(layer, self.multiplier)?;
+        check_multiplier(layer, self.negative_multiplier)?;
+        check_shift(layer, self.shift)
     }
 }
 
-impl HtNetwork<'_> {
-    /// Validates every layer; returns the code shape and the largest block-output size.
-    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, WeightsError> {
-        let mut shape = HT_INPUT;
-        let mut zp = input_zero_point;
-        for block in &self.blocks {
-            let h = block.main1.validate(shape, zp)?;
-            let m = block.main2.validate(h, block.main1.output_zero_point())?;
-            let s = block.skip.validate(shape, zp)?;
-            if m != s {
-                return Err(WeightsError::Inconsistent);
+impl HtBlock<'_> {
+    const EMPTY: HtBlock<'static> = HtBlock {
+        main1: Conv::EMPTY,
+        main2: Conv::EMPTY,
+        skip: Conv::EMPTY,
+        add: Add::EMPTY,
+    };
+}
+
+impl ResBlock2d<'_> {
+    const EMPTY: ResBlock2d<'static> = ResBlock2d {
+        conv1: Conv::EMPTY,
+        conv2: Conv::EMPTY,
+        add: Add::EMPTY,
+    };
+}
+
+/// Whether a conv has the hyper-parameters its description gives.
+fn as_described(conv: &Conv<'_>, op: &crate::topology::ConvOp) -> bool {
+    conv.in_channels == op.in_channels
+        && conv.out_channels == op.out_channels
+        && conv.kernel == op.kernel
+        && conv.stride == op.stride
+        && conv.padding == op.padding
+}
+
+// Where each named layer lives in the format's structs: the one binding of `LayerId`s to fields.
+impl<'a> Network<'a> {
+    /// The network of `topology`'s model with every layer a placeholder ([`Conv::EMPTY`],
+    /// [`Add::EMPTY`]) and pooling where the description pools; writers fill layers in by name.
+    pub fn skeleton(topology: &Topology) -> Result<Self, WeightsError> {
+        Ok(match topology.kind() {
+            ModelKind::BcaeHt { .. } => Network::BcaeHt(HtNetwork {
+                blocks: [HtBlock::EMPTY; 4],
+                output: Conv::EMPTY,
+            }),
+            ModelKind::Bcae2d { m, d, .. } => {
+                let mut blocks = heapless::Vec::new();
+                for b in 0..m {
+                    let pool = topology.layer(LayerId::Pool2d(b)).is_some();
+                    blocks
+                        .push(Block2d {
+                            pool,
+                            res: [ResBlock2d::EMPTY; 2],
+                        })
+                        .map_err(|_| WeightsError::Inconsistent)?;
+                }
+                Network::Bcae2d(Network2d {
+                    m,
+                    d,
+                    input: Conv::EMPTY,
+                    blocks,
+                })
             }
-            block.add.validate(
-                block.main2.output_zero_point(),
-                block.skip.output_zero_point(),
-            )?;
-            shape = s;
-            zp = block.add.output_zero_point;
+        })
+    }
+
+    /// The convolution named `id` (`None` if this network has no such conv).
+    pub fn conv(&self, id: LayerId) -> Option<&Conv<'a>> {
+        match (self, id) {
+            (Network::BcaeHt(n), LayerId::HtMain1(b)) => n.blocks.get(b as usize).map(|k| &k.main1),
+            (Network::BcaeHt(n), LayerId::HtSkip(b)) => n.blocks.get(b as usize).map(|k| &k.skip),
+            (Network::BcaeHt(n), LayerId::HtMain2(b)) => n.blocks.get(b as usize).map(|k| &k.main2),
+            (Network::BcaeHt(n), LayerId::HtOutput) => Some(&n.output),
+            (Network::Bcae2d(n), LayerId::Input2d) => Some(&n.input),
+            (Network::Bcae2d(n), LayerId::Res2dConv1(b, r)) => n.res(b, r).map(|k| &k.conv1),
+            (Network::Bcae2d(n), LayerId::Res2dConv2(b, r)) => n.res(b, r).map(|k| &k.conv2),
+            _ => None,
         }
-        self.output.validate(shape, zp)
+    }
+
+    /// See [`Network::conv`].
+    pub fn conv_mut(&mut self, id: LayerId) -> Option<&mut Conv<'a>> {
+        match (self, id) {
+            (Network::BcaeHt(n), LayerId::HtMain1(b)) => {
+                n.blocks.get_mut(b as usize).map(|k| &mut k.main1)
+            }
+            (Network::BcaeHt(n), LayerId::HtSkip(b)) => {
+                n.blocks.get_mut(b as usize).map(|k| &mut k.skip)
+            }
+            (Network::BcaeHt(n), LayerId::HtMain2(b)) => {
+                n.blocks.get_mut(b as usize).map(|k| &mut k.main2)
+            }
+            (Network::BcaeHt(n), LayerId::HtOutput) => Some(&mut n.output),
+            (Network::Bcae2d(n), LayerId::Input2d) => Some(&mut n.input),
+            (Network::Bcae2d(n), LayerId::Res2dConv1(b, r)) => {
+                n.res_mut(b, r).map(|k| &mut k.conv1)
+            }
+            (Network::Bcae2d(n), LayerId::Res2dConv2(b, r)) => {
+                n.res_mut(b, r).map(|k| &mut k.conv2)
+            }
+            _ => None,
+        }
+    }
+
+    /// The residual add named `id`.
+    pub fn add(&self, id: LayerId) -> Option<&Add> {
+        match (self, id) {
+            (Network::BcaeHt(n), LayerId::HtAdd(b)) => n.blocks.get(b as usize).map(|k| &k.add),
+            (Network::Bcae2d(n), LayerId::Res2dAdd(b, r)) => n.res(b, r).map(|k| &k.add),
+            _ => None,
+        }
+    }
+
+    /// See [`Network::add`].
+    pub fn add_mut(&mut self, id: LayerId) -> Option<&mut Add> {
+        match (self, id) {
+            (Network::BcaeHt(n), LayerId::HtAdd(b)) => {
+                n.blocks.get_mut(b as usize).map(|k| &mut k.add)
+            }
+            (Network::Bcae2d(n), LayerId::Res2dAdd(b, r)) => n.res_mut(b, r).map(|k| &mut k.add),
+            _ => None,
+        }
+    }
+
+    /// Whether block `id` pools (`None` if `id` is not a pooling layer of this network).
+    pub fn pools(&self, id: LayerId) -> Option<bool> {
+        match (self, id) {
+            (Network::Bcae2d(n), LayerId::Pool2d(b)) => n.blocks.get(b as usize).map(|k| k.pool),
+            _ => None,
+        }
     }
 }
 
-impl Network2d<'_> {
-    /// Validates every layer; returns the code shape.
-    pub fn validate(&self, input_zero_point: i8) -> Result<Shape, WeightsError> {
-        if self.blocks.len() != self.m as usize || self.d > self.m || self.m == 0 {
-            return Err(WeightsError::Inconsistent);
-        }
-        let is_2d = |c: &Conv<'_>| c.kernel[0] == 1 && c.stride[0] == 1 && c.padding[0] == 0;
-        if !is_2d(&self.input) {
-            return Err(WeightsError::Inconsistent);
-        }
-        let mut shape = self.input.validate(INPUT_2D, input_zero_point)?;
-        let mut zp = self.input.output_zero_point();
-        for (i, block) in self.blocks.iter().enumerate() {
-            if block.pool != (i < self.d as usize) {
-                return Err(WeightsError::Inconsistent);
-            }
-            if block.pool {
-                if (shape.h | shape.w) & 1 != 0 {
-                    return Err(WeightsError::Inconsistent);
-                }
-                shape = Shape {
-                    h: shape.h / 2,
-                    w: shape.w / 2,
-                    ..shape
-                };
-            }
-            for res in &block.res {
-                if !is_2d(&res.conv1) || !is_2d(&res.conv2) {
-                    return Err(WeightsError::Inconsistent);
-                }
-                let h = res.conv1.validate(shape, zp)?;
-                let m = res.conv2.validate(h, res.conv1.output_zero_point())?;
-                if m != shape {
-                    return Err(WeightsError::Inconsistent);
-                }
-                res.add.validate(res.conv2.output_zero_point(), zp)?;
-                zp = res.add.output_zero_point;
-            }
-        }
-        Ok(shape)
+impl<'a> Network2d<'a> {
+    fn res(&self, block: u8, res: u8) -> Option<&ResBlock2d<'a>> {
+        self.blocks.get(block as usize)?.res.get(res as usize)
+    }
+
+    fn res_mut(&mut self, block: u8, res: u8) -> Option<&mut ResBlock2d<'a>> {
+        self.blocks
+            .get_mut(block as usize)?
+            .res
+            .get_mut(res as usize)
     }
 }
 
@@ -713,7 +838,44 @@ impl QuantizedModel<'_> {
         }
     }
 
+    /// The description of this model ([`QuantizedModel::kind`]'s), unchecked against the layers.
+    pub fn topology(&self) -> Result<Topology, WeightsError> {
+        Topology::new(self.kind())
+    }
+
+    /// The zero point of a tensor (pooling keeps its input's).
+    fn zero_point(&self, topology: &Topology, source: Source) -> Result<i8, WeightsError> {
+        let mut source = source;
+        // Each step moves to an earlier layer, so this ends within the description's length.
+        for _ in 0..=topology.layers().len() {
+            let id = match source {
+                Source::Input => return Ok(self.input_zero_point),
+                Source::Layer(id) => id,
+            };
+            if let Some(conv) = self.network.conv(id) {
+                return Ok(conv.output_zero_point());
+            }
+            if let Some(add) = self.network.add(id) {
+                return Ok(add.output_zero_point);
+            }
+            match topology.layer(id).map(|l| l.op) {
+                Some(Op::Pool { input }) => source = input,
+                _ => {
+                    return Err(WeightsError::Layer {
+                        layer: id,
+                        what: "the file has no such layer",
+                    })
+                }
+            }
+        }
+        Err(internal("a model description reads its own output").into())
+    }
+
     /// Checks every shape, range and bound the encoder relies on; returns the code shape.
+    ///
+    /// The layers are checked against the description of the model the file claims to be
+    /// ([`QuantizedModel::kind`], [`Topology::new`]), one by one in execution order; the first
+    /// layer that differs is named in the error ([`WeightsError::Layer`]).
     pub fn validate(&self) -> Result<Shape, WeightsError> {
         if self.input_table.len() != INPUT_TABLE_LEN {
             return Err(WeightsError::Inconsistent);
@@ -723,28 +885,64 @@ impl QuantizedModel<'_> {
             // ADC 0 must map to the real value 0, i.e. the zero point (it is also the z padding).
             return Err(WeightsError::Inconsistent);
         }
-        let (code, code_zp) = match &self.network {
-            Network::BcaeHt(ht) => (
-                ht.validate(self.input_zero_point)?,
-                ht.output.output_zero_point(),
-            ),
-            Network::Bcae2d(n) => {
-                let shape = n.validate(self.input_zero_point)?;
-                let zp = n
-                    .blocks
-                    .last()
-                    .and_then(|b| b.res.last())
-                    .map(|r| r.add.output_zero_point)
-                    .ok_or(internal("a validated BCAE-2D has no last residual block"))?;
-                (shape, zp)
+        if let Network::Bcae2d(n) = &self.network {
+            // The description has `m` blocks; a file with another count is not that model.
+            if n.blocks.len() != n.m as usize {
+                return Err(WeightsError::Inconsistent);
             }
-        };
+        }
+        let topology = self.topology()?;
+        for layer in topology.layers() {
+            let id = layer.id;
+            match &layer.op {
+                Op::Conv(op) => {
+                    let conv = self.network.conv(id).ok_or(WeightsError::Layer {
+                        layer: id,
+                        what: "the file has no such layer",
+                    })?;
+                    if !as_described(conv, op) {
+                        return Err(WeightsError::Layer {
+                            layer: id,
+                            what: "its channels, kernel, stride or padding differ from the model's",
+                        });
+                    }
+                    conv.validate(id, self.zero_point(&topology, op.input)?, layer.output)?;
+                }
+                Op::Add(op) => {
+                    let add = self.network.add(id).ok_or(WeightsError::Layer {
+                        layer: id,
+                        what: "the file has no such layer",
+                    })?;
+                    add.validate(
+                        id,
+                        self.zero_point(&topology, op.a)?,
+                        self.zero_point(&topology, op.b)?,
+                    )?;
+                }
+                Op::Pool { .. } => {}
+            }
+        }
+        // Pooling is a flag of the file's blocks (not a layer with parameters): it must be set
+        // exactly where the description pools.
+        if let Network::Bcae2d(n) = &self.network {
+            for (b, block) in (0u8..).zip(n.blocks.iter()) {
+                let id = LayerId::Pool2d(b);
+                if block.pool != topology.layer(id).is_some() {
+                    return Err(WeightsError::Layer {
+                        layer: id,
+                        what: "the file pools where the model does not, or the reverse",
+                    });
+                }
+            }
+        }
+        let code = topology.code_layer()?;
+        let code_zp = self.zero_point(&topology, Source::Layer(code.id))?;
         if code_zp != self.code_zero_point
             || !(self.code_scale.is_finite() && self.code_scale > 0.0)
         {
             return Err(WeightsError::Inconsistent);
         }
-        Ok(code)
+        Ok(code.output)
     }
 
     /// The code's shape (channels, depth, height, width); depth is 1 for BCAE-2D.

@@ -105,9 +105,10 @@ fn a_mismatch_is_found_and_located() {
     let dir = npy_folder();
     let board = OwnedModel::random_ht(35, [1, 2, 1, 2], 2);
     let mut other = board.clone();
-    if let encoder_nostd::weights::owned::OwnedNetwork::BcaeHt { output, .. } = &mut other.network {
-        output.bias[1] += 5_000;
-    }
+    other
+        .conv_mut(encoder_nostd::topology::LayerId::HtOutput)
+        .unwrap()
+        .bias[1] += 5_000;
     let (board, other) = (board.to_bytes().unwrap(), other.to_bytes().unwrap());
     let mut source = WedgeSource::files(dir.path()).unwrap();
     let report = parity::run_against(

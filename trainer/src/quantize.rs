@@ -21,11 +21,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use encoder_nostd::weights::owned::{
-    quantize_multiplier, OwnedBlock2d, OwnedConv, OwnedHtBlock, OwnedModel, OwnedNetwork,
-    OwnedResBlock2d,
-};
-use encoder_nostd::weights::{Add, MAX_ABS_BIAS, MAX_SHIFT};
+// `Source` names the float checkpoint this module quantizes; a tensor of the model is a `TensorName`.
+use encoder_nostd::topology::{ConvOp, LayerId, Op, Source as TensorName, Topology};
+use encoder_nostd::weights::owned::{quantize_multiplier, OwnedConv, OwnedLayer, OwnedModel};
+use encoder_nostd::weights::{Add, ModelFamily, MAX_ABS_BIAS, MAX_SHIFT};
 use serde::Serialize;
 
 use crate::data::Wedge;
@@ -60,6 +59,8 @@ pub enum QuantizeError {
     Ratio { layer: String, ratio: f64 },
     #[error("no calibration wedges: give --calib a directory with wedges")]
     NoCalibration,
+    #[error("the calibration has no range for {0}: it was observed with another model")]
+    NotCalibrated(String),
     #[error("percentile must be in (50, 100], got {0}")]
     Percentile(f64),
     #[error("invalid quantized model: {0}")]
@@ -75,6 +76,9 @@ type Result<T> = std::result::Result<T, QuantizeError>;
 /// A float convolution (3D layout; 2D convs have kernel depth 1), optionally with LeakyReLU.
 #[derive(Debug, Clone)]
 pub struct FloatConv {
+    /// The layer's name in the model's description.
+    pub id: LayerId,
+    /// Its module path in the float checkpoint (`encoder.layers.encoder_block_0.main_block.0`).
     pub name: String,
     /// (C_out, C_in, KD, KH, KW).
     pub weight: Tensor,
@@ -99,34 +103,13 @@ impl FloatConv {
     }
 }
 
-/// A float BCAE-HT block with `alpha` folded into `main2`.
+/// The float encoder as the quantizer sees it: the model's description ([`Topology`]) with every
+/// conv's float parameters (ReZero alphas folded in), every activation observable by name.
 #[derive(Debug, Clone)]
-pub struct FloatHtBlock {
-    pub main1: FloatConv,
-    pub main2: FloatConv,
-    pub skip: FloatConv,
-}
-
-/// A float BCAE-2D residual block with `alpha` folded into `conv2`.
-#[derive(Debug, Clone)]
-pub struct FloatRes {
-    pub conv1: FloatConv,
-    pub conv2: FloatConv,
-}
-
-/// The float encoder as the quantizer sees it: explicit layers, every activation observable.
-#[derive(Debug, Clone)]
-pub enum FloatEncoder {
-    Ht {
-        blocks: Vec<FloatHtBlock>,
-        output: FloatConv,
-    },
-    Twod {
-        m: usize,
-        d: usize,
-        input: FloatConv,
-        blocks: Vec<(bool, Vec<FloatRes>)>,
-    },
+pub struct FloatEncoder {
+    topology: Topology,
+    /// One per conv of the description, in its order.
+    convs: Vec<FloatConv>,
 }
 
 fn var(tensors: &HashMap<String, Tensor>, name: &str, model: &str) -> Result<Tensor> {
@@ -136,34 +119,44 @@ fn var(tensors: &HashMap<String, Tensor>, name: &str, model: &str) -> Result<Ten
     Ok(t.to_dtype(DType::F32)?)
 }
 
+/// Reads conv `id` of the description from the checkpoint, checks its shape against the
+/// description and folds its ReZero alpha in.
 fn conv_from(
     tensors: &HashMap<String, Tensor>,
-    prefix: &str,
     model: &str,
-    stride: [usize; 3],
-    padding: [usize; 3],
-    leaky: bool,
-    alpha: Option<&str>,
+    id: LayerId,
+    op: &ConvOp,
 ) -> Result<FloatConv> {
+    let prefix = op.checkpoint.to_string();
     let mut weight = var(tensors, &format!("{prefix}.weight"), model)?;
     let mut bias = var(tensors, &format!("{prefix}.bias"), model)?;
-    if weight.rank() == 4 {
-        let (co, ci, kh, kw) = weight.dims4()?;
-        weight = weight.reshape((co, ci, 1, kh, kw))?;
+    let [kd, kh, kw] = op.kernel.map(usize::from);
+    let (co, ci) = (op.out_channels as usize, op.in_channels as usize);
+    if weight.rank() == 4 && kd == 1 {
+        // A 2D conv: (C_out, C_in, KH, KW).
+        weight = weight.unsqueeze(2)?;
     }
-    if weight.rank() != 5 || bias.dims() != [weight.dim(0)?] {
+    if weight.dims() != [co, ci, kd, kh, kw] {
         return Err(QuantizeError::BadShape {
             name: format!("{prefix}.weight"),
             got: weight.dims().to_vec(),
-            expected: vec![bias.elem_count()],
+            expected: vec![co, ci, kd, kh, kw],
         });
     }
-    if let Some(alpha) = alpha {
-        let a = var(tensors, alpha, model)?
+    if bias.dims() != [co] {
+        return Err(QuantizeError::BadShape {
+            name: format!("{prefix}.bias"),
+            got: bias.dims().to_vec(),
+            expected: vec![co],
+        });
+    }
+    if let Some(alpha) = op.alpha {
+        let alpha = alpha.to_string();
+        let a = var(tensors, &alpha, model)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let a = *a.first().ok_or_else(|| QuantizeError::BadShape {
-            name: alpha.to_string(),
+            name: alpha.clone(),
             got: vec![0],
             expected: vec![1],
         })? as f64;
@@ -171,199 +164,104 @@ fn conv_from(
         bias = bias.affine(a, 0.0)?;
     }
     Ok(FloatConv {
-        name: prefix.to_string(),
+        id,
+        name: prefix,
         weight,
         bias,
-        stride,
-        padding,
-        leaky,
+        stride: op.stride.map(usize::from),
+        padding: op.padding.map(usize::from),
+        leaky: op.leaky,
     })
 }
 
 impl FloatEncoder {
-    /// Reads the encoder's variables by the names `trainer::models` documents.
+    /// Reads every conv of the model's description from the checkpoint variables, by the names
+    /// the description gives (those `trainer::models` documents).
     pub fn from_tensors(cfg: &ModelConfig, tensors: &HashMap<String, Tensor>) -> Result<Self> {
-        let model = cfg.name();
-        match *cfg {
-            ModelConfig::BcaeHt | ModelConfig::BcaePlusPlus => {
-                let blocks = (0..4)
-                    .map(|b| {
-                        let p = format!("encoder.layers.encoder_block_{b}");
-                        let alpha = format!("{p}.rezero_alpha");
-                        Ok(FloatHtBlock {
-                            main1: conv_from(
-                                tensors,
-                                &format!("{p}.main_block.0"),
-                                model,
-                                [1, 2, 2],
-                                [1, 1, 1],
-                                true,
-                                None,
-                            )?,
-                            main2: conv_from(
-                                tensors,
-                                &format!("{p}.main_block.3"),
-                                model,
-                                [1, 1, 1],
-                                [1, 1, 1],
-                                false,
-                                Some(&alpha),
-                            )?,
-                            skip: conv_from(
-                                tensors,
-                                &format!("{p}.side_block.0"),
-                                model,
-                                [1, 2, 2],
-                                [1, 1, 1],
-                                true,
-                                None,
-                            )?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let output = conv_from(
-                    tensors,
-                    "encoder.layers.encoder_output.0",
-                    model,
-                    [1, 1, 1],
-                    [1, 1, 1],
-                    false,
-                    None,
-                )?;
-                Ok(FloatEncoder::Ht { blocks, output })
-            }
-            ModelConfig::Bcae2d { m, d, .. } => {
-                let input = conv_from(
-                    tensors,
-                    "encoder.init_conv",
-                    model,
-                    [1, 1, 1],
-                    [0, 3, 3],
-                    false,
-                    None,
-                )?;
-                let mut index = 0usize;
-                let mut blocks = vec![];
-                for b in 0..m {
-                    let pool = b < d;
-                    if pool {
-                        index += 1; // the parameter-free AvgPool2d entry
-                    }
-                    let mut res = vec![];
-                    for _ in 0..2 {
-                        let p = format!("encoder.layers.{index}");
-                        let alpha = format!("{p}.rezero_alpha");
-                        res.push(FloatRes {
-                            conv1: conv_from(
-                                tensors,
-                                &format!("{p}.conv1.0"),
-                                model,
-                                [1, 1, 1],
-                                [0, 1, 1],
-                                true,
-                                None,
-                            )?,
-                            conv2: conv_from(
-                                tensors,
-                                &format!("{p}.conv2.0"),
-                                model,
-                                [1, 1, 1],
-                                [0, 1, 1],
-                                false,
-                                Some(&alpha),
-                            )?,
-                        });
-                        index += 1;
-                    }
-                    blocks.push((pool, res));
-                }
-                Ok(FloatEncoder::Twod {
-                    m,
-                    d,
-                    input,
-                    blocks,
-                })
-            }
-            ModelConfig::BcaeV1 => Err(QuantizeError::Unsupported(cfg.label())),
-        }
+        let kind = cfg
+            .int8_kind()
+            .ok_or_else(|| QuantizeError::Unsupported(cfg.label()))?;
+        let topology = Topology::new(kind)?;
+        let convs = topology
+            .convs()
+            .map(|(id, op)| conv_from(tensors, cfg.name(), id, op))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FloatEncoder { topology, convs })
     }
 
-    /// Runs the float encoder on network inputs (N, 16, 192, 256) (log2 domain) and returns every
-    /// activation the int8 model quantizes, in a fixed order, each as (N, C, D, H, W):
-    /// BCAE-HT: input, then per block h, skip, main, out, then the code;
-    /// BCAE-2D: input, input conv, then per residual block h, main, out (the last is the code).
-    pub fn activations(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let (n, c, h, w) = x.dims4()?;
-        let mut acts = vec![];
-        match self {
-            FloatEncoder::Ht { blocks, output } => {
-                let mut x = x.reshape((n, 1, c, h, w))?;
-                acts.push(x.clone());
-                for b in blocks {
-                    let hh = b.main1.forward(&x)?;
-                    let s = b.skip.forward(&x)?;
-                    let m = b.main2.forward(&hh)?;
-                    let y = leaky_relu(&(&m + &s)?, LEAKY_SLOPE)?;
-                    acts.extend([hh, s, m, y.clone()]);
-                    x = y;
+    /// The model's description.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The float conv named `id`.
+    pub fn conv(&self, id: LayerId) -> Option<&FloatConv> {
+        self.convs.iter().find(|c| c.id == id)
+    }
+
+    /// Runs the float encoder on network inputs (N, 16, H, W) (log2 domain) and returns every
+    /// activation the int8 model quantizes, each as (N, C, D, H, W) with its name: the network
+    /// input, then each conv's and each residual add's output in execution order (pooling keeps
+    /// its input's quantization and is not listed). The last is the code.
+    pub fn activations(&self, x: &Tensor) -> candle_core::Result<Vec<(TensorName, Tensor)>> {
+        let (n, _, h, w) = x.dims4()?;
+        let input = self.topology.input_shape();
+        // BCAE-HT sees the 16 layers as depth, BCAE-2D as channels.
+        let x = x.reshape((n, input.c, input.d, h, w))?;
+        let mut acts: Vec<(TensorName, Tensor)> = vec![(TensorName::Input, x)];
+        let mut pooled: Vec<(TensorName, Tensor)> = vec![];
+        for layer in self.topology.layers() {
+            let get = |s: TensorName| {
+                acts.iter()
+                    .chain(&pooled)
+                    .rev()
+                    .find(|(k, _)| *k == s)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{s} is not computed yet")))
+            };
+            let out = match layer.op {
+                Op::Conv(op) => {
+                    let conv = self.conv(layer.id).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("no float conv {}", layer.id))
+                    })?;
+                    conv.forward(get(op.input)?)?
                 }
-                acts.push(output.forward(&x)?);
-            }
-            FloatEncoder::Twod { input, blocks, .. } => {
-                let x5 = x.reshape((n, c, 1, h, w))?;
-                acts.push(x5.clone());
-                let mut x = input.forward(&x5)?;
-                acts.push(x.clone());
-                for (pool, res) in blocks {
-                    if *pool {
-                        let (n, c, _, h, w) = x.dims5()?;
-                        x = x.reshape((n, c, h, w))?.avg_pool2d(2)?.reshape((
-                            n,
-                            c,
-                            1,
-                            h / 2,
-                            w / 2,
-                        ))?;
-                    }
-                    for r in res {
-                        let hh = r.conv1.forward(&x)?;
-                        let m = r.conv2.forward(&hh)?;
-                        let y = leaky_relu(&(&m + &x)?, LEAKY_SLOPE)?;
-                        acts.extend([hh, m, y.clone()]);
-                        x = y;
+                Op::Add(op) => {
+                    let sum = (get(op.a)? + get(op.b)?)?;
+                    if op.leaky {
+                        leaky_relu(&sum, LEAKY_SLOPE)?
+                    } else {
+                        sum
                     }
                 }
-            }
+                Op::Pool { input } => {
+                    let x = get(input)?;
+                    let (n, c, d, h, w) = x.dims5()?;
+                    let y = x.reshape((n, c * d, h, w))?.avg_pool2d(2)?.reshape((
+                        n,
+                        c,
+                        d,
+                        h / 2,
+                        w / 2,
+                    ))?;
+                    pooled.push((TensorName::Layer(layer.id), y));
+                    continue;
+                }
+            };
+            acts.push((TensorName::Layer(layer.id), out));
         }
         Ok(acts)
     }
 
     /// The float code in the model's layout ((N, C, D, H, W) for BCAE-HT, (N, C, H, W) for BCAE-2D).
     pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let code = self
+        let (_, code) = self
             .activations(x)?
             .pop()
             .ok_or_else(|| candle_core::Error::Msg("no layers".into()))?;
-        match self {
-            FloatEncoder::Ht { .. } => Ok(code),
-            FloatEncoder::Twod { .. } => code.squeeze(2),
-        }
-    }
-
-    fn convs(&self) -> Vec<&FloatConv> {
-        match self {
-            FloatEncoder::Ht { blocks, output } => blocks
-                .iter()
-                .flat_map(|b| [&b.main1, &b.skip, &b.main2])
-                .chain(std::iter::once(output))
-                .collect(),
-            FloatEncoder::Twod { input, blocks, .. } => std::iter::once(input)
-                .chain(
-                    blocks
-                        .iter()
-                        .flat_map(|(_, r)| r.iter().flat_map(|r| [&r.conv1, &r.conv2])),
-                )
-                .collect(),
+        match self.topology.kind().family() {
+            ModelFamily::BcaeHt => Ok(code),
+            ModelFamily::Bcae2d => code.squeeze(2),
         }
     }
 }
@@ -497,7 +395,7 @@ fn multipliers(layer: &str, ratio: f64, leaky: bool) -> Result<(i32, u8, i32)> {
     Ok((m, s, neg))
 }
 
-fn quantize_add(layer: &str, a: QParams, b: QParams, out: QParams) -> Result<Add> {
+fn quantize_add(layer: &str, a: QParams, b: QParams, out: QParams, leaky: bool) -> Result<Add> {
     // Bring both operands to a common scale with 15-bit multipliers, then one requantization.
     let common = a.scale.max(b.scale);
     let unit = (1 << 14) as f64;
@@ -506,7 +404,7 @@ fn quantize_add(layer: &str, a: QParams, b: QParams, out: QParams) -> Result<Add
         (b.scale / common * unit).round() as i32,
     );
     let ratio = common / (unit * out.scale);
-    let (multiplier, shift, negative_multiplier) = multipliers(layer, ratio, true)?;
+    let (multiplier, shift, negative_multiplier) = multipliers(layer, ratio, leaky)?;
     Ok(Add {
         a_zero_point: a.zero_point,
         a_multiplier,
@@ -531,10 +429,10 @@ pub fn input_table() -> (Vec<i8>, QParams) {
     (table, q)
 }
 
-/// Calibration: observes every activation of the float encoder over batches of wedges.
+/// Calibration: observes every activation of the float encoder over batches of wedges, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Calibration {
-    pub stats: Vec<ActivationStats>,
+    pub stats: HashMap<TensorName, ActivationStats>,
     pub wedges: usize,
 }
 
@@ -547,13 +445,13 @@ impl Calibration {
         total_wedges: usize,
     ) -> Result<()> {
         let acts = encoder.activations(x)?;
-        if self.stats.is_empty() {
-            self.stats = vec![ActivationStats::default(); acts.len()];
-        }
         let n = x.dim(0)?;
         let per_batch = MAX_SAMPLES * n / total_wedges.max(1);
-        for (stat, act) in self.stats.iter_mut().zip(&acts) {
-            stat.observe(&act.flatten_all()?.to_vec1::<f32>()?, per_batch);
+        for (name, act) in acts {
+            self.stats
+                .entry(name)
+                .or_default()
+                .observe(&act.flatten_all()?.to_vec1::<f32>()?, per_batch);
         }
         self.wedges += n;
         Ok(())
@@ -582,85 +480,53 @@ pub fn quantize(
         return Err(QuantizeError::Percentile(percentile));
     }
     let (table, input_q) = input_table();
-    let q: Vec<QParams> = calib
-        .stats
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            if i == 0 {
-                input_q
-            } else {
-                let (lo, hi) = s.range(percentile);
+    let topology = encoder.topology();
+    // Every tensor's scale and zero point, by name: the network input's is fixed, pooling keeps
+    // its input's, every other layer's output comes from its calibrated range.
+    let mut q: HashMap<TensorName, QParams> = HashMap::from([(TensorName::Input, input_q)]);
+    let qp = |q: &HashMap<TensorName, QParams>, s: TensorName| {
+        q.get(&s)
+            .copied()
+            .ok_or_else(|| QuantizeError::NotCalibrated(s.to_string()))
+    };
+    for layer in topology.layers() {
+        let name = TensorName::Layer(layer.id);
+        let params = match layer.op {
+            Op::Pool { input } => qp(&q, input)?,
+            _ => {
+                let stats = calib
+                    .stats
+                    .get(&name)
+                    .ok_or_else(|| QuantizeError::NotCalibrated(name.to_string()))?;
+                let (lo, hi) = stats.range(percentile);
                 QParams::from_range(lo, hi)
             }
-        })
-        .collect();
-    let qp = |i: usize| q.get(i).copied().ok_or(QuantizeError::NoCalibration);
-    let (network, code_q) = match encoder {
-        FloatEncoder::Ht { blocks, output } => {
-            let mut x = qp(0)?;
-            let mut owned = vec![];
-            for (b, blk) in blocks.iter().enumerate() {
-                let (h, s, m, y) = (
-                    qp(1 + 4 * b)?,
-                    qp(2 + 4 * b)?,
-                    qp(3 + 4 * b)?,
-                    qp(4 + 4 * b)?,
-                );
-                owned.push(OwnedHtBlock {
-                    main1: quantize_conv(&blk.main1, x, h)?,
-                    main2: quantize_conv(&blk.main2, h, m)?,
-                    skip: quantize_conv(&blk.skip, x, s)?,
-                    add: quantize_add(&format!("block{b}.add"), m, s, y)?,
-                });
-                x = y;
-            }
-            let code = qp(1 + 4 * blocks.len())?;
-            let output = quantize_conv(output, x, code)?;
-            let blocks: [OwnedHtBlock; 4] = owned.try_into().map_err(|_| {
-                QuantizeError::Unsupported("BCAE-HT with other than 4 blocks".into())
-            })?;
-            (OwnedNetwork::BcaeHt { blocks, output }, code)
-        }
-        FloatEncoder::Twod {
-            m,
-            d,
-            input,
-            blocks,
-        } => {
-            let c0 = qp(1)?;
-            let conv_in = quantize_conv(input, qp(0)?, c0)?;
-            let mut x = c0;
-            let mut i = 2;
-            let mut owned = vec![];
-            for (b, (pool, res)) in blocks.iter().enumerate() {
-                let mut rs = vec![];
-                for (r, rb) in res.iter().enumerate() {
-                    let (h, mm, y) = (qp(i)?, qp(i + 1)?, qp(i + 2)?);
-                    rs.push(OwnedResBlock2d {
-                        conv1: quantize_conv(&rb.conv1, x, h)?,
-                        conv2: quantize_conv(&rb.conv2, h, mm)?,
-                        add: quantize_add(&format!("block{b}.res{r}.add"), mm, x, y)?,
-                    });
-                    x = y;
-                    i += 3;
-                }
-                let res: [OwnedResBlock2d; 2] = rs.try_into().map_err(|_| {
-                    QuantizeError::Unsupported("BCAE-2D blocks need 2 residual blocks".into())
+        };
+        q.insert(name, params);
+    }
+    let layers = OwnedModel::layers_of(topology.kind(), |layer| {
+        let out = qp(&q, TensorName::Layer(layer.id))?;
+        Ok::<_, QuantizeError>(match layer.op {
+            Op::Conv(op) => {
+                let float = encoder.conv(layer.id).ok_or_else(|| {
+                    QuantizeError::MissingVariable(
+                        op.checkpoint.to_string(),
+                        format!("{:?}", topology.kind()),
+                    )
                 })?;
-                owned.push(OwnedBlock2d { pool: *pool, res });
+                OwnedLayer::Conv(quantize_conv(float, qp(&q, op.input)?, out)?)
             }
-            (
-                OwnedNetwork::Bcae2d {
-                    m: *m as u8,
-                    d: *d as u8,
-                    input: conv_in,
-                    blocks: owned,
-                },
-                x,
-            )
-        }
-    };
+            Op::Add(op) => OwnedLayer::Add(quantize_add(
+                &layer.id.to_string(),
+                qp(&q, op.a)?,
+                qp(&q, op.b)?,
+                out,
+                op.leaky,
+            )?),
+            Op::Pool { .. } => OwnedLayer::Pool,
+        })
+    })?;
+    let code_q = qp(&q, TensorName::Layer(topology.code_layer()?.id))?;
     let model = OwnedModel {
         name: source.name.clone(),
         checkpoint_crc32: source.checkpoint_crc32,
@@ -668,7 +534,8 @@ pub fn quantize(
         input_table: table,
         input_scale: input_q.scale as f32,
         input_zero_point: input_q.zero_point,
-        network,
+        kind: topology.kind(),
+        layers,
         code_scale: code_q.scale as f32,
         code_zero_point: code_q.zero_point,
     };
@@ -827,7 +694,7 @@ pub fn dequantize_code(
 /// The float convs (for reports): name and weight shape.
 pub fn float_layers(encoder: &FloatEncoder) -> Vec<(String, Vec<usize>)> {
     encoder
-        .convs()
+        .convs
         .iter()
         .map(|c| (c.name.clone(), c.weight.dims().to_vec()))
         .collect()
@@ -874,7 +741,9 @@ mod tests {
     fn float_encoder_matches_the_models_encoder() {
         for cfg in [
             ModelConfig::BcaeHt,
+            ModelConfig::BcaePlusPlus,
             ModelConfig::Bcae2d { m: 2, n: 1, d: 1 },
+            ModelConfig::Bcae2d { m: 1, n: 1, d: 0 },
         ] {
             let (model, tensors) = random_model(&cfg);
             let fe = FloatEncoder::from_tensors(&cfg, &tensors).unwrap();
@@ -900,6 +769,83 @@ mod tests {
             assert!(
                 diff <= 1e-4 * scale.max(1.0),
                 "{cfg}: max diff {diff} (scale {scale})"
+            );
+        }
+    }
+
+    /// Calibration ranges are looked up by layer name; the quantizer before the models'
+    /// descriptions paired each layer with ranges by position in the activation list, by the
+    /// index arithmetic reproduced here. Both pair every layer with the same tensors.
+    #[test]
+    fn calibration_by_name_pairs_layers_as_the_old_index_arithmetic_did() {
+        type Pairing = Vec<(LayerId, Vec<usize>, usize)>;
+        let old_ht = || -> Pairing {
+            let mut out = vec![];
+            let mut x = 0;
+            for b in 0..4u8 {
+                let (h, s, m, y) = (
+                    1 + 4 * b as usize,
+                    2 + 4 * b as usize,
+                    3 + 4 * b as usize,
+                    4 + 4 * b as usize,
+                );
+                out.push((LayerId::HtMain1(b), vec![x], h));
+                out.push((LayerId::HtSkip(b), vec![x], s));
+                out.push((LayerId::HtMain2(b), vec![h], m));
+                out.push((LayerId::HtAdd(b), vec![m, s], y));
+                x = y;
+            }
+            out.push((LayerId::HtOutput, vec![x], 1 + 4 * 4));
+            out
+        };
+        let old_2d = |m: u8| -> Pairing {
+            let mut out = vec![(LayerId::Input2d, vec![0], 1)];
+            let (mut x, mut i) = (1, 2);
+            for b in 0..m {
+                for r in 0..2u8 {
+                    out.push((LayerId::Res2dConv1(b, r), vec![x], i));
+                    out.push((LayerId::Res2dConv2(b, r), vec![i], i + 1));
+                    out.push((LayerId::Res2dAdd(b, r), vec![i + 1, x], i + 2));
+                    x = i + 2;
+                    i += 3;
+                }
+            }
+            out
+        };
+        for (cfg, old) in [
+            (ModelConfig::BcaeHt, old_ht()),
+            (ModelConfig::Bcae2d { m: 3, n: 1, d: 2 }, old_2d(3)),
+            (ModelConfig::Bcae2d { m: 1, n: 1, d: 0 }, old_2d(1)),
+        ] {
+            let (_, tensors) = random_model(&cfg);
+            let fe = FloatEncoder::from_tensors(&cfg, &tensors).unwrap();
+            let acts = fe.activations(&small_input(1, 32, 48)).unwrap();
+            let t = fe.topology();
+            // Pooling keeps its input's quantization: it has no range of its own.
+            let resolve = |mut s: TensorName| {
+                while let Some(Op::Pool { input }) = match s {
+                    TensorName::Layer(id) => t.layer(id).map(|l| l.op),
+                    TensorName::Input => None,
+                } {
+                    s = input;
+                }
+                s
+            };
+            let index = |s: TensorName| acts.iter().position(|(k, _)| *k == resolve(s)).unwrap();
+            let new: Pairing = t
+                .layers()
+                .iter()
+                .filter(|l| !matches!(l.op, Op::Pool { .. }))
+                .map(|l| {
+                    let inputs = l.op.inputs().into_iter().flatten().map(index).collect();
+                    (l.id, inputs, index(TensorName::Layer(l.id)))
+                })
+                .collect();
+            assert_eq!(new, old, "{cfg}");
+            assert_eq!(
+                acts.len(),
+                old.len() + 1,
+                "{cfg}: the network input, then every layer"
             );
         }
     }

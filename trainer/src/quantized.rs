@@ -15,10 +15,8 @@
 //!   im2col + cuBLAS GEMM (no Winograd / FFT) unless built with cuDNN, which this crate never enables.
 use candle_core::{DType, Device, Tensor};
 
-use encoder_nostd::weights::{
-    self, le_i32, Add, Conv, HtNetwork, Network, Network2d, QuantizedModel, Shape, HT_INPUT,
-    INPUT_2D,
-};
+use encoder_nostd::topology::{Op, Source, Topology};
+use encoder_nostd::weights::{self, le_i32, Add, Conv, ModelFamily, QuantizedModel, Shape};
 
 use crate::data::{Wedge, LAYERS, WEDGE_VOXELS, Z_BINS, Z_PADDED};
 
@@ -83,30 +81,16 @@ pub fn check_exactness(model: &QuantizedModel<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Every convolution with a readable name (`block0.main1`, `input`, `block2.res1.conv2`, ...).
+/// Every convolution with its name (`block0.main1`, `input`, `block2.res1.conv2`, ...), in
+/// execution order.
 pub fn named_convs<'m, 'a>(model: &'m QuantizedModel<'a>) -> Vec<(String, &'m Conv<'a>)> {
-    match &model.network {
-        Network::BcaeHt(net) => {
-            let mut out = vec![];
-            for (b, block) in net.blocks.iter().enumerate() {
-                out.push((format!("block{b}.main1"), &block.main1));
-                out.push((format!("block{b}.main2"), &block.main2));
-                out.push((format!("block{b}.skip"), &block.skip));
-            }
-            out.push(("output".to_string(), &net.output));
-            out
-        }
-        Network::Bcae2d(net) => {
-            let mut out = vec![("input".to_string(), &net.input)];
-            for (b, block) in net.blocks.iter().enumerate() {
-                for (r, res) in block.res.iter().enumerate() {
-                    out.push((format!("block{b}.res{r}.conv1"), &res.conv1));
-                    out.push((format!("block{b}.res{r}.conv2"), &res.conv2));
-                }
-            }
-            out
-        }
-    }
+    let Ok(topology) = model.topology() else {
+        return vec![];
+    };
+    topology
+        .convs()
+        .filter_map(|(id, _)| Some((id.to_string(), model.network.conv(id)?)))
+        .collect()
 }
 
 /// One convolution's tensors on the device.
@@ -258,38 +242,21 @@ fn pool(x: &Tensor) -> candle_core::Result<Tensor> {
     y.reshape((n, d, c, h / 2, w / 2))
 }
 
+/// One layer on the device.
 #[derive(Debug, Clone)]
-struct HtBlockT {
-    main1: ConvT,
-    main2: ConvT,
-    skip: ConvT,
-    add: Add,
-}
-
-#[derive(Debug, Clone)]
-struct ResT {
-    conv1: ConvT,
-    conv2: ConvT,
-    add: Add,
-}
-
-#[derive(Debug, Clone)]
-enum NetT {
-    Ht {
-        blocks: Vec<HtBlockT>,
-        output: ConvT,
-    },
-    Twod {
-        input: ConvT,
-        blocks: Vec<(bool, Vec<ResT>)>,
-    },
+enum LayerT {
+    Conv(ConvT),
+    Add(Add),
+    Pool,
 }
 
 /// A quantized encoder on a candle device, bit-exact with `encoder_nostd::encoder::Encoder`.
 #[derive(Debug, Clone)]
 pub struct QuantizedEncoder {
     device: Device,
-    net: NetT,
+    /// The model's description, each layer with its tensors, in execution order.
+    topology: Topology,
+    layers: Vec<LayerT>,
     table: Tensor,
     pad_value: f64,
     code: Shape,
@@ -312,57 +279,28 @@ impl QuantizedEncoder {
         if device.is_cuda() {
             candle_core::cuda::set_gemm_reduced_precision_f32(false);
         }
-        let net = match &model.network {
-            Network::BcaeHt(HtNetwork { blocks, output }) => NetT::Ht {
-                blocks: blocks
-                    .iter()
-                    .enumerate()
-                    .map(|(b, k)| {
-                        Ok(HtBlockT {
-                            main1: ConvT::new(&format!("block{b}.main1"), &k.main1, device)?,
-                            main2: ConvT::new(&format!("block{b}.main2"), &k.main2, device)?,
-                            skip: ConvT::new(&format!("block{b}.skip"), &k.skip, device)?,
-                            add: k.add,
-                        })
-                    })
-                    .collect::<Result<_>>()?,
-                output: ConvT::new("output", output, device)?,
-            },
-            Network::Bcae2d(Network2d { input, blocks, .. }) => NetT::Twod {
-                input: ConvT::new("input", input, device)?,
-                blocks: blocks
-                    .iter()
-                    .enumerate()
-                    .map(|(b, k)| {
-                        let res = k
-                            .res
-                            .iter()
-                            .enumerate()
-                            .map(|(r, res)| {
-                                Ok(ResT {
-                                    conv1: ConvT::new(
-                                        &format!("block{b}.res{r}.conv1"),
-                                        &res.conv1,
-                                        device,
-                                    )?,
-                                    conv2: ConvT::new(
-                                        &format!("block{b}.res{r}.conv2"),
-                                        &res.conv2,
-                                        device,
-                                    )?,
-                                    add: res.add,
-                                })
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok((k.pool, res))
-                    })
-                    .collect::<Result<_>>()?,
-            },
-        };
+        let topology = model.topology()?;
+        let missing = || QuantizedError::Internal("a validated model lacks a described layer");
+        let layers = topology
+            .layers()
+            .iter()
+            .map(|layer| {
+                Ok(match layer.op {
+                    Op::Conv(_) => LayerT::Conv(ConvT::new(
+                        &layer.id.to_string(),
+                        model.network.conv(layer.id).ok_or_else(missing)?,
+                        device,
+                    )?),
+                    Op::Add(_) => LayerT::Add(*model.network.add(layer.id).ok_or_else(missing)?),
+                    Op::Pool { .. } => LayerT::Pool,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let table: Vec<f32> = model.input_table.iter().map(|&b| b as i8 as f32).collect();
         Ok(QuantizedEncoder {
             device: device.clone(),
-            net,
+            topology,
+            layers,
             table: Tensor::from_vec(table, 1024, device)?,
             pad_value: model.input_zero_point as f64,
             code,
@@ -428,10 +366,7 @@ impl QuantizedEncoder {
             .affine(1.0, -self.pad_value)?
             .pad_with_zeros(3, 0, Z_PADDED - Z_BINS)?
             .affine(1.0, self.pad_value)?;
-        let shape = match self.net {
-            NetT::Ht { .. } => HT_INPUT,
-            NetT::Twod { .. } => INPUT_2D,
-        };
+        let shape = self.topology.input_shape();
         // (N, D, C, H, W): BCAE-HT sees the layers as depth, BCAE-2D as channels.
         Ok(x.contiguous()?
             .reshape((n, shape.d, shape.c, shape.h, shape.w))?)
@@ -441,32 +376,38 @@ impl QuantizedEncoder {
     /// each code laid out (c, d, h, w) exactly as `encoder-nostd` writes it.
     pub fn encode_adc(&self, wedges: &[&[u16]]) -> Result<Tensor> {
         let x = self.input(wedges)?;
-        let y = match &self.net {
-            NetT::Ht { blocks, output } => {
-                let mut x = x;
-                for b in blocks {
-                    let h = b.main1.forward(&x)?;
-                    let s = b.skip.forward(&x)?;
-                    let m = b.main2.forward(&h)?;
-                    x = add(&b.add, &m, &s)?;
-                }
-                output.forward(&x)?
-            }
-            NetT::Twod { input, blocks } => {
-                let mut x = input.forward(&x)?;
-                for (pooled, res) in blocks {
-                    if *pooled {
-                        x = pool(&x)?;
-                    }
-                    for r in res {
-                        let h = r.conv1.forward(&x)?;
-                        let m = r.conv2.forward(&h)?;
-                        x = add(&r.add, &m, &x)?;
-                    }
-                }
-                x
-            }
+        let described = self.topology.layers();
+        // A tensor is dropped after the last layer that reads it, so memory stays that of the
+        // widest few layers, not of the whole network.
+        let last_use = |s: Source| {
+            described
+                .iter()
+                .rposition(|l| l.op.inputs().contains(&Some(s)))
         };
+        let mut live: Vec<(Source, Tensor)> = vec![(Source::Input, x)];
+        for (i, (layer, t)) in described.iter().zip(&self.layers).enumerate() {
+            let get =
+                |s: Source| {
+                    live.iter().find(|(k, _)| *k == s).map(|(_, t)| t).ok_or(
+                        QuantizedError::Internal("a layer reads a tensor not computed"),
+                    )
+                };
+            let y = match (layer.op, t) {
+                (Op::Conv(op), LayerT::Conv(conv)) => conv.forward(get(op.input)?)?,
+                (Op::Add(op), LayerT::Add(p)) => add(p, get(op.a)?, get(op.b)?)?,
+                (Op::Pool { input }, LayerT::Pool) => pool(get(input)?)?,
+                _ => {
+                    return Err(QuantizedError::Internal(
+                        "layers out of step with the model",
+                    ))
+                }
+            };
+            live.retain(|(s, _)| last_use(*s).is_some_and(|l| l > i));
+            live.push((Source::Layer(layer.id), y));
+        }
+        let (_, y) = live
+            .pop()
+            .ok_or(QuantizedError::Internal("a model without layers"))?;
         // (N, D, C, H, W) -> (N, C, D, H, W) -> (N, code_len)
         let n = wedges.len();
         Ok(y.permute((0, 2, 1, 3, 4))?
@@ -496,9 +437,9 @@ impl QuantizedEncoder {
             self.code_scale as f64,
             -(self.code_scale as f64) * self.code_zero_point as f64,
         )?;
-        Ok(match self.net {
-            NetT::Ht { .. } => v.reshape((n, s.c, s.d, s.h, s.w))?,
-            NetT::Twod { .. } => v.reshape((n, s.c, s.h, s.w))?,
+        Ok(match self.kind.family() {
+            ModelFamily::BcaeHt => v.reshape((n, s.c, s.d, s.h, s.w))?,
+            ModelFamily::Bcae2d => v.reshape((n, s.c, s.h, s.w))?,
         })
     }
 }

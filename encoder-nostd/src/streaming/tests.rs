@@ -1,6 +1,7 @@
 use super::*;
 use crate::geometry::WEDGE_VOXELS;
 use crate::weights::owned::{OwnedModel, SplitMix};
+use crate::weights::Network;
 use proptest::prelude::*;
 
 extern crate std;

@@ -6,11 +6,8 @@ use std::string::String;
 use std::vec;
 use std::vec::Vec;
 
-use super::{
-    write, Add, Block2d, Conv, Fingerprint, HtBlock, HtNetwork, Network, Network2d, QuantizedModel,
-    Requant, MAX_2D_BLOCKS,
-};
-use crate::error::internal;
+use super::{write, Add, Conv, Fingerprint, ModelKind, Network, QuantizedModel, Requant};
+use crate::topology::{LayerId, LayerOp, Op, Source, Topology};
 use crate::weights::WeightsError;
 
 /// An owned convolution layer (see [`Conv`]).
@@ -97,47 +94,17 @@ impl OwnedConv {
     }
 }
 
-/// An owned BCAE-HT block (see [`HtBlock`]).
+/// One layer's parameters (see [`crate::topology::Op`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct OwnedHtBlock {
-    pub main1: OwnedConv,
-    pub main2: OwnedConv,
-    pub skip: OwnedConv,
-    pub add: Add,
+pub enum OwnedLayer {
+    Conv(OwnedConv),
+    Add(Add),
+    /// 2x2 average pooling has no parameters.
+    Pool,
 }
 
-/// An owned BCAE-2D residual block (see [`super::ResBlock2d`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OwnedResBlock2d {
-    pub conv1: OwnedConv,
-    pub conv2: OwnedConv,
-    pub add: Add,
-}
-
-/// An owned BCAE-2D block (see [`Block2d`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OwnedBlock2d {
-    pub pool: bool,
-    pub res: [OwnedResBlock2d; 2],
-}
-
-/// An owned encoder network (see [`Network`]).
-#[allow(clippy::large_enum_variant)] // mirrors `Network`; built once per model
-#[derive(Debug, Clone, PartialEq)]
-pub enum OwnedNetwork {
-    BcaeHt {
-        blocks: [OwnedHtBlock; 4],
-        output: OwnedConv,
-    },
-    Bcae2d {
-        m: u8,
-        d: u8,
-        input: OwnedConv,
-        blocks: Vec<OwnedBlock2d>,
-    },
-}
-
-/// An owned weights file (see [`QuantizedModel`]).
+/// An owned weights file (see [`QuantizedModel`]): the model's kind and its layers by name; the
+/// file's structure comes from the kind's description ([`Topology`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnedModel {
     pub name: String,
@@ -147,86 +114,117 @@ pub struct OwnedModel {
     pub input_table: Vec<i8>,
     pub input_scale: f32,
     pub input_zero_point: i8,
-    pub network: OwnedNetwork,
+    pub kind: ModelKind,
+    /// Every layer of `kind`'s description, in execution order ([`OwnedModel::layers_of`]).
+    pub layers: Vec<(LayerId, OwnedLayer)>,
     pub code_scale: f32,
     pub code_zero_point: i8,
 }
 
 impl OwnedModel {
-    /// Every convolution in execution order (the order [`OwnedModel::convs_mut`] uses too).
-    pub fn convs(&self) -> Vec<&OwnedConv> {
-        match &self.network {
-            OwnedNetwork::BcaeHt { blocks, output } => blocks
-                .iter()
-                .flat_map(|b| [&b.main1, &b.skip, &b.main2])
-                .chain(core::iter::once(output))
-                .collect(),
-            OwnedNetwork::Bcae2d { input, blocks, .. } => core::iter::once(input)
-                .chain(
-                    blocks
-                        .iter()
-                        .flat_map(|b| b.res.iter().flat_map(|r| [&r.conv1, &r.conv2])),
-                )
-                .collect(),
-        }
+    /// The layers of `kind`, in execution order, each made by `make` from its description.
+    pub fn layers_of<E: From<WeightsError>>(
+        kind: ModelKind,
+        mut make: impl FnMut(&LayerOp) -> Result<OwnedLayer, E>,
+    ) -> Result<Vec<(LayerId, OwnedLayer)>, E> {
+        let topology = Topology::new(kind)?;
+        topology
+            .layers()
+            .iter()
+            .map(|l| Ok((l.id, make(l)?)))
+            .collect()
+    }
+
+    /// Copies a parsed weights file.
+    pub fn from_model(model: &QuantizedModel<'_>) -> Result<Self, WeightsError> {
+        let kind = model.kind();
+        let layers = Self::layers_of(kind, |l| {
+            let missing = WeightsError::Layer {
+                layer: l.id,
+                what: "the file has no such layer",
+            };
+            Ok::<_, WeightsError>(match l.op {
+                Op::Conv(_) => OwnedLayer::Conv(OwnedConv::from_view(
+                    model.network.conv(l.id).ok_or(missing)?,
+                )),
+                Op::Add(_) => OwnedLayer::Add(*model.network.add(l.id).ok_or(missing)?),
+                Op::Pool { .. } => OwnedLayer::Pool,
+            })
+        })?;
+        Ok(OwnedModel {
+            name: model.fingerprint.name.into(),
+            checkpoint_crc32: model.fingerprint.checkpoint_crc32,
+            checkpoint_len: model.fingerprint.checkpoint_len,
+            input_table: model.input_table.iter().map(|&b| b as i8).collect(),
+            input_scale: model.input_scale,
+            input_zero_point: model.input_zero_point,
+            kind,
+            layers,
+            code_scale: model.code_scale,
+            code_zero_point: model.code_zero_point,
+        })
+    }
+
+    /// The convolution named `id`.
+    pub fn conv(&self, id: LayerId) -> Option<&OwnedConv> {
+        self.layers.iter().find_map(|(l, p)| match p {
+            OwnedLayer::Conv(c) if *l == id => Some(c),
+            _ => None,
+        })
+    }
+
+    /// See [`OwnedModel::conv`].
+    pub fn conv_mut(&mut self, id: LayerId) -> Option<&mut OwnedConv> {
+        self.layers.iter_mut().find_map(|(l, p)| match p {
+            OwnedLayer::Conv(c) if *l == id => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The residual add named `id`.
+    pub fn add(&self, id: LayerId) -> Option<&Add> {
+        self.layers.iter().find_map(|(l, p)| match p {
+            OwnedLayer::Add(a) if *l == id => Some(a),
+            _ => None,
+        })
+    }
+
+    /// Every convolution in execution order, with its name.
+    pub fn convs(&self) -> Vec<(LayerId, &OwnedConv)> {
+        self.layers
+            .iter()
+            .filter_map(|(id, p)| match p {
+                OwnedLayer::Conv(c) => Some((*id, c)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Serializes to the weights file format (validating first).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WeightsError> {
+        let topology = Topology::new(self.kind)?;
         let convs = self.convs();
-        let bytes: Vec<ConvBytes> = convs.iter().map(|c| c.bytes()).collect();
+        let bytes: Vec<ConvBytes> = convs.iter().map(|(_, c)| c.bytes()).collect();
         let table: Vec<u8> = self.input_table.iter().map(|&v| v as u8).collect();
-        let mut views = convs.iter().zip(&bytes).map(|(c, b)| c.view(b));
-        let mut next = || views.next().ok_or(internal("fewer conv views than convs"));
-        let network = match &self.network {
-            OwnedNetwork::BcaeHt { blocks, .. } => {
-                let mut ht = |b: &OwnedHtBlock| -> Result<HtBlock<'_>, WeightsError> {
-                    Ok(HtBlock {
-                        main1: next()?,
-                        skip: next()?,
-                        main2: next()?,
-                        add: b.add,
-                    })
-                };
-                let b0 = ht(&blocks[0])?;
-                let b1 = ht(&blocks[1])?;
-                let b2 = ht(&blocks[2])?;
-                let b3 = ht(&blocks[3])?;
-                Network::BcaeHt(HtNetwork {
-                    blocks: [b0, b1, b2, b3],
-                    output: next()?,
-                })
-            }
-            OwnedNetwork::Bcae2d { m, d, blocks, .. } => {
-                let input = next()?;
-                let mut out = heapless::Vec::<Block2d<'_>, MAX_2D_BLOCKS>::new();
-                for b in blocks {
-                    let (c1, c2) = (next()?, next()?);
-                    let r0 = super::ResBlock2d {
-                        conv1: c1,
-                        conv2: c2,
-                        add: b.res[0].add,
-                    };
-                    let (c1, c2) = (next()?, next()?);
-                    let r1 = super::ResBlock2d {
-                        conv1: c1,
-                        conv2: c2,
-                        add: b.res[1].add,
-                    };
-                    out.push(Block2d {
-                        pool: b.pool,
-                        res: [r0, r1],
-                    })
-                    .map_err(|_| WeightsError::Inconsistent)?;
-                }
-                Network::Bcae2d(Network2d {
-                    m: *m,
-                    d: *d,
-                    input,
-                    blocks: out,
-                })
-            }
+        // Every layer goes where the format's structs keep that name; a layer the description
+        // lacks is an error, one the model lacks stays a placeholder that validation names.
+        let mut network = Network::skeleton(&topology)?;
+        let absent = |layer| WeightsError::Layer {
+            layer,
+            what: "the model's description has no such layer",
         };
+        for ((id, conv), b) in convs.iter().zip(&bytes) {
+            *network.conv_mut(*id).ok_or(absent(*id))? = conv.view(b);
+        }
+        for (id, layer) in &self.layers {
+            match layer {
+                OwnedLayer::Add(add) => *network.add_mut(*id).ok_or(absent(*id))? = *add,
+                OwnedLayer::Pool if network.pools(*id) != Some(true) => {
+                    return Err(absent(*id));
+                }
+                _ => {}
+            }
+        }
         let model = QuantizedModel {
             fingerprint: Fingerprint {
                 name: &self.name,
@@ -360,96 +358,74 @@ fn random_table(rng: &mut SplitMix) -> (Vec<i8>, f32, i8) {
 impl OwnedModel {
     /// A random BCAE-HT-shaped model with the given block channels and code channels.
     pub fn random_ht(seed: u64, channels: [u16; 4], code_channels: u16) -> Self {
-        let mut rng = SplitMix(seed);
-        let (input_table, input_scale, input_zero_point) = random_table(&mut rng);
-        let (k344, s122, p1, k3, s1) = ([3, 4, 4], [1, 2, 2], [1, 1, 1], [3, 3, 3], [1, 1, 1]);
-        let mut zp = input_zero_point;
-        let mut ci = 1u16;
-        let blocks = channels.map(|co| {
-            let main1 = random_conv(&mut rng, ci, co, k344, s122, p1, zp, true);
-            let skip = random_conv(&mut rng, ci, co, k344, s122, p1, zp, true);
-            let main2 = random_conv(&mut rng, co, co, k3, s1, p1, main1.output_zero_point, false);
-            let add = random_add(&mut rng, main2.output_zero_point, skip.output_zero_point);
-            zp = add.output_zero_point;
-            ci = co;
-            OwnedHtBlock {
-                main1,
-                main2,
-                skip,
-                add,
-            }
-        });
-        let output = random_conv(&mut rng, ci, code_channels, k3, s1, p1, zp, false);
-        OwnedModel {
-            name: std::format!("random-ht-{seed}"),
-            checkpoint_crc32: 0,
-            checkpoint_len: 0,
-            input_table,
-            input_scale,
-            input_zero_point,
-            code_scale: 0.05,
-            code_zero_point: output.output_zero_point,
-            network: OwnedNetwork::BcaeHt { blocks, output },
-        }
+        Self::random(
+            seed,
+            ModelKind::BcaeHt {
+                channels,
+                code_channels,
+            },
+            "ht",
+        )
     }
 
     /// A random BCAE-2D(m, d)-shaped model with `channels` channels.
     pub fn random_2d(seed: u64, m: u8, d: u8, channels: u16) -> Self {
+        Self::random(seed, ModelKind::Bcae2d { m, d, channels }, "2d")
+    }
+
+    /// A random model of `kind`: every layer drawn in execution order from one generator, each
+    /// reading its inputs' zero points.
+    fn random(seed: u64, kind: ModelKind, family: &str) -> Self {
         let mut rng = SplitMix(seed);
         let (input_table, input_scale, input_zero_point) = random_table(&mut rng);
-        let (k7, k3, s1) = ([1, 7, 7], [1, 3, 3], [1, 1, 1]);
-        let input = random_conv(
-            &mut rng,
-            16,
-            channels,
-            k7,
-            s1,
-            [0, 3, 3],
-            input_zero_point,
-            false,
-        );
-        let mut zp = input.output_zero_point;
-        let mut res = |rng: &mut SplitMix| {
-            let conv1 = random_conv(rng, channels, channels, k3, s1, [0, 1, 1], zp, true);
-            let conv2 = random_conv(
-                rng,
-                channels,
-                channels,
-                k3,
-                s1,
-                [0, 1, 1],
-                conv1.output_zero_point,
-                false,
-            );
-            let add = random_add(rng, conv2.output_zero_point, zp);
-            zp = add.output_zero_point;
-            OwnedResBlock2d { conv1, conv2, add }
+        let mut zero_points: Vec<(LayerId, i8)> = vec![];
+        let zp = |zero_points: &[(LayerId, i8)], s: Source| match s {
+            Source::Input => input_zero_point,
+            Source::Layer(id) => zero_points
+                .iter()
+                .find(|(l, _)| *l == id)
+                .map_or(input_zero_point, |(_, z)| *z),
         };
-        let blocks = (0..m)
-            .map(|i| {
-                let r0 = res(&mut rng);
-                let r1 = res(&mut rng);
-                OwnedBlock2d {
-                    pool: i < d,
-                    res: [r0, r1],
+        let layers = Self::layers_of(kind, |l| {
+            let (layer, out) = match l.op {
+                Op::Conv(c) => {
+                    let conv = random_conv(
+                        &mut rng,
+                        c.in_channels,
+                        c.out_channels,
+                        c.kernel,
+                        c.stride,
+                        c.padding,
+                        zp(&zero_points, c.input),
+                        c.leaky,
+                    );
+                    let out = conv.output_zero_point;
+                    (OwnedLayer::Conv(conv), out)
                 }
-            })
-            .collect();
+                Op::Add(a) => {
+                    let (za, zb) = (zp(&zero_points, a.a), zp(&zero_points, a.b));
+                    let add = random_add(&mut rng, za, zb);
+                    (OwnedLayer::Add(add), add.output_zero_point)
+                }
+                Op::Pool { input } => (OwnedLayer::Pool, zp(&zero_points, input)),
+            };
+            zero_points.push((l.id, out));
+            Ok::<_, WeightsError>(layer)
+        })
+        // A kind without a description gets no layers, and `to_bytes` says why.
+        .unwrap_or_default();
+        let code_zero_point = zero_points.last().map_or(input_zero_point, |(_, z)| *z);
         OwnedModel {
-            name: std::format!("random-2d-{seed}"),
+            name: std::format!("random-{family}-{seed}"),
             checkpoint_crc32: 0,
             checkpoint_len: 0,
             input_table,
             input_scale,
             input_zero_point,
+            kind,
+            layers,
             code_scale: 0.05,
-            code_zero_point: zp,
-            network: OwnedNetwork::Bcae2d {
-                m,
-                d,
-                input,
-                blocks,
-            },
+            code_zero_point,
         }
     }
 }

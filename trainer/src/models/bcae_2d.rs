@@ -6,7 +6,7 @@ use super::{check_log_input, reconstruct_log_domain, rezero_alpha, Bicephalous};
 use crate::data::{batch_tensor, Wedge, LAYERS};
 use crate::nn::{conv2d, leaky_relu, Conv2d};
 
-const FEATURES: usize = 2 * LAYERS;
+pub(crate) const FEATURES: usize = 2 * LAYERS;
 const SLOPE: f64 = 0.2;
 
 /// `out = LeakyReLU(alpha * conv2(LeakyReLU(conv1(x))) + x)`, 32 -> 32 channels.

@@ -166,6 +166,22 @@ impl ModelConfig {
         }
     }
 
+    /// The int8 encoder's model (its description is `encoder_nostd::topology`); `None` for the
+    /// original BCAE, which has no int8 encoder.
+    pub fn int8_kind(&self) -> Option<encoder_nostd::weights::ModelKind> {
+        use encoder_nostd::weights::ModelKind;
+        match *self {
+            Self::BcaeHt => Some(ModelKind::BCAE_HT),
+            Self::BcaePlusPlus => Some(ModelKind::BCAE_PLUS_PLUS),
+            Self::Bcae2d { m, d, .. } => Some(ModelKind::Bcae2d {
+                m: u8::try_from(m).ok()?,
+                d: u8::try_from(d).ok()?,
+                channels: bcae_2d::FEATURES as u16,
+            }),
+            Self::BcaeV1 => None,
+        }
+    }
+
     /// Whether the model works on log2(ADC+1) in (N, 16, 192, 256) (false: raw ADC, bcae-v1).
     pub fn log_domain(&self) -> bool {
         !matches!(self, Self::BcaeV1)
