@@ -235,6 +235,100 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
     /// Whole-wedge vs streaming encoder: memory, latency, throughput.
     pub streaming: StreamingBench,
+    /// The first convolution, as the encoder runs it and on the dense kernels.
+    pub first_layer: FirstLayerBench,
+}
+
+/// The network's first convolution on the zero-suppressed wedges: the kernel the encoder picks
+/// (the sparse-input kernel where it pays) against the dense kernels on the same input, one
+/// thread, alternating per wedge so machine noise hits both alike.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FirstLayerBench {
+    /// The layer's name in the model's description (`input`, `block0.main1`).
+    pub layer: String,
+    /// Its dense multiply-adds per wedge and their share of the network's.
+    pub macs: u64,
+    pub share_of_network: f64,
+    /// Median milliseconds per wedge: as the encoder runs it, and on the dense kernels.
+    pub encoder_ms: f64,
+    pub dense_ms: f64,
+    pub wedges: usize,
+}
+
+impl FirstLayerBench {
+    /// The encoder's cost of this layer as a fraction of the dense kernels' (1.0 = the same).
+    pub fn cost_ratio(&self) -> f64 {
+        self.encoder_ms / self.dense_ms
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "first layer {} ({:.3} GMAC, {:.0} % of the network) on the zero-suppressed wedge, 1 thread, median of {}: as encoded {:.2} ms, dense kernels {:.2} ms -> {:.2} of the dense cost\n",
+            self.layer,
+            self.macs as f64 / 1e9,
+            100.0 * self.share_of_network,
+            self.wedges,
+            self.encoder_ms,
+            self.dense_ms,
+            self.cost_ratio()
+        )
+    }
+}
+
+/// Measures [`FirstLayerBench`] for `encoder` on `wedges` for at least `min`.
+pub fn first_layer_bench(
+    encoder: &Encoder<'_>,
+    wedges: &[Wedge],
+    min: Duration,
+) -> Result<FirstLayerBench, SimError> {
+    use encoder_nostd::geometry::{AZIMUTH, LAYERS, Z_BINS, Z_PADDED};
+    use encoder_nostd::kernels::{conv_output_shape, conv_rows, conv_rows_dense, input_from_adc};
+    let model = encoder.model();
+    let topology = encoder_nostd::topology::Topology::new(encoder.kind())?;
+    let (id, conv) = topology
+        .convs()
+        .next()
+        .and_then(|(id, _)| Some((id, model.network.conv(id)?)))
+        .ok_or_else(|| {
+            SimError::Input("the model has no convolution: a bug, please report it".into())
+        })?;
+    let in_shape = topology.input_shape();
+    let out = conv_output_shape(conv, in_shape)?;
+    let mut x = vec![0i8; in_shape.len()];
+    let mut y = vec![0i8; out.len()];
+    let (mut picked, mut dense) = (vec![], vec![]);
+    let start = Instant::now();
+    while start.elapsed() < min || picked.len() < 2 {
+        let w = &wedges[picked.len() % wedges.len()];
+        input_from_adc(
+            model.input_table,
+            &w.adc,
+            LAYERS,
+            AZIMUTH,
+            Z_BINS,
+            Z_PADDED,
+            &mut x,
+        )?;
+        let t0 = Instant::now();
+        conv_rows(conv, &x, in_shape, 0..out.h, &mut y)?;
+        picked.push(t0.elapsed());
+        let t0 = Instant::now();
+        conv_rows_dense(conv, &x, in_shape, 0..out.h, &mut y)?;
+        dense.push(t0.elapsed());
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let macs = out.len() as u64 * conv.terms() as u64;
+    Ok(FirstLayerBench {
+        layer: id.to_string(),
+        macs,
+        share_of_network: macs as f64 / encoder.macs_per_wedge().max(1) as f64,
+        wedges: picked.len(),
+        encoder_ms: median(&mut picked),
+        dense_ms: median(&mut dense),
+    })
 }
 
 /// The whole-wedge and the streaming int8 encoder side by side (one thread each, measured in
@@ -443,6 +537,8 @@ impl BenchReport {
                 s += &format!("    note: {note}\n");
             }
         }
+        s += "\n";
+        s += &self.first_layer.text();
         s += "\n";
         s += &self.streaming.text();
         s
@@ -820,6 +916,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
         }
     }
     let streaming = streaming_bench(weights, &wedges, min)?;
+    let first_layer = first_layer_bench(&encoder, &wedges, min)?;
     Ok(BenchReport {
         model: crate::model_name(encoder.kind()),
         macs_per_wedge: macs,
@@ -829,6 +926,7 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
         build: BuildInfo::detect(),
         rows,
         streaming,
+        first_layer,
     })
 }
 
@@ -868,6 +966,13 @@ mod tests {
         );
         assert!(text.contains("compiled target features"), "{text}");
         assert!(text.contains("int8 kernels run as"), "{text}");
+        let first = &report.first_layer;
+        assert!(
+            first.wedges >= 2 && first.encoder_ms > 0.0 && first.dense_ms > 0.0,
+            "{text}"
+        );
+        assert!(first.macs > 0 && first.share_of_network <= 1.0, "{text}");
+        assert!(text.contains("first layer"), "{text}");
         let st = &report.streaming;
         assert!(st.wedges >= 2 && st.streaming_wedges_per_s > 0.0, "{text}");
         assert!(st.streaming_ram_bytes * 10 < st.whole_ram_bytes, "{text}");
