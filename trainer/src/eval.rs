@@ -18,8 +18,8 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::data::{DataError, Dataset, Wedge, Z_BINS};
 use crate::loss::SEG_THRESHOLD;
 use crate::metrics::{
-    compression_ratio, compression_ratio_bits, decoded_adc, fmt_metric as fmt_f, fmt_percent,
-    score, MeanMetrics, WedgeMetrics, INPUT_VOXELS,
+    compression_ratio, compression_ratio_bits, decoded_adc, fmt_metric as fmt_f, score,
+    MeanMetrics, WedgeMetrics, INPUT_VOXELS,
 };
 use crate::models::bcae_v1::V1Metrics;
 use crate::models::{self, Bicephalous, ModelConfig};
@@ -494,18 +494,14 @@ pub fn table(reports: &[EvalReport]) -> String {
         "PSNR ref",
         "precision",
         "recall",
-        "TP MAE",
-        "TP corr",
-        "<ADC64",
-        "top value",
-        "occ in/out",
-        "ratio",
-        "enc params",
-        "enc wedges/s",
-    ];
+    ]
+    .into_iter()
+    .chain(crate::metrics::VALUE_HEADERS)
+    .chain(["occ in/out", "ratio", "enc params", "enc wedges/s"])
+    .collect::<Vec<_>>();
     let mut rows: Vec<Vec<String>> = Vec::new();
     for r in reports {
-        rows.push(vec![
+        let mut row = vec![
             r.run.clone(),
             r.model.clone(),
             r.precision.name().into(),
@@ -516,10 +512,9 @@ pub fn table(reports: &[EvalReport]) -> String {
             fmt_f(r.mean.psnr_ratio, 2),
             fmt_f(r.mean.precision, 4),
             fmt_f(r.mean.recall, 4),
-            fmt_f(r.mean.tp_mae, 4),
-            fmt_f(r.mean.tp_correlation, 3),
-            fmt_percent(r.mean.below_threshold_share),
-            top_value(&r.mean),
+        ];
+        row.extend(r.mean.value_cells());
+        row.extend([
             format!(
                 "{}/{}",
                 fmt_f(r.mean.occupancy, 4),
@@ -529,6 +524,7 @@ pub fn table(reports: &[EvalReport]) -> String {
             r.encoder_params.to_string(),
             fmt_f(r.encoder_wedges_per_s, 2),
         ]);
+        rows.push(row);
     }
     if let Some(r) = reports.first() {
         let z = &r.all_zero;
@@ -564,7 +560,7 @@ pub fn table(reports: &[EvalReport]) -> String {
     }
     out.push_str("MAE, MSE, PSNR on log2(ADC+1) of the decoded ADC values (cut to 0 below 64), cropped (16,192,249) wedges. PSNR dB = 20 log10(max/RMSE); PSNR ref = max/sqrt(MSE) as the reference code reports it.\n");
     out.push_str("precision/recall pooled over voxels; ratio = input voxels x 16 bits / code bits (16 a value, 8 for int8); enc wedges/s = encoder only, inputs on the device (int8: encoder-nostd from raw ADC, all threads).\n");
-    out.push_str(VALUE_COLUMNS_NOTE);
+    out.push_str(crate::metrics::VALUE_COLUMNS_NOTE);
     for r in reports {
         if let Some(why) = r.mean.value_collapse() {
             out.push_str(&format!(
@@ -575,18 +571,6 @@ pub fn table(reports: &[EvalReport]) -> String {
         }
     }
     out
-}
-
-/// What the value columns of every metrics table mean.
-pub const VALUE_COLUMNS_NOTE: &str = "TP MAE / TP corr: log2 values on the true positives (MAE, Pearson r); <ADC64: the decoder's hits below the zero-suppression threshold, cut to 0 before scoring (the floor of 6 + 3 exp(r) is ADC 63); top value: the largest share of the decoder's hits at one ADC value (which).\n";
-
-/// "12.3% @63": the largest share of reconstructed hits at a single ADC value, and the value.
-pub fn top_value(m: &MeanMetrics) -> String {
-    if m.mode_share.is_nan() {
-        "-".into()
-    } else {
-        format!("{} @{}", fmt_percent(m.mode_share), m.mode_adc)
-    }
 }
 
 #[cfg(test)]

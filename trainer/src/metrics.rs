@@ -211,6 +211,17 @@ pub struct WedgeMetrics {
 }
 
 impl WedgeMetrics {
+    /// The value columns of a metrics table, as [`MeanMetrics::value_cells`].
+    pub fn value_cells(&self) -> [String; 4] {
+        value_cells(
+            self.tp_mae,
+            self.tp_correlation,
+            self.below_threshold_share,
+            self.mode_share,
+            self.mode_adc,
+        )
+    }
+
     /// Metrics of the trivial all-zero reconstruction, the baseline any codec must beat.
     pub fn all_zero_baseline(truth: &[u16]) -> WedgeMetrics {
         score(truth, &vec![0; truth.len()])
@@ -375,6 +386,18 @@ impl MeanMetrics {
         value_collapse(self.below_threshold_share, self.mode_share, self.mode_adc)
     }
 
+    /// The value columns of a metrics table, in [`VALUE_HEADERS`]' order: TP MAE, TP corr,
+    /// `<ADC64` and top value. Every command's tables take them from here, so they read the same.
+    pub fn value_cells(&self) -> [String; 4] {
+        value_cells(
+            self.tp_mae,
+            self.tp_correlation,
+            self.below_threshold_share,
+            self.mode_share,
+            self.mode_adc,
+        )
+    }
+
     /// The value metrics in one short line, ending in a loud `COLLAPSED` where they are.
     pub fn value_summary(&self) -> String {
         let mut s = format!(
@@ -391,6 +414,34 @@ impl MeanMetrics {
         s
     }
 }
+
+/// [`MeanMetrics::value_cells`] and [`WedgeMetrics::value_cells`]; the top value reads "12.3% @63":
+/// the largest share of reconstructed hits at a single ADC value, and the value.
+fn value_cells(
+    tp_mae: f64,
+    tp_correlation: f64,
+    below_threshold_share: f64,
+    mode_share: f64,
+    mode_adc: u16,
+) -> [String; 4] {
+    let top = if mode_share.is_nan() {
+        "-".into()
+    } else {
+        format!("{} @{}", fmt_percent(mode_share), mode_adc)
+    };
+    [
+        fmt_metric(tp_mae, 4),
+        fmt_metric(tp_correlation, 3),
+        fmt_percent(below_threshold_share),
+        top,
+    ]
+}
+
+/// Headers of [`MeanMetrics::value_cells`].
+pub const VALUE_HEADERS: [&str; 4] = ["TP MAE", "TP corr", "<ADC64", "top value"];
+
+/// What the value columns of every metrics table mean.
+pub const VALUE_COLUMNS_NOTE: &str = "TP MAE / TP corr: log2 values on the true positives (MAE, Pearson r); <ADC64: the decoder's hits below the zero-suppression threshold, cut to 0 before scoring (the floor of 6 + 3 exp(r) is ADC 63); top value: the largest share of the decoder's hits at one ADC value (which).\n";
 
 /// [`MeanMetrics::value_collapse`] from the two shares (the trainer's batch counts use it too).
 pub fn value_collapse(

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use trainer::compare::{draw_rate_distortion, fixed_rate, measure, Comparison, Settings};
 use trainer::data::{Dataset, Split, Wedge};
 use trainer::device::DeviceChoice;
-use trainer::metrics::{fmt_metric, fmt_percent, value_collapse};
+use trainer::metrics::value_collapse;
 
 /// Compare the sparse codec, zstd and BCAE models on the same wedges: one table, optional JSON and
 /// a rate-distortion plot.
@@ -188,7 +188,7 @@ fn print_table(c: &Comparison) {
         .rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.codec.clone(),
                 r.setting.clone(),
                 r.size.to_string(),
@@ -198,13 +198,13 @@ fn print_table(c: &Comparison) {
                 format!("{:.5}", r.metrics.mae),
                 format!("{:.4}", r.metrics.precision),
                 format!("{:.4}", r.metrics.recall),
-                fmt_metric(r.metrics.tp_mae, 4),
-                fmt_metric(r.metrics.tp_correlation, 3),
-                fmt_percent(r.metrics.below_threshold_share),
-                trainer::eval::top_value(&r.metrics),
+            ];
+            row.extend(r.metrics.value_cells());
+            row.extend([
                 format!("{:.1}", r.encode_per_s),
                 if r.exact { "yes" } else { "no" }.to_string(),
-            ]
+            ]);
+            row
         })
         .collect();
     // Text columns left-aligned, numbers right-aligned.

@@ -11,7 +11,6 @@ use serde::Serialize;
 use trainer::checkpoint;
 use trainer::data::{Dataset, Split, Wedge};
 use trainer::device::{self, DeviceChoice};
-use trainer::metrics::{fmt_metric, fmt_percent};
 use trainer::quantize::{self, AccuracyReport, Calibration, FloatEncoder, LayerBound};
 use trainer::quantized::QuantizedEncoder;
 
@@ -347,21 +346,13 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
             ("float encoder, f16 code", &a.float_f16_code, a.ratio_f16),
             ("int8 encoder, int8 code", &a.int8_code, a.ratio_int8),
         ] {
+            let [tp_mae, tp_corr, below, top] = m.value_cells();
             println!(
                 "{:<34} {:>8.4} {:>10.2} {:>10.4} {:>10.4} {:>8} {:>7} {:>7} {:>11} {:>8.3}",
-                name,
-                m.mae,
-                m.psnr_db,
-                m.precision,
-                m.recall,
-                fmt_metric(m.tp_mae, 4),
-                fmt_metric(m.tp_correlation, 3),
-                fmt_percent(m.below_threshold_share),
-                trainer::eval::top_value(m),
-                ratio
+                name, m.mae, m.psnr_db, m.precision, m.recall, tp_mae, tp_corr, below, top, ratio
             );
         }
-        print!("{}", trainer::eval::VALUE_COLUMNS_NOTE);
+        print!("{}", trainer::metrics::VALUE_COLUMNS_NOTE);
         if let Some(why) = a.int8_code.value_collapse() {
             println!("COLLAPSED: {why}");
         }

@@ -36,7 +36,6 @@ use trainer::decode::{
     FrameDecoder, StreamEvalOptions,
 };
 use trainer::device::DeviceChoice;
-use trainer::metrics::{fmt_metric, fmt_percent};
 use trainer::terminal::progress_bar;
 
 /// Print what the library said about a stream (warnings and notes) on stderr.
@@ -710,20 +709,15 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
             );
             for r in &report.per_wedge {
                 let m = &r.metrics;
+                let [tp_mae, tp_corr, below, _] = m.value_cells();
                 println!(
                     "  {:<64} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>8} {:>7} {:>7}",
-                    r.path,
-                    m.mae,
-                    m.psnr_db,
-                    m.precision,
-                    m.recall,
-                    fmt_metric(m.tp_mae, 4),
-                    fmt_metric(m.tp_correlation, 3),
-                    fmt_percent(m.below_threshold_share)
+                    r.path, m.mae, m.psnr_db, m.precision, m.recall, tp_mae, tp_corr, below
                 );
             }
         }
         let m = &report.mean;
+        let [tp_mae, tp_corr, below, top] = m.value_cells();
         let what = match header.codec {
             bcae_stream::Codec::Bcae => format!("int8 {} code + float decoders", header.model_kind),
             bcae_stream::Codec::Sparse => {
@@ -757,14 +751,14 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
             m.psnr_db,
             m.precision,
             m.recall,
-            fmt_metric(m.tp_mae, 4),
-            fmt_metric(m.tp_correlation, 3),
-            fmt_percent(m.below_threshold_share),
-            trainer::eval::top_value(m),
+            tp_mae,
+            tp_corr,
+            below,
+            top,
             m.recon_occupancy,
             report.ratio_on_disk
         );
-        print!("  {}", trainer::eval::VALUE_COLUMNS_NOTE);
+        print!("  {}", trainer::metrics::VALUE_COLUMNS_NOTE);
         if let Some(why) = m.value_collapse() {
             println!("  COLLAPSED: {why}");
         }

@@ -527,6 +527,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             );
             for w in &r.wedges {
                 let m = &w.metrics;
+                let [tp_mae, tp_corr, below, _] = m.value_cells();
                 println!(
                     "  {:<60} {:>8.4} {:>8.4} {:>8.2} {:>9.4} {:>7.4} {:>8} {:>7} {:>7} {:>7.4}",
                     w.path.display(),
@@ -535,9 +536,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                     m.psnr_db,
                     m.precision,
                     m.recall,
-                    fmt_metric(m.tp_mae, 4),
-                    fmt_metric(m.tp_correlation, 3),
-                    fmt_percent(m.below_threshold_share),
+                    tp_mae,
+                    tp_corr,
+                    below,
                     m.occupancy
                 );
             }
