@@ -177,13 +177,11 @@ fn print_table(c: &Comparison) {
         "MAE",
         "precision",
         "recall",
-        "TP MAE",
-        "TP corr",
-        "<ADC64",
-        "top value",
-        "enc/s",
-        "exact",
-    ];
+    ]
+    .into_iter()
+    .chain(trainer::metrics::VALUE_HEADERS)
+    .chain(["enc/s", "exact"])
+    .collect::<Vec<_>>();
     let cells: Vec<Vec<String>> = c
         .rows
         .iter()

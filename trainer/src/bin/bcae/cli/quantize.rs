@@ -329,18 +329,10 @@ fn print_report(r: &QuantizeReport, calib_secs: f64) {
             "\naccuracy on {} wedges (log2(ADC+1) domain, z cropped to 249):",
             a.wedges
         );
+        let [tp_mae, tp_corr, below, top] = trainer::metrics::VALUE_HEADERS;
         println!(
-            "{:<34} {:>8} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7} {:>11} {:>8}",
-            "mode",
-            "MAE",
-            "PSNR(dB)",
-            "precision",
-            "recall",
-            "TP MAE",
-            "TP corr",
-            "<ADC64",
-            "top value",
-            "ratio"
+            "{:<34} {:>8} {:>10} {:>10} {:>10} {tp_mae:>8} {tp_corr:>7} {below:>7} {top:>11} {:>8}",
+            "mode", "MAE", "PSNR(dB)", "precision", "recall", "ratio"
         );
         for (name, m, ratio) in [
             ("float encoder, f16 code", &a.float_f16_code, a.ratio_f16),

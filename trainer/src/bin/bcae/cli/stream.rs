@@ -703,9 +703,10 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         if o.per_wedge {
+            let [h_tp_mae, h_tp_corr, h_below, _] = trainer::metrics::VALUE_HEADERS;
             println!(
-                "  {:<64} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7}",
-                "wedge", "MAE", "PSNR dB", "precision", "recall", "TP MAE", "TP corr", "<ADC64"
+                "  {:<64} {:>8} {:>8} {:>9} {:>7} {h_tp_mae:>8} {h_tp_corr:>7} {h_below:>7}",
+                "wedge", "MAE", "PSNR dB", "precision", "recall"
             );
             for r in &report.per_wedge {
                 let m = &r.metrics;
@@ -730,17 +731,14 @@ pub fn run_eval_stream(o: StreamEvalOptions<'_>) -> Result<()> {
             o.stream.display(),
             o.truth.display()
         );
+        let [h_tp_mae, h_tp_corr, h_below, h_top] = trainer::metrics::VALUE_HEADERS;
         println!(
-            "  {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>11} {:>9} {:>14}",
+            "  {:>8} {:>8} {:>8} {:>9} {:>7} {h_tp_mae:>8} {h_tp_corr:>7} {h_below:>7} {h_top:>11} {:>9} {:>14}",
             "MAE",
             "MSE",
             "PSNR dB",
             "precision",
             "recall",
-            "TP MAE",
-            "TP corr",
-            "<ADC64",
-            "top value",
             "occ out",
             "ratio on disk"
         );

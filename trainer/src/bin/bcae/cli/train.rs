@@ -512,18 +512,10 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if args.per_wedge {
         for r in &reports {
             println!("{} ({}):", r.run, r.precision.name());
+            let [h_tp_mae, h_tp_corr, h_below, _] = trainer::metrics::VALUE_HEADERS;
             println!(
-                "  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7}",
-                "wedge",
-                "MAE",
-                "MSE",
-                "PSNR dB",
-                "precision",
-                "recall",
-                "TP MAE",
-                "TP corr",
-                "<ADC64",
-                "occ"
+                "  {:<60} {:>8} {:>8} {:>8} {:>9} {:>7} {h_tp_mae:>8} {h_tp_corr:>7} {h_below:>7} {:>7}",
+                "wedge", "MAE", "MSE", "PSNR dB", "precision", "recall", "occ"
             );
             for w in &r.wedges {
                 let m = &w.metrics;
