@@ -26,9 +26,9 @@ use core::convert::Infallible;
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of, addr_of_mut};
 
+use bcae_cortex_m_image::{finish, u32_at, CountingPin};
 use cortex_m_rt::entry;
-use cortex_m_semihosting::{debug, hprintln};
-use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
+use cortex_m_semihosting::hprintln;
 use embedded_hal::spi::{self, ErrorType, Operation, SpiBus, SpiDevice};
 use encoder_nostd::checksum::{crc32, Crc32};
 use encoder_nostd::firmware::streaming::{
@@ -205,36 +205,6 @@ impl SpiDevice<u8> for Daq<'_> {
         }
         Ok(())
     }
-}
-
-/// A pin that counts its rising edges.
-#[derive(Default)]
-struct CountingPin {
-    high: bool,
-    rising: u32,
-}
-
-impl PinErrorType for CountingPin {
-    type Error = Infallible;
-}
-
-impl OutputPin for CountingPin {
-    fn set_low(&mut self) -> Result<(), Infallible> {
-        self.high = false;
-        Ok(())
-    }
-    fn set_high(&mut self) -> Result<(), Infallible> {
-        if !self.high {
-            self.rising += 1;
-        }
-        self.high = true;
-        Ok(())
-    }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    let b = bytes.get(at..at + 4)?;
-    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The firmware's memory for one wedge.
@@ -433,24 +403,5 @@ fn run() -> Result<u32, encoder_nostd::Error> {
 
 #[entry]
 fn main() -> ! {
-    let status = match run() {
-        Ok(0) => debug::EXIT_SUCCESS,
-        Ok(_) => debug::EXIT_FAILURE,
-        Err(e) => {
-            hprintln!("error: {}", e);
-            debug::EXIT_FAILURE
-        }
-    };
-    hprintln!("done");
-    debug::exit(status);
-    #[allow(clippy::empty_loop)]
-    loop {}
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    hprintln!("panic: {}", info);
-    debug::exit(debug::EXIT_FAILURE);
-    #[allow(clippy::empty_loop)]
-    loop {}
+    finish(run())
 }

@@ -1,0 +1,65 @@
+//! What both Cortex-M4F test images (`bcae-cortex-m-image`, `bcae-cortex-m-stream`) share: the
+//! counting output pin, the embedded wedge blob's integer reader, the exit report and the panic
+//! handler.
+#![no_std]
+
+use core::convert::Infallible;
+
+use cortex_m_semihosting::{debug, hprintln};
+use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
+
+/// A pin that counts its rising edges (busy and code-ready: each must rise once per wedge).
+#[derive(Default)]
+pub struct CountingPin {
+    high: bool,
+    pub rising: u32,
+}
+
+impl PinErrorType for CountingPin {
+    type Error = Infallible;
+}
+
+impl OutputPin for CountingPin {
+    fn set_low(&mut self) -> Result<(), Infallible> {
+        self.high = false;
+        Ok(())
+    }
+    fn set_high(&mut self) -> Result<(), Infallible> {
+        if !self.high {
+            self.rising += 1;
+        }
+        self.high = true;
+        Ok(())
+    }
+}
+
+/// The little-endian u32 at `at` in an embedded blob, `None` past its end.
+pub fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Ends the image: prints the error if `run` failed, then `done`, and exits QEMU with success
+/// only when `run` counted no failed wedge.
+pub fn finish(run: Result<u32, encoder_nostd::Error>) -> ! {
+    let status = match run {
+        Ok(0) => debug::EXIT_SUCCESS,
+        Ok(_) => debug::EXIT_FAILURE,
+        Err(e) => {
+            hprintln!("error: {}", e);
+            debug::EXIT_FAILURE
+        }
+    };
+    hprintln!("done");
+    debug::exit(status);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
