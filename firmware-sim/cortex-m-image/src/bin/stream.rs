@@ -115,7 +115,7 @@ impl<'w> SliceFrontEnd<'w> {
                 .get((a * Z_BINS + self.z) * LAYERS + l)
                 .copied()
                 .unwrap_or(0);
-            if pos % 2 == 0 {
+            if pos.is_multiple_of(2) {
                 sample as u8
             } else {
                 (sample >> 8) as u8
