@@ -245,26 +245,37 @@ pub struct InputHeader {
 
 /// Checks an input header (magic, version, one wedge's sample count).
 pub fn parse_input_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<InputHeader, FirmwareError> {
+    let (wedge_id, samples) = check_input_header(h, FRAME_VERSION, WEDGE_SAMPLES)?;
+    Ok(InputHeader { wedge_id, samples })
+}
+
+/// The checks every input header gets, whole-wedge frame or slice frame: the magic, the format
+/// `version` and the sample count `samples`; returns (wedge id, samples).
+pub(crate) fn check_input_header(
+    h: &[u8; INPUT_HEADER_LEN],
+    version: u8,
+    samples: u32,
+) -> Result<(u32, u32), FirmwareError> {
     if h[..4] != INPUT_MAGIC {
         return Err(FirmwareError::FrameMalformed {
             reason: "input frame magic missing",
         });
     }
-    if h[4] != FRAME_VERSION {
+    if h[4] != version {
         return Err(FirmwareError::FrameVersion {
             found: h[4],
-            supported: FRAME_VERSION,
+            supported: version,
         });
     }
     let wedge_id = u32_at(h, 8).ok_or(internal("input header field outside the header"))?;
-    let samples = u32_at(h, 12).ok_or(internal("input header field outside the header"))?;
-    if samples != WEDGE_SAMPLES {
+    let found = u32_at(h, 12).ok_or(internal("input header field outside the header"))?;
+    if found != samples {
         return Err(FirmwareError::FrameSampleCount {
-            found: samples,
-            expected: WEDGE_SAMPLES,
+            found,
+            expected: samples,
         });
     }
-    Ok(InputHeader { wedge_id, samples })
+    Ok((wedge_id, found))
 }
 
 /// The front end's side of the input frame: produces one frame's bytes on demand, computing the

@@ -53,9 +53,9 @@ use embedded_hal::digital::OutputPin;
 use embedded_hal::spi::{Error as _, SpiBus, SpiDevice};
 
 use super::{
-    drive, hunt, parse_code_frame_version, prefix_mut, receive_samples, seal_code_frame, u32_at,
+    drive, hunt, parse_code_frame_version, prefix_mut, receive_samples, seal_code_frame,
     weights_crc, CodeFrame, CodeHeader, CodecKind, FirmwareError, Peripherals, Stats,
-    CODE_HEADER_LEN, CRC_LEN, INPUT_HEADER_LEN, INPUT_MAGIC,
+    CODE_HEADER_LEN, CRC_LEN, INPUT_HEADER_LEN,
 };
 use crate::encoder::{EncodeError, Encoder};
 use crate::error::internal;
@@ -89,26 +89,8 @@ pub struct SliceHeader {
 
 /// Checks a slice header (magic, version 2, slice index, one slice's sample count).
 pub fn parse_slice_header(h: &[u8; INPUT_HEADER_LEN]) -> Result<SliceHeader, FirmwareError> {
-    if h[..4] != INPUT_MAGIC {
-        return Err(FirmwareError::FrameMalformed {
-            reason: "input frame magic missing",
-        });
-    }
-    if h[4] != SLICE_FRAME_VERSION {
-        return Err(FirmwareError::FrameVersion {
-            found: h[4],
-            supported: SLICE_FRAME_VERSION,
-        });
-    }
+    let (wedge_id, _) = super::check_input_header(h, SLICE_FRAME_VERSION, SLICE_FRAME_SAMPLES)?;
     let slice = u16::from_le_bytes([h[6], h[7]]);
-    let wedge_id = u32_at(h, 8).ok_or(internal("slice header field outside the header"))?;
-    let samples = u32_at(h, 12).ok_or(internal("slice header field outside the header"))?;
-    if samples != SLICE_FRAME_SAMPLES {
-        return Err(FirmwareError::FrameSampleCount {
-            found: samples,
-            expected: SLICE_FRAME_SAMPLES,
-        });
-    }
     if slice as usize >= Z_BINS {
         return Err(FirmwareError::FrameMalformed {
             reason: "slice index past the wedge's 249 drift-time bins",
