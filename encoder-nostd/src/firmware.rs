@@ -629,6 +629,16 @@ pub(crate) fn drive<P: OutputPin>(pin: &mut P, high: bool, stats: &mut Stats) {
     }
 }
 
+/// Each buffer's (needed, got) length: the first that is short is the error.
+pub(crate) fn check_buffers(need: [(usize, usize); 3]) -> Result<(), FirmwareError> {
+    for (needed, got) in need {
+        if got < needed {
+            return Err(FirmwareError::BufferTooSmall { needed, got });
+        }
+    }
+    Ok(())
+}
+
 /// The firmware: peripherals, codec, buffers and counters.
 pub struct Firmware<'a, RX, TX, BUSY, READY> {
     io: Peripherals<RX, TX, BUSY, READY>,
@@ -650,16 +660,11 @@ where
         codec: Codec<'a>,
         buffers: Buffers<'a>,
     ) -> Result<Self, FirmwareError> {
-        let need = [
+        check_buffers([
             (WEDGE_VOXELS, buffers.adc.len()),
             (codec.scratch_len(), buffers.scratch.len()),
             (codec.frame_len(), buffers.frame.len()),
-        ];
-        for (needed, got) in need {
-            if got < needed {
-                return Err(FirmwareError::BufferTooSmall { needed, got });
-            }
-        }
+        ])?;
         let mut fw = Firmware {
             io,
             codec,

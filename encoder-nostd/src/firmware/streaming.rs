@@ -183,16 +183,11 @@ where
     ) -> Result<Self, FirmwareError> {
         let encoder = StreamEncoder::new(Encoder::parse(weights)?)?;
         let weights_crc = weights_crc(weights)?;
-        let need = [
+        super::check_buffers([
             (SLICE_SAMPLES, buffers.slice.len()),
             (encoder.scratch_bytes(), buffers.scratch.len()),
             (Self::frame_len_for(&encoder), buffers.frame.len()),
-        ];
-        for (needed, got) in need {
-            if got < needed {
-                return Err(FirmwareError::BufferTooSmall { needed, got });
-            }
-        }
+        ])?;
         let mut fw = StreamFirmware {
             io,
             encoder,
