@@ -502,7 +502,6 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
         .min(0.9)
         - 0.02;
     let families = families(c);
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
 
     let mut chart = ChartBuilder::on(&left)
         .caption(
@@ -523,16 +522,11 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()?;
     for (k, (name, rows)) in families.iter().enumerate() {
-        let color = colors[k % colors.len()];
         let pts: Vec<(f64, f64)> = rows
             .iter()
             .map(|r| (r.ratio, r.metrics.mae.max(mae_floor)))
             .collect();
-        chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+        crate::plot::solid_and_dashed(&mut chart, name, crate::plot::series_color(k), &pts, &[])?;
     }
     crate::plot::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
 
@@ -551,7 +545,6 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
         .y_desc("fraction of hits")
         .draw()?;
     for (k, (name, rows)) in families.iter().enumerate() {
-        let color = colors[k % colors.len()];
         let prec: Vec<(f64, f64)> = rows
             .iter()
             .map(|r| (r.ratio, r.metrics.precision))
@@ -562,21 +555,7 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
             .map(|r| (r.ratio, r.metrics.recall))
             .filter(|p| p.1.is_finite())
             .collect();
-        chart.draw_series(LineSeries::new(prec.clone(), color.stroke_width(2)))?;
-        chart.draw_series(DashedLineSeries::new(
-            rec.clone(),
-            6,
-            4,
-            color.stroke_width(2),
-        ))?;
-        chart.draw_series(prec.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-        chart
-            .draw_series(
-                rec.iter()
-                    .map(|&p| TriangleMarker::new(p, 5, color.filled())),
-            )?
-            .label(name.clone())
-            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, color.filled()));
+        crate::plot::solid_and_dashed(&mut chart, name, crate::plot::series_color(k), &prec, &rec)?;
     }
     crate::plot::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;

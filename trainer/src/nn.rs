@@ -253,6 +253,21 @@ pub fn conv2d(
     Ok(Conv2d::new(weight, Some(bias), config))
 }
 
+/// `blocks` in order, then `output`: the body of every encoder and decoder stack of the 3D models.
+pub fn stack_forward<B: Module>(blocks: &[B], output: &impl Module, x: &Tensor) -> Result<Tensor> {
+    let mut x = x.clone();
+    for b in blocks {
+        x = b.forward(&x)?;
+    }
+    output.forward(&x)
+}
+
+/// The largest absolute value of a tensor (f32): how far apart two tensors are, as
+/// `max_abs(&(a - b)?)`, or a tensor's scale.
+pub fn max_abs(x: &Tensor) -> Result<f32> {
+    x.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()
+}
+
 /// LeakyReLU for slopes in [0, 1]: `max(x, slope * x)` (one op fewer than candle_nn's version).
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     x.maximum(&(x * slope)?)

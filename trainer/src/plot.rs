@@ -133,6 +133,56 @@ where
     Ok(())
 }
 
+/// The colours every line chart gives its series, in order (cycled past the last).
+pub const SERIES_COLORS: [RGBColor; 7] = [
+    BLUE,
+    RED,
+    GREEN,
+    MAGENTA,
+    CYAN,
+    BLACK,
+    RGBColor(255, 140, 0),
+];
+
+/// A series' colour: the `k`-th of [`SERIES_COLORS`], cycled.
+pub fn series_color(k: usize) -> RGBColor {
+    SERIES_COLORS[k % SERIES_COLORS.len()]
+}
+
+/// One series of a line chart as every chart draws it: `solid` as a line with dots, labelled
+/// `name` in the legend, and, where the series has a companion quantity (recall beside
+/// precision, the worst wedge beside the mean), `dashed` as a dashed line with triangles.
+pub fn solid_and_dashed<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    name: &str,
+    color: RGBColor,
+    solid: &[(f64, f64)],
+    dashed: &[(f64, f64)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart.draw_series(LineSeries::new(solid.to_vec(), color.stroke_width(2)))?;
+    if !dashed.is_empty() {
+        chart.draw_series(DashedLineSeries::new(
+            dashed.to_vec(),
+            6,
+            4,
+            color.stroke_width(2),
+        ))?;
+        chart.draw_series(
+            dashed
+                .iter()
+                .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+        )?;
+    }
+    chart
+        .draw_series(solid.iter().map(|&p| Circle::new(p, 4, color.filled())))?
+        .label(name)
+        .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    Ok(())
+}
+
 /// The legend of every chart: a black border over a translucent white box at `position`.
 pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,

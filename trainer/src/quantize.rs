@@ -751,21 +751,8 @@ mod tests {
             let ours = fe.encode(&x).unwrap();
             let theirs = model.encode(&x).unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "{cfg}");
-            let diff = (&ours - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = theirs
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::nn::max_abs(&(&ours - &theirs).unwrap()).unwrap();
+            let scale = crate::nn::max_abs(&theirs).unwrap();
             assert!(
                 diff <= 1e-4 * scale.max(1.0),
                 "{cfg}: max diff {diff} (scale {scale})"

@@ -312,7 +312,12 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
         .fold(1.0f64, f64::min)
         .min(0.9)
         - 0.05;
-    let caption = format!("{} wedges; line: mean, x: worst wedge", c.wedges);
+    let caption = format!("{} wedges; solid: mean, dashed: worst wedge", c.wedges);
+    // Tick labels at the measured ratios: a log axis between two powers of ten has none of its own.
+    let mut ticks = xs.clone();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    let x_axis = || (xmin..xmax).log_scale().with_key_points(ticks.clone());
 
     let mut chart = ChartBuilder::on(&left)
         .caption(
@@ -322,10 +327,11 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((xmin..xmax).log_scale(), (mae_floor..mae_max).log_scale())?;
+        .build_cartesian_2d(x_axis(), (mae_floor..mae_max).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("guaranteed ratio (raw 16-bit / per-wedge budget)")
+        .x_label_formatter(&|v| format!("{v}"))
         .y_desc("MAE, log2(ADC+1)")
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()?;
@@ -335,7 +341,7 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
             r.worst_mae.max(mae_floor),
         )
     })?;
-    crate::plot::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    crate::plot::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
 
     let mut chart = ChartBuilder::on(&right)
         .caption(
@@ -345,10 +351,11 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((xmin..xmax).log_scale(), recall_min..1.01f64)?;
+        .build_cartesian_2d(x_axis(), recall_min..1.01f64)?;
     chart
         .configure_mesh()
         .x_desc("guaranteed ratio (raw 16-bit / per-wedge budget)")
+        .x_label_formatter(&|v| format!("{v}"))
         .y_desc("recall (fraction of true hits kept)")
         .draw()?;
     mean_and_worst(&mut chart, &series, |r| {
@@ -359,24 +366,15 @@ pub fn draw(path: &Path, c: &Comparison) -> Result<()> {
     Ok(())
 }
 
-/// One panel's series: the mean as a line with dots (labelled), the worst wedge as crosses on a
-/// dashed line; `value` gives a row's (mean, worst), non-finite points are left out.
-fn mean_and_worst<CT: CoordTranslate<From = (f64, f64)>>(
-    chart: &mut ChartContext<'_, BitMapBackend<'_>, CT>,
+/// One panel's series: the mean as a line with dots (labelled), the worst wedge dashed (as
+/// [`crate::plot::solid_and_dashed`] draws them); `value` gives a row's (mean, worst),
+/// non-finite points are left out.
+fn mean_and_worst<'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
     series: &[(String, Vec<&FixedRow>)],
     value: impl Fn(&FixedRow) -> (Option<f64>, f64),
 ) -> Result<()> {
-    const COLORS: [RGBColor; 7] = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        BLACK,
-        RGBColor(255, 140, 0),
-    ];
     for (k, (name, rows)) in series.iter().enumerate() {
-        let color = COLORS[k % COLORS.len()];
         let mean: Vec<(f64, f64)> = rows
             .iter()
             .filter_map(|r| value(r).0.map(|v| (r.ratio, v)))
@@ -387,22 +385,7 @@ fn mean_and_worst<CT: CoordTranslate<From = (f64, f64)>>(
             .map(|r| (r.ratio, value(r).1))
             .filter(|p| p.1.is_finite())
             .collect();
-        chart.draw_series(LineSeries::new(mean.clone(), color.stroke_width(2)))?;
-        chart.draw_series(DashedLineSeries::new(
-            worst.clone(),
-            5,
-            4,
-            color.stroke_width(1),
-        ))?;
-        chart.draw_series(
-            worst
-                .iter()
-                .map(|&p| Cross::new(p, 5, color.stroke_width(2))),
-        )?;
-        chart
-            .draw_series(mean.iter().map(|&p| Circle::new(p, 4, color.filled())))?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+        crate::plot::solid_and_dashed(chart, name, crate::plot::series_color(k), &mean, &worst)?;
     }
     Ok(())
 }

@@ -209,14 +209,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 32, 4, 4), &dev).unwrap();
         let y = block.forward(&x).unwrap();
         let want = leaky_relu(&x, SLOPE).unwrap();
-        let diff = (y - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::nn::max_abs(&(y - want).unwrap()).unwrap();
         assert_eq!(diff, 0.0);
     }
 }

@@ -120,11 +120,7 @@ impl Encoder {
 
 impl Module for Encoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for b in &self.blocks {
-            x = b.forward(&x)?;
-        }
-        self.output.forward(&x)
+        crate::nn::stack_forward(&self.blocks, &self.output, x)
     }
 }
 
@@ -166,11 +162,7 @@ impl Head {
 
 impl Module for Head {
     fn forward(&self, code: &Tensor) -> Result<Tensor> {
-        let mut x = code.clone();
-        for b in &self.blocks {
-            x = b.forward(&x)?;
-        }
-        let y = self.output.forward(&x)?;
+        let y = crate::nn::stack_forward(&self.blocks, &self.output, code)?;
         if self.sigmoid {
             candle_nn::ops::sigmoid(&y)
         } else {

@@ -164,11 +164,7 @@ impl Stack {
 
 impl Module for Stack {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for b in &self.blocks {
-            x = b.forward(&x)?;
-        }
-        let y = self.output.forward(&x)?;
+        let y = crate::nn::stack_forward(&self.blocks, &self.output, x)?;
         match self.kind {
             OutputKind::ActNorm => act_norm(&y),
             OutputKind::Sigmoid => candle_nn::ops::sigmoid(&y),
