@@ -1,12 +1,45 @@
 //! What both Cortex-M4F test images (`bcae-cortex-m-image`, `bcae-cortex-m-stream`) share: the
-//! counting output pin, the embedded wedge blob's integer reader, the exit report and the panic
-//! handler.
+//! front end's SPI bus, the counting output pin, the embedded wedge blob's integer reader, the
+//! exit report and the panic handler.
 #![no_std]
 
 use core::convert::Infallible;
 
 use cortex_m_semihosting::{debug, hprintln};
 use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
+use embedded_hal::spi::{ErrorType, SpiBus};
+
+/// What an emulated front end sends: the next bytes of its frames.
+pub trait FrameBytes {
+    /// Fills `words` with the next bytes on the line.
+    fn next_bytes(&mut self, words: &mut [u8]);
+}
+
+/// The front end's SPI bus: every read returns the next bytes of `S`; writes are ignored.
+pub struct FrontEnd<S>(pub S);
+
+impl<S> ErrorType for FrontEnd<S> {
+    type Error = Infallible;
+}
+
+impl<S: FrameBytes> SpiBus<u8> for FrontEnd<S> {
+    fn read(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
+        self.0.next_bytes(words);
+        Ok(())
+    }
+    fn write(&mut self, _: &[u8]) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn transfer(&mut self, read: &mut [u8], _: &[u8]) -> Result<(), Infallible> {
+        self.read(read)
+    }
+    fn transfer_in_place(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
+        self.read(words)
+    }
+    fn flush(&mut self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
 
 /// A pin that counts its rising edges (busy and code-ready: each must rise once per wedge).
 #[derive(Default)]

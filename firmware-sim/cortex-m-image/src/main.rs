@@ -24,15 +24,14 @@
 #![no_std]
 #![no_main]
 
-use core::convert::Infallible;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use bcae_cortex_m_image::{finish, u32_at, CountingPin};
+use bcae_cortex_m_image::{finish, u32_at, CountingPin, FrameBytes, FrontEnd};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::hprintln;
-use embedded_hal::spi::{self, ErrorType, Operation, SpiBus, SpiDevice};
+use embedded_hal::spi::{self, ErrorType, Operation, SpiDevice};
 use encoder_nostd::checksum::crc32;
 use encoder_nostd::firmware::{
     parse_code_frame, Buffers, Codec, Firmware, InputFrameStream, Peripherals, CODE_HEADER_LEN,
@@ -81,32 +80,15 @@ fn ticks() -> u64 {
     }
 }
 
-/// The front end: streams one input frame, then an idle line (0xFF).
-struct FrontEnd<'w>(InputFrameStream<'w>);
+/// The front end's bytes: one input frame, then an idle line (0xFF).
+struct OneFrame<'w>(InputFrameStream<'w>);
 
-impl ErrorType for FrontEnd<'_> {
-    type Error = Infallible;
-}
-
-impl SpiBus<u8> for FrontEnd<'_> {
-    fn read(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
+impl FrameBytes for OneFrame<'_> {
+    fn next_bytes(&mut self, words: &mut [u8]) {
         let n = self.0.fill(words);
         for w in words.iter_mut().skip(n) {
             *w = 0xFF;
         }
-        Ok(())
-    }
-    fn write(&mut self, _: &[u8]) -> Result<(), Infallible> {
-        Ok(())
-    }
-    fn transfer(&mut self, read: &mut [u8], _: &[u8]) -> Result<(), Infallible> {
-        self.read(read)
-    }
-    fn transfer_in_place(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
-        self.read(words)
-    }
-    fn flush(&mut self) -> Result<(), Infallible> {
-        Ok(())
     }
 }
 
@@ -147,7 +129,7 @@ fn run_loop(
     failed: &mut u32,
 ) -> Option<(u32, usize)> {
     let io = Peripherals {
-        rx: FrontEnd(InputFrameStream::new(id, source)),
+        rx: FrontEnd(OneFrame(InputFrameStream::new(id, source))),
         tx: Capture {
             buf: captured,
             len: 0,

@@ -22,14 +22,13 @@
 #![no_std]
 #![no_main]
 
-use core::convert::Infallible;
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of, addr_of_mut};
 
-use bcae_cortex_m_image::{finish, u32_at, CountingPin};
+use bcae_cortex_m_image::{finish, u32_at, CountingPin, FrameBytes, FrontEnd};
 use cortex_m_rt::entry;
 use cortex_m_semihosting::hprintln;
-use embedded_hal::spi::{self, ErrorType, Operation, SpiBus, SpiDevice};
+use embedded_hal::spi::{self, ErrorType, Operation, SpiDevice};
 use encoder_nostd::checksum::{crc32, Crc32};
 use encoder_nostd::firmware::streaming::{
     parse_code_slice_frame, slice_header, SliceBuffers, StreamFirmware, SLICE_FRAME_LEN,
@@ -140,28 +139,11 @@ impl<'w> SliceFrontEnd<'w> {
     }
 }
 
-impl ErrorType for SliceFrontEnd<'_> {
-    type Error = Infallible;
-}
-
-impl SpiBus<u8> for SliceFrontEnd<'_> {
-    fn read(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
+impl FrameBytes for SliceFrontEnd<'_> {
+    fn next_bytes(&mut self, words: &mut [u8]) {
         for w in words.iter_mut() {
             *w = self.next_byte();
         }
-        Ok(())
-    }
-    fn write(&mut self, _: &[u8]) -> Result<(), Infallible> {
-        Ok(())
-    }
-    fn transfer(&mut self, read: &mut [u8], _: &[u8]) -> Result<(), Infallible> {
-        self.read(read)
-    }
-    fn transfer_in_place(&mut self, words: &mut [u8]) -> Result<(), Infallible> {
-        self.read(words)
-    }
-    fn flush(&mut self) -> Result<(), Infallible> {
-        Ok(())
     }
 }
 
@@ -219,7 +201,7 @@ struct Board<'m> {
 #[inline(never)]
 fn run_wedge(id: u32, source: &[u16], board: &mut Board<'_>, daq: Daq<'_>) -> Option<u32> {
     let io = Peripherals {
-        rx: SliceFrontEnd::new(id, source),
+        rx: FrontEnd(SliceFrontEnd::new(id, source)),
         tx: daq,
         busy: CountingPin::default(),
         code_ready: CountingPin::default(),
