@@ -169,6 +169,27 @@ fn plan(topology: &Topology) -> Plan {
     }
 }
 
+/// The checks of every `encode` (whole-wedge and streaming): one wedge of ADC values, and the
+/// (needed, got) lengths of the scratch and the code buffer.
+pub(crate) fn check_encode_args(
+    adc: &[u16],
+    scratch: (usize, usize),
+    code: (usize, usize),
+) -> Result<(), EncodeError> {
+    if adc.len() != WEDGE_VOXELS {
+        return Err(EncodeError::WrongShape {
+            expected: WEDGE_VOXELS,
+            got: adc.len(),
+        });
+    }
+    for (needed, got) in [scratch, code] {
+        if got < needed {
+            return Err(EncodeError::BufferTooSmall { needed, got });
+        }
+    }
+    Ok(())
+}
+
 /// Two distinct slots out of three: `src` shared, `dst` mutable.
 fn pick<'s>(
     slots: &'s mut [&mut [i8]; 3],
@@ -292,26 +313,12 @@ impl<'a> Encoder<'a> {
         scratch: &mut [i8],
         code: &mut [i8],
     ) -> Result<(), EncodeError> {
-        if adc.len() != WEDGE_VOXELS {
-            return Err(EncodeError::WrongShape {
-                expected: WEDGE_VOXELS,
-                got: adc.len(),
-            });
-        }
-        if scratch.len() < self.plan.scratch {
-            return Err(EncodeError::BufferTooSmall {
-                needed: self.plan.scratch,
-                got: scratch.len(),
-            });
-        }
-        let code_len = self.code_len();
-        if code.len() < code_len {
-            return Err(EncodeError::BufferTooSmall {
-                needed: code_len,
-                got: code.len(),
-            });
-        }
-        let code = head_mut(code, code_len)?;
+        check_encode_args(
+            adc,
+            (self.plan.scratch, scratch.len()),
+            (self.code_len(), code.len()),
+        )?;
+        let code = head_mut(code, self.code_len())?;
         match &self.model.network {
             Network::BcaeHt(net) => self.encode_ht(net, adc, scratch, code),
             Network::Bcae2d(net) => self.encode_2d(net, adc, scratch, code),

@@ -239,19 +239,12 @@ impl<'a> StreamEncoder<'a> {
         scratch: &mut [i8],
         code: &mut [i8],
     ) -> Result<(), EncodeError> {
-        if adc.len() != SLICE_SAMPLES * Z_BINS {
-            return Err(EncodeError::WrongShape {
-                expected: SLICE_SAMPLES * Z_BINS,
-                got: adc.len(),
-            });
-        }
         let shape = self.code_shape();
-        if code.len() < shape.len() {
-            return Err(EncodeError::BufferTooSmall {
-                needed: shape.len(),
-                got: code.len(),
-            });
-        }
+        crate::encoder::check_encode_args(
+            adc,
+            (self.scratch_bytes(), scratch.len()),
+            (shape.len(), code.len()),
+        )?;
         let mut stream = self.begin(scratch)?;
         let mut slice = [0u16; SLICE_SAMPLES];
         let mut scatter = |o: usize, col: &[i8]| scatter_code_slice(shape, o, col, code);
