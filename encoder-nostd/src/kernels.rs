@@ -113,6 +113,23 @@ struct Channel {
     shift: u8,
 }
 
+impl Channel {
+    /// Requantizes a row of accumulators into `dst` with this channel's parameters (the one
+    /// rule, [`requantize`]), `zero_point` being the output's.
+    #[inline(always)]
+    fn store_row(&self, dst: &mut [i8], acc: impl IntoIterator<Item = i32>, zero_point: i8) {
+        for (o, a) in dst.iter_mut().zip(acc) {
+            *o = requantize(
+                a,
+                self.multiplier,
+                self.negative_multiplier,
+                self.shift,
+                zero_point,
+            );
+        }
+    }
+}
+
 #[inline(always)]
 fn channel(conv: &Conv<'_>, co: usize) -> Result<Channel, EncodeError> {
     Ok(Channel {
@@ -343,15 +360,7 @@ fn conv_rows_with(
                 let dst = out_rows
                     .next()
                     .ok_or(internal("conv row index out of its checked range"))?;
-                for (o, &a) in dst.iter_mut().zip(acc.iter()) {
-                    *o = requantize(
-                        a,
-                        ch.multiplier,
-                        ch.negative_multiplier,
-                        ch.shift,
-                        conv.requant.output_zero_point,
-                    );
-                }
+                ch.store_row(dst, acc.iter().copied(), conv.requant.output_zero_point);
             }
         }
     }
@@ -462,15 +471,7 @@ fn strided_kernel(
                     let dst = output
                         .get_mut(at..at + out.w)
                         .ok_or(internal("strided conv index out of its checked range"))?;
-                    for (o, &a) in dst.iter_mut().zip(acc_c) {
-                        *o = requantize(
-                            a,
-                            ch.multiplier,
-                            ch.negative_multiplier,
-                            ch.shift,
-                            conv.requant.output_zero_point,
-                        );
-                    }
+                    ch.store_row(dst, acc_c.iter().copied(), conv.requant.output_zero_point);
                 }
             }
         }
@@ -689,15 +690,14 @@ fn sparse_kernel<const LANES: usize>(
                         let dst = output
                             .get_mut(at..at + out.w)
                             .ok_or(internal("sparse-input conv index out of its checked range"))?;
-                        for (o, a) in dst.iter_mut().zip(acc_out.iter().step_by(sw)) {
-                            *o = requantize(
-                                a.get(k).copied().unwrap_or(0),
-                                ch.multiplier,
-                                ch.negative_multiplier,
-                                ch.shift,
-                                conv.requant.output_zero_point,
-                            );
-                        }
+                        ch.store_row(
+                            dst,
+                            acc_out
+                                .iter()
+                                .step_by(sw)
+                                .map(|a| a.get(k).copied().unwrap_or(0)),
+                            conv.requant.output_zero_point,
+                        );
                     }
                 }
             }
@@ -823,15 +823,7 @@ fn pairs_kernel(
                     let ch = channel(conv, co)?;
                     let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
                     let dst = output.get_mut(at..at + out.w).ok_or(internal(ERR))?;
-                    for (o, &a) in dst.iter_mut().zip(acc_c.iter()) {
-                        *o = requantize(
-                            a,
-                            ch.multiplier,
-                            ch.negative_multiplier,
-                            ch.shift,
-                            conv.requant.output_zero_point,
-                        );
-                    }
+                    ch.store_row(dst, acc_c.iter().copied(), conv.requant.output_zero_point);
                 }
             }
         }
