@@ -564,20 +564,33 @@ pub fn draw_rate_distortion(path: &Path, c: &Comparison) -> Result<()> {
 
 /// Rows grouped into plot series (one per codec and code precision), each sorted by ratio.
 fn families(c: &Comparison) -> Vec<(String, Vec<&CompareRow>)> {
-    let mut out: Vec<(String, Vec<&CompareRow>)> = Vec::new();
+    let mut out: Vec<(String, &CompareRow)> = Vec::new();
     for r in &c.rows {
         let name = match r.codec.as_str() {
             "sparse" => "sparse codec (lossless + log2 steps)".to_string(),
             "zstd" => format!("zstd ({})", r.setting),
             other => format!("{other} {}", r.setting),
         };
+        out.push((name, r));
+    }
+    group_series(out, |r| r.ratio)
+}
+
+/// Named rows grouped into plot series, in order of first appearance, each sorted by `ratio`
+/// (the grouping both compare charts use).
+pub(crate) fn group_series<R>(
+    rows: Vec<(String, R)>,
+    ratio: impl Fn(&R) -> f64,
+) -> Vec<(String, Vec<R>)> {
+    let mut out: Vec<(String, Vec<R>)> = Vec::new();
+    for (name, r) in rows {
         match out.iter_mut().find(|(n, _)| *n == name) {
             Some((_, rows)) => rows.push(r),
             None => out.push((name, vec![r])),
         }
     }
     for (_, rows) in &mut out {
-        rows.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+        rows.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
     }
     out
 }

@@ -72,6 +72,53 @@ pub fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// The wedges embedded in an image: `b"BCQW"`, u32 count, then per wedge a u32 id, a u32
+/// length and that many bytes of sparse payload. Yields (id, payload), or what is wrong with
+/// the blob (then stops).
+pub fn embedded_wedges(blob: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]), &'static str>> {
+    let count = if blob.get(..4) == Some(b"BCQW") {
+        u32_at(blob, 4)
+    } else {
+        None
+    };
+    let mut at = 8usize;
+    let failed = count.is_none();
+    let mut left = count.unwrap_or(1);
+    core::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        if failed {
+            left = 0;
+            return Some(Err("bad magic"));
+        }
+        left -= 1;
+        let item = match (u32_at(blob, at), u32_at(blob, at + 4)) {
+            (Some(id), Some(len)) => match blob.get(at + 8..at + 8 + len as usize) {
+                Some(payload) => {
+                    at += 8 + len as usize;
+                    Ok((id, payload))
+                }
+                None => Err("truncated payload"),
+            },
+            _ => Err("truncated"),
+        };
+        if item.is_err() {
+            left = 0;
+        }
+        Some(item)
+    })
+}
+
+/// The number of wedges an embedded blob says it holds (0 for a bad blob).
+pub fn embedded_count(blob: &[u8]) -> u32 {
+    if blob.get(..4) == Some(b"BCQW") {
+        u32_at(blob, 4).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// Ends the image: prints the error if `run` failed, then `done`, and exits QEMU with success
 /// only when `run` counted no failed wedge.
 pub fn finish(run: Result<u32, encoder_nostd::Error>) -> ! {

@@ -26,7 +26,9 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use bcae_cortex_m_image::{finish, u32_at, CountingPin, FrameBytes, FrontEnd};
+use bcae_cortex_m_image::{
+    embedded_count, embedded_wedges, finish, CountingPin, FrameBytes, FrontEnd,
+};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::{entry, exception};
@@ -193,11 +195,7 @@ fn run() -> Result<u32, encoder_nostd::Error> {
     let codec = Codec::bcae(WEIGHTS)?;
     if let Codec::Bcae { encoder, .. } = &codec {
         let kind = encoder.kind();
-        let count = if WEDGES.get(..4) == Some(b"BCQW") {
-            u32_at(WEDGES, 4).unwrap_or(0)
-        } else {
-            0
-        };
+        let count = embedded_count(WEDGES);
         hprintln!(
             "image model={:?} scratch={} code={} wedges={}",
             kind,
@@ -206,22 +204,15 @@ fn run() -> Result<u32, encoder_nostd::Error> {
             count
         );
     }
-    if WEDGES.get(..4) != Some(b"BCQW") {
-        hprintln!("error wedges.bin: bad magic");
-        return Ok(1);
-    }
-    let count = u32_at(WEDGES, 4).unwrap_or(0);
-    let (mut at, mut failed, mut codes) = (8usize, 0u32, 0u32);
-    for _ in 0..count {
-        let (Some(id), Some(len)) = (u32_at(WEDGES, at), u32_at(WEDGES, at + 4)) else {
-            hprintln!("error wedges.bin: truncated");
-            return Ok(failed + 1);
+    let (mut failed, mut codes) = (0u32, 0u32);
+    for wedge in embedded_wedges(WEDGES) {
+        let (id, payload) = match wedge {
+            Ok(w) => w,
+            Err(why) => {
+                hprintln!("error wedges.bin: {}", why);
+                return Ok(failed + 1);
+            }
         };
-        let Some(payload) = WEDGES.get(at + 8..at + 8 + len as usize) else {
-            hprintln!("error wedges.bin: truncated payload");
-            return Ok(failed + 1);
-        };
-        at += 8 + len as usize;
         sparse::decode_with(sparse_state, payload, &mut source[..])?;
 
         // The encoder alone, timed (its scratch is followed by room for the code).

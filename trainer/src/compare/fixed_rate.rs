@@ -257,7 +257,7 @@ fn error_bounded(
 
 /// Series of the plot: one per codec and drop rule / setting family, sorted by ratio.
 fn series(c: &Comparison) -> Vec<(String, Vec<&FixedRow>)> {
-    let mut out: Vec<(String, Vec<&FixedRow>)> = Vec::new();
+    let mut out: Vec<(String, &FixedRow)> = Vec::new();
     for r in c.fixed_rate.iter().filter(|r| r.metrics.is_some()) {
         let name = if r.codec == "sparse fixed-rate" {
             if r.setting.contains(DropRule::WeakestRuns.name()) {
@@ -275,16 +275,10 @@ fn series(c: &Comparison) -> Vec<(String, Vec<&FixedRow>)> {
         } else {
             r.codec.clone()
         };
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, rows)) => rows.push(r),
-            None => out.push((name, vec![r])),
-        }
+        out.push((name, r));
     }
     // (The weakest-runs series has points only where hits had to be dropped.)
-    for (_, rows) in &mut out {
-        rows.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
-    }
-    out
+    super::group_series(out, |r| r.ratio)
 }
 
 /// MAE (log axis) and recall against the guaranteed ratio: mean as a line with dots, the worst

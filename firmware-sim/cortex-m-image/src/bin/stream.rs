@@ -25,7 +25,9 @@
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of, addr_of_mut};
 
-use bcae_cortex_m_image::{finish, u32_at, CountingPin, FrameBytes, FrontEnd};
+use bcae_cortex_m_image::{
+    embedded_count, embedded_wedges, finish, CountingPin, FrameBytes, FrontEnd,
+};
 use cortex_m_rt::entry;
 use cortex_m_semihosting::hprintln;
 use embedded_hal::spi::{self, ErrorType, Operation, SpiDevice};
@@ -306,12 +308,7 @@ unsafe fn zeroed<T>(cell: &mut MaybeUninit<T>) -> &mut T {
 fn run() -> Result<u32, encoder_nostd::Error> {
     paint_stack();
     let encoder = encoder_nostd::streaming::StreamEncoder::parse(WEIGHTS)?;
-    let count = if WEDGES.get(..4) == Some(b"BCQW") {
-        u32_at(WEDGES, 4).unwrap_or(0)
-    } else {
-        hprintln!("error wedges.bin: bad magic");
-        return Ok(1);
-    };
+    let count = embedded_count(WEDGES);
     hprintln!(
         "image model={:?} streaming scratch={} slice={} frame={} code={} wedges={}",
         encoder.encoder().kind(),
@@ -336,17 +333,15 @@ fn run() -> Result<u32, encoder_nostd::Error> {
             zeroed(&mut *addr_of_mut!(CAPTURED)),
         )
     };
-    let (mut at, mut failed, mut codes) = (8usize, 0u32, 0u32);
-    for _ in 0..count {
-        let (Some(id), Some(len)) = (u32_at(WEDGES, at), u32_at(WEDGES, at + 4)) else {
-            hprintln!("error wedges.bin: truncated");
-            return Ok(failed + 1);
+    let (mut failed, mut codes) = (0u32, 0u32);
+    for wedge in embedded_wedges(WEDGES) {
+        let (id, payload) = match wedge {
+            Ok(w) => w,
+            Err(why) => {
+                hprintln!("error wedges.bin: {}", why);
+                return Ok(failed + 1);
+            }
         };
-        let Some(payload) = WEDGES.get(at + 8..at + 8 + len as usize) else {
-            hprintln!("error wedges.bin: truncated payload");
-            return Ok(failed + 1);
-        };
-        at += 8 + len as usize;
         decode_into(payload, &mut source[..])?;
         paint_stack();
         let daq = Daq {
