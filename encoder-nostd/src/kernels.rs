@@ -950,9 +950,15 @@ pub fn avg_pool_2x2(
     Ok(out)
 }
 
-/// Residual add with requantization, in place over `b`:
-/// `b = requant(a_multiplier * (a - a_zp) + b_multiplier * (b - b_zp))`.
-pub fn add_in_place(add: &Add, a: &[i8], b: &mut [i8]) -> Result<(), EncodeError> {
+simd_kernel!(
+    /// Residual add with requantization, in place over `b`:
+    /// `b = requant(a_multiplier * (a - a_zp) + b_multiplier * (b - b_zp))`. Runs through the
+    /// kernels' run-time SIMD dispatch.
+    pub add_in_place, AddInPlace => add_kernel [] (add: &'a Add, a: &'a [i8], b: &'a mut [i8])
+);
+
+#[inline(always)]
+fn add_kernel(add: &Add, a: &[i8], b: &mut [i8]) -> Result<(), EncodeError> {
     if a.len() != b.len() {
         return Err(EncodeError::WrongShape {
             expected: b.len(),
