@@ -1042,26 +1042,6 @@ pub fn input_from_adc(
 
 #[cfg(test)]
 mod tests {
-    /// The reported level is the one the CPU supports (what pulp dispatches to).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn simd_level_matches_the_cpu() {
-        extern crate std;
-        let level = simd_level();
-        let avx512 = std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512dq")
-            && std::is_x86_feature_detected!("avx512cd");
-        if avx512 {
-            assert!(level.starts_with("AVX-512"), "{level}");
-        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            assert!(level.starts_with("AVX2"), "{level}");
-        } else {
-            assert!(level.starts_with("SSE2"), "{level}");
-        }
-    }
-
     use super::*;
     use crate::weights::Requant;
     use proptest::prelude::*;

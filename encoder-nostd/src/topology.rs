@@ -486,10 +486,9 @@ fn same_3x3x3(
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
-    use std::collections::BTreeSet;
-    use std::string::{String, ToString};
-    use std::vec::Vec;
+    use core::fmt::Write;
+
+    use heapless::{String, Vec};
 
     use super::*;
     use crate::weights::owned::{OwnedLayer, OwnedModel};
@@ -497,26 +496,33 @@ mod tests {
 
     /// Every model kind the format can hold, in a sample that covers each BCAE-2D block count
     /// and pooling depth.
-    fn kinds() -> Vec<ModelKind> {
-        let mut kinds = std::vec![
-            ModelKind::BCAE_HT,
-            ModelKind::BCAE_PLUS_PLUS,
-            ModelKind::BcaeHt {
-                channels: [1, 2, 3, 4],
-                code_channels: 5,
-            },
-        ];
+    fn kinds() -> Vec<ModelKind, 64> {
+        let mut kinds: Vec<ModelKind, 64> = Vec::new();
+        let mut add = |kind| kinds.push(kind).expect("the sample fits");
+        add(ModelKind::BCAE_HT);
+        add(ModelKind::BCAE_PLUS_PLUS);
+        add(ModelKind::BcaeHt {
+            channels: [1, 2, 3, 4],
+            code_channels: 5,
+        });
         for m in 1..=MAX_2D_BLOCKS as u8 {
             for d in 0..=m.min(4) {
-                kinds.push(ModelKind::Bcae2d { m, d, channels: 2 });
+                add(ModelKind::Bcae2d { m, d, channels: 2 });
             }
         }
-        kinds.push(ModelKind::Bcae2d {
+        add(ModelKind::Bcae2d {
             m: 4,
             d: 3,
             channels: 32,
         });
         kinds
+    }
+
+    /// `x`'s `Display` text, on the stack (tests of a `no_std` crate without `std`).
+    fn text(x: impl core::fmt::Display) -> String<256> {
+        let mut s = String::new();
+        write!(s, "{x}").expect("short enough");
+        s
     }
 
     fn random(kind: ModelKind, seed: u64) -> OwnedModel {
@@ -533,13 +539,11 @@ mod tests {
     fn layer_names_are_unique_and_inputs_come_first() {
         for kind in kinds() {
             let t = Topology::new(kind).unwrap();
-            let names: BTreeSet<String> = t.layers().iter().map(|l| l.id.to_string()).collect();
-            assert_eq!(
-                names.len(),
-                t.layers().len(),
-                "{kind:?}: a name is used twice"
-            );
-            assert!(!names.contains(&Source::Input.to_string()), "{kind:?}");
+            let names: Vec<String<256>, 64> = t.layers().iter().map(|l| text(l.id)).collect();
+            for (i, name) in names.iter().enumerate() {
+                assert!(!names[..i].contains(name), "{kind:?}: a name is used twice");
+            }
+            assert!(!names.contains(&text(Source::Input)), "{kind:?}");
             for (i, layer) in t.layers().iter().enumerate() {
                 for input in layer.op.inputs().into_iter().flatten() {
                     if let Source::Layer(id) = input {
@@ -656,8 +660,8 @@ mod tests {
         // The message names the layer as reports do.
         let mut bad = random(ModelKind::BCAE_HT, 3);
         bad.conv_mut(LayerId::HtMain2(2)).unwrap().kernel = [1, 3, 3];
-        let text = bad.to_bytes().unwrap_err().to_string();
-        assert!(text.contains("layer block2.main2"), "{text}");
+        let message = text(bad.to_bytes().unwrap_err());
+        assert!(message.contains("layer block2.main2"), "{message}");
     }
 
     #[test]
@@ -688,24 +692,22 @@ mod tests {
     #[test]
     fn checkpoint_names_are_the_float_models() {
         let ht = Topology::new(ModelKind::BCAE_HT).unwrap();
-        let names: Vec<(String, Option<String>)> = ht
+        let names: Vec<(String<256>, Option<String<256>>), 3> = ht
             .convs()
             .take(3)
-            .map(|(_, c)| (c.checkpoint.to_string(), c.alpha.map(|a| a.to_string())))
+            .map(|(_, c)| (text(c.checkpoint), c.alpha.map(text)))
             .collect();
         let block0 = "encoder.layers.encoder_block_0";
-        assert_eq!(
-            names,
-            [
-                (std::format!("{block0}.main_block.0"), None),
-                (std::format!("{block0}.side_block.0"), None),
-                (
-                    std::format!("{block0}.main_block.3"),
-                    Some(std::format!("{block0}.rezero_alpha"))
-                ),
-            ]
-        );
-        let output = ht.convs().last().unwrap().1.checkpoint.to_string();
+        let expected: [(String<256>, Option<String<256>>); 3] = [
+            (text(format_args!("{block0}.main_block.0")), None),
+            (text(format_args!("{block0}.side_block.0")), None),
+            (
+                text(format_args!("{block0}.main_block.3")),
+                Some(text(format_args!("{block0}.rezero_alpha"))),
+            ),
+        ];
+        assert_eq!(names.as_slice(), expected.as_slice());
+        let output = text(ht.convs().last().unwrap().1.checkpoint);
         assert_eq!(output, "encoder.layers.encoder_output.0");
         // BCAE-2D(4, 8, 3): pools at Sequential indices 0, 3, 6, residual blocks at 1, 2, 4, 5, 7,
         // 8, 9, 10 (trainer/src/models/mod.rs).
@@ -715,18 +717,18 @@ mod tests {
             channels: 32,
         })
         .unwrap();
-        let conv1: Vec<String> = two
+        let conv1: Vec<String<256>, 8> = two
             .convs()
             .filter(|(id, _)| matches!(id, LayerId::Res2dConv1(..)))
-            .map(|(_, c)| c.checkpoint.to_string())
+            .map(|(_, c)| text(c.checkpoint))
             .collect();
-        let expected: Vec<String> = [1, 2, 4, 5, 7, 8, 9, 10]
+        let expected: Vec<String<256>, 8> = [1, 2, 4, 5, 7, 8, 9, 10]
             .iter()
-            .map(|i| std::format!("encoder.layers.{i}.conv1.0"))
+            .map(|i| text(format_args!("encoder.layers.{i}.conv1.0")))
             .collect();
         assert_eq!(conv1, expected);
         assert_eq!(
-            two.convs().next().unwrap().1.checkpoint.to_string(),
+            text(two.convs().next().unwrap().1.checkpoint),
             "encoder.init_conv"
         );
     }

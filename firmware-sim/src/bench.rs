@@ -933,6 +933,32 @@ pub fn run(weights: &[u8], opts: &BenchOptions) -> Result<BenchReport, SimError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The level the int8 kernels report is the one this CPU supports (what pulp dispatches
+    /// to); checked here, on the std side, so `encoder-nostd` stays without std.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn int8_kernel_level_matches_the_cpu() {
+        let level = encoder_nostd::kernels::simd_level();
+        let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"];
+        let has = |f: &str| match f {
+            "avx512f" => std::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+            "avx512dq" => std::is_x86_feature_detected!("avx512dq"),
+            "avx512cd" => std::is_x86_feature_detected!("avx512cd"),
+            "avx2" => std::is_x86_feature_detected!("avx2"),
+            "fma" => std::is_x86_feature_detected!("fma"),
+            _ => false,
+        };
+        if avx512.iter().all(|f| has(f)) {
+            assert!(level.starts_with("AVX-512"), "{level}");
+        } else if has("avx2") && has("fma") {
+            assert!(level.starts_with("AVX2"), "{level}");
+        } else {
+            assert!(level.starts_with("SSE2"), "{level}");
+        }
+    }
     use encoder_nostd::weights::owned::OwnedModel;
 
     #[test]

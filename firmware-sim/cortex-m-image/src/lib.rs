@@ -110,6 +110,16 @@ pub fn embedded_wedges(blob: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]),
     })
 }
 
+/// An embedded wedge, or `None` after reporting what is wrong with the blob
+/// (`error wedges.bin: ...`, which `firmware-sim qemu` counts as a board failure).
+pub fn wedge_or_report<'b>(
+    wedge: Result<(u32, &'b [u8]), &'static str>,
+) -> Option<(u32, &'b [u8])> {
+    wedge
+        .map_err(|why| hprintln!("error wedges.bin: {}", why))
+        .ok()
+}
+
 /// The number of wedges an embedded blob says it holds (0 for a bad blob).
 pub fn embedded_count(blob: &[u8]) -> u32 {
     if blob.get(..4) == Some(b"BCQW") {

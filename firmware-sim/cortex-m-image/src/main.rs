@@ -27,7 +27,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use bcae_cortex_m_image::{
-    embedded_count, embedded_wedges, finish, CountingPin, FrameBytes, FrontEnd,
+    embedded_count, embedded_wedges, finish, wedge_or_report, CountingPin, FrameBytes, FrontEnd,
 };
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
@@ -206,12 +206,8 @@ fn run() -> Result<u32, encoder_nostd::Error> {
     }
     let (mut failed, mut codes) = (0u32, 0u32);
     for wedge in embedded_wedges(WEDGES) {
-        let (id, payload) = match wedge {
-            Ok(w) => w,
-            Err(why) => {
-                hprintln!("error wedges.bin: {}", why);
-                return Ok(failed + 1);
-            }
+        let Some((id, payload)) = wedge_or_report(wedge) else {
+            return Ok(failed + 1);
         };
         sparse::decode_with(sparse_state, payload, &mut source[..])?;
 
