@@ -46,6 +46,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     trainer::terminal::exit_quietly_on_closed_pipe();
+    trainer::device::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Synth(args) => cli::data::run_synth(args),
