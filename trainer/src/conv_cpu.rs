@@ -602,12 +602,11 @@ pub fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geometry) -> Vec<f32> {
     );
     let xrows = g.input_rows();
     let xr = xrows.fill(x, g.batch, g.input);
+    if let Some(dw) = weight_grad_wide(&xr, &xrows, gy, g) {
+        return dw;
+    }
     let [od, oh, ow] = g.output();
-    let band_rows = (BAND_PIXELS / ow).max(1);
-    let bands: Vec<(usize, usize, usize)> = (0..g.batch)
-        .flat_map(|n| (0..od).map(move |z| (n, z)))
-        .flat_map(|(n, z)| (0..oh).step_by(band_rows).map(move |y| (n, z, y)))
-        .collect();
+    let (band_rows, bands) = output_bands(g, BAND_PIXELS);
     let columns = g.in_channels * g.taps();
     let len = g.weight_len();
     let slab = oh * ow;
@@ -638,6 +637,148 @@ pub fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geometry) -> Vec<f32> {
                 a
             },
         )
+}
+
+/// Bands of about `pixels` output pixels (whole output rows, at least one): rows per band and
+/// every band's (batch item, output slab, first row).
+fn output_bands(g: &Geometry, pixels: usize) -> (usize, Vec<(usize, usize, usize)>) {
+    let [od, oh, ow] = g.output();
+    let band_rows = (pixels / ow).max(1);
+    let bands = (0..g.batch)
+        .flat_map(|n| (0..od).map(move |z| (n, z)))
+        .flat_map(|(n, z)| (0..oh).step_by(band_rows).map(move |y| (n, z, y)))
+        .collect();
+    (band_rows, bands)
+}
+
+/// Output pixels per band of the wide weight gradient: it copies nothing per band, so longer
+/// bands only amortise its per-band transpose and reduction (measured: 2048 pixels 135-195
+/// GFLOP/s on one core, 128 pixels 100-140).
+const WIDE_BAND_PIXELS: usize = 2048;
+
+/// The weight gradient on AVX-512 with explicit SIMD, for 8-32 output channels: the band's
+/// output gradient is transposed to `[pixel][channel]` (one or two vectors per pixel), and
+/// each register block holds 16 vectors, `dw[tap][channel]` for a group of taps, summed over the
+/// band's pixels with one broadcast input value per tap and pixel. No im2col copies, no packing:
+/// about twice the GEMM path's speed on 32-channel 3x3 convs. None where the CPU lacks AVX-512,
+/// the channel count is outside 8-32, or the target is not x86-64.
+fn weight_grad_wide(xr: &[f32], xrows: &RowLayout, gy: &[f32], g: &Geometry) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if pulp::x86::V4::try_new().is_some() && (WIDE_CHANNELS..=32).contains(&g.out_channels) {
+        let arch = pulp::Arch::new();
+        let len = g.weight_len();
+        let (band_rows, bands) = output_bands(g, WIDE_BAND_PIXELS);
+        let dw = bands
+            .par_iter()
+            .fold(
+                || (vec![0f32; len], Vec::new()),
+                |(mut acc, mut transposed), &(n, z, y0)| {
+                    arch.dispatch(WideGradBand {
+                        xr,
+                        xrows,
+                        gy,
+                        g,
+                        band: (n, z, y0..(y0 + band_rows).min(g.output()[1])),
+                        transposed: &mut transposed,
+                        acc: &mut acc,
+                    });
+                    (acc, transposed)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(
+                || vec![0f32; len],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        return Some(dw);
+    }
+    let _ = (xr, xrows, gy, g);
+    None
+}
+
+/// One band of output rows of the wide weight-gradient kernel.
+struct WideGradBand<'a> {
+    xr: &'a [f32],
+    xrows: &'a RowLayout,
+    gy: &'a [f32],
+    g: &'a Geometry,
+    band: (usize, usize, std::ops::Range<usize>),
+    /// Scratch: the band's output gradient as `[pixel][channel]`, channels padded to vectors.
+    transposed: &'a mut Vec<f32>,
+    acc: &'a mut [f32],
+}
+
+impl pulp::WithSimd for WideGradBand<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        // 16-lane vectors (AVX-512): one vector of channels up to 16, two up to 32.
+        if self.g.out_channels <= 16 {
+            self.run::<S, 1, 16>(simd)
+        } else {
+            self.run::<S, 2, 8>(simd)
+        }
+    }
+}
+
+impl WideGradBand<'_> {
+    /// `V` vectors of channels per pixel, `TAPS` taps per register block (`V * TAPS` = 16).
+    #[inline(always)]
+    fn run<S: pulp::Simd, const V: usize, const TAPS: usize>(self, simd: S) {
+        let lanes = WIDE_BLOCK / 2;
+        let g = self.g;
+        let (n, z, ys) = self.band;
+        let [od, oh, ow] = g.output();
+        let width = V * lanes;
+        let pixels = ys.len() * ow;
+        let slab = oh * ow;
+        self.transposed.clear();
+        self.transposed.resize(pixels * width, 0.0);
+        for co in 0..g.out_channels {
+            let first = ((n * g.out_channels + co) * od + z) * slab + ys.start * ow;
+            for (p, &v) in self.gy[first..first + pixels].iter().enumerate() {
+                self.transposed[p * width + co] = v;
+            }
+        }
+        let taps = first_row_taps(self.xrows, g, n, z);
+        let row_step = g.stride[1] * self.xrows.phases * self.xrows.len;
+        let columns = taps.len();
+        for k0 in (0..columns).step_by(TAPS) {
+            let mut acc = [[simd.splat_f32s(0.0); V]; TAPS];
+            let group: [usize; TAPS] = std::array::from_fn(|t| taps[(k0 + t).min(columns - 1)]);
+            for (r, y) in ys.clone().enumerate() {
+                let shift = y * row_step;
+                let inputs: [&[f32]; TAPS] =
+                    std::array::from_fn(|t| &self.xr[group[t] + shift..][..ow]);
+                let grads = &self.transposed[r * ow * width..][..ow * width];
+                let (grads, _) = S::as_simd_f32s(grads);
+                for (x, gv) in grads.chunks_exact(V).enumerate() {
+                    for (acc, input) in acc.iter_mut().zip(&inputs) {
+                        let xv = simd.splat_f32s(input[x]);
+                        for v in 0..V {
+                            acc[v] = simd.mul_add_e_f32s(xv, gv[v], acc[v]);
+                        }
+                    }
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                let k = k0 + t;
+                if k >= columns {
+                    break;
+                }
+                let mut lane_values = [0f32; WIDE_BLOCK];
+                let (vs, _) = S::as_mut_simd_f32s(&mut lane_values[..width]);
+                vs.copy_from_slice(acc);
+                for (co, &v) in lane_values[..g.out_channels].iter().enumerate() {
+                    self.acc[co * columns + k] += v;
+                }
+            }
+        }
+    }
 }
 
 /// `cols[k][p]` for `k = (ci, a, b, c)` in weight order and output pixel `p` of rows `ys`
