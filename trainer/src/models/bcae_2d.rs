@@ -4,7 +4,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::{check_log_input, reconstruct_log_domain, rezero_alpha, Bicephalous};
 use crate::data::{batch_tensor, Wedge, LAYERS};
-use crate::nn::{conv2d, leaky_relu, Conv2d};
+use crate::nn::{conv2d, leaky_relu, rezero_leaky_relu, Conv2d};
 
 pub(crate) const FEATURES: usize = 2 * LAYERS;
 const SLOPE: f64 = 0.2;
@@ -36,7 +36,7 @@ impl Module for ResidualBlock {
         let main = self
             .conv2
             .forward(&leaky_relu(&self.conv1.forward(x)?, SLOPE)?)?;
-        leaky_relu(&(main.broadcast_mul(&self.alpha)? + x)?, SLOPE)
+        rezero_leaky_relu(&main, x, &self.alpha, SLOPE)
     }
 }
 

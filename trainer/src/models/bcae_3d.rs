@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 use super::{check_log_input, reconstruct_log_domain, rezero_alpha, Bicephalous};
 use crate::data::{batch_tensor, Wedge};
 use crate::nn::{
-    conv3d, conv_transpose3d, leaky_relu, Conv3d, Conv3dConfig, ConvTranspose3d,
+    conv3d, conv_transpose3d, leaky_relu, rezero_leaky_relu, Conv3d, Conv3dConfig, ConvTranspose3d,
     ConvTranspose3dConfig,
 };
 
@@ -83,7 +83,7 @@ impl Module for ResidualBlock {
         let main = self
             .main3
             .forward(&leaky_relu(&self.main0.forward(x)?, SLOPE)?)?;
-        leaky_relu(&(main.broadcast_mul(&self.alpha)? + side)?, SLOPE)
+        rezero_leaky_relu(&main, &side, &self.alpha, SLOPE)
     }
 }
 
