@@ -233,13 +233,19 @@ macro_rules! simd_op {
 }
 
 simd_op!(ForwardSlab => forward_slab {
-    xr: &'a [f32], rows: &'a RowLayout, packed: &'a [f32], g: &'a Geometry, n: usize, z: usize,
-    dst: &'a mut [f32],
+    xr: &'a [f32], rows: &'a RowLayout, packed: &'a [f32], bias: &'a [f32], g: &'a Geometry,
+    n: usize, z: usize, dst: &'a mut [f32],
 });
 simd_op!(AdjointSlab => adjoint_slab {
-    gr: &'a [f32], rows: &'a RowLayout, w: &'a [f32], g: &'a Geometry, n: usize, z: usize,
-    dst: &'a mut [f32],
+    gr: &'a [f32], rows: &'a RowLayout, w: &'a [f32], bias: &'a [f32], g: &'a Geometry, n: usize,
+    z: usize, dst: &'a mut [f32],
 });
+
+/// Channel `c`'s bias, 0 past the end (an empty bias is no bias).
+#[inline(always)]
+fn bias_of(bias: &[f32], c: usize) -> f32 {
+    bias.get(c).copied().unwrap_or(0.0)
+}
 
 /// Weights `w[co][ci][tap]` repacked per channel block: `[block][ci][tap][CB]`, zero-filled past
 /// the last channel.
@@ -276,9 +282,14 @@ fn slabs_to_channels(src: Vec<f32>, c: usize, d: usize, plane: usize) -> Vec<f32
     out
 }
 
-/// The convolution `y = conv(x, w)`: x (N, C_in, D, H, W), w (C_out, C_in, kD, kH, kW) ->
-/// y (N, C_out, D', H', W').
-pub fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+/// The convolution `y = conv(x, w) + bias`: x (N, C_in, D, H, W), w (C_out, C_in, kD, kH, kW),
+/// bias (C_out) or empty for none -> y (N, C_out, D', H', W'). The bias is added where the
+/// kernels store their results (the wide kernel starts its accumulators from it).
+pub fn conv_forward(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    assert!(
+        bias.is_empty() || bias.len() == g.out_channels,
+        "conv_forward: bias length"
+    );
     assert_eq!(x.len(), g.input_len(), "conv_forward: input length");
     assert_eq!(w.len(), g.weight_len(), "conv_forward: weight length");
     let rows = g.input_rows();
@@ -289,15 +300,15 @@ pub fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let plane = oh * ow;
     let slab = g.out_channels * plane;
     let mut out = vec![0f32; g.batch * od * slab];
-    if g.out_channels >= WIDE_CHANNELS && forward_wide(&xr, &rows, w, g, &mut out) {
+    if g.out_channels >= WIDE_CHANNELS && forward_wide(&xr, &rows, w, bias, g, &mut out) {
         return slabs_to_channels(out, g.out_channels, od, plane);
     }
     out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
         let (n, z) = (nd / od, nd % od);
         match cb {
-            1 => ForwardSlab::<1>::run(&xr, &rows, &packed, g, n, z, dst),
-            2 => ForwardSlab::<2>::run(&xr, &rows, &packed, g, n, z, dst),
-            _ => ForwardSlab::<4>::run(&xr, &rows, &packed, g, n, z, dst),
+            1 => ForwardSlab::<1>::run(&xr, &rows, &packed, bias, g, n, z, dst),
+            2 => ForwardSlab::<2>::run(&xr, &rows, &packed, bias, g, n, z, dst),
+            _ => ForwardSlab::<4>::run(&xr, &rows, &packed, bias, g, n, z, dst),
         }
     });
     slabs_to_channels(out, g.out_channels, od, plane)
@@ -312,7 +323,14 @@ const WIDE_BLOCK: usize = 32;
 /// 16 vector registers, two input loads and eight weight broadcasts per 16 FMAs, where the
 /// auto-vectorised kernel keeps 4 x 16 (its accumulator arrays stop being promoted to registers
 /// past that size). Returns false, doing nothing, where the CPU lacks AVX-512 (or is not x86-64).
-fn forward_wide(xr: &[f32], rows: &RowLayout, w: &[f32], g: &Geometry, out: &mut [f32]) -> bool {
+fn forward_wide(
+    xr: &[f32],
+    rows: &RowLayout,
+    w: &[f32],
+    bias: &[f32],
+    g: &Geometry,
+    out: &mut [f32],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     if pulp::x86::V4::try_new().is_some() {
         // pulp's dispatch runs the widest level, AVX-512 here: 16-lane vectors.
@@ -327,6 +345,7 @@ fn forward_wide(xr: &[f32], rows: &RowLayout, w: &[f32], g: &Geometry, out: &mut
                     xr,
                     rows,
                     packed: &packed,
+                    bias,
                     g,
                     n,
                     z,
@@ -335,7 +354,7 @@ fn forward_wide(xr: &[f32], rows: &RowLayout, w: &[f32], g: &Geometry, out: &mut
             });
         return true;
     }
-    let _ = (xr, rows, w, g, out);
+    let _ = (xr, rows, w, bias, g, out);
     false
 }
 
@@ -344,6 +363,7 @@ struct WideSlab<'a> {
     xr: &'a [f32],
     rows: &'a RowLayout,
     packed: &'a [f32],
+    bias: &'a [f32],
     g: &'a Geometry,
     n: usize,
     z: usize,
@@ -370,7 +390,9 @@ impl pulp::WithSimd for WideSlab<'_> {
             // channels of 3x3: 36 KB) stay in L1 while every channel block reads them.
             for j0 in (0..ow).step_by(WIDE_BLOCK) {
                 for (block, weights) in self.packed.chunks(per_block).enumerate() {
-                    let mut acc = [[simd.splat_f32s(0.0); 2]; CB];
+                    let mut acc: [[S::f32s; 2]; CB] = std::array::from_fn(|c| {
+                        [simd.splat_f32s(bias_of(self.bias, block * CB + c)); 2]
+                    });
                     for (t, &off) in taps.iter().enumerate() {
                         let src = &self.xr[off + shift + j0..][..WIDE_BLOCK];
                         let (xs, _) = S::as_simd_f32s(src);
@@ -418,11 +440,13 @@ fn first_row_taps(rows: &RowLayout, g: &Geometry, n: usize, z: usize) -> Vec<usi
     taps
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn forward_slab<const CB: usize>(
     xr: &[f32],
     rows: &RowLayout,
     packed: &[f32],
+    bias: &[f32],
     g: &Geometry,
     n: usize,
     z: usize,
@@ -448,15 +472,20 @@ fn forward_slab<const CB: usize>(
             row_blocks::<CB>(xr, &taps, weights, ow, |c, j, v| {
                 let o = block * CB + c;
                 if o < g.out_channels {
-                    dst[(o * oh + y) * ow + j] = v;
+                    dst[(o * oh + y) * ow + j] = v + bias_of(bias, o);
                 }
             });
         }
     }
 }
 
-/// The adjoint of `conv(., w)`: gy (N, C_out, D', H', W') -> gx (N, C_in, D, H, W).
-pub fn conv_adjoint(gy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+/// The adjoint of `conv(., w)` plus a bias: gy (N, C_out, D', H', W'), bias (C_in) or empty ->
+/// gx (N, C_in, D, H, W).
+pub fn conv_adjoint(gy: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    assert!(
+        bias.is_empty() || bias.len() == g.in_channels,
+        "conv_adjoint: bias length"
+    );
     assert_eq!(
         gy.len(),
         g.output_len(),
@@ -474,7 +503,7 @@ pub fn conv_adjoint(gy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             padding: std::array::from_fn(|i| g.kernel[i] - 1 - g.padding[i]),
             ..*g
         };
-        return conv_forward(gy, &transpose_and_flip(w, g), &flipped);
+        return conv_forward(gy, &transpose_and_flip(w, g), bias, &flipped);
     }
     let rows = g.output_rows();
     let gr = rows.fill(gy, g.batch, g.output());
@@ -486,9 +515,9 @@ pub fn conv_adjoint(gy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
         let (n, z) = (nd / d, nd % d);
         match cb {
-            1 => AdjointSlab::<1>::run(&gr, &rows, w, g, n, z, dst),
-            2 => AdjointSlab::<2>::run(&gr, &rows, w, g, n, z, dst),
-            _ => AdjointSlab::<4>::run(&gr, &rows, w, g, n, z, dst),
+            1 => AdjointSlab::<1>::run(&gr, &rows, w, bias, g, n, z, dst),
+            2 => AdjointSlab::<2>::run(&gr, &rows, w, bias, g, n, z, dst),
+            _ => AdjointSlab::<4>::run(&gr, &rows, w, bias, g, n, z, dst),
         }
     });
     slabs_to_channels(out, g.in_channels, d, plane)
@@ -520,11 +549,13 @@ fn reaching(u: usize, k: usize, s: usize, len: usize) -> impl Iterator<Item = (u
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn adjoint_slab<const CB: usize>(
     gr: &[f32],
     rows: &RowLayout,
     w: &[f32],
+    bias: &[f32],
     g: &Geometry,
     n: usize,
     z: usize,
@@ -573,7 +604,7 @@ fn adjoint_slab<const CB: usize>(
                     // Padded position u = j sw + r; unpadded x = u - pw.
                     let u = j * sw + r;
                     if ci < g.in_channels && u >= pw && u - pw < wd {
-                        dst[(ci * h + y) * wd + u - pw] = v;
+                        dst[(ci * h + y) * wd + u - pw] = v + bias_of(bias, ci);
                     }
                 });
             }
@@ -944,9 +975,29 @@ mod tests {
         let w = random(g.weight_len(), seed + 1);
         let gy = random(g.output_len(), seed + 2);
         let (y, gx, gw) = naive(&x, &w, &gy, &g);
-        close(&conv_forward(&x, &w, &g), &y, "forward");
-        close(&conv_adjoint(&gy, &w, &g), &gx, "adjoint");
+        close(&conv_forward(&x, &w, &[], &g), &y, "forward");
+        close(&conv_adjoint(&gy, &w, &[], &g), &gx, "adjoint");
         close(&conv_weight_grad(&x, &gy, &g), &gw, "weight gradient");
+        // With a bias: every output of channel c moves by bias[c], in both directions.
+        let add = |v: &[f32], bias: &[f32]| -> Vec<f32> {
+            let plane = v.len() / (g.batch * bias.len());
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| x + bias[(i / plane) % bias.len()])
+                .collect()
+        };
+        let bias_out = random(g.out_channels, seed + 3);
+        let bias_in = random(g.in_channels, seed + 4);
+        close(
+            &conv_forward(&x, &w, &bias_out, &g),
+            &add(&y, &bias_out),
+            "forward + bias",
+        );
+        close(
+            &conv_adjoint(&gy, &w, &bias_in, &g),
+            &add(&gx, &bias_in),
+            "adjoint + bias",
+        );
     }
 
     #[test]
