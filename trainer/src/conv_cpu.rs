@@ -178,17 +178,18 @@ fn micro_kernel<const CB: usize>(
     }
 }
 
-/// One output row: `out[c][j]` for `j < width`, channels `c < CB` (blocks of LANES along j).
+/// One output row: `out[c][j]` for `j < width`, channels `c < CB` (blocks of LANES along j),
+/// each accumulator starting from its channel's `init` (the bias).
 #[inline(always)]
 fn row_blocks<const CB: usize>(
     src: &[f32],
     taps: &[usize],
     weights: &[f32],
-    width: usize,
+    (width, init): (usize, [f32; CB]),
     mut store: impl FnMut(usize, usize, f32),
 ) {
     for j0 in (0..width).step_by(LANES) {
-        let mut acc = [[0f32; LANES]; CB];
+        let mut acc: [[f32; LANES]; CB] = std::array::from_fn(|c| [init[c]; LANES]);
         micro_kernel::<CB>(src, taps, weights, j0, &mut acc);
         for (c, lanes) in acc.iter().enumerate() {
             for (i, &v) in lanes.iter().enumerate() {
@@ -469,10 +470,11 @@ fn forward_slab<const CB: usize>(
             }
         }
         for (block, weights) in packed.chunks(per_block).enumerate() {
-            row_blocks::<CB>(xr, &taps, weights, ow, |c, j, v| {
+            let init = std::array::from_fn(|c| bias_of(bias, block * CB + c));
+            row_blocks::<CB>(xr, &taps, weights, (ow, init), |c, j, v| {
                 let o = block * CB + c;
                 if o < g.out_channels {
-                    dst[(o * oh + y) * ow + j] = v + bias_of(bias, o);
+                    dst[(o * oh + y) * ow + j] = v;
                 }
             });
         }
@@ -599,12 +601,13 @@ fn adjoint_slab<const CB: usize>(
                         });
                     }
                 }
-                row_blocks::<CB>(gr, &taps, &weights, span, |c, j, v| {
+                let init = std::array::from_fn(|c| bias_of(bias, block * CB + c));
+                row_blocks::<CB>(gr, &taps, &weights, (span, init), |c, j, v| {
                     let ci = block * CB + c;
                     // Padded position u = j sw + r; unpadded x = u - pw.
                     let u = j * sw + r;
                     if ci < g.in_channels && u >= pw && u - pw < wd {
-                        dst[(ci * h + y) * wd + u - pw] = v + bias_of(bias, ci);
+                        dst[(ci * h + y) * wd + u - pw] = v;
                     }
                 });
             }

@@ -352,28 +352,11 @@ impl CustomOp3 for RezeroLeakyReluOp {
         // d main = alpha g', d skip = g', d alpha = sum(g' main).
         let slope = self.slope;
         let a = alpha.flatten_all()?.to_vec1::<f32>()?[0];
-        let (gv, yv, mv) = (f32_vec(g)?, f32_vec(y)?, f32_vec(main)?);
-        let mut d_main = vec![0f32; gv.len()];
-        let mut d_skip = vec![0f32; gv.len()];
-        let d_alpha: f64 = d_main
-            .par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(d_skip.par_chunks_mut(ELEMENTWISE_CHUNK))
-            .zip(gv.par_chunks(ELEMENTWISE_CHUNK))
-            .zip(
-                yv.par_chunks(ELEMENTWISE_CHUNK)
-                    .zip(mv.par_chunks(ELEMENTWISE_CHUNK)),
-            )
-            .map(|(((dm, ds), g), (y, m))| {
-                let mut sum = 0f64;
-                for ((((dm, ds), &g), &y), &m) in dm.iter_mut().zip(ds).zip(g).zip(y).zip(m) {
-                    let g = if y > 0.0 { g } else { slope * g };
-                    *ds = g;
-                    *dm = a * g;
-                    sum += (g * m) as f64;
-                }
-                sum
+        let (d_main, d_skip, d_alpha) = with_f32(g, |gv| {
+            with_f32(y, |yv| {
+                with_f32(main, |mv| Ok(rezero_grads(gv, yv, mv, a, slope)))
             })
-            .sum();
+        })?;
         Ok((
             Some(Tensor::from_vec(d_main, main.shape(), main.device())?),
             Some(Tensor::from_vec(d_skip, skip.shape(), skip.device())?),
@@ -384,6 +367,39 @@ impl CustomOp3 for RezeroLeakyReluOp {
             )?),
         ))
     }
+}
+
+/// (d main, d skip, d alpha) of `LeakyReLU(alpha * main + skip)` from the output gradient `gv`,
+/// the output `yv` and `main`.
+fn rezero_grads(
+    gv: &[f32],
+    yv: &[f32],
+    mv: &[f32],
+    a: f32,
+    slope: f32,
+) -> (Vec<f32>, Vec<f32>, f64) {
+    let mut d_main = vec![0f32; gv.len()];
+    let mut d_skip = vec![0f32; gv.len()];
+    let d_alpha: f64 = d_main
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(d_skip.par_chunks_mut(ELEMENTWISE_CHUNK))
+        .zip(gv.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(
+            yv.par_chunks(ELEMENTWISE_CHUNK)
+                .zip(mv.par_chunks(ELEMENTWISE_CHUNK)),
+        )
+        .map(|(((dm, ds), g), (y, m))| {
+            let mut sum = 0f64;
+            for ((((dm, ds), &g), &y), &m) in dm.iter_mut().zip(ds).zip(g).zip(y).zip(m) {
+                let g = if y > 0.0 { g } else { slope * g };
+                *ds = g;
+                *dm = a * g;
+                sum += (g * m) as f64;
+            }
+            sum
+        })
+        .sum();
+    (d_main, d_skip, d_alpha)
 }
 
 /// Elements per parallel chunk of the fused elementwise ops: big enough that rayon's overhead
@@ -1223,8 +1239,15 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+/// `f` on a CPU f32 tensor's elements in row-major order, borrowed from its storage where it is
+/// contiguous (the backward passes' inputs usually are), copied once where not.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),
+        _ => candle_core::bail!("internal: a CPU op's backward got a tensor off the CPU"),
+    }
 }
 
 impl Conv3dOp {
@@ -1270,19 +1293,25 @@ impl Conv3dOp {
         g: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let geo = self.geometry(x.dims(), w.dims());
-        let (xv, wv, gv) = (f32_vec(x)?, f32_vec(w)?, f32_vec(g)?);
-        let (gx, gw) = if self.transposed {
-            // y = adj(x): dx = conv(g), dw = weight gradient with the conv input g, output x.
-            (
-                conv_cpu::conv_forward(&gv, &wv, &[], &geo),
-                conv_cpu::conv_weight_grad(&gv, &xv, &geo),
-            )
-        } else {
-            (
-                conv_cpu::conv_adjoint(&gv, &wv, &[], &geo),
-                conv_cpu::conv_weight_grad(&xv, &gv, &geo),
-            )
-        };
+        let (gx, gw) = with_f32(x, |xv| {
+            with_f32(w, |wv| {
+                with_f32(g, |gv| {
+                    Ok(if self.transposed {
+                        // y = adj(x): dx = conv(g), dw = weight gradient with the conv input g,
+                        // output x.
+                        (
+                            conv_cpu::conv_forward(gv, wv, &[], &geo),
+                            conv_cpu::conv_weight_grad(gv, xv, &geo),
+                        )
+                    } else {
+                        (
+                            conv_cpu::conv_adjoint(gv, wv, &[], &geo),
+                            conv_cpu::conv_weight_grad(xv, gv, &geo),
+                        )
+                    })
+                })
+            })
+        })?;
         Ok((
             Tensor::from_vec(gx, x.shape(), x.device())?,
             Tensor::from_vec(gw, w.shape(), w.device())?,
@@ -1345,7 +1374,7 @@ impl CustomOp3 for Conv3dOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (gx, gw) = self.input_and_weight_grads(x, w, g)?;
-        let gb = channel_sums(&f32_vec(g)?, g.shape())?;
+        let gb = with_f32(g, |gv| channel_sums(gv, g.shape()))?;
         Ok((
             Some(gx),
             Some(gw),
