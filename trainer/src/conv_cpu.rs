@@ -573,11 +573,14 @@ fn adjoint_slab<const CB: usize>(
     let blocks = g.in_channels.div_ceil(CB);
     let span = (wd + pw).div_ceil(sw);
     let mut taps = Vec::new();
-    let mut weights = Vec::new();
+    let mut tap_w = Vec::new(); // (co, kernel index) per tap
+                                // Rows of the same stride phase and boundary reach the same (co, kernel index) list: their
+                                // weights, packed per channel block, are built once per slab and looked up after.
+    let mut packed: Vec<(Vec<(usize, usize)>, Vec<f32>)> = Vec::new();
     for y in 0..h {
         for r in 0..sw {
             taps.clear();
-            let mut tap_w = Vec::new(); // (co, kernel index) per tap
+            tap_w.clear();
             for co in 0..g.out_channels {
                 for (a, zo) in reaching(z + pd, kd, sd, od) {
                     for (b, yo) in reaching(y + ph, kh, sh, oh) {
@@ -589,20 +592,31 @@ fn adjoint_slab<const CB: usize>(
                     }
                 }
             }
-            for block in 0..blocks {
-                weights.clear();
-                for &(co, k) in &tap_w {
-                    for c in 0..CB {
-                        let ci = block * CB + c;
-                        weights.push(if ci < g.in_channels {
-                            w[(co * g.in_channels + ci) * taps_per + k]
-                        } else {
-                            0.0
-                        });
+            let at = match packed.iter().position(|(key, _)| *key == tap_w) {
+                Some(at) => at,
+                None => {
+                    let mut weights = Vec::with_capacity(blocks * tap_w.len() * CB);
+                    for block in 0..blocks {
+                        for &(co, k) in &tap_w {
+                            for c in 0..CB {
+                                let ci = block * CB + c;
+                                weights.push(if ci < g.in_channels {
+                                    w[(co * g.in_channels + ci) * taps_per + k]
+                                } else {
+                                    0.0
+                                });
+                            }
+                        }
                     }
+                    packed.push((tap_w.clone(), weights));
+                    packed.len() - 1
                 }
+            };
+            let per_block = tap_w.len() * CB;
+            for block in 0..blocks {
+                let weights = &packed[at].1[block * per_block..][..per_block];
                 let init = std::array::from_fn(|c| bias_of(bias, block * CB + c));
-                row_blocks::<CB>(gr, &taps, &weights, (span, init), |c, j, v| {
+                row_blocks::<CB>(gr, &taps, weights, (span, init), |c, j, v| {
                     let ci = block * CB + c;
                     // Padded position u = j sw + r; unpadded x = u - pw.
                     let u = j * sw + r;
