@@ -576,7 +576,8 @@ fn adjoint_slab<const CB: usize>(
     let mut tap_w = Vec::new(); // (co, kernel index) per tap
                                 // Rows of the same stride phase and boundary reach the same (co, kernel index) list: their
                                 // weights, packed per channel block, are built once per slab and looked up after.
-    let mut packed: Vec<(Vec<(usize, usize)>, Vec<f32>)> = Vec::new();
+    type RowClass = (Vec<(usize, usize)>, Vec<f32>);
+    let mut packed: Vec<RowClass> = Vec::new();
     for y in 0..h {
         for r in 0..sw {
             taps.clear();
