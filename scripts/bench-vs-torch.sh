@@ -56,14 +56,30 @@ if [[ $MODE == float ]]; then
   BCAE=${CARGO_TARGET_DIR:-target}/release/bcae
   WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
   echo "# $(date -u '+%F %T') UTC, load average $(cut -d' ' -f1-3 /proc/loadavg), $THREADS threads, batch $BATCH"
-  RAYON_NUM_THREADS=$THREADS "$BCAE" bench --batch "$BATCH" --json > "$WORK/ours.json"
-  for m in train encoder decode; do
-    "$PY" scripts/torch_bench.py "$m" --ref "$REF" --threads "$THREADS" --batch "$BATCH" \
-      --seconds "$SECONDS_PER_ROW" --json
-  done > "$WORK/torch.jsonl"
+  # Row by row, ours then PyTorch's, so the host's drift (up to 40 % over minutes on shared
+  # machines) falls between rows rather than between the two sides of one ratio.
+  for row in "bcae-ht train 64x64" "bcae-ht train 128x128" "bcae-2d train 64x64" \
+    "bcae-2d train 128x128" "bcae-ht encode -" "bcae-2d encode -" "bcae-ht encode-decode -"; do
+    read -r model work crop <<< "$row"
+    crop_args=(); [[ $crop != - ]] && crop_args=(--crop "$crop")
+    RAYON_NUM_THREADS=$THREADS "$BCAE" bench --model "$model" --work "$work" "${crop_args[@]}" \
+      --batch "$BATCH" --json >> "$WORK/ours.json"
+    mode=${work/encode-decode/decode}; mode=${mode/encode/encoder}
+    torch_crop=(); [[ $crop != - ]] && torch_crop=(--crops "$crop")
+    "$PY" scripts/torch_bench.py "$mode" --ref "$REF" --models "$model" "${torch_crop[@]}" \
+      --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_ROW" --json >> "$WORK/torch.jsonl"
+  done
   "$PY" - "$WORK/ours.json" "$WORK/torch.jsonl" <<'PYEOF'
 import json, sys
-ours = json.load(open(sys.argv[1]))
+def documents(text):
+    # `bcae bench --json` prints one (multi-line) JSON array per row's run.
+    decoder, at, out = json.JSONDecoder(), 0, []
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        doc, at = decoder.raw_decode(text, at)
+        out.append(doc)
+    return out
+ours = [r for doc in documents(open(sys.argv[1]).read()) for r in doc]
 torch = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
 names = {"BCAE-HT": "bcae-ht", "BCAE-2D(4,8,3)": "bcae-2d"}
 def theirs(row):
