@@ -1,20 +1,23 @@
-//! Direct f32 CPU kernels for 3D convolutions with few channels (BCAE-HT: 1-16, BCAE-2D: 16-32),
-//! the shapes general-purpose im2col + GEMM libraries handle badly.
+//! f32 CPU kernels for 3D convolutions with few channels (BCAE-HT: 1-16, BCAE-2D: 16-32), the
+//! shapes general-purpose im2col + GEMM libraries handle badly.
 //!
 //! Three kernels cover every pass of Conv3d and ConvTranspose3d (PyTorch semantics, dilation 1):
-//! - [`conv_forward`]: `y = conv(x, w)`; also the input gradient of a transposed conv.
-//! - [`conv_adjoint`]: the adjoint of `conv(., w)`: the input gradient of a conv and the forward
-//!   pass of a transposed conv (whose weight `(C_in, C_out, k)` is the conv weight it inverts).
+//! - [`conv_forward`]: `y = conv(x, w) + bias`; also the input gradient of a transposed conv.
+//! - [`conv_adjoint`]: the adjoint of `conv(., w)` (plus a bias): the input gradient of a conv
+//!   and the forward pass of a transposed conv (whose weight `(C_in, C_out, k)` is the conv
+//!   weight it inverts). At stride 1 it is the forward kernel on the transposed, flipped weight.
 //! - [`conv_weight_grad`]: `dL/dw` of a conv from its input and output gradient; with the roles
 //!   of the two swapped, the weight gradient of a transposed conv.
 //!
 //! How: the input is copied once into zero-padded rows along the contiguous axis (W), split into
-//! `stride_w` phases so every tap reads a contiguous slice; a micro-kernel then accumulates a
-//! block of [`LANES`] outputs for [`co_block`] channels in registers over every tap (input row
-//! offset, weight). The micro-kernel is plain safe Rust, compiled for the CPU's best vector
-//! extension at run time through `pulp`'s dispatch (AVX2+FMA or AVX-512), where the compiler
-//! vectorises it. Rows are padded to whole blocks, so there are no remainder loops: padding lanes
-//! read zeros and their results are dropped.
+//! `stride_w` phases so every tap reads a contiguous slice. With 8 or more output channels on an
+//! AVX-512 CPU, explicit-SIMD kernels (`pulp`'s safe vector types) hold 16 vector registers of
+//! accumulators: 8 channels x 32 outputs forward, taps x channels for the weight gradient.
+//! Otherwise an auto-vectorised micro-kernel accumulates a block of [`LANES`] outputs for
+//! [`co_block`] channels over every tap (compiled for AVX2+FMA or AVX-512 at run time through
+//! `pulp`'s dispatch), and the weight gradient is a GEMM per band of output rows. Rows are padded
+//! to whole blocks, so there are no remainder loops: padding lanes read zeros (or the next row)
+//! and their results are dropped.
 use rayon::prelude::*;
 
 /// Outputs per register block along W.
