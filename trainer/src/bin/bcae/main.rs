@@ -48,7 +48,18 @@ fn main() -> std::process::ExitCode {
     trainer::terminal::exit_quietly_on_closed_pipe();
     trainer::device::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = trainer::device::run_on_compute_pool(|| run(cli));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            trainer::terminal::report_error(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Synth(args) => cli::data::run_synth(args),
         Command::Stats(args) => cli::data::run_stats(args),
         Command::Show(args) => cli::data::run_show(args),
@@ -63,12 +74,5 @@ fn main() -> std::process::ExitCode {
         Command::ImportTorch(args) => cli::import::run_import_torch(args),
         Command::Bench(args) => cli::bench::run_bench(args),
         Command::DecodeCode(args) => cli::decode_code::run_decode_code(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            trainer::terminal::report_error(&e);
-            std::process::ExitCode::FAILURE
-        }
     }
 }
