@@ -662,23 +662,35 @@ pub fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geometry) -> Vec<f32> {
     let columns = g.in_channels * g.taps();
     let len = g.weight_len();
     let slab = oh * ow;
+    summed_over_bands(&bands, len, |acc, cols, (n, z, y0)| {
+        let rows = (oh - y0).min(band_rows);
+        let pixels = rows * ow;
+        band_columns(&xr, &xrows, g, (n, z, y0..y0 + rows), cols);
+        // Output channel o's band: rows y0.. of its slab z, one stride apart per channel.
+        let first = (n * g.out_channels * od + z) * slab + y0 * ow;
+        gemm_accumulate(
+            acc,
+            [g.out_channels, columns, pixels],
+            (&gy[first..], od * slab),
+            cols,
+        );
+    })
+}
+
+/// The sum over `bands` of what `band` adds into a weight-gradient buffer of `len` values: each
+/// rayon task accumulates into its own buffer (with its own scratch), and the buffers are summed.
+fn summed_over_bands(
+    bands: &[(usize, usize, usize)],
+    len: usize,
+    band: impl Fn(&mut [f32], &mut Vec<f32>, (usize, usize, usize)) + Sync,
+) -> Vec<f32> {
     bands
         .par_iter()
         .fold(
             || (vec![0f32; len], Vec::new()),
-            |(mut acc, mut cols), &(n, z, y0)| {
-                let rows = (oh - y0).min(band_rows);
-                let pixels = rows * ow;
-                band_columns(&xr, &xrows, g, (n, z, y0..y0 + rows), &mut cols);
-                // Output channel o's band: rows y0.. of its slab z, one stride apart per channel.
-                let first = (n * g.out_channels * od + z) * slab + y0 * ow;
-                gemm_accumulate(
-                    &mut acc,
-                    [g.out_channels, columns, pixels],
-                    (&gy[first..], od * slab),
-                    &cols,
-                );
-                (acc, cols)
+            |(mut acc, mut scratch), &at| {
+                band(&mut acc, &mut scratch, at);
+                (acc, scratch)
             },
         )
         .map(|(acc, _)| acc)
@@ -720,31 +732,17 @@ fn weight_grad_wide(xr: &[f32], xrows: &RowLayout, gy: &[f32], g: &Geometry) -> 
         let arch = pulp::Arch::new();
         let len = g.weight_len();
         let (band_rows, bands) = output_bands(g, WIDE_BAND_PIXELS);
-        let dw = bands
-            .par_iter()
-            .fold(
-                || (vec![0f32; len], Vec::new()),
-                |(mut acc, mut transposed), &(n, z, y0)| {
-                    arch.dispatch(WideGradBand {
-                        xr,
-                        xrows,
-                        gy,
-                        g,
-                        band: (n, z, y0..(y0 + band_rows).min(g.output()[1])),
-                        transposed: &mut transposed,
-                        acc: &mut acc,
-                    });
-                    (acc, transposed)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![0f32; len],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+        let dw = summed_over_bands(&bands, len, |acc, transposed, (n, z, y0)| {
+            arch.dispatch(WideGradBand {
+                xr,
+                xrows,
+                gy,
+                g,
+                band: (n, z, y0..(y0 + band_rows).min(g.output()[1])),
+                transposed,
+                acc,
+            });
+        });
         return Some(dw);
     }
     let _ = (xr, xrows, gy, g);

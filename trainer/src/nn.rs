@@ -1515,6 +1515,15 @@ mod tests {
         (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
     }
 
+    /// `y` and the gradients of `sum(y * g)` with respect to `wrt`, flattened: `[y, d wrt...]`.
+    fn values_and_grads(y: &Tensor, g: &Tensor, wrt: &[&Tensor]) -> Vec<Vec<f32>> {
+        let grads = (y * g).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        std::iter::once(flat(y))
+            .chain(wrt.iter().map(|t| flat(grads.get(t).unwrap())))
+            .collect()
+    }
+
     fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: length");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -1738,14 +1747,7 @@ mod tests {
                 }
                 .unwrap();
                 let g = Tensor::from_vec(random(y.elem_count(), seed + 3), y.dims(), &dev).unwrap();
-                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                [
-                    flat(&y),
-                    flat(grads.get(x).unwrap()),
-                    flat(grads.get(w).unwrap()),
-                    flat(grads.get(b).unwrap()),
-                ]
+                values_and_grads(&y, &g, &[x, w, b])
             };
             let (a, b) = (run(true), run(false));
             for (i, what) in ["output", "grad x", "grad w", "grad bias"]
@@ -1773,9 +1775,7 @@ mod tests {
                 } else {
                     x.maximum(&(x * 0.2).unwrap()).unwrap()
                 };
-                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                [flat(&y), flat(grads.get(x).unwrap())]
+                values_and_grads(&y, &g, &[x])
             };
             let (a, b) = (run(true), run(false));
             assert_eq!(a[0], b[0], "values {shape:?}");
@@ -1796,14 +1796,7 @@ mod tests {
                     let v = (m.broadcast_mul(a).unwrap() + s).unwrap();
                     v.maximum(&(&v * 0.2).unwrap()).unwrap()
                 };
-                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                [
-                    flat(&y),
-                    flat(grads.get(m).unwrap()),
-                    flat(grads.get(s).unwrap()),
-                    flat(grads.get(a).unwrap()),
-                ]
+                values_and_grads(&y, &g, &[m, s, a])
             };
             let (a, b) = (run(true), run(false));
             assert_eq!(a[0], b[0], "rezero values {shape:?}");
@@ -1862,13 +1855,7 @@ mod tests {
                     let y = f(xv.as_tensor(), wv.as_tensor()).unwrap();
                     let g = Tensor::from_vec(random(y.elem_count(), case.seed + 5), y.dims(), &dev)
                         .unwrap();
-                    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    [
-                        flat(&y),
-                        flat(grads.get(xv.as_tensor()).unwrap()),
-                        flat(grads.get(wv.as_tensor()).unwrap()),
-                    ]
+                    values_and_grads(&y, &g, &[xv.as_tensor(), wv.as_tensor()])
                 };
                 let (a, b) = (run(fast.as_ref()), run(folded.as_ref()));
                 for (what, (u, v)) in ["output", "grad x", "grad w"].iter().zip(a.iter().zip(&b)) {
