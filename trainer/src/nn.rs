@@ -331,10 +331,10 @@ impl CustomOp3 for RezeroLeakyReluOp {
         y.par_chunks_mut(ELEMENTWISE_CHUNK)
             .zip(main.par_chunks(ELEMENTWISE_CHUNK))
             .zip(skip.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|((y, main), skip)| {
+            .for_each(move |((y, main), skip)| {
                 for ((y, &m), &s) in y.iter_mut().zip(main).zip(skip) {
                     let v = m * alpha + s;
-                    *y = if v > 0.0 { v } else { slope * v };
+                    *y = leaky_factor(v, slope) * v;
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -388,18 +388,41 @@ fn rezero_grads(
             yv.par_chunks(ELEMENTWISE_CHUNK)
                 .zip(mv.par_chunks(ELEMENTWISE_CHUNK)),
         )
-        .map(|(((dm, ds), g), (y, m))| {
-            let mut sum = 0f64;
-            for ((((dm, ds), &g), &y), &m) in dm.iter_mut().zip(ds).zip(g).zip(y).zip(m) {
-                let g = if y > 0.0 { g } else { slope * g };
+        .map(move |(((dm, ds), g), (y, m))| {
+            for (((dm, ds), &g), &y) in dm.iter_mut().zip(ds.iter_mut()).zip(g).zip(y) {
+                let g = leaky_factor(y, slope) * g;
                 *ds = g;
                 *dm = a * g;
-                sum += (g * m) as f64;
             }
-            sum
+            // sum(g' main) in f64, eight independent lanes so the loop vectorises.
+            let mut lanes = [0f64; 8];
+            let (whole, rest) = (ds.chunks_exact(8), ds.len() / 8 * 8);
+            for (d, m) in whole.zip(m.chunks_exact(8)) {
+                for i in 0..8 {
+                    lanes[i] += (d[i] * m[i]) as f64;
+                }
+            }
+            let tail: f64 = ds[rest..]
+                .iter()
+                .zip(&m[rest..])
+                .map(|(&d, &m)| (d * m) as f64)
+                .sum();
+            lanes.iter().sum::<f64>() + tail
         })
         .sum();
     (d_main, d_skip, d_alpha)
+}
+
+/// LeakyReLU's factor at `v`: 1 where `v > 0`, else `slope`. `factor * v` is the activation and
+/// `factor * g` its gradient, exactly (a product with 1 is exact); a select of two constants,
+/// where a branch on `v` kept these loops scalar (10 % of the BCAE-2D encoder).
+#[inline(always)]
+fn leaky_factor(v: f32, slope: f32) -> f32 {
+    if v > 0.0 {
+        1.0
+    } else {
+        slope
+    }
 }
 
 /// Elements per parallel chunk of the fused elementwise ops: big enough that rayon's overhead
@@ -421,9 +444,9 @@ impl CustomOp1 for LeakyReluOp {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(ELEMENTWISE_CHUNK)
             .zip(x.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|(y, x)| {
+            .for_each(move |(y, x)| {
                 for (y, &v) in y.iter_mut().zip(x) {
-                    *y = if v > 0.0 { v } else { slope * v };
+                    *y = leaky_factor(v, slope) * v;
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -462,9 +485,9 @@ impl CustomOp2 for LeakyReluGradOp {
                 g.par_chunks(ELEMENTWISE_CHUNK)
                     .zip(x.par_chunks(ELEMENTWISE_CHUNK)),
             )
-            .for_each(|(o, (g, x))| {
+            .for_each(move |(o, (g, x))| {
                 for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-                    *o = if x > 0.0 { g } else { slope * g };
+                    *o = leaky_factor(x, slope) * g;
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
