@@ -126,6 +126,11 @@ impl RowLayout {
             * self.len
     }
 
+    /// The distance between output rows' inputs for an H stride: `stride` padded rows.
+    fn row_step(&self, stride_h: usize) -> usize {
+        stride_h * self.phases * self.len
+    }
+
     fn plane(&self) -> usize {
         self.rows_d * self.rows_h * self.phases * self.len
     }
@@ -298,8 +303,6 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32
     assert_eq!(w.len(), g.weight_len(), "conv_forward: weight length");
     let rows = g.input_rows();
     let xr = rows.fill(x, g.batch, g.input);
-    let cb = co_block(g.out_channels);
-    let packed = pack_out_blocks(w, g.out_channels, g.in_channels, g.taps(), cb);
     let [od, oh, ow] = g.output();
     let plane = oh * ow;
     let slab = g.out_channels * plane;
@@ -307,6 +310,8 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32
     if g.out_channels >= WIDE_CHANNELS && forward_wide(&xr, &rows, w, bias, g, &mut out) {
         return slabs_to_channels(out, g.out_channels, od, plane);
     }
+    let cb = co_block(g.out_channels);
+    let packed = pack_out_blocks(w, g.out_channels, g.in_channels, g.taps(), cb);
     out.par_chunks_mut(slab).enumerate().for_each(|(nd, dst)| {
         let (n, z) = (nd / od, nd % od);
         match cb {
@@ -386,8 +391,7 @@ impl pulp::WithSimd for WideSlab<'_> {
         let lanes = WIDE_BLOCK / 2;
         debug_assert_eq!(std::mem::size_of::<S::f32s>(), lanes * 4);
         let taps = first_row_taps(self.rows, g, self.n, self.z);
-        // Output row y reads the rows y * stride below row 0's.
-        let row_step = g.stride[1] * self.rows.phases * self.rows.len;
+        let row_step = self.rows.row_step(g.stride[1]);
         for y in 0..oh {
             let shift = y * row_step;
             // Blocks along W outside channel blocks: one block's inputs under every tap (32
@@ -427,7 +431,8 @@ impl pulp::WithSimd for WideSlab<'_> {
     }
 }
 
-/// Output row 0's tap offsets into the padded input rows, `[ci][a][b][c]`.
+/// Output row 0's tap offsets into the padded input rows, `[ci][a][b][c]` (weight order); output
+/// row `y` reads `y * rows.row_step(stride_h)` further on.
 fn first_row_taps(rows: &RowLayout, g: &Geometry, n: usize, z: usize) -> Vec<usize> {
     let [kd, kh, kw] = g.kernel;
     let [sd, _, sw] = g.stride;
@@ -457,24 +462,13 @@ fn forward_slab<const CB: usize>(
     dst: &mut [f32],
 ) {
     let [_, oh, ow] = g.output();
-    let [kd, kh, kw] = g.kernel;
-    let [sd, sh, sw] = g.stride;
     let per_block = g.in_channels * g.taps() * CB;
-    let mut taps = Vec::with_capacity(g.in_channels * g.taps());
+    let taps = first_row_taps(rows, g, n, z);
     for y in 0..oh {
-        taps.clear();
-        for ci in 0..g.in_channels {
-            for a in 0..kd {
-                for b in 0..kh {
-                    for c in 0..kw {
-                        taps.push(rows.offset(n, ci, z * sd + a, y * sh + b, c % sw) + c / sw);
-                    }
-                }
-            }
-        }
+        let src = &xr[y * rows.row_step(g.stride[1])..];
         for (block, weights) in packed.chunks(per_block).enumerate() {
             let init = std::array::from_fn(|c| bias_of(bias, block * CB + c));
-            row_blocks::<CB>(xr, &taps, weights, (ow, init), |c, j, v| {
+            row_blocks::<CB>(src, &taps, weights, (ow, init), |c, j, v| {
                 let o = block * CB + c;
                 if o < g.out_channels {
                     dst[(o * oh + y) * ow + j] = v;
@@ -576,9 +570,9 @@ fn adjoint_slab<const CB: usize>(
     let blocks = g.in_channels.div_ceil(CB);
     let span = (wd + pw).div_ceil(sw);
     let mut taps = Vec::new();
-    let mut tap_w = Vec::new(); // (co, kernel index) per tap
-                                // Rows of the same stride phase and boundary reach the same (co, kernel index) list: their
-                                // weights, packed per channel block, are built once per slab and looked up after.
+    // (co, kernel index) per tap. Rows of the same stride phase and boundary reach the same
+    // list: their weights, packed per channel block, are built once per slab and looked up after.
+    let mut tap_w = Vec::new();
     type RowClass = (Vec<(usize, usize)>, Vec<f32>);
     let mut packed: Vec<RowClass> = Vec::new();
     for y in 0..h {
@@ -795,7 +789,7 @@ impl WideGradBand<'_> {
             }
         }
         let taps = first_row_taps(self.xrows, g, n, z);
-        let row_step = g.stride[1] * self.xrows.phases * self.xrows.len;
+        let row_step = self.xrows.row_step(g.stride[1]);
         let columns = taps.len();
         for k0 in (0..columns).step_by(TAPS) {
             let mut acc = [[simd.splat_f32s(0.0); V]; TAPS];
@@ -840,22 +834,14 @@ fn band_columns(
     (n, z, ys): (usize, usize, std::ops::Range<usize>),
     cols: &mut Vec<f32>,
 ) {
-    let [kd, kh, kw] = g.kernel;
-    let [sd, sh, sw] = g.stride;
     let ow = g.output()[2];
-    let pixels = ys.len() * ow;
+    let row_step = xrows.row_step(g.stride[1]);
     cols.clear();
-    cols.reserve(g.in_channels * g.taps() * pixels);
-    for ci in 0..g.in_channels {
-        for a in 0..kd {
-            for b in 0..kh {
-                for c in 0..kw {
-                    for y in ys.clone() {
-                        let at = xrows.offset(n, ci, z * sd + a, y * sh + b, c % sw) + c / sw;
-                        cols.extend_from_slice(&xr[at..at + ow]);
-                    }
-                }
-            }
+    cols.reserve(g.in_channels * g.taps() * ys.len() * ow);
+    for tap in first_row_taps(xrows, g, n, z) {
+        for y in ys.clone() {
+            let at = tap + y * row_step;
+            cols.extend_from_slice(&xr[at..at + ow]);
         }
     }
 }

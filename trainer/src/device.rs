@@ -1,5 +1,7 @@
 //! Choosing the compute device: CPU everywhere, CUDA where built with `--features cuda` and a GPU
-//! is present. Asking for CUDA where it cannot work is a clear error, never a crash.
+//! is present. Asking for CUDA where it cannot work is a clear error, never a crash. Also the
+//! process set-up the CPU path needs to run at speed: the allocator's reuse of freed memory and
+//! the rayon pool the commands run on.
 use candle_core::Device;
 
 /// Which device the user asked for on the command line.
