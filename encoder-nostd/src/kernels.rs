@@ -14,6 +14,8 @@ use crate::encoder::EncodeError;
 use crate::error::internal;
 use crate::weights::{le_i32, Add, Conv, Shape, MAX_ROW, MAX_SHIFT};
 
+mod madd;
+
 /// Declares `$wrapper`, which runs the kernel `$kernel` through `pulp`'s run-time dispatch: on an
 /// x86-64 host the kernel is compiled a second (and third) time for AVX2 (AVX-512) and the
 /// widest one the CPU has is taken, so a default (SSE2) build still runs 256-bit integer code;
@@ -287,6 +289,9 @@ fn conv_rows_with(
                 _ => conv_rows_sparse::<8>(conv, input, in_shape, out, rows, output),
             };
         }
+    }
+    if let Some(result) = madd::conv_rows(conv, input, in_shape, out, rows.clone(), output) {
+        return result;
     }
     if sw <= PAIR_STRIDE && pw < kw && kw <= PAIR_TAPS && in_shape.w <= MAX_ROW {
         return conv_rows_pairs(conv, input, in_shape, out, rows, output);
@@ -1291,6 +1296,83 @@ mod tests {
             )
     }
 
+    /// Stride-1 (along w) convolutions for the multiply-add kernel: rows of 1-80 output columns
+    /// (every register tile), up to 7 input channels (odd kernel-row counts leave a half-empty
+    /// pair), 1-8 taps along w.
+    fn madd_case() -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
+        (
+            1u16..8,
+            1u16..20,
+            1u8..3,
+            1u8..4,
+            1u8..9,
+            1u8..3,
+            any::<i8>(),
+            any::<i8>(),
+        )
+            .prop_flat_map(|(ci, co, kd, kh, kw, sh, zp_in, zp_out)| {
+                let pads = (0..kd, 0..kh, 0..kw);
+                let dims = (kd as usize..3, kh as usize..6, kw as usize..80);
+                (Just((ci, co, kd, kh, kw, sh, zp_in, zp_out)), pads, dims)
+            })
+            .prop_flat_map(
+                |((ci, co, kd, kh, kw, sh, zp_in, zp_out), (pd, ph, pw), (d, h, w))| {
+                    let terms = ci as usize * kd as usize * kh as usize * kw as usize;
+                    let shape = Shape {
+                        c: ci as usize,
+                        d,
+                        h,
+                        w,
+                    };
+                    (
+                        Just((
+                            ci,
+                            co,
+                            [kd, kh, kw],
+                            [1, sh, 1],
+                            [pd, ph, pw],
+                            zp_in,
+                            zp_out,
+                            shape,
+                        )),
+                        proptest::collection::vec(-127i8..=127, terms * co as usize),
+                        proptest::collection::vec(-100_000i32..100_000, co as usize),
+                        proptest::collection::vec(0i32..65536, co as usize),
+                        proptest::collection::vec(0i32..65536, co as usize),
+                        proptest::collection::vec(1u8..=24, co as usize),
+                        proptest::collection::vec(any::<i8>(), shape.len()),
+                    )
+                },
+            )
+            .prop_map(
+                |(
+                    (ci, co, kernel, stride, padding, zp_in, zp_out, shape),
+                    w,
+                    b,
+                    m,
+                    n,
+                    s,
+                    input,
+                )| {
+                    let conv = OwnedConv {
+                        ci,
+                        co,
+                        kernel,
+                        stride,
+                        padding,
+                        zp_in,
+                        zp_out,
+                        weights: w.iter().map(|&v| v as u8).collect(),
+                        bias: le(&b),
+                        mult: le(&m),
+                        neg: le(&n),
+                        shift: s,
+                    };
+                    (conv, shape, input)
+                },
+            )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
@@ -1353,6 +1435,29 @@ mod tests {
                         conv_rows_pairs(&c.view(), x, shape, out, lo..hi, &mut rows).unwrap();
                         prop_assert_eq!(&rows, &slice);
                     }
+                }
+            }
+        }
+
+        /// The multiply-add kernel at every instruction set the CPU has and every register tile
+        /// (rows of 1-80 columns), against the reference, dense and zero-suppressed.
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn multiply_add_kernel_matches_reference(
+            (c, shape, input) in madd_case(),
+            keep in 1u64..6,
+        ) {
+            let sparse: Vec<i8> = input
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if (i as u64 * 7919).is_multiple_of(keep) { v } else { c.zp_in })
+                .collect();
+            for x in [&input, &sparse] {
+                let (expected, out) = reference_conv(&c, x, shape);
+                let levels = madd::conv_rows_each_level(&c.view(), x, shape, out, 0..out.h);
+                prop_assert!(!levels.is_empty() || pulp::x86::V3::try_new().is_none());
+                for (level, got) in levels {
+                    prop_assert_eq!(&got.unwrap(), &expected, "{}", level);
                 }
             }
         }

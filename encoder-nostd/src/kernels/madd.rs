@@ -1,0 +1,440 @@
+//! The dense stride-1 convolution on x86-64's 16-bit multiply-add (`vpmaddwd`: 32 i16 products
+//! summed in pairs into 16 i32 lanes with AVX-512, 16 into 8 with AVX2), called through `pulp`'s
+//! safe wrappers, so the crate stays `forbid(unsafe_code)`. LLVM does not emit that instruction
+//! from plain loops: the portable paired kernel compiles to `vpmullw` plus shifts and sign
+//! extensions, which held BCAE-2D's 3x3 convolutions at 20-25 GMAC/s on one AVX-512 core.
+//!
+//! The sum runs over the kernel rows `r = (ci, z, y)` (weight order), taken two at a time. For one
+//! output row, the input rows under kernel rows `2q` and `2q + 1` are interleaved into i16 pairs
+//! `pairs_q[j] = (x_2q[j - pw] - zp, x_2q+1[j - pw] - zp)`, zero outside the row (zero is the
+//! padding value `zp`). Output column `ox`'s taps `kx` of both rows are then one lane of
+//! `madd(pairs_q[ox + kx], (w[co][2q][kx], w[co][2q + 1][kx]))`. Pairing kernel rows rather than
+//! input channels keeps a one-channel layer at full width.
+//!
+//! Registers hold `CB` output channels x `PB` vectors of output columns: each loaded vector of
+//! pairs feeds `CB` multiply-adds and each broadcast weight pair `PB`. The sums are the other
+//! kernels' exactly: the i16 products are exact (`|w| <= 127`, `|x - zp| <= 255`), a pair's sum
+//! fits i32, and i32 wrapping adds commute.
+//!
+//! Off x86-64, or on a CPU without AVX2, [`conv_rows`] returns `None` and the caller runs the
+//! portable kernels.
+use core::ops::Range;
+#[cfg(test)]
+extern crate std;
+
+use super::{channel, PAIR_TAPS};
+use crate::encoder::EncodeError;
+use crate::error::internal;
+use crate::weights::{Conv, Shape, MAX_ROW};
+
+/// Words (i16 pairs) of prepared input rows one output row may need: `pairs x row length`.
+/// BCAE-2D's 3x3 convolutions need 48 x 264, its 7x7 input convolution 56 x 268; a layer needing
+/// more runs on the portable kernels.
+const PREP_WORDS: usize = 16 * 1024;
+/// Widest block of output columns one register tile covers (AVX-512: 4 vectors of 16).
+const MAX_BLOCK: usize = 64;
+/// Longest prepared row: every output column, rounded up to whole blocks, plus the kernel's reach.
+const MAX_PREP_ROW: usize = MAX_ROW + MAX_BLOCK + PAIR_TAPS;
+/// Most kernel-row pairs of a layer.
+const MAX_PAIRS: usize = 64;
+/// Words of a layer's packed weight pairs, `output channels x pairs x kw` (BCAE-2D's 7x7 input
+/// convolution: 32 x 56 x 7).
+const PACKED_WORDS: usize = 16 * 1024;
+/// Most output channels of one register tile.
+const MAX_TILE_CHANNELS: usize = 8;
+
+const ERR: &str = "multiply-add conv index out of its checked range";
+
+/// Computes [`super::conv_rows`]'s result with the multiply-add kernel, or returns `None` (doing
+/// nothing) where it does not apply: not x86-64, no AVX2, a stride along w other than 1, or a
+/// layer too large for its buffers.
+pub(super) fn conv_rows(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+) -> Option<Result<(), EncodeError>> {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [_, _, sw] = conv.stride.map(usize::from);
+    let pw = usize::from(conv.padding[2]);
+    let pairs = (in_shape.c * kd * kh).div_ceil(2);
+    let row_len = out.w.next_multiple_of(MAX_BLOCK) + kw - 1;
+    let fits = sw == 1
+        && kw <= PAIR_TAPS
+        && pw < kw
+        && out.w <= MAX_ROW
+        && in_shape.w <= MAX_ROW
+        && pairs <= MAX_PAIRS
+        && pairs * row_len <= PREP_WORDS
+        && out.c * pairs * kw <= PACKED_WORDS;
+    if !fits {
+        return None;
+    }
+    let args = Args {
+        conv,
+        input,
+        in_shape,
+        out,
+        rows,
+        output,
+    };
+    dispatch(args)
+}
+
+/// One call's arguments, handed through pulp's dispatch.
+struct Args<'a, 'w> {
+    conv: &'a Conv<'w>,
+    input: &'a [i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+    output: &'a mut [i8],
+}
+
+/// Runs the kernel with every instruction set this CPU has, each into a fresh output, for tests
+/// that check each against the reference (dispatch takes only the widest).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) fn conv_rows_each_level(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+) -> std::vec::Vec<(&'static str, Result<std::vec::Vec<i8>, EncodeError>)> {
+    let len = out.c * out.d * (rows.end - rows.start) * out.w;
+    let mut results = std::vec::Vec::new();
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        let mut output = std::vec![0i8; len];
+        let args = Args {
+            conv,
+            input,
+            in_shape,
+            out,
+            rows: rows.clone(),
+            output: &mut output,
+        };
+        let r = pulp::Simd::vectorize(simd, Tile { simd, args });
+        results.push(("AVX-512", r.map(|()| output)));
+    }
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        let mut output = std::vec![0i8; len];
+        let args = Args {
+            conv,
+            input,
+            in_shape,
+            out,
+            rows,
+            output: &mut output,
+        };
+        let r = pulp::Simd::vectorize(simd, Tile { simd, args });
+        results.push(("AVX2", r.map(|()| output)));
+    }
+    results
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dispatch(args: Args<'_, '_>) -> Option<Result<(), EncodeError>> {
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        return Some(pulp::Simd::vectorize(simd, Tile { simd, args }));
+    }
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return Some(pulp::Simd::vectorize(simd, Tile { simd, args }));
+    }
+    None
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dispatch(args: Args<'_, '_>) -> Option<Result<(), EncodeError>> {
+    let _ = args;
+    None
+}
+
+/// The vector operations the kernel needs, for one instruction set.
+trait PairLanes: Copy {
+    /// i32 lanes per vector (pairs per vector).
+    const LANES: usize;
+    /// `LANES` i32 sums.
+    type Sums: Copy;
+    /// `LANES` pairs of i16.
+    type Pairs: Copy;
+    fn splat_sum(self, v: i32) -> Self::Sums;
+    /// Every lane holds the pair packed in `w` (low half first).
+    fn splat_pair(self, w: u32) -> Self::Pairs;
+    /// The first `LANES` pairs of `pairs` (packed by [`pack`]), or `None` where it is shorter.
+    fn load_pairs(self, pairs: &[u32]) -> Option<Self::Pairs>;
+    /// `acc + (a.lo * b.lo + a.hi * b.hi)` per lane, wrapping.
+    fn madd_add(self, acc: Self::Sums, a: Self::Pairs, b: Self::Pairs) -> Self::Sums;
+    /// Writes the sums into the first `LANES` slots of `out`, or `None` where it is shorter.
+    fn store_sums(self, sums: Self::Sums, out: &mut [i32]) -> Option<()>;
+}
+
+// The lanes are core::arch's vector types, handled through the safe methods of pulp's
+// feature tokens: pulp's own vector types are plain structs, and LLVM assembled an i16x32 read
+// from memory (or cast from another lane type) one 16-bit lane at a time.
+#[cfg(target_arch = "x86_64")]
+impl PairLanes for pulp::x86::V4 {
+    const LANES: usize = 16;
+    type Sums = core::arch::x86_64::__m512i;
+    type Pairs = core::arch::x86_64::__m512i;
+
+    #[inline(always)]
+    fn splat_sum(self, v: i32) -> Self::Sums {
+        self.avx512f._mm512_set1_epi32(v)
+    }
+
+    #[inline(always)]
+    fn splat_pair(self, w: u32) -> Self::Pairs {
+        self.avx512f._mm512_set1_epi32(w as i32)
+    }
+
+    #[inline(always)]
+    fn load_pairs(self, pairs: &[u32]) -> Option<Self::Pairs> {
+        let pairs: &[u32; 16] = pairs.get(..16)?.try_into().ok()?;
+        Some(pulp::cast(*pairs))
+    }
+
+    #[inline(always)]
+    fn madd_add(self, acc: Self::Sums, a: Self::Pairs, b: Self::Pairs) -> Self::Sums {
+        self.avx512f
+            ._mm512_add_epi32(acc, self.avx512bw._mm512_madd_epi16(a, b))
+    }
+
+    #[inline(always)]
+    fn store_sums(self, sums: Self::Sums, out: &mut [i32]) -> Option<()> {
+        let out: &mut [i32; 16] = out.get_mut(..16)?.try_into().ok()?;
+        *out = pulp::cast(sums);
+        Some(())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PairLanes for pulp::x86::V3 {
+    const LANES: usize = 8;
+    type Sums = core::arch::x86_64::__m256i;
+    type Pairs = core::arch::x86_64::__m256i;
+
+    #[inline(always)]
+    fn splat_sum(self, v: i32) -> Self::Sums {
+        self.avx._mm256_set1_epi32(v)
+    }
+
+    #[inline(always)]
+    fn splat_pair(self, w: u32) -> Self::Pairs {
+        self.avx._mm256_set1_epi32(w as i32)
+    }
+
+    #[inline(always)]
+    fn load_pairs(self, pairs: &[u32]) -> Option<Self::Pairs> {
+        let pairs: &[u32; 8] = pairs.get(..8)?.try_into().ok()?;
+        Some(pulp::cast(*pairs))
+    }
+
+    #[inline(always)]
+    fn madd_add(self, acc: Self::Sums, a: Self::Pairs, b: Self::Pairs) -> Self::Sums {
+        self.avx2
+            ._mm256_add_epi32(acc, self.avx2._mm256_madd_epi16(a, b))
+    }
+
+    #[inline(always)]
+    fn store_sums(self, sums: Self::Sums, out: &mut [i32]) -> Option<()> {
+        let out: &mut [i32; 8] = out.get_mut(..8)?.try_into().ok()?;
+        *out = pulp::cast(sums);
+        Some(())
+    }
+}
+
+/// The kernel for one instruction set, as a pulp op (its body is compiled with that set's
+/// target features).
+struct Tile<'a, 'w, L> {
+    simd: L,
+    args: Args<'a, 'w>,
+}
+
+impl<L: PairLanes> pulp::WithSimd for Tile<'_, '_, L> {
+    type Output = Result<(), EncodeError>;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
+        let (simd, a) = (self.simd, self.args);
+        // Tiles of about 16 accumulators (AVX-512 has 32 registers, AVX2 16): wide rows take
+        // 4 channels x 4 vectors, narrow ones (BCAE-2D's deepest level: 32 columns) more channels.
+        if L::LANES == 16 {
+            match a.out.w {
+                33.. => kernel::<L, 4, 4>(simd, a),
+                17..=32 => kernel::<L, 8, 2>(simd, a),
+                _ => kernel::<L, 8, 1>(simd, a),
+            }
+        } else {
+            match a.out.w {
+                9.. => kernel::<L, 4, 2>(simd, a),
+                _ => kernel::<L, 4, 1>(simd, a),
+            }
+        }
+    }
+}
+
+/// Packs two i16 values into one word, `lo` in the low half (the lane order `vpmaddwd` reads).
+#[inline(always)]
+fn pack(lo: i16, hi: i16) -> u32 {
+    (i32::from(lo) & 0xffff | i32::from(hi) << 16) as u32
+}
+
+#[inline(always)]
+fn kernel<L: PairLanes, const CB: usize, const PB: usize>(
+    simd: L,
+    a: Args<'_, '_>,
+) -> Result<(), EncodeError> {
+    let Args {
+        conv,
+        input,
+        in_shape,
+        out,
+        rows,
+        output,
+    } = a;
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [sd, sh, _] = conv.stride.map(usize::from);
+    let [pd, ph, pw] = conv.padding.map(usize::from);
+    let block = PB * L::LANES;
+    let kernel_rows = in_shape.c * kd * kh;
+    let pairs = kernel_rows.div_ceil(2);
+    let row_len = out.w.next_multiple_of(block) + kw - 1;
+    if CB > MAX_TILE_CHANNELS
+        || block > MAX_BLOCK
+        || pairs > MAX_PAIRS
+        || pairs * row_len > PREP_WORDS
+        || out.c * pairs * kw > PACKED_WORDS
+        || pw >= kw
+    {
+        return Err(internal(ERR).into());
+    }
+    let terms = conv.terms();
+    let zp = i16::from(conv.input_zero_point);
+    let in_plane = in_shape.h * in_shape.w;
+    let n_rows = rows.end - rows.start;
+    let mut prep = [0u32; PREP_WORDS];
+    // packed[(co * pairs + q) * kw + kx]: the weight pair of kernel rows 2q and 2q + 1 at
+    // column kx (0 past the last kernel row), packed once per call.
+    let per_channel = pairs * kw;
+    let mut packed = [0u32; PACKED_WORDS];
+    let packed = packed.get_mut(..out.c * per_channel).ok_or(internal(ERR))?;
+    for (co, packed_co) in packed.chunks_exact_mut(per_channel).enumerate() {
+        let w_co = conv
+            .weights
+            .get(co * terms..(co + 1) * terms)
+            .ok_or(internal(ERR))?;
+        let w = |r: usize, kx: usize| w_co.get(r * kw + kx).map_or(0, |&v| i16::from(v as i8));
+        for (q, words) in packed_co.chunks_exact_mut(kw).enumerate() {
+            for (kx, word) in words.iter_mut().enumerate() {
+                *word = pack(w(2 * q, kx), w(2 * q + 1, kx));
+            }
+        }
+    }
+    let packed = &*packed;
+    let mut sums = [[0i32; MAX_PREP_ROW]; MAX_TILE_CHANNELS];
+    // Where an input row lands in its prepared row (past the input: the padding, 0).
+    let body_len = in_shape.w.min(row_len - pw);
+    for od in 0..out.d {
+        for oy in rows.clone() {
+            // The input row under kernel row r, or None where it lies in the padding.
+            let input_row = |r: usize| -> Result<Option<&[i8]>, EncodeError> {
+                if r >= kernel_rows {
+                    return Ok(None);
+                }
+                let (ci, z, y) = (r / (kd * kh), (r / kh) % kd, r % kh);
+                let id = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d);
+                let iy = (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h);
+                let (Some(id), Some(iy)) = (id, iy) else {
+                    return Ok(None);
+                };
+                let start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
+                input
+                    .get(start..start + body_len)
+                    .map(Some)
+                    .ok_or(internal(ERR).into())
+            };
+            for (q, dst) in prep.chunks_exact_mut(row_len).take(pairs).enumerate() {
+                let (head, rest) = dst.split_at_mut(pw);
+                let (body, tail) = rest.split_at_mut(body_len);
+                head.fill(0);
+                tail.fill(0);
+                match (input_row(2 * q)?, input_row(2 * q + 1)?) {
+                    (Some(x0), Some(x1)) => {
+                        for ((d, &a), &b) in body.iter_mut().zip(x0).zip(x1) {
+                            *d = pack(i16::from(a) - zp, i16::from(b) - zp);
+                        }
+                    }
+                    (Some(x0), None) => {
+                        for (d, &a) in body.iter_mut().zip(x0) {
+                            *d = pack(i16::from(a) - zp, 0);
+                        }
+                    }
+                    (None, Some(x1)) => {
+                        for (d, &b) in body.iter_mut().zip(x1) {
+                            *d = pack(0, i16::from(b) - zp);
+                        }
+                    }
+                    (None, None) => body.fill(0),
+                }
+            }
+            for co0 in (0..out.c).step_by(CB) {
+                let tile = (out.c - co0).min(CB);
+                let mut bias = [0i32; CB];
+                for (c, b) in bias.iter_mut().enumerate().take(tile) {
+                    *b = channel(conv, co0 + c)?.bias;
+                }
+                // Channel co0 + c's weight pairs (zero past the last channel).
+                let packed_c = |c: usize| {
+                    let at = (co0 + c) * per_channel;
+                    packed.get(at..at + per_channel).unwrap_or(&[])
+                };
+                let tile_weights: [&[u32]; CB] = core::array::from_fn(packed_c);
+                for j0 in (0..out.w).step_by(block) {
+                    let mut acc: [[L::Sums; PB]; CB] =
+                        core::array::from_fn(|c| [simd.splat_sum(bias[c]); PB]);
+                    for q in 0..pairs {
+                        let at = q * row_len + j0;
+                        let src = prep.get(at..at + block + kw - 1).ok_or(internal(ERR))?;
+                        let at = q * kw;
+                        for kx in 0..kw {
+                            let mut xs = [simd.splat_pair(0); PB];
+                            for (v, x) in xs.iter_mut().enumerate() {
+                                *x = simd
+                                    .load_pairs(src.get(kx + v * L::LANES..).unwrap_or(&[]))
+                                    .ok_or(internal(ERR))?;
+                            }
+                            for (acc_c, weights) in acc.iter_mut().zip(&tile_weights) {
+                                let w = weights.get(at + kx).copied().unwrap_or(0);
+                                let w = simd.splat_pair(w);
+                                for (acc_v, &x) in acc_c.iter_mut().zip(&xs) {
+                                    *acc_v = simd.madd_add(*acc_v, x, w);
+                                }
+                            }
+                        }
+                    }
+                    for (acc_c, sums_c) in acc.iter().zip(&mut sums) {
+                        for (v, &acc_v) in acc_c.iter().enumerate() {
+                            let at = j0 + v * L::LANES;
+                            simd.store_sums(acc_v, sums_c.get_mut(at..).unwrap_or(&mut []))
+                                .ok_or(internal(ERR))?;
+                        }
+                    }
+                }
+                for (c, sums_c) in sums.iter().enumerate().take(tile) {
+                    let co = co0 + c;
+                    let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
+                    let dst = output.get_mut(at..at + out.w).ok_or(internal(ERR))?;
+                    let sums_c = sums_c.get(..out.w).ok_or(internal(ERR))?;
+                    channel(conv, co)?.store_row(
+                        dst,
+                        sums_c.iter().copied(),
+                        conv.requant.output_zero_point,
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
