@@ -282,6 +282,11 @@ fn conv_rows_with(
     {
         let (lo, hi) = input_rows(&rows, in_shape.h, kh, sh, ph);
         if mostly_zero_point(input, in_shape, lo..hi, conv.input_zero_point) {
+            if let Some(result) =
+                madd::conv_rows_sparse(conv, input, in_shape, out, rows.clone(), output)
+            {
+                return result;
+            }
             // One vector of lanes per output channel group: BCAE-2D's 32 channels in one.
             return match out.c {
                 32.. => conv_rows_sparse::<32>(conv, input, in_shape, out, rows, output),
@@ -1296,9 +1301,10 @@ mod tests {
             )
     }
 
-    /// Stride-1 (along w) convolutions for the multiply-add kernel: rows of 1-80 output columns
+    /// Stride-1 (along w) convolutions for the multiply-add kernels: rows of 1-80 output columns
     /// (every register tile), up to 7 input channels (odd kernel-row counts leave a half-empty
-    /// pair), 1-8 taps along w.
+    /// pair), 1-5 kernel rows (the sparse kernel's units of four, one partial), 1-8 taps along w,
+    /// up to 39 output channels (two passes of the sparse kernel's 32).
     fn madd_case() -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
         (
             1u16..8,
@@ -1439,8 +1445,9 @@ mod tests {
             }
         }
 
-        /// The multiply-add kernel at every instruction set the CPU has and every register tile
-        /// (rows of 1-80 columns), against the reference, dense and zero-suppressed.
+        /// The multiply-add kernels (dense and sparse) at every instruction set the CPU has and
+        /// every register tile (rows of 1-80 columns), against the reference, on dense and
+        /// zero-suppressed inputs (each kernel is exact whatever the density).
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn multiply_add_kernel_matches_reference(
@@ -1454,10 +1461,14 @@ mod tests {
                 .collect();
             for x in [&input, &sparse] {
                 let (expected, out) = reference_conv(&c, x, shape);
-                let levels = madd::conv_rows_each_level(&c.view(), x, shape, out, 0..out.h);
+                let levels = madd::conv_rows_each_level(madd::Kind::Dense, &c.view(), x, shape, out, 0..out.h);
                 prop_assert!(!levels.is_empty() || pulp::x86::V3::try_new().is_none());
                 for (level, got) in levels {
-                    prop_assert_eq!(&got.unwrap(), &expected, "{}", level);
+                    prop_assert_eq!(&got.unwrap(), &expected, "dense kernel, {}", level);
+                }
+                let levels = madd::conv_rows_each_level(madd::Kind::Sparse, &c.view(), x, shape, out, 0..out.h);
+                for (level, got) in levels {
+                    prop_assert_eq!(&got.unwrap(), &expected, "sparse kernel, {}", level);
                 }
             }
         }

@@ -22,7 +22,7 @@ use core::ops::Range;
 #[cfg(test)]
 extern crate std;
 
-use super::{channel, PAIR_TAPS};
+use super::{channel, requantize, PAIR_TAPS};
 use crate::encoder::EncodeError;
 use crate::error::internal;
 use crate::weights::{Conv, Shape, MAX_ROW};
@@ -73,6 +73,7 @@ pub(super) fn conv_rows(
         return None;
     }
     let args = Args {
+        kind: Kind::Dense,
         conv,
         input,
         in_shape,
@@ -83,8 +84,70 @@ pub(super) fn conv_rows(
     dispatch(args)
 }
 
+/// Output channels of one pass of the sparse kernel (two AVX-512 vectors of i32 lanes).
+const SPARSE_PASS: usize = 32;
+/// Accumulator columns of the sparse kernel: every `ix + t`, `ix < MAX_ROW`, `t < PAIR_TAPS`.
+const SPARSE_COLS: usize = MAX_ROW + PAIR_TAPS;
+/// Words of the sparse kernel's weight table, `units x kw x 2 x SPARSE_PASS` (BCAE-2D's input
+/// convolution: 32 x 7 x 2 x 32).
+const SPARSE_TABLE: usize = 16 * 1024;
+
+/// The convolution for inputs that are mostly the zero point (the zero-suppressed wedge entering
+/// BCAE-2D's first layer), with the multiply-add instruction, or `None` (doing nothing) where it
+/// does not apply (as [`conv_rows`], plus a weight table too large for its buffer).
+///
+/// Input channels are taken two at a time: for kernel rows `(2p, z, y)` and `(2p + 1, z, y)`
+/// the columns where either input row differs from the zero point are gathered as packed pairs
+/// `(x0 - zp, x1 - zp)` (adjacent TPC layers carry hits at nearly the same azimuth and time, so
+/// the union is much smaller than the two rows' counts added). Each gathered pair is broadcast
+/// and multiply-added against the pair's weights, held in registers per tap, into channel-last
+/// accumulators (32 channels per pass: one accumulator column is two AVX-512 vectors), where it
+/// lands at columns `ix..ix + kw`. The zero point costs nothing; the sums are the dense kernels'.
+pub(super) fn conv_rows_sparse(
+    conv: &Conv<'_>,
+    input: &[i8],
+    in_shape: Shape,
+    out: Shape,
+    rows: Range<usize>,
+    output: &mut [i8],
+) -> Option<Result<(), EncodeError>> {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [_, _, sw] = conv.stride.map(usize::from);
+    let pw = usize::from(conv.padding[2]);
+    let units = in_shape.c * kd * kh.div_ceil(4);
+    let fits = sw == 1
+        && kw <= PAIR_TAPS
+        && pw < kw
+        && out.w <= MAX_ROW
+        && in_shape.w <= MAX_ROW
+        && units * kw * 2 * SPARSE_PASS <= SPARSE_TABLE;
+    if !fits {
+        return None;
+    }
+    let args = Args {
+        kind: Kind::Sparse,
+        conv,
+        input,
+        in_shape,
+        out,
+        rows,
+        output,
+    };
+    dispatch(args)
+}
+
+/// Which of this module's kernels a call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// [`conv_rows`]: every input value.
+    Dense,
+    /// [`conv_rows_sparse`]: only the input values other than the zero point.
+    Sparse,
+}
+
 /// One call's arguments, handed through pulp's dispatch.
 struct Args<'a, 'w> {
+    kind: Kind,
     conv: &'a Conv<'w>,
     input: &'a [i8],
     in_shape: Shape,
@@ -97,6 +160,7 @@ struct Args<'a, 'w> {
 /// that check each against the reference (dispatch takes only the widest).
 #[cfg(all(test, target_arch = "x86_64"))]
 pub(super) fn conv_rows_each_level(
+    kind: Kind,
     conv: &Conv<'_>,
     input: &[i8],
     in_shape: Shape,
@@ -108,6 +172,7 @@ pub(super) fn conv_rows_each_level(
     if let Some(simd) = pulp::x86::V4::try_new() {
         let mut output = std::vec![0i8; len];
         let args = Args {
+            kind,
             conv,
             input,
             in_shape,
@@ -121,6 +186,7 @@ pub(super) fn conv_rows_each_level(
     if let Some(simd) = pulp::x86::V3::try_new() {
         let mut output = std::vec![0i8; len];
         let args = Args {
+            kind,
             conv,
             input,
             in_shape,
@@ -168,6 +234,14 @@ trait PairLanes: Copy {
     fn madd_add(self, acc: Self::Sums, a: Self::Pairs, b: Self::Pairs) -> Self::Sums;
     /// Writes the sums into the first `LANES` slots of `out`, or `None` where it is shorter.
     fn store_sums(self, sums: Self::Sums, out: &mut [i32]) -> Option<()>;
+    /// The first `LANES` sums of `sums`, or `None` where it is shorter.
+    fn load_sums(self, sums: &[i32]) -> Option<Self::Sums>;
+    /// Appends to `into` the columns `lo..lo + 16` of four input rows where any differs from
+    /// `zp`, with their packed pairs (the sparse kernel's gather).
+    #[inline(always)]
+    fn gather_block(self, rows: [&[i8; 16]; 4], zp: i8, lo: usize, into: &mut Gathered) {
+        gather_block_portable(rows, zp, lo, into);
+    }
 }
 
 // The lanes are core::arch's vector types, handled through the safe methods of pulp's
@@ -207,6 +281,60 @@ impl PairLanes for pulp::x86::V4 {
         *out = pulp::cast(sums);
         Some(())
     }
+
+    #[inline(always)]
+    fn load_sums(self, sums: &[i32]) -> Option<Self::Sums> {
+        let sums: &[i32; 16] = sums.get(..16)?.try_into().ok()?;
+        Some(pulp::cast(*sums))
+    }
+
+    /// 16 columns at once: the pairs are built in vectors, and the kept columns packed to the
+    /// front with `vpcompressd` (the portable loop spent about 8 instructions per column).
+    #[inline(always)]
+    fn gather_block(self, rows: [&[i8; 16]; 4], zp: i8, lo: usize, into: &mut Gathered) {
+        use core::arch::x86_64::{__m128i, __m512i};
+        let f = self.avx512f;
+        let zero_point = f._mm512_set1_epi32(i32::from(zp));
+        let low_half = f._mm512_set1_epi32(0xffff);
+        let value = |r: &[i8; 16]| {
+            f._mm512_sub_epi32(
+                f._mm512_cvtepi8_epi32(pulp::cast::<[i8; 16], __m128i>(*r)),
+                zero_point,
+            )
+        };
+        let pack = |a: __m512i, b: __m512i| {
+            f._mm512_or_si512(
+                f._mm512_and_si512(a, low_half),
+                f._mm512_slli_epi32::<16>(b),
+            )
+        };
+        let low = pack(value(rows[0]), value(rows[1]));
+        let high = pack(value(rows[2]), value(rows[3]));
+        let any = f._mm512_or_si512(low, high);
+        let keep = f._mm512_test_epi32_mask(any, any);
+        if keep == 0 {
+            return;
+        }
+        const COLUMN: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        let cols = f._mm512_add_epi32(
+            pulp::cast::<[u32; 16], __m512i>(COLUMN),
+            f._mm512_set1_epi32(lo as i32),
+        );
+        let n = into.len;
+        let store = |dst: &mut [u32], v: __m512i| {
+            if let Some(dst) = dst
+                .get_mut(n..n + 16)
+                .and_then(|d| <&mut [u32; 16]>::try_from(d).ok())
+            {
+                *dst = pulp::cast(f._mm512_maskz_compress_epi32(keep, v));
+            }
+        };
+        store(&mut into.cols, cols);
+        store(&mut into.low, low);
+        store(&mut into.high, high);
+        // n <= MAX_ROW - 16 here (at most one entry per column before lo), so the stores fit.
+        into.len = n + keep.count_ones() as usize;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -243,6 +371,12 @@ impl PairLanes for pulp::x86::V3 {
         *out = pulp::cast(sums);
         Some(())
     }
+
+    #[inline(always)]
+    fn load_sums(self, sums: &[i32]) -> Option<Self::Sums> {
+        let sums: &[i32; 8] = sums.get(..8)?.try_into().ok()?;
+        Some(pulp::cast(*sums))
+    }
 }
 
 /// The kernel for one instruction set, as a pulp op (its body is compiled with that set's
@@ -258,6 +392,14 @@ impl<L: PairLanes> pulp::WithSimd for Tile<'_, '_, L> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
         let (simd, a) = (self.simd, self.args);
+        if a.kind == Kind::Sparse {
+            // One accumulator column: 32 channels in 2 AVX-512 or 4 AVX2 vectors.
+            return if L::LANES == 16 {
+                sparse_kernel::<L, 2>(simd, a)
+            } else {
+                sparse_kernel::<L, 4>(simd, a)
+            };
+        }
         // Tiles of about 16 accumulators (AVX-512 has 32 registers, AVX2 16): wide rows take
         // 4 channels x 4 vectors, narrow ones (BCAE-2D's deepest level: 32 columns) more channels.
         if L::LANES == 16 {
@@ -287,6 +429,7 @@ fn kernel<L: PairLanes, const CB: usize, const PB: usize>(
     a: Args<'_, '_>,
 ) -> Result<(), EncodeError> {
     let Args {
+        kind: _,
         conv,
         input,
         in_shape,
@@ -432,6 +575,266 @@ fn kernel<L: PairLanes, const CB: usize, const PB: usize>(
                         sums_c.iter().copied(),
                         conv.requant.output_zero_point,
                     );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One unit of the sparse kernel's gathered input: a column and the two packed pairs of its
+/// four kernel rows.
+const GATHER_SLACK: usize = 16;
+
+/// The gathered columns of one unit (four kernel rows): `cols[i]` with the pairs
+/// `(x0 - zp, x1 - zp)` in `low[i]` and `(x2 - zp, x3 - zp)` in `high[i]`, for the first `len`
+/// entries. The arrays have room for a whole vector past the last column.
+struct Gathered {
+    cols: [u32; MAX_ROW + GATHER_SLACK],
+    low: [u32; MAX_ROW + GATHER_SLACK],
+    high: [u32; MAX_ROW + GATHER_SLACK],
+    len: usize,
+}
+
+/// Gathers the columns `lo..lo + 16` of four rows (`None`: all zero point) into `into`, keeping
+/// those where any row differs from `zp`: the portable version, one column at a time without a
+/// branch per value (as [`super::gather_nonzero`]).
+#[inline(always)]
+fn gather_block_portable(rows: [&[i8; 16]; 4], zp: i8, lo: usize, into: &mut Gathered) {
+    let zp16 = i16::from(zp);
+    let v = |r: &[i8; 16], i: usize| r.get(i).map_or(0, |&x| i16::from(x) - zp16);
+    for i in 0..16 {
+        let (a, b, c, d) = (v(rows[0], i), v(rows[1], i), v(rows[2], i), v(rows[3], i));
+        let n = into.len;
+        if let (Some(col), Some(low), Some(high)) = (
+            into.cols.get_mut(n),
+            into.low.get_mut(n),
+            into.high.get_mut(n),
+        ) {
+            *col = (lo + i) as u32;
+            *low = pack(a, b);
+            *high = pack(c, d);
+            into.len += usize::from((a | b | c | d) != 0);
+        }
+    }
+}
+
+/// Columns `lo..lo + 16` of `row`, or `fallback` where the row is absent or shorter.
+#[inline(always)]
+fn block_of<'r>(row: Option<&'r [i8]>, lo: usize, fallback: &'r [i8; 16]) -> &'r [i8; 16] {
+    row.and_then(|r| r.get(lo..lo + 16))
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or(fallback)
+}
+
+/// The sparse kernel (see [`conv_rows_sparse`]), `G` vectors per accumulator column.
+#[inline(always)]
+fn sparse_kernel<L: PairLanes, const G: usize>(
+    simd: L,
+    a: Args<'_, '_>,
+) -> Result<(), EncodeError> {
+    let Args {
+        kind: _,
+        conv,
+        input,
+        in_shape,
+        out,
+        rows,
+        output,
+    } = a;
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let [sd, sh, _] = conv.stride.map(usize::from);
+    let [pd, ph, pw] = conv.padding.map(usize::from);
+    let quads = kh.div_ceil(4);
+    let units = in_shape.c * kd * quads;
+    let per_tap = 2 * SPARSE_PASS;
+    let per_unit = kw * per_tap;
+    // Input column ix with tap x feeds output column ix + pw - x, kept at acc[ix + kw - 1 - x],
+    // so output column ox is acc[kw - 1 - pw + ox].
+    let span = in_shape.w + kw - 1;
+    if G * L::LANES != SPARSE_PASS
+        || kw > PAIR_TAPS
+        || pw >= kw
+        || in_shape.w > MAX_ROW
+        || out.w > MAX_ROW
+        || units * per_unit > SPARSE_TABLE
+        || kw - 1 - pw + out.w > span
+    {
+        return Err(internal(ERR).into());
+    }
+    let first = kw - 1 - pw;
+    let terms = conv.terms();
+    let in_plane = in_shape.h * in_shape.w;
+    let n_rows = rows.end - rows.start;
+    let zp = conv.input_zero_point;
+    let out_zp = conv.requant.output_zero_point;
+    let zero_points = [zp; 16];
+    let mut table = [0u32; SPARSE_TABLE];
+    let mut acc = [[0i32; SPARSE_PASS]; SPARSE_COLS];
+    let mut gathered = Gathered {
+        cols: [0; MAX_ROW + GATHER_SLACK],
+        low: [0; MAX_ROW + GATHER_SLACK],
+        high: [0; MAX_ROW + GATHER_SLACK],
+        len: 0,
+    };
+    let mut staged = [[0i8; SPARSE_PASS]; MAX_ROW];
+    for p0 in (0..out.c).step_by(SPARSE_PASS) {
+        let in_pass = (out.c - p0).min(SPARSE_PASS);
+        // table[((u * kw + t) * 2 + h) * SPARSE_PASS + k]: channel p0 + k's weights at tap
+        // kw - 1 - t of unit u's kernel rows 4j + 2h and 4j + 2h + 1, packed as a pair (0 past
+        // the last channel or kernel row).
+        table.fill(0);
+        for k in 0..in_pass {
+            let co = p0 + k;
+            let w_co = conv
+                .weights
+                .get(co * terms..(co + 1) * terms)
+                .ok_or(internal(ERR))?;
+            let w = |r: usize, y: usize, x: usize| {
+                if y >= kh {
+                    return 0;
+                }
+                w_co.get((r * kh + y) * kw + x)
+                    .map_or(0, |&v| i16::from(v as i8))
+            };
+            for u in 0..units {
+                // Unit u: input channel and depth r = ci * kd + z, rows 4j..4j + 4.
+                let (r, j) = (u / quads, u % quads);
+                for t in 0..kw {
+                    let x = kw - 1 - t;
+                    for h in 0..2 {
+                        let y = 4 * j + 2 * h;
+                        let at = ((u * kw + t) * 2 + h) * SPARSE_PASS + k;
+                        if let Some(word) = table.get_mut(at) {
+                            *word = pack(w(r, y, x), w(r, y + 1, x));
+                        }
+                    }
+                }
+            }
+        }
+        // Per-channel parameters, channel-last like the accumulators (0 past the last channel).
+        let mut bias = [0i32; SPARSE_PASS];
+        let mut mult = [0i32; SPARSE_PASS];
+        let mut neg = [0i32; SPARSE_PASS];
+        let mut shift = [1u8; SPARSE_PASS];
+        for k in 0..in_pass {
+            let ch = channel(conv, p0 + k)?;
+            if let (Some(b), Some(m), Some(n), Some(s)) = (
+                bias.get_mut(k),
+                mult.get_mut(k),
+                neg.get_mut(k),
+                shift.get_mut(k),
+            ) {
+                (*b, *m, *n, *s) = (ch.bias, ch.multiplier, ch.negative_multiplier, ch.shift);
+            }
+        }
+        for od in 0..out.d {
+            for oy in rows.clone() {
+                acc.get_mut(..span).ok_or(internal(ERR))?.fill(bias);
+                for (u, unit) in table.chunks_exact(per_unit).take(units).enumerate() {
+                    let (r, j) = (u / quads, u % quads);
+                    let (ci, z) = (r / kd, r % kd);
+                    let id = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d);
+                    // The input row under kernel row y of this unit, or None (padding).
+                    let input_row = |y: usize| -> Option<&[i8]> {
+                        let id = id?;
+                        if y >= kh {
+                            return None;
+                        }
+                        let iy = (oy * sh + y).checked_sub(ph).filter(|&v| v < in_shape.h)?;
+                        let start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
+                        input.get(start..start + in_shape.w)
+                    };
+                    let x = [0, 1, 2, 3].map(|i| input_row(4 * j + i));
+                    if x.iter().all(Option::is_none) {
+                        continue;
+                    }
+                    gathered.len = 0;
+                    for lo in (0..in_shape.w).step_by(16) {
+                        if lo + 16 <= in_shape.w {
+                            simd.gather_block(
+                                x.map(|row| block_of(row, lo, &zero_points)),
+                                zp,
+                                lo,
+                                &mut gathered,
+                            );
+                        } else {
+                            // The row's last, partial block: copied out with zero-point padding.
+                            let mut tail = [zero_points; 4];
+                            for (t, row) in tail.iter_mut().zip(x) {
+                                let part = row.and_then(|r| r.get(lo..)).unwrap_or(&[]);
+                                for (d, &v) in t.iter_mut().zip(part) {
+                                    *d = v;
+                                }
+                            }
+                            let [a, b, c, d] = &tail;
+                            simd.gather_block([a, b, c, d], zp, lo, &mut gathered);
+                        }
+                    }
+                    let n = gathered.len;
+                    if n == 0 {
+                        continue;
+                    }
+                    for g in 0..G {
+                        // This group's taps stay in registers for the whole unit.
+                        let mut low_taps = [simd.splat_pair(0); PAIR_TAPS];
+                        let mut high_taps = [simd.splat_pair(0); PAIR_TAPS];
+                        for ((lt, ht), tap) in low_taps
+                            .iter_mut()
+                            .zip(&mut high_taps)
+                            .zip(unit.chunks_exact(per_tap))
+                        {
+                            let lane = g * L::LANES;
+                            *lt = simd
+                                .load_pairs(tap.get(lane..).unwrap_or(&[]))
+                                .ok_or(internal(ERR))?;
+                            *ht = simd
+                                .load_pairs(tap.get(SPARSE_PASS + lane..).unwrap_or(&[]))
+                                .ok_or(internal(ERR))?;
+                        }
+                        let entries = gathered
+                            .cols
+                            .iter()
+                            .zip(&gathered.low)
+                            .zip(&gathered.high)
+                            .take(n);
+                        for ((&ix, &low), &high) in entries {
+                            let (low, high) = (simd.splat_pair(low), simd.splat_pair(high));
+                            let ix = ix as usize;
+                            // Always PAIR_TAPS columns (taps past kw are zero): a fixed count
+                            // keeps the taps in registers and the loop unrolled.
+                            let dst: &mut [[i32; SPARSE_PASS]; PAIR_TAPS] = acc
+                                .get_mut(ix..ix + PAIR_TAPS)
+                                .and_then(|d| d.try_into().ok())
+                                .ok_or(internal(ERR))?;
+                            for ((column, &lt), &ht) in
+                                dst.iter_mut().zip(&low_taps).zip(&high_taps)
+                            {
+                                let lanes = column.get_mut(g * L::LANES..).unwrap_or(&mut []);
+                                let sums = simd.load_sums(lanes).ok_or(internal(ERR))?;
+                                let sums = simd.madd_add(simd.madd_add(sums, low, lt), high, ht);
+                                simd.store_sums(sums, lanes).ok_or(internal(ERR))?;
+                            }
+                        }
+                    }
+                }
+                // Requantize channel-last (contiguous per-channel parameters: vectorises), then
+                // write each channel's row.
+                let columns = acc.get(first..first + out.w).ok_or(internal(ERR))?;
+                for (dst, column) in staged.iter_mut().zip(columns) {
+                    for ((((d, &a), &m), &n), &s) in
+                        dst.iter_mut().zip(column).zip(&mult).zip(&neg).zip(&shift)
+                    {
+                        *d = requantize(a, m, n, s, out_zp);
+                    }
+                }
+                for k in 0..in_pass {
+                    let co = p0 + k;
+                    let at = ((co * out.d + od) * n_rows + (oy - rows.start)) * out.w;
+                    let dst = output.get_mut(at..at + out.w).ok_or(internal(ERR))?;
+                    for (d, column) in dst.iter_mut().zip(&staged) {
+                        *d = column.get(k).copied().unwrap_or(0);
+                    }
                 }
             }
         }
