@@ -76,7 +76,7 @@ fn bcae_2d_streams_bit_identically() {
     let full = OwnedModel::random_2d(2, 4, 3, 32).to_bytes().unwrap();
     let enc = StreamEncoder::parse(&full).unwrap();
     assert_eq!(enc.code_slices(), 32);
-    // 118 KiB instead of the whole-wedge 1,200,128 bytes.
+    // 118 KiB instead of the whole-wedge 1,261,568 bytes.
     assert_eq!(
         enc.scratch_bytes(),
         120_576,
