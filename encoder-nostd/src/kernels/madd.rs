@@ -56,20 +56,7 @@ pub(super) fn conv_rows(
     rows: Range<usize>,
     output: &mut [i8],
 ) -> Option<Result<(), EncodeError>> {
-    let [kd, kh, kw] = conv.kernel.map(usize::from);
-    let [_, _, sw] = conv.stride.map(usize::from);
-    let pw = usize::from(conv.padding[2]);
-    let pairs = (in_shape.c * kd * kh).div_ceil(2);
-    let row_len = out.w.next_multiple_of(MAX_BLOCK) + kw - 1;
-    let fits = sw == 1
-        && kw <= PAIR_TAPS
-        && pw < kw
-        && out.w <= MAX_ROW
-        && in_shape.w <= MAX_ROW
-        && pairs <= MAX_PAIRS
-        && pairs * row_len <= PREP_WORDS
-        && out.c * pairs * kw <= PACKED_WORDS;
-    if !fits {
+    if !fits(Kind::Dense, conv, in_shape, out) {
         return None;
     }
     let args = Args {
@@ -96,13 +83,14 @@ const SPARSE_TABLE: usize = 16 * 1024;
 /// BCAE-2D's first layer), with the multiply-add instruction, or `None` (doing nothing) where it
 /// does not apply (as [`conv_rows`], plus a weight table too large for its buffer).
 ///
-/// Input channels are taken two at a time: for kernel rows `(2p, z, y)` and `(2p + 1, z, y)`
-/// the columns where either input row differs from the zero point are gathered as packed pairs
-/// `(x0 - zp, x1 - zp)` (adjacent TPC layers carry hits at nearly the same azimuth and time, so
-/// the union is much smaller than the two rows' counts added). Each gathered pair is broadcast
-/// and multiply-added against the pair's weights, held in registers per tap, into channel-last
-/// accumulators (32 channels per pass: one accumulator column is two AVX-512 vectors), where it
-/// lands at columns `ix..ix + kw`. The zero point costs nothing; the sums are the dense kernels'.
+/// Kernel rows are taken [`UNIT_ROWS`] at a time along the height (azimuth): for one input
+/// channel and depth, the columns where any of the unit's input rows differs from the zero point
+/// are gathered, with the rows' values as packed pairs `(x0 - zp, x1 - zp), (x2 - zp, x3 - zp),
+/// ...` (TPC hits spread over neighbouring pads, so the union is much smaller than the rows'
+/// counts added). Each gathered column's pairs are broadcast and multiply-added against the unit's
+/// weights, held in registers per tap, into channel-last accumulators (32 channels per pass: one
+/// accumulator column is two AVX-512 vectors), where they land at columns `ix..ix + kw`. The zero
+/// point costs nothing; the sums are the dense kernels'.
 pub(super) fn conv_rows_sparse(
     conv: &Conv<'_>,
     input: &[i8],
@@ -111,17 +99,7 @@ pub(super) fn conv_rows_sparse(
     rows: Range<usize>,
     output: &mut [i8],
 ) -> Option<Result<(), EncodeError>> {
-    let [kd, kh, kw] = conv.kernel.map(usize::from);
-    let [_, _, sw] = conv.stride.map(usize::from);
-    let pw = usize::from(conv.padding[2]);
-    let units = in_shape.c * kd * kh.div_ceil(UNIT_ROWS);
-    let fits = sw == 1
-        && kw <= PAIR_TAPS
-        && pw < kw
-        && out.w <= MAX_ROW
-        && in_shape.w <= MAX_ROW
-        && units * kw * 2 * SPARSE_PASS <= SPARSE_TABLE;
-    if !fits {
+    if !fits(Kind::Sparse, conv, in_shape, out) {
         return None;
     }
     let args = Args {
@@ -145,6 +123,31 @@ pub(super) enum Kind {
     Sparse,
 }
 
+/// Whether a kernel of this module takes the layer: stride 1 along w, at most [`PAIR_TAPS`] taps,
+/// padding below the kernel, and buffers large enough.
+fn fits(kind: Kind, conv: &Conv<'_>, in_shape: Shape, out: Shape) -> bool {
+    let [kd, kh, kw] = conv.kernel.map(usize::from);
+    let common = conv.stride[2] == 1
+        && kw <= PAIR_TAPS
+        && usize::from(conv.padding[2]) < kw
+        && out.w <= MAX_ROW
+        && in_shape.w <= MAX_ROW;
+    common
+        && match kind {
+            Kind::Dense => {
+                let pairs = (in_shape.c * kd * kh).div_ceil(2);
+                let row_len = out.w.next_multiple_of(MAX_BLOCK) + kw - 1;
+                pairs <= MAX_PAIRS
+                    && pairs * row_len <= PREP_WORDS
+                    && out.c * pairs * kw <= PACKED_WORDS
+            }
+            Kind::Sparse => {
+                let units = in_shape.c * kd * kh.div_ceil(UNIT_ROWS);
+                units * kw * (UNIT_ROWS / 2) * SPARSE_PASS <= SPARSE_TABLE
+            }
+        }
+}
+
 /// One call's arguments, handed through pulp's dispatch.
 struct Args<'a, 'w> {
     kind: Kind,
@@ -157,7 +160,8 @@ struct Args<'a, 'w> {
 }
 
 /// Runs the kernel with every instruction set this CPU has, each into a fresh output, for tests
-/// that check each against the reference (dispatch takes only the widest).
+/// that check each against the reference (dispatch takes only the widest); nothing where the
+/// kernel does not take the layer.
 #[cfg(all(test, target_arch = "x86_64"))]
 pub(super) fn conv_rows_each_level(
     kind: Kind,
@@ -169,6 +173,9 @@ pub(super) fn conv_rows_each_level(
 ) -> std::vec::Vec<(&'static str, Result<std::vec::Vec<i8>, EncodeError>)> {
     let len = out.c * out.d * (rows.end - rows.start) * out.w;
     let mut results = std::vec::Vec::new();
+    if !fits(kind, conv, in_shape, out) {
+        return results;
+    }
     if let Some(simd) = pulp::x86::V4::try_new() {
         let mut output = std::vec![0i8; len];
         let args = Args {
@@ -236,10 +243,10 @@ trait PairLanes: Copy {
     fn store_sums(self, sums: Self::Sums, out: &mut [i32]) -> Option<()>;
     /// The first `LANES` sums of `sums`, or `None` where it is shorter.
     fn load_sums(self, sums: &[i32]) -> Option<Self::Sums>;
-    /// Appends to `into` the columns `lo..lo + 16` of four input rows where any differs from
+    /// Appends to `into` the columns `lo..lo + 16` of a unit's input rows where any differs from
     /// `zp`, with their packed pairs (the sparse kernel's gather).
     #[inline(always)]
-    fn gather_block(self, rows: [&[i8; 16]; 4], zp: i8, lo: usize, into: &mut Gathered) {
+    fn gather_block(self, rows: [&[i8; 16]; UNIT_ROWS], zp: i8, lo: usize, into: &mut Gathered) {
         gather_block_portable(rows, zp, lo, into);
     }
 }
@@ -291,7 +298,7 @@ impl PairLanes for pulp::x86::V4 {
     /// 16 columns at once: the pairs are built in vectors, and the kept columns packed to the
     /// front with `vpcompressd` (the portable loop spent about 8 instructions per column).
     #[inline(always)]
-    fn gather_block(self, rows: [&[i8; 16]; 4], zp: i8, lo: usize, into: &mut Gathered) {
+    fn gather_block(self, rows: [&[i8; 16]; UNIT_ROWS], zp: i8, lo: usize, into: &mut Gathered) {
         use core::arch::x86_64::{__m128i, __m512i};
         let f = self.avx512f;
         let zero_point = f._mm512_set1_epi32(i32::from(zp));
@@ -308,9 +315,11 @@ impl PairLanes for pulp::x86::V4 {
                 f._mm512_slli_epi32::<16>(b),
             )
         };
-        let low = pack(value(rows[0]), value(rows[1]));
-        let high = pack(value(rows[2]), value(rows[3]));
-        let any = f._mm512_or_si512(low, high);
+        let p0 = pack(value(rows[0]), value(rows[1]));
+        let p1 = pack(value(rows[2]), value(rows[3]));
+        let p2 = pack(value(rows[4]), value(rows[5]));
+        let p3 = pack(value(rows[6]), value(rows[7]));
+        let any = f._mm512_or_si512(f._mm512_or_si512(p0, p1), f._mm512_or_si512(p2, p3));
         let keep = f._mm512_test_epi32_mask(any, any);
         if keep == 0 {
             return;
@@ -330,8 +339,11 @@ impl PairLanes for pulp::x86::V4 {
             }
         };
         store(&mut into.cols, cols);
-        store(&mut into.low, low);
-        store(&mut into.high, high);
+        let [w0, w1, w2, w3] = &mut into.words;
+        store(w0, p0);
+        store(w1, p1);
+        store(w2, p2);
+        store(w3, p3);
         // n <= MAX_ROW - 16 here (at most one entry per column before lo), so the stores fit.
         into.len = n + keep.count_ones() as usize;
     }
@@ -429,11 +441,12 @@ fn sparse_taps<L: PairLanes, const G: usize>(simd: L, a: Args<'_, '_>) -> Result
     }
 }
 
-/// Kernel rows per unit of the sparse kernel: two packed pairs per gathered column. Four rows
-/// (azimuth neighbours) measured 1.4x faster than two on BCAE-2D's input convolution: fewer
-/// gathered columns (2.46 values each on the real wedge, 1.63 for two rows), each loaded and
-/// stored once per tap.
-const UNIT_ROWS: usize = 4;
+/// Kernel rows per unit of the sparse kernel (azimuth neighbours; four packed pairs per gathered
+/// column). Neighbouring rows share hits, so a unit's gathered columns hold 3.24 values each on
+/// the real wedge for 7 rows (2.46 for 4, 1.63 for 2), and each column's accumulators are loaded
+/// and stored once per tap, whatever the rows: BCAE-2D's input convolution took 6.3 ms with
+/// units of 2 rows, 4.5 with 4 and 3.1 with 8 (one AVX-512 core, synthetic wedge).
+const UNIT_ROWS: usize = 8;
 
 /// Packs two i16 values into one word, `lo` in the low half (the lane order `vpmaddwd` reads).
 #[inline(always)]
@@ -600,39 +613,42 @@ fn kernel<L: PairLanes, const CB: usize, const PB: usize>(
     Ok(())
 }
 
-/// One unit of the sparse kernel's gathered input: a column and the two packed pairs of its
-/// four kernel rows.
+/// Room past the last gathered column: the vector gather stores whole vectors.
 const GATHER_SLACK: usize = 16;
 
-/// The gathered columns of one unit (four kernel rows): `cols[i]` with the pairs
-/// `(x0 - zp, x1 - zp)` in `low[i]` and `(x2 - zp, x3 - zp)` in `high[i]`, for the first `len`
-/// entries. The arrays have room for a whole vector past the last column.
+/// The gathered columns of one unit ([`UNIT_ROWS`] kernel rows): `cols[i]` with the pairs
+/// `(x_2h - zp, x_2h+1 - zp)` in `words[h][i]`, for the first `len` entries. The arrays have room
+/// for a whole vector past the last column.
 struct Gathered {
     cols: [u32; MAX_ROW + GATHER_SLACK],
-    low: [u32; MAX_ROW + GATHER_SLACK],
-    high: [u32; MAX_ROW + GATHER_SLACK],
+    words: [[u32; MAX_ROW + GATHER_SLACK]; UNIT_ROWS / 2],
     len: usize,
 }
 
-/// Gathers the columns `lo..lo + 16` of four rows (`None`: all zero point) into `into`, keeping
-/// those where any row differs from `zp`: the portable version, one column at a time without a
+/// Gathers the columns `lo..lo + 16` of a unit's rows into `into`, keeping those where any row
+/// differs from `zp`: the portable version, one column at a time without a
 /// branch per value (as [`super::gather_nonzero`]).
 #[inline(always)]
-fn gather_block_portable(rows: [&[i8; 16]; 4], zp: i8, lo: usize, into: &mut Gathered) {
+fn gather_block_portable(rows: [&[i8; 16]; UNIT_ROWS], zp: i8, lo: usize, into: &mut Gathered) {
     let zp16 = i16::from(zp);
-    let v = |r: &[i8; 16], i: usize| r.get(i).map_or(0, |&x| i16::from(x) - zp16);
     for i in 0..16 {
-        let (a, b, c, d) = (v(rows[0], i), v(rows[1], i), v(rows[2], i), v(rows[3], i));
+        let v = |r: usize| {
+            rows.get(r)
+                .and_then(|r| r.get(i))
+                .map_or(0, |&x| i16::from(x) - zp16)
+        };
         let n = into.len;
-        if let (Some(col), Some(low), Some(high)) = (
-            into.cols.get_mut(n),
-            into.low.get_mut(n),
-            into.high.get_mut(n),
-        ) {
+        let mut any = 0;
+        for (h, words) in into.words.iter_mut().enumerate() {
+            let (a, b) = (v(2 * h), v(2 * h + 1));
+            any |= a | b;
+            if let Some(w) = words.get_mut(n) {
+                *w = pack(a, b);
+            }
+        }
+        if let Some(col) = into.cols.get_mut(n) {
             *col = (lo + i) as u32;
-            *low = pack(a, b);
-            *high = pack(c, d);
-            into.len += usize::from((a | b | c | d) != 0);
+            into.len += usize::from(any != 0);
         }
     }
 }
@@ -666,7 +682,8 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
     let [pd, ph, pw] = conv.padding.map(usize::from);
     let quads = kh.div_ceil(UNIT_ROWS);
     let units = in_shape.c * kd * quads;
-    let per_tap = 2 * SPARSE_PASS;
+    let halves = UNIT_ROWS / 2;
+    let per_tap = halves * SPARSE_PASS;
     let per_unit = kw * per_tap;
     // Input column ix with tap x feeds output column ix + pw - x, kept at acc[ix + kw - 1 - x],
     // so output column ox is acc[kw - 1 - pw + ox].
@@ -693,8 +710,7 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
     let mut acc = [[0i32; SPARSE_PASS]; SPARSE_COLS];
     let mut gathered = Gathered {
         cols: [0; MAX_ROW + GATHER_SLACK],
-        low: [0; MAX_ROW + GATHER_SLACK],
-        high: [0; MAX_ROW + GATHER_SLACK],
+        words: [[0; MAX_ROW + GATHER_SLACK]; UNIT_ROWS / 2],
         len: 0,
     };
     let mut staged = [[0i8; SPARSE_PASS]; MAX_ROW];
@@ -722,9 +738,9 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
                 let (r, j) = (u / quads, u % quads);
                 for t in 0..kw {
                     let x = kw - 1 - t;
-                    for h in 0..2 {
+                    for h in 0..halves {
                         let y = UNIT_ROWS * j + 2 * h;
-                        let at = ((u * kw + t) * 2 + h) * SPARSE_PASS + k;
+                        let at = ((u * kw + t) * halves + h) * SPARSE_PASS + k;
                         if let Some(word) = table.get_mut(at) {
                             *word = pack(w(r, y, x), w(r, y + 1, x));
                         }
@@ -765,7 +781,7 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
                         let start = (ci * in_shape.d + id) * in_plane + iy * in_shape.w;
                         input.get(start..start + in_shape.w)
                     };
-                    let x = [0, 1, 2, 3].map(|i| input_row(UNIT_ROWS * j + i));
+                    let x = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| input_row(UNIT_ROWS * j + i));
                     if x.iter().all(Option::is_none) {
                         continue;
                     }
@@ -780,15 +796,15 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
                             );
                         } else {
                             // The row's last, partial block: copied out with zero-point padding.
-                            let mut tail = [zero_points; 4];
+                            let mut tail = [zero_points; UNIT_ROWS];
                             for (t, row) in tail.iter_mut().zip(x) {
                                 let part = row.and_then(|r| r.get(lo..)).unwrap_or(&[]);
                                 for (d, &v) in t.iter_mut().zip(part) {
                                     *d = v;
                                 }
                             }
-                            let [a, b, c, d] = &tail;
-                            simd.gather_block([a, b, c, d], zp, lo, &mut gathered);
+                            let [a, b, c, d, e, f, g, h] = &tail;
+                            simd.gather_block([a, b, c, d, e, f, g, h], zp, lo, &mut gathered);
                         }
                     }
                     let n = gathered.len;
@@ -797,29 +813,28 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
                     }
                     for g in 0..G {
                         // This group's taps stay in registers for the whole unit.
-                        let mut low_taps = [simd.splat_pair(0); TAPS];
-                        let mut high_taps = [simd.splat_pair(0); TAPS];
-                        for ((lt, ht), tap) in low_taps
-                            .iter_mut()
-                            .zip(&mut high_taps)
-                            .zip(unit.chunks_exact(per_tap))
-                        {
+                        let mut t0 = [simd.splat_pair(0); TAPS];
+                        let mut t1 = [simd.splat_pair(0); TAPS];
+                        let mut t2 = [simd.splat_pair(0); TAPS];
+                        let mut t3 = [simd.splat_pair(0); TAPS];
+                        for (t, tap) in unit.chunks_exact(per_tap).enumerate().take(TAPS) {
                             let lane = g * L::LANES;
-                            *lt = simd
-                                .load_pairs(tap.get(lane..).unwrap_or(&[]))
-                                .ok_or(internal(ERR))?;
-                            *ht = simd
-                                .load_pairs(tap.get(SPARSE_PASS + lane..).unwrap_or(&[]))
-                                .ok_or(internal(ERR))?;
+                            let load = |h: usize| {
+                                simd.load_pairs(tap.get(h * SPARSE_PASS + lane..).unwrap_or(&[]))
+                                    .ok_or(internal(ERR))
+                            };
+                            let (a, b, c, d) = (load(0)?, load(1)?, load(2)?, load(3)?);
+                            if let (Some(v0), Some(v1), Some(v2), Some(v3)) =
+                                (t0.get_mut(t), t1.get_mut(t), t2.get_mut(t), t3.get_mut(t))
+                            {
+                                (*v0, *v1, *v2, *v3) = (a, b, c, d);
+                            }
                         }
-                        let entries = gathered
-                            .cols
-                            .iter()
-                            .zip(&gathered.low)
-                            .zip(&gathered.high)
-                            .take(n);
-                        for ((&ix, &low), &high) in entries {
-                            let (low, high) = (simd.splat_pair(low), simd.splat_pair(high));
+                        let [w0, w1, w2, w3] = &gathered.words;
+                        let entries = gathered.cols.iter().zip(w0).zip(w1).zip(w2).zip(w3).take(n);
+                        for ((((&ix, &a), &b), &c), &d) in entries {
+                            let (x0, x1) = (simd.splat_pair(a), simd.splat_pair(b));
+                            let (x2, x3) = (simd.splat_pair(c), simd.splat_pair(d));
                             let ix = ix as usize;
                             // Always TAPS columns: a fixed count keeps the taps in registers and
                             // the loop unrolled.
@@ -827,12 +842,13 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
                                 .get_mut(ix..ix + TAPS)
                                 .and_then(|d| d.try_into().ok())
                                 .ok_or(internal(ERR))?;
-                            for ((column, &lt), &ht) in
-                                dst.iter_mut().zip(&low_taps).zip(&high_taps)
-                            {
+                            for (t, column) in dst.iter_mut().enumerate() {
                                 let lanes = column.get_mut(g * L::LANES..).unwrap_or(&mut []);
-                                let sums = simd.load_sums(lanes).ok_or(internal(ERR))?;
-                                let sums = simd.madd_add(simd.madd_add(sums, low, lt), high, ht);
+                                let mut sums = simd.load_sums(lanes).ok_or(internal(ERR))?;
+                                sums = simd.madd_add(sums, x0, t0[t]);
+                                sums = simd.madd_add(sums, x1, t1[t]);
+                                sums = simd.madd_add(sums, x2, t2[t]);
+                                sums = simd.madd_add(sums, x3, t3[t]);
                                 simd.store_sums(sums, lanes).ok_or(internal(ERR))?;
                             }
                         }
