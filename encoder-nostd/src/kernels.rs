@@ -503,24 +503,50 @@ fn input_rows(rows: &Range<usize>, in_h: usize, kh: usize, sh: usize, ph: usize)
 /// depth) differ from the zero point: zero-suppressed TPC data (about 11 % non-zero) makes the
 /// scatter kernel [`conv_rows_sparse`] several times cheaper than a dense one there.
 fn mostly_zero_point(input: &[i8], in_shape: Shape, iy: Range<usize>, zp: i8) -> bool {
-    let plane = in_shape.h * in_shape.w;
-    let (start, end) = (iy.start * in_shape.w, iy.end * in_shape.w);
-    // nonzero * SPARSE_DENSITY <= total, decided as soon as the count passes the limit: a dense
-    // activation (every layer after the first) is rejected after a few KiB, not a full scan.
-    let limit = in_shape.c * in_shape.d * (end - start) / SPARSE_DENSITY;
-    let mut nonzero = 0usize;
-    for p in 0..in_shape.c * in_shape.d {
-        let Some(rows) = input.get(p * plane + start..p * plane + end) else {
-            return false;
-        };
-        for chunk in rows.chunks(4096) {
-            nonzero += chunk.iter().filter(|&&v| v != zp).count();
-            if nonzero > limit {
-                return false;
+    // Through pulp's dispatch like the kernels: the count vectorises to 512-bit compares.
+    struct Count<'a> {
+        input: &'a [i8],
+        in_shape: Shape,
+        iy: Range<usize>,
+        zp: i8,
+    }
+    impl pulp::WithSimd for Count<'_> {
+        type Output = bool;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
+            let Count {
+                input,
+                in_shape,
+                iy,
+                zp,
+            } = self;
+            let plane = in_shape.h * in_shape.w;
+            let (start, end) = (iy.start * in_shape.w, iy.end * in_shape.w);
+            // nonzero * SPARSE_DENSITY <= total, decided as soon as the count passes the limit:
+            // a dense activation (every layer after the first) is rejected after a few KiB.
+            let limit = in_shape.c * in_shape.d * (end - start) / SPARSE_DENSITY;
+            let mut nonzero = 0usize;
+            for p in 0..in_shape.c * in_shape.d {
+                let Some(rows) = input.get(p * plane + start..p * plane + end) else {
+                    return false;
+                };
+                for chunk in rows.chunks(4096) {
+                    nonzero += chunk.iter().map(|&v| usize::from(v != zp)).sum::<usize>();
+                    if nonzero > limit {
+                        return false;
+                    }
+                }
             }
+            true
         }
     }
-    true
+    pulp::Arch::new().dispatch(Count {
+        input,
+        in_shape,
+        iy,
+        zp,
+    })
 }
 
 /// Widest kernel (taps along w) of the sparse path.
