@@ -347,6 +347,7 @@ fn demo_cmd(args: demo::DemoArgs) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     trainer::terminal::exit_quietly_on_closed_pipe();
+    trainer::device::park_idle_candle_workers();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo_cmd(args),

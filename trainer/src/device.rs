@@ -88,6 +88,21 @@ pub fn keep_freed_memory_for_reuse() {
     }
 }
 
+/// Let candle's own worker threads sleep soon after each job. candle 0.11 runs its binary ops (the
+/// gradient sums and the optimizer's updates: hundreds per training step) on a barrier pool of
+/// its own, beside rayon's; after every job its workers spin 25,000 times before parking. With
+/// rayon's workers running our kernels on the same cores, a spinning candle worker takes a core
+/// from them: `perf` showed it spinning for a quarter of a two-thread BCAE-2D training step, and
+/// a spin limit of 200 took that step from 13.5-14.3 to 17.5-18.4 crops/s (64x64, 2 threads;
+/// limits 50, 200 and 1000 all within noise). Sets `CANDLE_BARRIER_POOL_SPIN_LIMIT` to 200 unless
+/// the user set it. Call at start-up, before any tensor op or thread.
+pub fn park_idle_candle_workers() {
+    const SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(SPIN_LIMIT).is_none() {
+        std::env::set_var(SPIN_LIMIT, "200");
+    }
+}
+
 /// Run `work` on a thread of a rayon pool (sized by `RAYON_NUM_THREADS`, else one thread per
 /// core) rather than on the calling thread. Every tensor op and kernel call fans out through
 /// rayon; called from outside a pool each one hands its job to a worker and sleeps until it is

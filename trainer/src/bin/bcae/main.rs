@@ -47,6 +47,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     trainer::terminal::exit_quietly_on_closed_pipe();
     trainer::device::keep_freed_memory_for_reuse();
+    trainer::device::park_idle_candle_workers();
     let cli = Cli::parse();
     let result = trainer::device::run_on_compute_pool(|| run(cli));
     match result {
