@@ -1251,6 +1251,47 @@ mod tests {
         )
     }
 
+    /// A convolution of the given geometry with random weights, bias and requantization, and a
+    /// random input of `shape`.
+    #[allow(clippy::too_many_arguments)]
+    fn random_conv(
+        ci: u16,
+        co: u16,
+        kernel: [u8; 3],
+        stride: [u8; 3],
+        padding: [u8; 3],
+        zp_in: i8,
+        zp_out: i8,
+        shape: Shape,
+    ) -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
+        let terms = ci as usize * kernel.iter().map(|&k| k as usize).product::<usize>();
+        (
+            proptest::collection::vec(-127i8..=127, terms * co as usize),
+            proptest::collection::vec(-100_000i32..100_000, co as usize),
+            proptest::collection::vec(0i32..65536, co as usize),
+            proptest::collection::vec(0i32..65536, co as usize),
+            proptest::collection::vec(1u8..=24, co as usize),
+            proptest::collection::vec(any::<i8>(), shape.len()),
+        )
+            .prop_map(move |(w, b, m, n, s, input)| {
+                let conv = OwnedConv {
+                    ci,
+                    co,
+                    kernel,
+                    stride,
+                    padding,
+                    zp_in,
+                    zp_out,
+                    weights: w.iter().map(|&v| v as u8).collect(),
+                    bias: le(&b),
+                    mult: le(&m),
+                    neg: le(&n),
+                    shift: s,
+                };
+                (conv, shape, input)
+            })
+    }
+
     fn conv_case() -> impl Strategy<Value = (OwnedConv, Shape, Vec<i8>)> {
         // Up to 35 output channels (more than one pass of the sparse kernel, 4 groups of 8, and
         // of the paired kernel's groups of 8), kernels up to 9 wide (past their 8-tap limit)
@@ -1279,58 +1320,16 @@ mod tests {
             .prop_flat_map(
                 |((ci, co, kd, kh, kw, sh, sw, zp_in, zp_out), (pd, ph, pw), (d, h, w))| {
                     let d = d.max(kd as usize);
-                    let terms = ci as usize * kd as usize * kh as usize * kw as usize;
                     let shape = Shape {
                         c: ci as usize,
                         d,
                         h,
                         w,
                     };
-                    (
-                        Just((
-                            ci,
-                            co,
-                            [kd, kh, kw],
-                            [1, sh, sw],
-                            [pd, ph, pw],
-                            zp_in,
-                            zp_out,
-                            shape,
-                        )),
-                        proptest::collection::vec(-127i8..=127, terms * co as usize),
-                        proptest::collection::vec(-100_000i32..100_000, co as usize),
-                        proptest::collection::vec(0i32..65536, co as usize),
-                        proptest::collection::vec(0i32..65536, co as usize),
-                        proptest::collection::vec(1u8..=24, co as usize),
-                        proptest::collection::vec(any::<i8>(), shape.len()),
+                    let geometry = ([kd, kh, kw], [1, sh, sw], [pd, ph, pw]);
+                    random_conv(
+                        ci, co, geometry.0, geometry.1, geometry.2, zp_in, zp_out, shape,
                     )
-                },
-            )
-            .prop_map(
-                |(
-                    (ci, co, kernel, stride, padding, zp_in, zp_out, shape),
-                    w,
-                    b,
-                    m,
-                    n,
-                    s,
-                    input,
-                )| {
-                    let conv = OwnedConv {
-                        ci,
-                        co,
-                        kernel,
-                        stride,
-                        padding,
-                        zp_in,
-                        zp_out,
-                        weights: w.iter().map(|&v| v as u8).collect(),
-                        bias: le(&b),
-                        mult: le(&m),
-                        neg: le(&n),
-                        shift: s,
-                    };
-                    (conv, shape, input)
                 },
             )
     }
@@ -1361,58 +1360,16 @@ mod tests {
             })
             .prop_flat_map(
                 |((ci, co, kd, kh, kw, sh, zp_in, zp_out), (pd, ph, pw), (d, h, w))| {
-                    let terms = ci as usize * kd as usize * kh as usize * kw as usize;
                     let shape = Shape {
                         c: ci as usize,
                         d,
                         h,
                         w,
                     };
-                    (
-                        Just((
-                            ci,
-                            co,
-                            [kd, kh, kw],
-                            [1, sh, 1],
-                            [pd, ph, pw],
-                            zp_in,
-                            zp_out,
-                            shape,
-                        )),
-                        proptest::collection::vec(-127i8..=127, terms * co as usize),
-                        proptest::collection::vec(-100_000i32..100_000, co as usize),
-                        proptest::collection::vec(0i32..65536, co as usize),
-                        proptest::collection::vec(0i32..65536, co as usize),
-                        proptest::collection::vec(1u8..=24, co as usize),
-                        proptest::collection::vec(any::<i8>(), shape.len()),
+                    let geometry = ([kd, kh, kw], [1, sh, 1], [pd, ph, pw]);
+                    random_conv(
+                        ci, co, geometry.0, geometry.1, geometry.2, zp_in, zp_out, shape,
                     )
-                },
-            )
-            .prop_map(
-                |(
-                    (ci, co, kernel, stride, padding, zp_in, zp_out, shape),
-                    w,
-                    b,
-                    m,
-                    n,
-                    s,
-                    input,
-                )| {
-                    let conv = OwnedConv {
-                        ci,
-                        co,
-                        kernel,
-                        stride,
-                        padding,
-                        zp_in,
-                        zp_out,
-                        weights: w.iter().map(|&v| v as u8).collect(),
-                        bias: le(&b),
-                        mult: le(&m),
-                        neg: le(&n),
-                        shift: s,
-                    };
-                    (conv, shape, input)
                 },
             )
     }
