@@ -19,8 +19,6 @@
 //! Off x86-64, or on a CPU without AVX2, [`conv_rows`] returns `None` and the caller runs the
 //! portable kernels.
 use core::ops::Range;
-#[cfg(test)]
-extern crate std;
 
 use super::{channel, requantize, PAIR_TAPS};
 use crate::encoder::EncodeError;
@@ -159,10 +157,15 @@ struct Args<'a, 'w> {
     output: &'a mut [i8],
 }
 
-/// Runs the kernel with every instruction set this CPU has, each into a fresh output, for tests
-/// that check each against the reference (dispatch takes only the widest); nothing where the
-/// kernel does not take the layer.
+/// A test's check of one instruction set's result: its name and the output (or the error).
 #[cfg(all(test, target_arch = "x86_64"))]
+pub(super) type LevelCheck<'a> = dyn FnMut(&'static str, Result<&[i8], EncodeError>) + 'a;
+
+/// Runs the kernel with every instruction set this CPU has (dispatch takes only the widest), each
+/// into `output` after zeroing it, and hands each result to `check` (the tests compare each with
+/// the reference); nothing where the kernel does not take the layer.
+#[cfg(all(test, target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_rows_each_level(
     kind: Kind,
     conv: &Conv<'_>,
@@ -170,14 +173,14 @@ pub(super) fn conv_rows_each_level(
     in_shape: Shape,
     out: Shape,
     rows: Range<usize>,
-) -> std::vec::Vec<(&'static str, Result<std::vec::Vec<i8>, EncodeError>)> {
-    let len = out.c * out.d * (rows.end - rows.start) * out.w;
-    let mut results = std::vec::Vec::new();
+    output: &mut [i8],
+    check: &mut LevelCheck<'_>,
+) {
     if !fits(kind, conv, in_shape, out) {
-        return results;
+        return;
     }
     if let Some(simd) = pulp::x86::V4::try_new() {
-        let mut output = std::vec![0i8; len];
+        output.fill(0);
         let args = Args {
             kind,
             conv,
@@ -185,13 +188,13 @@ pub(super) fn conv_rows_each_level(
             in_shape,
             out,
             rows: rows.clone(),
-            output: &mut output,
+            output: &mut *output,
         };
         let r = pulp::Simd::vectorize(simd, Tile { simd, args });
-        results.push(("AVX-512", r.map(|()| output)));
+        check("AVX-512", r.map(|()| &*output));
     }
     if let Some(simd) = pulp::x86::V3::try_new() {
-        let mut output = std::vec![0i8; len];
+        output.fill(0);
         let args = Args {
             kind,
             conv,
@@ -199,12 +202,11 @@ pub(super) fn conv_rows_each_level(
             in_shape,
             out,
             rows,
-            output: &mut output,
+            output: &mut *output,
         };
         let r = pulp::Simd::vectorize(simd, Tile { simd, args });
-        results.push(("AVX2", r.map(|()| output)));
+        check("AVX2", r.map(|()| &*output));
     }
-    results
 }
 
 #[cfg(target_arch = "x86_64")]
