@@ -8,7 +8,11 @@
 //! let value = encoder.code_scale() * (code[i] as f32 - encoder.code_zero_point() as f32);
 //! ```
 //!
-//! # Memory (bounded, stated per model; no heap; stack: about 16 KiB, a convolution kernel's row and accumulator buffers)
+//! # Memory (bounded, stated per model; no heap)
+//!
+//! Stack: a convolution kernel's row and accumulator buffers, up to about 40 KiB with the portable
+//! kernels (boards); on x86-64 hosts the multiply-add kernels take up to about 140 KiB (prepared
+//! rows and packed weights, `kernels/madd.rs`).
 //!
 //! - BCAE-HT (channels 2,4,4,8): scratch = input (1x16x192x256 = 786,432 B) + 2 x the largest
 //!   block tensor (2x16x96x128 = 393,216 B) = **1,572,864 bytes**; code 8x16x12x16 = 24,576 B.
@@ -445,14 +449,14 @@ impl<'a> Encoder<'a> {
     }
 }
 
-/// The input conv followed by 2x2 average pooling, two conv rows at a time, so the
-/// full-resolution conv output (32x192x256 for BCAE-2D) never exists.
 /// Rows of the first convolution computed per call in the fused conv + pooling (even). Each call
 /// prepares the kernel's weight table and reads the input rows' halo again, so short strips cost
 /// time and long ones scratch: BCAE-2D on one AVX-512 core took 17.2 ms per wedge with 2 rows,
 /// 15.1 with 8, 14.7 with 16 (61 KiB more scratch than 8 for 3 %).
 const FUSED_ROWS: usize = 8;
 
+/// The input conv followed by 2x2 average pooling, [`FUSED_ROWS`] conv rows at a time, so the
+/// full-resolution conv output (32x192x256 for BCAE-2D) never exists.
 fn fused_conv_pool(
     layer: &Conv<'_>,
     input: &[i8],

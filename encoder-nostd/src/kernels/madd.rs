@@ -1,10 +1,13 @@
-//! The dense stride-1 convolution on x86-64's 16-bit multiply-add (`vpmaddwd`: 32 i16 products
-//! summed in pairs into 16 i32 lanes with AVX-512, 16 into 8 with AVX2), called through `pulp`'s
-//! safe wrappers, so the crate stays `forbid(unsafe_code)`. LLVM does not emit that instruction
-//! from plain loops: the portable paired kernel compiles to `vpmullw` plus shifts and sign
-//! extensions, which held BCAE-2D's 3x3 convolutions at 20-25 GMAC/s on one AVX-512 core.
+//! Stride-1 convolutions on x86-64's 16-bit multiply-add (`vpmaddwd`: 32 i16 products summed in
+//! pairs into 16 i32 lanes with AVX-512, 16 into 8 with AVX2), called through `pulp`'s safe
+//! wrappers, so the crate stays `forbid(unsafe_code)`: a dense kernel ([`conv_rows`]) and one for
+//! mostly-zero-point inputs ([`conv_rows_sparse`]). LLVM does not emit that instruction from plain
+//! loops: the portable paired kernel compiles to `vpmullw` plus shifts and sign extensions, which
+//! held BCAE-2D's 3x3 convolutions at 20-25 GMAC/s on one AVX-512 core. Stack use: about 138 KiB
+//! (dense: prepared rows and packed weights, 64 KiB each) or 110 KiB (sparse: a 64 KiB weight
+//! table and 33 KiB of accumulators); this code runs on hosts only.
 //!
-//! The sum runs over the kernel rows `r = (ci, z, y)` (weight order), taken two at a time. For one
+//! The dense kernel's sum runs over the kernel rows `r = (ci, z, y)` (weight order), taken two at a time. For one
 //! output row, the input rows under kernel rows `2q` and `2q + 1` are interleaved into i16 pairs
 //! `pairs_q[j] = (x_2q[j - pw] - zp, x_2q+1[j - pw] - zp)`, zero outside the row (zero is the
 //! padding value `zp`). Output column `ox`'s taps `kx` of both rows are then one lane of
@@ -33,8 +36,6 @@ const PREP_WORDS: usize = 16 * 1024;
 const MAX_BLOCK: usize = 64;
 /// Longest prepared row: every output column, rounded up to whole blocks, plus the kernel's reach.
 const MAX_PREP_ROW: usize = MAX_ROW + MAX_BLOCK + PAIR_TAPS;
-/// Most kernel-row pairs of a layer.
-const MAX_PAIRS: usize = 64;
 /// Words of a layer's packed weight pairs, `output channels x pairs x kw` (BCAE-2D's 7x7 input
 /// convolution: 32 x 56 x 7).
 const PACKED_WORDS: usize = 16 * 1024;
@@ -73,8 +74,8 @@ pub(super) fn conv_rows(
 const SPARSE_PASS: usize = 32;
 /// Accumulator columns of the sparse kernel: every `ix + t`, `ix < MAX_ROW`, `t < PAIR_TAPS`.
 const SPARSE_COLS: usize = MAX_ROW + PAIR_TAPS;
-/// Words of the sparse kernel's weight table, `units x kw x 2 x SPARSE_PASS` (BCAE-2D's input
-/// convolution: 32 x 7 x 2 x 32).
+/// Words of the sparse kernel's weight table, `units x kw x UNIT_ROWS / 2 x SPARSE_PASS` (BCAE-2D's
+/// input convolution: 16 x 7 x 4 x 32).
 const SPARSE_TABLE: usize = 16 * 1024;
 
 /// The convolution for inputs that are mostly the zero point (the zero-suppressed wedge entering
@@ -135,9 +136,7 @@ fn fits(kind: Kind, conv: &Conv<'_>, in_shape: Shape, out: Shape) -> bool {
             Kind::Dense => {
                 let pairs = (in_shape.c * kd * kh).div_ceil(2);
                 let row_len = out.w.next_multiple_of(MAX_BLOCK) + kw - 1;
-                pairs <= MAX_PAIRS
-                    && pairs * row_len <= PREP_WORDS
-                    && out.c * pairs * kw <= PACKED_WORDS
+                pairs * row_len <= PREP_WORDS && out.c * pairs * kw <= PACKED_WORDS
             }
             Kind::Sparse => {
                 let units = in_shape.c * kd * kh.div_ceil(UNIT_ROWS);
@@ -479,7 +478,6 @@ fn kernel<L: PairLanes, const CB: usize, const PB: usize>(
     let row_len = out.w.next_multiple_of(block) + kw - 1;
     if CB > MAX_TILE_CHANNELS
         || block > MAX_BLOCK
-        || pairs > MAX_PAIRS
         || pairs * row_len > PREP_WORDS
         || out.c * pairs * kw > PACKED_WORDS
         || pw >= kw
@@ -682,8 +680,8 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
     let [kd, kh, kw] = conv.kernel.map(usize::from);
     let [sd, sh, _] = conv.stride.map(usize::from);
     let [pd, ph, pw] = conv.padding.map(usize::from);
-    let quads = kh.div_ceil(UNIT_ROWS);
-    let units = in_shape.c * kd * quads;
+    let row_groups = kh.div_ceil(UNIT_ROWS);
+    let units = in_shape.c * kd * row_groups;
     let halves = UNIT_ROWS / 2;
     let per_tap = halves * SPARSE_PASS;
     let per_unit = kw * per_tap;
@@ -718,9 +716,9 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
     let mut staged = [[0i8; SPARSE_PASS]; MAX_ROW];
     for p0 in (0..out.c).step_by(SPARSE_PASS) {
         let in_pass = (out.c - p0).min(SPARSE_PASS);
-        // table[((u * kw + t) * 2 + h) * SPARSE_PASS + k]: channel p0 + k's weights at tap
-        // kw - 1 - t of unit u's kernel rows 4j + 2h and 4j + 2h + 1, packed as a pair (0 past
-        // the last channel or kernel row).
+        // table[((u * kw + t) * halves + h) * SPARSE_PASS + k]: channel p0 + k's weights at tap
+        // kw - 1 - t of unit u's kernel rows UNIT_ROWS * j + 2h and + 2h + 1, packed as a pair
+        // (0 past the last channel or kernel row).
         table.fill(0);
         for k in 0..in_pass {
             let co = p0 + k;
@@ -736,8 +734,8 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
                     .map_or(0, |&v| i16::from(v as i8))
             };
             for u in 0..units {
-                // Unit u: input channel and depth r = ci * kd + z, rows 4j..4j + 4.
-                let (r, j) = (u / quads, u % quads);
+                // Unit u: input channel and depth r = ci * kd + z, kernel rows from UNIT_ROWS * j.
+                let (r, j) = (u / row_groups, u % row_groups);
                 for t in 0..kw {
                     let x = kw - 1 - t;
                     for h in 0..halves {
@@ -770,7 +768,7 @@ fn sparse_kernel<L: PairLanes, const G: usize, const TAPS: usize>(
             for oy in rows.clone() {
                 acc.get_mut(..span).ok_or(internal(ERR))?.fill(bias);
                 for (u, unit) in table.chunks_exact(per_unit).take(units).enumerate() {
-                    let (r, j) = (u / quads, u % quads);
+                    let (r, j) = (u / row_groups, u % row_groups);
                     let (ci, z) = (r / kd, r % kd);
                     let id = (od * sd + z).checked_sub(pd).filter(|&v| v < in_shape.d);
                     // The input row under kernel row y of this unit, or None (padding).
