@@ -3,7 +3,7 @@
 //! Plain safe Rust, no float, no allocation, no panics: every slice is obtained with `get` and
 //! checked once per row, and inner loops are zipped iterators over contiguous memory so LLVM
 //! vectorises them (the convolution's innermost loop runs along the output row). On x86-64 hosts
-//! with AVX2 or AVX-512, stride-1 convolutions run the multiply-add kernels of [`madd`] instead
+//! with AVX2 or AVX-512, stride-1 convolutions run the multiply-add kernels (`kernels/madd.rs`) instead
 //! (explicit vector code through pulp's safe intrinsics); boards run the portable ones.
 //! The arithmetic is the one pinned in [`crate::weights`].
 //!
