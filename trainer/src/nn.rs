@@ -19,7 +19,7 @@
 //!
 //! Weight layouts are PyTorch's: (C_out, C_in, kD, kH, kW) for Conv3d and
 //! (C_in, C_out, kD, kH, kW) for ConvTranspose3d, so state_dicts load unchanged.
-use crate::conv_cpu;
+use crate::conv_cpu::{self, leaky_factor, Epilogue};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape,
     Tensor,
@@ -103,7 +103,48 @@ impl Conv3d {
 impl Module for Conv3d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        conv3d_with_bias(x, &self.weight, self.bias.as_ref(), c.stride, c.padding)
+        conv3d_with_bias(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            c.stride,
+            c.padding,
+            None,
+        )
+    }
+}
+
+impl Conv3d {
+    /// `LeakyReLU(self.forward(x))`, the activation fused into the conv on the CPU kernels.
+    pub fn forward_leaky_relu(&self, x: &Tensor, slope: f64) -> Result<Tensor> {
+        let c = &self.config;
+        conv3d_with_bias(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            c.stride,
+            c.padding,
+            Some(slope),
+        )
+    }
+
+    /// `LeakyReLU(alpha * self.forward(x) + skip)`, the end of a ReZero residual block fused
+    /// into the conv on the CPU kernels; see [`conv_rezero_leaky_relu`].
+    pub fn forward_rezero_leaky_relu(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        alpha: &Tensor,
+        slope: f64,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let conv = ConvParts {
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            stride: c.stride,
+            padding: c.padding,
+        };
+        conv_rezero_leaky_relu(x, conv, skip, alpha, slope)
     }
 }
 
@@ -137,9 +178,21 @@ impl ConvTranspose3d {
 
 impl Module for ConvTranspose3d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+}
+
+impl ConvTranspose3d {
+    /// `LeakyReLU(self.forward(x))`, the activation fused into the conv on the CPU kernels.
+    pub fn forward_leaky_relu(&self, x: &Tensor, slope: f64) -> Result<Tensor> {
+        self.forward_with(x, Some(slope))
+    }
+
+    fn forward_with(&self, x: &Tensor, leaky_slope: Option<f64>) -> Result<Tensor> {
         let c = &self.config;
-        let bias = self.bias.as_ref();
-        conv_transpose3d_with_bias(x, &self.weight, bias, c.stride, c.padding, c.output_padding)
+        let (w, bias) = (&self.weight, self.bias.as_ref());
+        let op = c.output_padding;
+        conv_transpose3d_with_bias(x, w, bias, c.stride, c.padding, op, leaky_slope)
     }
 }
 
@@ -219,17 +272,63 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+}
+
+impl Conv2d {
+    /// `LeakyReLU(self.forward(x))`, the activation fused into the conv on the CPU kernels.
+    pub fn forward_leaky_relu(&self, x: &Tensor, slope: f64) -> Result<Tensor> {
+        self.forward_with(x, Some(slope))
+    }
+
+    /// `LeakyReLU(alpha * self.forward(x) + skip)`, the end of a ReZero residual block fused
+    /// into the conv on the CPU kernels; see [`conv_rezero_leaky_relu`].
+    pub fn forward_rezero_leaky_relu(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        alpha: &Tensor,
+        slope: f64,
+    ) -> Result<Tensor> {
+        let (s, p) = self.stride_and_padding()?;
+        if !uses_cpu_kernels(x) {
+            return rezero_leaky_relu(&self.forward(x)?, skip, alpha, slope);
+        }
+        let weight = self.weight.unsqueeze(2)?;
+        let conv = ConvParts {
+            weight: &weight,
+            bias: self.bias.as_ref(),
+            stride: [1, s, s],
+            padding: [0, p, p],
+        };
+        let y = conv_rezero_leaky_relu(&x.unsqueeze(2)?, conv, &skip.unsqueeze(2)?, alpha, slope)?;
+        y.squeeze(2)
+    }
+
+    fn stride_and_padding(&self) -> Result<(usize, usize)> {
         let c = &self.config;
         if c.dilation != 1 || c.groups != 1 {
             candle_core::bail!("Conv2d: only dilation 1 and groups 1 are supported")
         }
+        Ok((c.stride, c.padding))
+    }
+
+    fn forward_with(&self, x: &Tensor, leaky_slope: Option<f64>) -> Result<Tensor> {
+        let (s, p) = self.stride_and_padding()?;
         if uses_cpu_kernels(x) {
-            let (s, p) = (c.stride, c.padding);
-            let (x, w) = (x.unsqueeze(2)?, self.weight.unsqueeze(2)?);
-            return conv3d_with_bias(&x, &w, self.bias.as_ref(), [1, s, s], [0, p, p])?.squeeze(2);
+            let (x, w, b) = (
+                x.unsqueeze(2)?,
+                self.weight.unsqueeze(2)?,
+                self.bias.as_ref(),
+            );
+            return conv3d_with_bias(&x, &w, b, [1, s, s], [0, p, p], leaky_slope)?.squeeze(2);
         }
-        let y = x.conv2d(&self.weight, c.padding, c.stride, 1, 1)?;
-        add_channel_bias(y, self.bias.as_ref())
+        let y = add_channel_bias(x.conv2d(&self.weight, p, s, 1, 1)?, self.bias.as_ref())?;
+        match leaky_slope {
+            Some(slope) => leaky_relu(&y, slope),
+            None => Ok(y),
+        }
     }
 }
 
@@ -407,18 +506,6 @@ fn rezero_grads(
     (d_main, d_skip, d_alpha)
 }
 
-/// LeakyReLU's factor at `v`: 1 where `v > 0`, else `slope`. `factor * v` is the activation and
-/// `factor * g` its gradient, exactly (a product with 1 is exact); a select of two constants,
-/// where a branch on `v` kept these loops scalar (19 % of the BCAE-2D encoder).
-#[inline(always)]
-fn leaky_factor(v: f32, slope: f32) -> f32 {
-    if v > 0.0 {
-        1.0
-    } else {
-        slope
-    }
-}
-
 /// Elements per parallel chunk of the fused elementwise ops: big enough that rayon's overhead
 /// is noise, small enough that both cores share a crop's activations.
 const ELEMENTWISE_CHUNK: usize = 1 << 15;
@@ -534,15 +621,27 @@ fn channel_sums(g: &[f32], shape: &Shape) -> Result<Vec<f32>> {
     let (c, plane) = per_channel(shape)?;
     let mut sums = vec![0f64; c];
     if plane > 0 {
-        let planes: Vec<f64> = g
-            .par_chunks(plane)
-            .map(|p| p.iter().map(|&v| v as f64).sum())
-            .collect();
+        let planes: Vec<f64> = g.par_chunks(plane).map(sum_f64).collect();
         for (nc, s) in planes.into_iter().enumerate() {
             sums[nc % c] += s;
         }
     }
     Ok(sums.into_iter().map(|v| v as f32).collect())
+}
+
+/// The sum of `values` in f64, in eight independent lanes so that the loop vectorises (a single
+/// running sum is a chain of dependent adds: the bias gradient's sums took 5 % of a BCAE-2D
+/// training step that way).
+fn sum_f64(values: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let whole = values.chunks_exact(8);
+    let tail: f64 = whole.remainder().iter().map(|&v| v as f64).sum();
+    for chunk in whole {
+        for i in 0..8 {
+            lanes[i] += chunk[i] as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// Elements `start, start + step, ..., start + (len - 1) step` of `dim` (zero beyond the end).
@@ -634,7 +733,7 @@ pub fn conv3d_forward(
     stride: [usize; 3],
     padding: [usize; 3],
 ) -> Result<Tensor> {
-    conv3d_with_bias(x, w, None, stride, padding)
+    conv3d_with_bias(x, w, None, stride, padding, None)
 }
 
 /// The conv op on the CPU kernels, with the bias (if any) added inside them.
@@ -647,14 +746,37 @@ fn apply_conv_op(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, op: Conv3dOp) ->
     }
 }
 
-/// [`conv3d_forward`] plus a channel bias (C_out), fused into the CPU kernels.
+/// [`conv3d_forward`] plus a channel bias (C_out), then a LeakyReLU of `leaky_slope` if given,
+/// both fused into the CPU kernels.
 fn conv3d_with_bias(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: [usize; 3],
     padding: [usize; 3],
+    leaky_slope: Option<f64>,
 ) -> Result<Tensor> {
+    check_conv3d(x, w, stride, padding)?;
+    if uses_cpu_kernels(x) {
+        let op = Conv3dOp {
+            stride,
+            padding,
+            output_padding: [0; 3],
+            transposed: false,
+            leaky_slope: leaky_slope.map(|s| s as f32),
+        };
+        return apply_conv_op(x, w, bias, op);
+    }
+    let y = add_channel_bias(conv3d_folded(x, w, stride, padding)?, bias)?;
+    match leaky_slope {
+        Some(slope) => leaky_relu(&y, slope),
+        None => Ok(y),
+    }
+}
+
+/// That a conv3d of `x` with `w` is defined: positive strides, matching channels, an input no
+/// smaller than the kernel.
+fn check_conv3d(x: &Tensor, w: &Tensor, stride: [usize; 3], padding: [usize; 3]) -> Result<()> {
     check_positive(stride, "conv3d")?;
     let (_, c, d, h, wd) = x.dims5()?;
     let (_, ci, kd, kh, kw) = w.dims5()?;
@@ -670,16 +792,7 @@ fn conv3d_with_bias(
             )
         }
     }
-    if uses_cpu_kernels(x) {
-        let op = Conv3dOp {
-            stride,
-            padding,
-            output_padding: [0; 3],
-            transposed: false,
-        };
-        return apply_conv_op(x, w, bias, op);
-    }
-    add_channel_bias(conv3d_folded(x, w, stride, padding)?, bias)
+    Ok(())
 }
 
 /// [`conv3d_forward`] built from candle's 2D ops (any device, any float dtype).
@@ -744,10 +857,11 @@ pub fn conv_transpose3d_forward(
     padding: [usize; 3],
     output_padding: [usize; 3],
 ) -> Result<Tensor> {
-    conv_transpose3d_with_bias(x, w, None, stride, padding, output_padding)
+    conv_transpose3d_with_bias(x, w, None, stride, padding, output_padding, None)
 }
 
-/// [`conv_transpose3d_forward`] plus a channel bias (C_out), fused into the CPU kernels.
+/// [`conv_transpose3d_forward`] plus a channel bias (C_out), then a LeakyReLU of `leaky_slope`
+/// if given, both fused into the CPU kernels.
 fn conv_transpose3d_with_bias(
     x: &Tensor,
     w: &Tensor,
@@ -755,6 +869,7 @@ fn conv_transpose3d_with_bias(
     stride: [usize; 3],
     padding: [usize; 3],
     output_padding: [usize; 3],
+    leaky_slope: Option<f64>,
 ) -> Result<Tensor> {
     check_positive(stride, "conv_transpose3d")?;
     let (_, c, d, h, wd) = x.dims5()?;
@@ -785,11 +900,16 @@ fn conv_transpose3d_with_bias(
             padding,
             output_padding,
             transposed: true,
+            leaky_slope: leaky_slope.map(|s| s as f32),
         };
         return apply_conv_op(x, w, bias, op);
     }
     let y = conv_transpose3d_folded(x, w, stride, padding, output_padding)?;
-    add_channel_bias(y, bias)
+    let y = add_channel_bias(y, bias)?;
+    match leaky_slope {
+        Some(slope) => leaky_relu(&y, slope),
+        None => Ok(y),
+    }
 }
 
 /// [`conv_transpose3d_forward`] built from candle's 2D ops (any device, any float dtype).
@@ -1223,6 +1343,8 @@ struct Conv3dOp {
     padding: [usize; 3],
     output_padding: [usize; 3],
     transposed: bool,
+    /// A LeakyReLU after the bias, applied where the kernels store their outputs.
+    leaky_slope: Option<f32>,
 }
 
 impl Conv3dOp {
@@ -1295,15 +1417,19 @@ impl Conv3dOp {
                 bias.len()
             )
         }
+        let epilogue = match self.leaky_slope {
+            Some(slope) => Epilogue::LeakyRelu(slope),
+            None => Epilogue::Identity,
+        };
         let (y, c, dims) = if self.transposed {
             (
-                conv_cpu::conv_adjoint(x.0, w.0, bias, &g),
+                conv_cpu::conv_adjoint(x.0, w.0, bias, &g, epilogue),
                 g.in_channels,
                 g.input,
             )
         } else {
             (
-                conv_cpu::conv_forward(x.0, w.0, bias, &g),
+                conv_cpu::conv_forward(x.0, w.0, bias, &g, epilogue),
                 g.out_channels,
                 g.output(),
             )
@@ -1314,38 +1440,60 @@ impl Conv3dOp {
         ))
     }
 
-    /// Gradients of the input and the weight for the output gradient `g`.
-    fn input_and_weight_grads(
+    /// Gradients of the input, the weight and (with `bias`) the bias for the output `y` and its
+    /// gradient `g`.
+    fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+        (y, g): (&Tensor, &Tensor),
+        bias: bool,
+    ) -> Result<(Tensor, Tensor, Option<Vec<f32>>)> {
         let geo = self.geometry(x.dims(), w.dims());
-        let (gx, gw) = with_f32(x, |xv| {
+        let (gx, gw, gb) = with_f32(x, |xv| {
             with_f32(w, |wv| {
                 with_f32(g, |gv| {
-                    Ok(if self.transposed {
+                    // Through the fused LeakyReLU first: its output's sign is its input's.
+                    let masked = match self.leaky_slope {
+                        Some(slope) => Some(with_f32(y, |yv| leaky_relu_grad(gv, yv, slope))?),
+                        None => None,
+                    };
+                    let gv = masked.as_deref().unwrap_or(gv);
+                    let id = Epilogue::Identity;
+                    let (gx, gw) = if self.transposed {
                         // y = adj(x): dx = conv(g), dw = weight gradient with the conv input g,
                         // output x.
                         (
-                            conv_cpu::conv_forward(gv, wv, &[], &geo),
+                            conv_cpu::conv_forward(gv, wv, &[], &geo, id),
                             conv_cpu::conv_weight_grad(gv, xv, &geo),
                         )
                     } else {
                         (
-                            conv_cpu::conv_adjoint(gv, wv, &[], &geo),
+                            conv_cpu::conv_adjoint(gv, wv, &[], &geo, id),
                             conv_cpu::conv_weight_grad(xv, gv, &geo),
                         )
-                    })
+                    };
+                    let gb = if bias {
+                        Some(channel_sums(gv, g.shape())?)
+                    } else {
+                        None
+                    };
+                    Ok((gx, gw, gb))
                 })
             })
         })?;
         Ok((
             Tensor::from_vec(gx, x.shape(), x.device())?,
             Tensor::from_vec(gw, w.shape(), w.device())?,
+            gb,
         ))
     }
+}
+
+/// `g * (y > 0 ? 1 : slope)`: the gradient through a LeakyReLU from its output `y` (whose sign
+/// is its input's for a positive slope).
+fn leaky_relu_grad(g: &[f32], y: &[f32], slope: f32) -> Result<Vec<f32>> {
+    zip_map_f32(g, y, move |g, y| leaky_factor(y, slope) * g)
 }
 
 impl CustomOp2 for Conv3dOp {
@@ -1367,10 +1515,10 @@ impl CustomOp2 for Conv3dOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.input_and_weight_grads(x, w, g)?;
+        let (gx, gw, _) = self.grads(x, w, (y, g), false)?;
         Ok((Some(gx), Some(gw)))
     }
 }
@@ -1399,15 +1547,215 @@ impl CustomOp3 for Conv3dOp {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.input_and_weight_grads(x, w, g)?;
-        let gb = with_f32(g, |gv| channel_sums(gv, g.shape()))?;
+        let (gx, gw, gb) = self.grads(x, w, (y, g), true)?;
+        let gb = gb.expect("grads computes the bias gradient when asked");
         Ok((
             Some(gx),
             Some(gw),
             Some(Tensor::from_vec(gb, b.shape(), b.device())?),
+        ))
+    }
+}
+
+/// A conv's parameters: weight (C_out, C_in, kD, kH, kW), bias, stride and padding.
+#[derive(Clone, Copy)]
+pub struct ConvParts<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+/// `LeakyReLU(alpha * (conv(x) + bias) + skip)` (alpha of shape (1)), a conv followed by the end
+/// of a ReZero residual block. On the CPU in f32 one op: the kernels apply the block's end as
+/// they store, and the backward runs the conv's passes once on the masked gradient (which is
+/// also the gradient of `skip`): no output of the conv, no node of its own in the graph and no
+/// pass of its own forward or backward. Elsewhere the conv, then [`rezero_leaky_relu`].
+pub fn conv_rezero_leaky_relu(
+    x: &Tensor,
+    conv: ConvParts,
+    skip: &Tensor,
+    alpha: &Tensor,
+    slope: f64,
+) -> Result<Tensor> {
+    let ConvParts {
+        weight,
+        bias,
+        stride,
+        padding,
+    } = conv;
+    let fused = uses_cpu_kernels(x)
+        && [weight.dtype(), skip.dtype(), alpha.dtype()] == [DType::F32; 3]
+        && bias.is_some_and(|b| b.dtype() == DType::F32)
+        && alpha.elem_count() == 1;
+    let Some(bias) = bias.filter(|_| fused) else {
+        let main = conv3d_with_bias(x, weight, bias, stride, padding, None)?;
+        return rezero_leaky_relu(&main, skip, alpha, slope);
+    };
+    check_conv3d(x, weight, stride, padding)?;
+    let geometry = Conv3dOp {
+        stride,
+        padding,
+        output_padding: [0; 3],
+        transposed: false,
+        leaky_slope: None,
+    }
+    .geometry(x.dims(), weight.dims());
+    let out = geometry.output();
+    let want = [
+        geometry.batch,
+        geometry.out_channels,
+        out[0],
+        out[1],
+        out[2],
+    ];
+    if skip.dims() != want || bias.dims() != [geometry.out_channels] {
+        candle_core::bail!(
+            "conv_rezero_leaky_relu: the skip {:?} or bias {:?} does not fit the conv's output {want:?}",
+            skip.dims(),
+            bias.dims()
+        )
+    }
+    // One parameter tensor for the op's third input: (weight, bias, alpha), flattened.
+    let params = Tensor::cat(
+        &[
+            weight.flatten_all()?,
+            bias.flatten_all()?,
+            alpha.flatten_all()?,
+        ],
+        0,
+    )?;
+    let op = ResidualConvOp {
+        stride,
+        padding,
+        weight_dims: weight.dims5()?.into(),
+        slope: slope as f32,
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&skip.contiguous()?, &params, op)?;
+    Ok(y)
+}
+
+/// [`conv_rezero_leaky_relu`] on the CPU kernels: inputs (x, skip, params), where params is the
+/// conv's weight, its bias and alpha, flattened into one tensor.
+struct ResidualConvOp {
+    stride: [usize; 3],
+    padding: [usize; 3],
+    weight_dims: [usize; 5],
+    slope: f32,
+}
+
+impl ResidualConvOp {
+    fn geometry(&self, x: &[usize]) -> conv_cpu::Geometry {
+        Conv3dOp {
+            stride: self.stride,
+            padding: self.padding,
+            output_padding: [0; 3],
+            transposed: false,
+            leaky_slope: None,
+        }
+        .geometry(x, &self.weight_dims)
+    }
+
+    /// (weight, bias, alpha) from the flattened parameters.
+    fn split<'a>(&self, params: &'a [f32]) -> Result<(&'a [f32], &'a [f32], f32)> {
+        let weights: usize = self.weight_dims.iter().product();
+        let channels = self.weight_dims[0];
+        if params.len() != weights + channels + 1 {
+            candle_core::bail!(
+                "internal: {} conv parameters for a weight {:?}, its bias and alpha",
+                params.len(),
+                self.weight_dims
+            )
+        }
+        let (w, rest) = params.split_at(weights);
+        Ok((w, &rest[..channels], rest[channels]))
+    }
+}
+
+impl ResidualConvOp {
+    fn grads(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        (y, g): (&Tensor, &Tensor),
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let geo = self.geometry(x.dims());
+        with_f32(x, |xv| {
+            with_f32(params, |pv| {
+                let (w, b, alpha) = self.split(pv)?;
+                // g' = g * LeakyReLU'(y): the gradient of skip, and of alpha * main.
+                let masked = with_f32(y, |yv| {
+                    with_f32(g, |gv| leaky_relu_grad(gv, yv, self.slope))
+                })?;
+                // The conv's gradients for g' (unscaled), then scaled by alpha.
+                let mut dw = conv_cpu::conv_weight_grad(xv, &masked, &geo);
+                let mut db = channel_sums(&masked, g.shape())?;
+                // d alpha = sum(g' main), main = conv(x, w) + b, which is linear in (w, b):
+                // sum(g' main) = <w, dw> + <b, db>, from the unscaled gradients (no need to
+                // keep main from the forward pass).
+                let dot = |a: &[f32], b: &[f32]| -> f64 {
+                    a.iter().zip(b).map(|(&u, &v)| u as f64 * v as f64).sum()
+                };
+                let d_alpha = dot(w, &dw) + dot(b, &db);
+                let scaled: Vec<f32> = w.iter().map(|&v| v * alpha).collect();
+                let dx = conv_cpu::conv_adjoint(&masked, &scaled, &[], &geo, Epilogue::Identity);
+                dw.iter_mut().chain(db.iter_mut()).for_each(|v| *v *= alpha);
+                let mut d_params = dw;
+                d_params.extend_from_slice(&db);
+                d_params.push(d_alpha as f32);
+                Ok((dx, masked, d_params))
+            })
+        })
+    }
+}
+
+impl CustomOp3 for ResidualConvOp {
+    fn name(&self) -> &'static str {
+        "bcae-conv3d-rezero-leaky-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, skip) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (w, bias, alpha) = self.split(f32_slice(s3, l3)?)?;
+        let g = self.geometry(l1.shape().dims());
+        if skip.len() != g.output_len() {
+            candle_core::bail!("internal: the residual conv's skip does not fit its output")
+        }
+        let epilogue = Epilogue::Residual {
+            skip,
+            alpha,
+            slope: self.slope,
+        };
+        let y = conv_cpu::conv_forward(x, w, bias, &g, epilogue);
+        Ok((CpuStorage::F32(y), l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, d_skip, d_params) = self.grads(x, params, (y, g))?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(d_skip, skip.shape(), skip.device())?),
+            Some(Tensor::from_vec(d_params, params.shape(), params.device())?),
         ))
     }
 }
@@ -1765,9 +2113,9 @@ mod tests {
             let run = |fused: bool| {
                 let (x, w, b) = (xv.as_tensor(), wv.as_tensor(), bv.as_tensor());
                 let y = match (fused, transposed) {
-                    (true, false) => conv3d_with_bias(x, w, Some(b), stride, padding),
+                    (true, false) => conv3d_with_bias(x, w, Some(b), stride, padding, None),
                     (true, true) => {
-                        conv_transpose3d_with_bias(x, w, Some(b), stride, padding, [0; 3])
+                        conv_transpose3d_with_bias(x, w, Some(b), stride, padding, [0; 3], None)
                     }
                     (false, false) => conv3d_folded(x, w, stride, padding)
                         .and_then(|y| add_channel_bias(y, Some(b))),
@@ -1840,6 +2188,164 @@ mod tests {
         let gx = y.sum_all().unwrap().backward().unwrap();
         let gx = gx.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gx, [0.2, 0.2, 1.0]);
+    }
+
+    /// Convs with their activation fused in (LeakyReLU, and the ReZero block's end) against the
+    /// conv followed by the separate ops: values and every gradient (input, weight, bias, skip,
+    /// alpha), on the narrow and the wide (>= 8 channel) kernels, strided, transposed (whose
+    /// strided kernel applies the activation in a pass of its own), with alpha 0 (where only
+    /// alpha's own gradient is non-zero) and with the skip being the conv's input, as in BCAE-2D.
+    #[test]
+    fn convs_with_fused_activations_match_the_separate_ops() {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize], seed: u64| {
+            Var::from_vec(random(shape.iter().product(), seed), shape.to_vec(), &dev).unwrap()
+        };
+        let slope = 0.2;
+        // LeakyReLU after a strided conv, a strided transposed conv and a wide 2D conv.
+        let conv3 = |ws: &[usize], seed, stride, transposed: bool| {
+            let channels = if transposed { ws[1] } else { ws[0] };
+            (
+                var(ws, seed),
+                var(&[channels], seed + 1),
+                stride,
+                transposed,
+            )
+        };
+        for (xs, (w, b, stride, transposed), seed) in [
+            (
+                [2, 3, 4, 6, 10],
+                conv3(&[5, 3, 3, 4, 4], 60, [1, 2, 2], false),
+                62,
+            ),
+            (
+                [2, 4, 3, 3, 5],
+                conv3(&[4, 2, 3, 4, 4], 63, [1, 2, 2], true),
+                65,
+            ),
+            (
+                [2, 9, 2, 5, 37],
+                conv3(&[12, 9, 1, 3, 3], 66, [1, 1, 1], false),
+                68,
+            ),
+        ] {
+            let x = var(&xs, seed);
+            let (wt, bt) = (w.as_tensor().clone(), Some(b.as_tensor().clone()));
+            let run = |fused: bool| {
+                let y = if transposed {
+                    let cfg = ConvTranspose3dConfig {
+                        stride,
+                        padding: [1; 3],
+                        output_padding: [0; 3],
+                    };
+                    let layer = ConvTranspose3d::new(wt.clone(), bt.clone(), cfg);
+                    if fused {
+                        layer.forward_leaky_relu(x.as_tensor(), slope)
+                    } else {
+                        leaky_relu(&layer.forward(x.as_tensor()).unwrap(), slope)
+                    }
+                } else {
+                    let cfg = Conv3dConfig {
+                        stride,
+                        padding: [1; 3],
+                    };
+                    let layer = Conv3d::new(wt.clone(), bt.clone(), cfg);
+                    if fused {
+                        layer.forward_leaky_relu(x.as_tensor(), slope)
+                    } else {
+                        leaky_relu(&layer.forward(x.as_tensor()).unwrap(), slope)
+                    }
+                }
+                .unwrap();
+                let g = Tensor::from_vec(random(y.elem_count(), seed + 9), y.dims(), &dev).unwrap();
+                values_and_grads(&y, &g, &[x.as_tensor(), &wt, bt.as_ref().unwrap()])
+            };
+            let (a, b) = (run(true), run(false));
+            for (i, what) in ["output", "grad x", "grad w", "grad bias"]
+                .iter()
+                .enumerate()
+            {
+                assert_close(
+                    &a[i],
+                    &b[i],
+                    1e-5,
+                    &format!("LeakyReLU {what}, input {xs:?}"),
+                );
+            }
+        }
+        // The ReZero end after a 2D conv (wide: 32 channels; narrow: 3) and a 3D one, skip
+        // separate or the conv's own input, alpha 0 or not.
+        for (xs, co, alpha, skip_is_input, seed) in [
+            (vec![2, 32, 9, 37], 32, 0.37f32, true, 70u64),
+            (vec![2, 32, 9, 37], 32, 0.0, true, 71),
+            (vec![2, 3, 5, 21], 3, -0.6, false, 72),
+            (vec![2, 3, 3, 5, 11], 4, 0.8, false, 73),
+        ] {
+            let two_d = xs.len() == 4;
+            let ws: Vec<usize> = if two_d {
+                vec![co, xs[1], 3, 3]
+            } else {
+                vec![co, xs[1], 3, 3, 3]
+            };
+            let (x, w, b) = (var(&xs, seed), var(&ws, seed + 1), var(&[co], seed + 2));
+            let mut out = xs.clone();
+            out[1] = co;
+            let skip = var(&out, seed + 3);
+            let a = Var::from_vec(vec![alpha], 1, &dev).unwrap();
+            let run = |fused: bool| {
+                let (xt, at) = (x.as_tensor(), a.as_tensor());
+                let st = if skip_is_input { xt } else { skip.as_tensor() };
+                let (wt, bt) = (w.as_tensor().clone(), Some(b.as_tensor().clone()));
+                let y = if two_d {
+                    let cfg = candle_nn::Conv2dConfig {
+                        padding: 1,
+                        ..Default::default()
+                    };
+                    let layer = Conv2d::new(wt, bt, cfg);
+                    if fused {
+                        layer.forward_rezero_leaky_relu(xt, st, at, slope)
+                    } else {
+                        rezero_leaky_relu(&layer.forward(xt).unwrap(), st, at, slope)
+                    }
+                } else {
+                    let layer = Conv3d::new(wt, bt, Conv3dConfig::padded(1));
+                    if fused {
+                        layer.forward_rezero_leaky_relu(xt, st, at, slope)
+                    } else {
+                        rezero_leaky_relu(&layer.forward(xt).unwrap(), st, at, slope)
+                    }
+                }
+                .unwrap();
+                let g = Tensor::from_vec(random(y.elem_count(), seed + 9), y.dims(), &dev).unwrap();
+                let mut wrt = vec![xt, w.as_tensor(), b.as_tensor()];
+                if !skip_is_input {
+                    wrt.push(st);
+                }
+                wrt.push(at);
+                values_and_grads(&y, &g, &wrt)
+            };
+            let (got, want) = (run(true), run(false));
+            let mut whats = vec!["output", "grad x", "grad w", "grad bias"];
+            if !skip_is_input {
+                whats.push("grad skip");
+            }
+            whats.push("grad alpha");
+            for (i, what) in whats.iter().enumerate() {
+                assert_close(
+                    &got[i],
+                    &want[i],
+                    1e-4,
+                    &format!("ReZero {what}, input {xs:?}"),
+                );
+            }
+            if alpha == 0.0 {
+                assert!(
+                    got[2].iter().all(|&v| v == 0.0),
+                    "alpha 0: no weight gradient"
+                );
+                assert_ne!(got.last().unwrap()[0], 0.0, "alpha 0: alpha still learns");
+            }
+        }
     }
 
     /// Gradients: d/dx sum(conv3d(x, w) * g) is conv_transpose3d(g, w) (both checked against

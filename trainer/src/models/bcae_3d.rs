@@ -5,8 +5,7 @@ use candle_nn::VarBuilder;
 use super::{check_log_input, reconstruct_log_domain, rezero_alpha, Bicephalous};
 use crate::data::{batch_tensor, Wedge};
 use crate::nn::{
-    conv3d, conv_transpose3d, leaky_relu, rezero_leaky_relu, Conv3d, Conv3dConfig, ConvTranspose3d,
-    ConvTranspose3dConfig,
+    conv3d, conv_transpose3d, Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig,
 };
 
 /// Encoder features of BCAE-HT.
@@ -46,11 +45,12 @@ impl Resampler {
     }
 }
 
-impl Module for Resampler {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Resampler {
+    /// `LeakyReLU(resample(x))`, the activation fused into the conv.
+    fn forward_leaky_relu(&self, x: &Tensor, slope: f64) -> Result<Tensor> {
         match self {
-            Self::Down(c) => c.forward(x),
-            Self::Up(c) => c.forward(x),
+            Self::Down(c) => c.forward_leaky_relu(x, slope),
+            Self::Up(c) => c.forward_leaky_relu(x, slope),
         }
     }
 }
@@ -79,11 +79,11 @@ impl ResidualBlock {
 
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let side = leaky_relu(&self.side0.forward(x)?, SLOPE)?;
-        let main = self
-            .main3
-            .forward(&leaky_relu(&self.main0.forward(x)?, SLOPE)?)?;
-        rezero_leaky_relu(&main, &side, &self.alpha, SLOPE)
+        // Each activation fused into the conv before it (one op each on the CPU kernels).
+        let side = self.side0.forward_leaky_relu(x, SLOPE)?;
+        let hidden = self.main0.forward_leaky_relu(x, SLOPE)?;
+        self.main3
+            .forward_rezero_leaky_relu(&hidden, &side, &self.alpha, SLOPE)
     }
 }
 
