@@ -306,6 +306,36 @@ impl Conv2d {
         y.squeeze(2)
     }
 
+    /// `LeakyReLU(alpha * second(LeakyReLU(first(x))) + x)`, a ReZero residual block of two
+    /// convs; one op on the CPU kernels, see [`rezero_block`].
+    pub fn rezero_block(
+        x: &Tensor,
+        [first, second]: [&Conv2d; 2],
+        alpha: &Tensor,
+        slope: f64,
+    ) -> Result<Tensor> {
+        let ((s1, p1), (s2, p2)) = (first.stride_and_padding()?, second.stride_and_padding()?);
+        if !uses_cpu_kernels(x) {
+            let hidden = first.forward_leaky_relu(x, slope)?;
+            return second.forward_rezero_leaky_relu(&hidden, x, alpha, slope);
+        }
+        let (w1, w2) = (first.weight.unsqueeze(2)?, second.weight.unsqueeze(2)?);
+        let parts = |weight, bias, s, p| ConvParts {
+            weight,
+            bias,
+            stride: [1, s, s],
+            padding: [0, p, p],
+        };
+        let y = rezero_block(
+            &x.unsqueeze(2)?,
+            parts(&w1, first.bias.as_ref(), s1, p1),
+            parts(&w2, second.bias.as_ref(), s2, p2),
+            alpha,
+            slope,
+        )?;
+        y.squeeze(2)
+    }
+
     fn stride_and_padding(&self) -> Result<(usize, usize)> {
         let c = &self.config;
         if c.dilation != 1 || c.groups != 1 {
@@ -471,8 +501,8 @@ fn rezero_grads(
     a: f32,
     slope: f32,
 ) -> (Vec<f32>, Vec<f32>, f64) {
-    let mut d_main = vec![0f32; gv.len()];
-    let mut d_skip = vec![0f32; gv.len()];
+    let mut d_main = conv_cpu::zeroed(gv.len());
+    let mut d_skip = conv_cpu::zeroed(gv.len());
     let d_alpha: f64 = d_main
         .par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(d_skip.par_chunks_mut(ELEMENTWISE_CHUNK))
@@ -521,7 +551,7 @@ fn zip_map_f32(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Resu
             b.len()
         )
     }
-    let mut out = vec![0f32; a.len()];
+    let mut out = conv_cpu::zeroed(a.len());
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(a.par_chunks(ELEMENTWISE_CHUNK))
         .zip(b.par_chunks(ELEMENTWISE_CHUNK))
@@ -1440,15 +1470,15 @@ impl Conv3dOp {
         ))
     }
 
-    /// Gradients of the input, the weight and (with `bias`) the bias for the output `y` and its
-    /// gradient `g`.
+    /// Gradients of the input (where it needs one: not a network's input data), the weight and
+    /// (with `bias`) the bias for the output `y` and its gradient `g`.
     fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
         (y, g): (&Tensor, &Tensor),
         bias: bool,
-    ) -> Result<(Tensor, Tensor, Option<Vec<f32>>)> {
+    ) -> Result<(Option<Tensor>, Tensor, Option<Vec<f32>>)> {
         let geo = self.geometry(x.dims(), w.dims());
         let (gx, gw, gb) = with_f32(x, |xv| {
             with_f32(w, |wv| {
@@ -1460,16 +1490,17 @@ impl Conv3dOp {
                     };
                     let gv = masked.as_deref().unwrap_or(gv);
                     let id = Epilogue::Identity;
+                    let input_grad = x.track_op();
                     let (gx, gw) = if self.transposed {
                         // y = adj(x): dx = conv(g), dw = weight gradient with the conv input g,
                         // output x.
                         (
-                            conv_cpu::conv_forward(gv, wv, &[], &geo, id),
+                            input_grad.then(|| conv_cpu::conv_forward(gv, wv, &[], &geo, id)),
                             conv_cpu::conv_weight_grad(gv, xv, &geo),
                         )
                     } else {
                         (
-                            conv_cpu::conv_adjoint(gv, wv, &[], &geo, id),
+                            input_grad.then(|| conv_cpu::conv_adjoint(gv, wv, &[], &geo, id)),
                             conv_cpu::conv_weight_grad(xv, gv, &geo),
                         )
                     };
@@ -1483,7 +1514,8 @@ impl Conv3dOp {
             })
         })?;
         Ok((
-            Tensor::from_vec(gx, x.shape(), x.device())?,
+            gx.map(|gx| Tensor::from_vec(gx, x.shape(), x.device()))
+                .transpose()?,
             Tensor::from_vec(gw, w.shape(), w.device())?,
             gb,
         ))
@@ -1519,7 +1551,7 @@ impl CustomOp2 for Conv3dOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (gx, gw, _) = self.grads(x, w, (y, g), false)?;
-        Ok((Some(gx), Some(gw)))
+        Ok((gx, Some(gw)))
     }
 }
 
@@ -1553,7 +1585,7 @@ impl CustomOp3 for Conv3dOp {
         let (gx, gw, gb) = self.grads(x, w, (y, g), true)?;
         let gb = gb.expect("grads computes the bias gradient when asked");
         Ok((
-            Some(gx),
+            gx,
             Some(gw),
             Some(Tensor::from_vec(gb, b.shape(), b.device())?),
         ))
@@ -1638,6 +1670,263 @@ pub fn conv_rezero_leaky_relu(
         .contiguous()?
         .apply_op3(&skip.contiguous()?, &params, op)?;
     Ok(y)
+}
+
+/// A whole ReZero residual block of two convs, `LeakyReLU(alpha * second(LeakyReLU(first(x))) +
+/// x)` (BCAE-2D's block; each conv with its bias, the output the shape of `x`). On the CPU in f32
+/// one op: the activations fused into the convs as in [`conv_rezero_leaky_relu`], and in the
+/// backward the gradient through the inner LeakyReLU and the skip's gradient are fused into the
+/// adjoint kernels' stores. candle's backward zero-fills and adds a gradient buffer for every
+/// graph node a tensor feeds; as one op the block leaves one such node (its input) where the
+/// two fused convs left two and three adds. The hidden activation is kept for the backward pass
+/// only where gradients are tracked. Elsewhere [`Conv3d::forward_leaky_relu`] and
+/// [`conv_rezero_leaky_relu`].
+pub fn rezero_block(
+    x: &Tensor,
+    first: ConvParts,
+    second: ConvParts,
+    alpha: &Tensor,
+    slope: f64,
+) -> Result<Tensor> {
+    let fused = uses_cpu_kernels(x)
+        && [first.weight, second.weight, alpha]
+            .iter()
+            .all(|t| t.dtype() == DType::F32)
+        && [first.bias, second.bias]
+            .iter()
+            .all(|b| b.is_some_and(|b| b.dtype() == DType::F32))
+        && alpha.elem_count() == 1;
+    if !fused {
+        let hidden = conv3d_with_bias(
+            x,
+            first.weight,
+            first.bias,
+            first.stride,
+            first.padding,
+            Some(slope),
+        )?;
+        return conv_rezero_leaky_relu(&hidden, second, x, alpha, slope);
+    }
+    let geometry = |conv: &ConvParts, input: &[usize]| -> Result<conv_cpu::Geometry> {
+        let g = Conv3dOp {
+            stride: conv.stride,
+            padding: conv.padding,
+            output_padding: [0; 3],
+            transposed: false,
+            leaky_slope: None,
+        }
+        .geometry(input, conv.weight.dims());
+        let bias = conv.bias.map(|b| b.dims().to_vec());
+        if bias != Some(vec![g.out_channels]) {
+            candle_core::bail!(
+                "rezero_block: a bias {bias:?} for {} channels",
+                g.out_channels
+            )
+        }
+        Ok(g)
+    };
+    check_conv3d(x, first.weight, first.stride, first.padding)?;
+    let g1 = geometry(&first, x.dims())?;
+    let out1 = g1.output();
+    let hidden = [g1.batch, g1.out_channels, out1[0], out1[1], out1[2]];
+    if second.weight.rank() != 5 {
+        candle_core::bail!("rezero_block: the second conv's weight is not 5D")
+    }
+    let g2 = geometry(&second, &hidden)?;
+    let out2 = g2.output();
+    if [g2.batch, g2.out_channels, out2[0], out2[1], out2[2]] != x.dims()
+        || g2.in_channels != g1.out_channels
+    {
+        candle_core::bail!(
+            "rezero_block: input {:?} with weights {:?} and {:?} does not give the input's shape back",
+            x.dims(),
+            first.weight.dims(),
+            second.weight.dims()
+        )
+    }
+    let flat = |conv: &ConvParts, extra: Option<&Tensor>| -> Result<Tensor> {
+        let mut parts = vec![conv.weight.flatten_all()?];
+        parts.extend(conv.bias.map(|b| b.flatten_all()).transpose()?);
+        parts.extend(extra.map(|a| a.flatten_all()).transpose()?);
+        Tensor::cat(&parts, 0)
+    };
+    let (p1, p2) = (flat(&first, None)?, flat(&second, Some(alpha))?);
+    let op = RezeroBlockOp {
+        convs: [
+            (first.stride, first.padding, first.weight.dims5()?.into()),
+            (second.stride, second.padding, second.weight.dims5()?.into()),
+        ],
+        slope: slope as f32,
+        hidden: (x.track_op() || p1.track_op() || p2.track_op()).then(Default::default),
+    };
+    x.contiguous()?.apply_op3(&p1, &p2, op)
+}
+
+/// [`rezero_block`] on the CPU kernels: inputs (x, first conv's weight and bias, second conv's
+/// weight, bias and alpha), each conv's parameters flattened into one tensor.
+struct RezeroBlockOp {
+    /// (stride, padding, weight dims) of each conv.
+    convs: [([usize; 3], [usize; 3], [usize; 5]); 2],
+    slope: f32,
+    /// The hidden activation from the forward pass, for the backward; None where no gradient
+    /// is tracked.
+    hidden: Option<std::sync::Mutex<Vec<f32>>>,
+}
+
+impl RezeroBlockOp {
+    fn geometry(&self, conv: usize, input: &[usize]) -> conv_cpu::Geometry {
+        let (stride, padding, weight) = self.convs[conv];
+        Conv3dOp {
+            stride,
+            padding,
+            output_padding: [0; 3],
+            transposed: false,
+            leaky_slope: None,
+        }
+        .geometry(input, &weight)
+    }
+
+    /// Both geometries for the block input's dims.
+    fn geometries(&self, x: &[usize]) -> [conv_cpu::Geometry; 2] {
+        let g1 = self.geometry(0, x);
+        let o = g1.output();
+        let g2 = self.geometry(1, &[g1.batch, g1.out_channels, o[0], o[1], o[2]]);
+        [g1, g2]
+    }
+
+    /// (weight, bias, alpha if `with_alpha`) of conv `conv` from its flattened parameters.
+    fn split<'a>(
+        &self,
+        conv: usize,
+        params: &'a [f32],
+        with_alpha: bool,
+    ) -> Result<(&'a [f32], &'a [f32], f32)> {
+        let dims = self.convs[conv].2;
+        let weights: usize = dims.iter().product();
+        let want = weights + dims[0] + usize::from(with_alpha);
+        if params.len() != want {
+            candle_core::bail!(
+                "internal: {} parameters for conv {conv} of a residual block, not {want}",
+                params.len()
+            )
+        }
+        let (w, rest) = params.split_at(weights);
+        let alpha = if with_alpha { rest[dims[0]] } else { 1.0 };
+        Ok((w, &rest[..dims[0]], alpha))
+    }
+
+    /// The hidden activation `LeakyReLU(first(x))`.
+    fn hidden(&self, x: &[f32], p1: &[f32], g1: &conv_cpu::Geometry) -> Result<Vec<f32>> {
+        let (w1, b1, _) = self.split(0, p1, false)?;
+        Ok(conv_cpu::conv_forward(
+            x,
+            w1,
+            b1,
+            g1,
+            Epilogue::LeakyRelu(self.slope),
+        ))
+    }
+}
+
+impl CustomOp3 for RezeroBlockOp {
+    fn name(&self) -> &'static str {
+        "bcae-rezero-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1)?;
+        let [g1, g2] = self.geometries(l1.shape().dims());
+        let hidden = self.hidden(x, f32_slice(s2, l2)?, &g1)?;
+        let (w2, b2, alpha) = self.split(1, f32_slice(s3, l3)?, true)?;
+        let epilogue = Epilogue::Residual {
+            skip: x,
+            alpha,
+            slope: self.slope,
+        };
+        let y = conv_cpu::conv_forward(&hidden, w2, b2, &g2, epilogue);
+        if let Some(kept) = &self.hidden {
+            *kept.lock().unwrap_or_else(|e| e.into_inner()) = hidden;
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p1: &Tensor,
+        p2: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [g1, g2] = self.geometries(x.dims());
+        let hidden_shape = {
+            let o = g1.output();
+            Shape::from((g1.batch, g1.out_channels, o[0], o[1], o[2]))
+        };
+        let slope = self.slope;
+        let (dx, dp1, dp2) = with_f32(x, |xv| {
+            with_f32(p1, |p1v| {
+                with_f32(p2, |p2v| {
+                    let kept = self
+                        .hidden
+                        .as_ref()
+                        .map(|k| std::mem::take(&mut *k.lock().unwrap_or_else(|e| e.into_inner())))
+                        .filter(|h| h.len() == g1.output_len());
+                    // Recomputed where it was not kept (or a second backward took it).
+                    let hidden = match kept {
+                        Some(h) => h,
+                        None => self.hidden(xv, p1v, &g1)?,
+                    };
+                    let (w1, _, _) = self.split(0, p1v, false)?;
+                    let (w2, b2, alpha) = self.split(1, p2v, true)?;
+                    // The second conv and the block's end, as ResidualConvOp's backward.
+                    let masked =
+                        with_f32(y, |yv| with_f32(g, |gv| leaky_relu_grad(gv, yv, slope)))?;
+                    let mut dw2 = conv_cpu::conv_weight_grad(&hidden, &masked, &g2);
+                    let mut db2 = channel_sums(&masked, y.shape())?;
+                    let dot = |a: &[f32], b: &[f32]| -> f64 {
+                        a.iter().zip(b).map(|(&u, &v)| u as f64 * v as f64).sum()
+                    };
+                    let d_alpha = dot(w2, &dw2) + dot(b2, &db2);
+                    let scaled: Vec<f32> = w2.iter().map(|&v| v * alpha).collect();
+                    // The hidden gradient, through the inner LeakyReLU as the adjoint stores it.
+                    let through = Epilogue::LeakyReluGrad { by: &hidden, slope };
+                    let d_hidden = conv_cpu::conv_adjoint(&masked, &scaled, &[], &g2, through);
+                    let dw1 = conv_cpu::conv_weight_grad(xv, &d_hidden, &g1);
+                    let db1 = channel_sums(&d_hidden, &hidden_shape)?;
+                    // dx = first's adjoint + the skip's gradient (`masked`), added as stored.
+                    let plus_skip = Epilogue::Residual {
+                        skip: &masked,
+                        alpha: 1.0,
+                        slope: 1.0,
+                    };
+                    let dx = conv_cpu::conv_adjoint(&d_hidden, w1, &[], &g1, plus_skip);
+                    dw2.iter_mut()
+                        .chain(db2.iter_mut())
+                        .for_each(|v| *v *= alpha);
+                    let mut dp1 = dw1;
+                    dp1.extend_from_slice(&db1);
+                    let mut dp2 = dw2;
+                    dp2.extend_from_slice(&db2);
+                    dp2.push(d_alpha as f32);
+                    Ok((dx, dp1, dp2))
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dp1, p1.shape(), p1.device())?),
+            Some(Tensor::from_vec(dp2, p2.shape(), p2.device())?),
+        ))
+    }
 }
 
 /// [`conv_rezero_leaky_relu`] on the CPU kernels: inputs (x, skip, params), where params is the
@@ -2344,6 +2633,99 @@ mod tests {
                     "alpha 0: no weight gradient"
                 );
                 assert_ne!(got.last().unwrap()[0], 0.0, "alpha 0: alpha still learns");
+            }
+        }
+    }
+
+    /// A whole ReZero block as one op against its two convs and the separate activations:
+    /// values and every gradient, on the wide kernels (32 channels, 2D) and the narrow ones (3D,
+    /// 3 -> 5 -> 3 channels), alpha 0 or not. A second backward pass, after the first took the
+    /// kept hidden activation, recomputes it and gives the same gradients.
+    #[test]
+    fn rezero_block_matches_its_two_convs() {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize], seed: u64| {
+            Var::from_vec(random(shape.iter().product(), seed), shape.to_vec(), &dev).unwrap()
+        };
+        let slope = 0.2;
+        for (xs, hidden, alpha, seed) in [
+            (vec![2, 32, 9, 37], 32, 0.37f32, 80u64),
+            (vec![2, 32, 5, 20], 32, 0.0, 81),
+            (vec![2, 3, 3, 5, 11], 5, -0.6, 82),
+        ] {
+            let two_d = xs.len() == 4;
+            let c = xs[1];
+            let kernel = |co: usize, ci: usize| -> Vec<usize> {
+                if two_d {
+                    vec![co, ci, 3, 3]
+                } else {
+                    vec![co, ci, 3, 3, 3]
+                }
+            };
+            let x = var(&xs, seed);
+            let (w1, b1) = (var(&kernel(hidden, c), seed + 1), var(&[hidden], seed + 2));
+            let (w2, b2) = (var(&kernel(c, hidden), seed + 3), var(&[c], seed + 4));
+            let a = Var::from_vec(vec![alpha], 1, &dev).unwrap();
+            let g = Tensor::from_vec(random(x.elem_count(), seed + 9), xs.clone(), &dev).unwrap();
+            let wrt = [&x, &w1, &b1, &w2, &b2, &a].map(|v| v.as_tensor().clone());
+            let wrt: Vec<&Tensor> = wrt.iter().collect();
+            let (xt, at) = (x.as_tensor(), a.as_tensor());
+            let conv2d = |w: &Var, b: &Var| {
+                let cfg = candle_nn::Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                };
+                Conv2d::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), cfg)
+            };
+            let conv3d = |w: &Var, b: &Var| {
+                let (w, b) = (w.as_tensor().clone(), Some(b.as_tensor().clone()));
+                Conv3d::new(w, b, Conv3dConfig::padded(1))
+            };
+            let block = if two_d {
+                Conv2d::rezero_block(xt, [&conv2d(&w1, &b1), &conv2d(&w2, &b2)], at, slope)
+            } else {
+                let first = ConvParts {
+                    weight: w1.as_tensor(),
+                    bias: Some(b1.as_tensor()),
+                    stride: [1; 3],
+                    padding: [1; 3],
+                };
+                let second = ConvParts {
+                    weight: w2.as_tensor(),
+                    bias: Some(b2.as_tensor()),
+                    ..first
+                };
+                rezero_block(xt, first, second, at, slope)
+            }
+            .unwrap();
+            let separate = if two_d {
+                let h = leaky_relu(&conv2d(&w1, &b1).forward(xt).unwrap(), slope).unwrap();
+                rezero_leaky_relu(&conv2d(&w2, &b2).forward(&h).unwrap(), xt, at, slope)
+            } else {
+                let h = leaky_relu(&conv3d(&w1, &b1).forward(xt).unwrap(), slope).unwrap();
+                rezero_leaky_relu(&conv3d(&w2, &b2).forward(&h).unwrap(), xt, at, slope)
+            }
+            .unwrap();
+            let got = values_and_grads(&block, &g, &wrt);
+            let again = values_and_grads(&block, &g, &wrt);
+            let want = values_and_grads(&separate, &g, &wrt);
+            let whats = [
+                "output", "grad x", "grad w1", "grad b1", "grad w2", "grad b2",
+            ];
+            for (i, what) in whats.iter().chain(&["grad alpha"]).enumerate() {
+                let what = format!("block {what}, input {xs:?}");
+                assert_close(&got[i], &want[i], 1e-4, &what);
+                assert_eq!(got[i], again[i], "{what}: the second backward pass");
+            }
+            if alpha == 0.0 {
+                assert!(
+                    got[4].iter().all(|&v| v == 0.0),
+                    "alpha 0: no second-conv gradient"
+                );
+                assert!(
+                    got[2].iter().all(|&v| v == 0.0),
+                    "alpha 0: no first-conv gradient"
+                );
             }
         }
     }

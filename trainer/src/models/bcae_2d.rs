@@ -33,10 +33,8 @@ impl ResidualBlock {
 
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Each activation fused into the conv before it (one op each on the CPU kernels).
-        let hidden = self.conv1.forward_leaky_relu(x, SLOPE)?;
-        self.conv2
-            .forward_rezero_leaky_relu(&hidden, x, &self.alpha, SLOPE)
+        // One op on the CPU kernels, the activations fused into the convs.
+        Conv2d::rezero_block(x, [&self.conv1, &self.conv2], &self.alpha, SLOPE)
     }
 }
 
