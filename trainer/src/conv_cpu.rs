@@ -310,24 +310,22 @@ fn micro_kernel<const CB: usize>(
 }
 
 /// One output row: `out[c][j]` for `j < width`, channels `c < CB` (blocks of LANES along j),
-/// each accumulator starting from its channel's `init` (the bias).
+/// each accumulator starting from its channel's `init` (the bias). `store(c, j0, values)` takes
+/// channel `c`'s outputs `j0..j0 + values.len()`.
 #[inline(always)]
 fn row_blocks<const CB: usize>(
     src: &[f32],
     taps: &[usize],
     weights: &[f32],
     (width, init): (usize, [f32; CB]),
-    mut store: impl FnMut(usize, usize, f32),
+    mut store: impl FnMut(usize, usize, &[f32]),
 ) {
     for j0 in (0..width).step_by(LANES) {
         let mut acc: [[f32; LANES]; CB] = std::array::from_fn(|c| [init[c]; LANES]);
         micro_kernel::<CB>(src, taps, weights, j0, &mut acc);
+        let valid = (width - j0).min(LANES);
         for (c, lanes) in acc.iter().enumerate() {
-            for (i, &v) in lanes.iter().enumerate() {
-                if j0 + i < width {
-                    store(c, j0 + i, v);
-                }
-            }
+            store(c, j0, &lanes[..valid]);
         }
     }
 }
@@ -653,15 +651,12 @@ fn forward_slab<const CB: usize>(
         let src = &xr[y * rows.row_step(g.stride[1])..];
         for (block, weights) in packed.chunks(per_block).enumerate() {
             let init = std::array::from_fn(|c| bias_of(bias, block * CB + c));
-            row_blocks::<CB>(src, &taps, weights, (ow, init), |c, j, v| {
+            row_blocks::<CB>(src, &taps, weights, (ow, init), |c, j0, values| {
                 let o = block * CB + c;
                 if o < g.out_channels {
-                    let at = (((n * g.out_channels + o) * od + z) * oh + y) * ow + j;
-                    epilogue.store(
-                        std::slice::from_mut(&mut dst[(o * oh + y) * ow + j]),
-                        &[v],
-                        at,
-                    );
+                    let at = (((n * g.out_channels + o) * od + z) * oh + y) * ow + j0;
+                    let row = &mut dst[(o * oh + y) * ow + j0..][..values.len()];
+                    epilogue.store(row, values, at);
                 }
             });
         }
@@ -819,12 +814,14 @@ fn adjoint_slab<const CB: usize>(
             for block in 0..blocks {
                 let weights = &packed[at].1[block * per_block..][..per_block];
                 let init = std::array::from_fn(|c| bias_of(bias, block * CB + c));
-                row_blocks::<CB>(gr, &taps, weights, (span, init), |c, j, v| {
+                row_blocks::<CB>(gr, &taps, weights, (span, init), |c, j0, values| {
                     let ci = block * CB + c;
-                    // Padded position u = j sw + r; unpadded x = u - pw.
-                    let u = j * sw + r;
-                    if ci < g.in_channels && u >= pw && u - pw < wd {
-                        dst[(ci * h + y) * wd + u - pw] = v;
+                    for (j, &v) in (j0..).zip(values) {
+                        // Padded position u = j sw + r; unpadded x = u - pw.
+                        let u = j * sw + r;
+                        if ci < g.in_channels && u >= pw && u - pw < wd {
+                            dst[(ci * h + y) * wd + u - pw] = v;
+                        }
                     }
                 });
             }
