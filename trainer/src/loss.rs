@@ -378,20 +378,16 @@ mod fused {
         let count = (seg.elem_count() / z * valid_z) as f64;
         let seg_value = -sums.focal / count;
         let reg_value = sums.abs_error / count;
-        let seg_loss = seg.apply_op1(FocalLossOp {
-            value: seg_value as f32,
+        let loss = |head, value: f64| HeadLossOp {
+            head,
+            value: value as f32,
             target: target.clone(),
+            seg: seg_data.clone(),
             valid_z,
             count,
-        })?;
-        let reg_loss = reg.apply_op1(RegressionLossOp {
-            value: reg_value as f32,
-            target,
-            seg: seg_data,
-            mode: reg_mask,
-            valid_z,
-            count,
-        })?;
+        };
+        let seg_loss = seg.apply_op1(loss(Head::Segmentation, seg_value))?;
+        let reg_loss = reg.apply_op1(loss(Head::Regression(reg_mask), reg_value))?;
         let c = coefficient.update(reg_value, seg_value);
         let total = (&reg_loss + (&seg_loss * c)?)?;
         Ok(LossParts {
@@ -427,79 +423,68 @@ mod fused {
         out
     }
 
-    /// The segmentation loss `-mean(per)` as one node; its value comes from the shared pass.
-    struct FocalLossOp {
-        value: f32,
-        target: Tensor,
-        valid_z: usize,
-        count: f64,
+    /// Which head's loss a [`HeadLossOp`] is.
+    #[derive(Clone, Copy)]
+    enum Head {
+        /// `-mean(per)` of the focal loss, of the segmentation output.
+        Segmentation,
+        /// `mean |T(r) m - x|` of the regression output (m: the mode's mask, no gradient).
+        Regression(RegressionMask),
     }
 
-    impl CustomOp1 for FocalLossOp {
-        fn name(&self) -> &'static str {
-            "bcae-focal-loss"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-            Ok((CpuStorage::F32(vec![self.value]), Shape::from(())))
-        }
-
-        fn bwd(&self, seg: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-            let scale = -(grad.to_dtype(DType::F64)?.to_scalar::<f64>()? / self.count) as f32;
-            let (gamma, eps) = (FOCAL_GAMMA as f32, FOCAL_EPS as f32);
-            let z = seg.dim(D::Minus1)?;
-            let d = with_f32(seg, |sv| {
-                with_f32(&self.target, |tv| {
-                    Ok(per_element(sv.len(), z, self.valid_z, |i| {
-                        scale * focal_term_grad(sv[i], tv[i] > 0.0, gamma, eps)
-                    }))
-                })
-            })?;
-            Ok(Some(Tensor::from_vec(d, seg.shape(), seg.device())?))
-        }
-    }
-
-    /// The regression loss `mean |T(r) m - x|` as one node (m: the mode's mask, no gradient).
-    struct RegressionLossOp {
+    /// One head's loss as one graph node over that head's output; its value comes from the
+    /// shared pass, its backward is one parallel pass.
+    struct HeadLossOp {
+        head: Head,
         value: f32,
         target: Tensor,
+        /// The segmentation output (detached): the regression term's mask.
         seg: Tensor,
-        mode: RegressionMask,
         valid_z: usize,
         count: f64,
     }
 
-    impl CustomOp1 for RegressionLossOp {
+    impl CustomOp1 for HeadLossOp {
         fn name(&self) -> &'static str {
-            "bcae-regression-loss"
+            match self.head {
+                Head::Segmentation => "bcae-focal-loss",
+                Head::Regression(_) => "bcae-regression-loss",
+            }
         }
 
         fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
             Ok((CpuStorage::F32(vec![self.value]), Shape::from(())))
         }
 
-        fn bwd(&self, reg: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        fn bwd(&self, out: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
             let scale = (grad.to_dtype(DType::F64)?.to_scalar::<f64>()? / self.count) as f32;
+            let (gamma, eps) = (FOCAL_GAMMA as f32, FOCAL_EPS as f32);
             let threshold = SEG_THRESHOLD as f32;
-            let z = reg.dim(D::Minus1)?;
-            let d = with_f32(reg, |rv| {
+            let z = out.dim(D::Minus1)?;
+            let d = with_f32(out, |ov| {
                 with_f32(&self.seg, |sv| {
                     with_f32(&self.target, |tv| {
-                        Ok(per_element(rv.len(), z, self.valid_z, |i| {
+                        Ok(per_element(ov.len(), z, self.valid_z, |i| {
                             let (hit, predicted) = (tv[i] > 0.0, sv[i] > threshold);
-                            if !counted(self.mode, predicted, hit) {
-                                return 0.0;
+                            match self.head {
+                                Head::Segmentation => {
+                                    -scale * focal_term_grad(ov[i], hit, gamma, eps)
+                                }
+                                Head::Regression(mode) if counted(mode, predicted, hit) => {
+                                    // d|T m - x| / dr = sign(T - x) 3 e^r, candle's sign(0) = 1.
+                                    let e = ov[i].exp();
+                                    let value =
+                                        e * TRANSFORM_SCALE as f32 + TRANSFORM_OFFSET as f32;
+                                    let sign = if value - tv[i] >= 0.0 { 1.0 } else { -1.0 };
+                                    scale * sign * e * TRANSFORM_SCALE as f32
+                                }
+                                Head::Regression(_) => 0.0,
                             }
-                            // d|T m - x| / dr = sign(T - x) 3 e^r, with candle's sign(0) = 1.
-                            let e = rv[i].exp();
-                            let value = e * TRANSFORM_SCALE as f32 + TRANSFORM_OFFSET as f32;
-                            let sign = if value - tv[i] >= 0.0 { 1.0 } else { -1.0 };
-                            scale * sign * e * TRANSFORM_SCALE as f32
                         }))
                     })
                 })
             })?;
-            Ok(Some(Tensor::from_vec(d, reg.shape(), reg.device())?))
+            Ok(Some(Tensor::from_vec(d, out.shape(), out.device())?))
         }
     }
 }

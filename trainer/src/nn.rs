@@ -1628,14 +1628,7 @@ pub fn conv_rezero_leaky_relu(
         return rezero_leaky_relu(&main, skip, alpha, slope);
     };
     check_conv3d(x, weight, stride, padding)?;
-    let geometry = Conv3dOp {
-        stride,
-        padding,
-        output_padding: [0; 3],
-        transposed: false,
-        leaky_slope: None,
-    }
-    .geometry(x.dims(), weight.dims());
+    let geometry = conv_geometry(stride, padding, x.dims(), weight.dims());
     let out = geometry.output();
     let want = [
         geometry.batch,
@@ -1708,14 +1701,7 @@ pub fn rezero_block(
         return conv_rezero_leaky_relu(&hidden, second, x, alpha, slope);
     }
     let geometry = |conv: &ConvParts, input: &[usize]| -> Result<conv_cpu::Geometry> {
-        let g = Conv3dOp {
-            stride: conv.stride,
-            padding: conv.padding,
-            output_padding: [0; 3],
-            transposed: false,
-            leaky_slope: None,
-        }
-        .geometry(input, conv.weight.dims());
+        let g = conv_geometry(conv.stride, conv.padding, input, conv.weight.dims());
         let bias = conv.bias.map(|b| b.dims().to_vec());
         if bias != Some(vec![g.out_channels]) {
             candle_core::bail!(
@@ -1776,14 +1762,7 @@ struct RezeroBlockOp {
 impl RezeroBlockOp {
     fn geometry(&self, conv: usize, input: &[usize]) -> conv_cpu::Geometry {
         let (stride, padding, weight) = self.convs[conv];
-        Conv3dOp {
-            stride,
-            padding,
-            output_padding: [0; 3],
-            transposed: false,
-            leaky_slope: None,
-        }
-        .geometry(input, &weight)
+        conv_geometry(stride, padding, input, &weight)
     }
 
     /// Both geometries for the block input's dims.
@@ -1801,18 +1780,7 @@ impl RezeroBlockOp {
         params: &'a [f32],
         with_alpha: bool,
     ) -> Result<(&'a [f32], &'a [f32], f32)> {
-        let dims = self.convs[conv].2;
-        let weights: usize = dims.iter().product();
-        let want = weights + dims[0] + usize::from(with_alpha);
-        if params.len() != want {
-            candle_core::bail!(
-                "internal: {} parameters for conv {conv} of a residual block, not {want}",
-                params.len()
-            )
-        }
-        let (w, rest) = params.split_at(weights);
-        let alpha = if with_alpha { rest[dims[0]] } else { 1.0 };
-        Ok((w, &rest[..dims[0]], alpha))
+        split_conv_params(params, self.convs[conv].2, with_alpha)
     }
 
     /// The hidden activation `LeakyReLU(first(x))`.
@@ -1886,20 +1854,14 @@ impl CustomOp3 for RezeroBlockOp {
                         None => self.hidden(xv, p1v, &g1)?,
                     };
                     let (w1, _, _) = self.split(0, p1v, false)?;
-                    let (w2, b2, alpha) = self.split(1, p2v, true)?;
-                    // The second conv and the block's end, as ResidualConvOp's backward.
+                    // The second conv and the block's end, as ResidualConvOp's backward; the
+                    // hidden gradient goes through the inner LeakyReLU as the adjoint stores it.
                     let masked =
                         with_f32(y, |yv| with_f32(g, |gv| leaky_relu_grad(gv, yv, slope)))?;
-                    let mut dw2 = conv_cpu::conv_weight_grad(&hidden, &masked, &g2);
-                    let mut db2 = channel_sums(&masked, y.shape())?;
-                    let dot = |a: &[f32], b: &[f32]| -> f64 {
-                        a.iter().zip(b).map(|(&u, &v)| u as f64 * v as f64).sum()
-                    };
-                    let d_alpha = dot(w2, &dw2) + dot(b2, &db2);
-                    let scaled: Vec<f32> = w2.iter().map(|&v| v * alpha).collect();
-                    // The hidden gradient, through the inner LeakyReLU as the adjoint stores it.
                     let through = Epilogue::LeakyReluGrad { by: &hidden, slope };
-                    let d_hidden = conv_cpu::conv_adjoint(&masked, &scaled, &[], &g2, through);
+                    let second = self.split(1, p2v, true)?;
+                    let (d_hidden, dp2) =
+                        rezero_conv_grads(&hidden, &masked, second, (&g2, y.shape()), through)?;
                     let dw1 = conv_cpu::conv_weight_grad(xv, &d_hidden, &g1);
                     let db1 = channel_sums(&d_hidden, &hidden_shape)?;
                     // dx = first's adjoint + the skip's gradient (`masked`), added as stored.
@@ -1909,14 +1871,8 @@ impl CustomOp3 for RezeroBlockOp {
                         slope: 1.0,
                     };
                     let dx = conv_cpu::conv_adjoint(&d_hidden, w1, &[], &g1, plus_skip);
-                    dw2.iter_mut()
-                        .chain(db2.iter_mut())
-                        .for_each(|v| *v *= alpha);
                     let mut dp1 = dw1;
                     dp1.extend_from_slice(&db1);
-                    let mut dp2 = dw2;
-                    dp2.extend_from_slice(&db2);
-                    dp2.push(d_alpha as f32);
                     Ok((dx, dp1, dp2))
                 })
             })
@@ -1938,35 +1894,77 @@ struct ResidualConvOp {
     slope: f32,
 }
 
-impl ResidualConvOp {
-    fn geometry(&self, x: &[usize]) -> conv_cpu::Geometry {
-        Conv3dOp {
-            stride: self.stride,
-            padding: self.padding,
-            output_padding: [0; 3],
-            transposed: false,
-            leaky_slope: None,
-        }
-        .geometry(x, &self.weight_dims)
+/// The geometry of a (not transposed) conv with `stride`, `padding` and a weight of dims `w`, on
+/// an input of dims `x`.
+fn conv_geometry(
+    stride: [usize; 3],
+    padding: [usize; 3],
+    x: &[usize],
+    w: &[usize],
+) -> conv_cpu::Geometry {
+    Conv3dOp {
+        stride,
+        padding,
+        output_padding: [0; 3],
+        transposed: false,
+        leaky_slope: None,
     }
+    .geometry(x, w)
+}
 
-    /// (weight, bias, alpha) from the flattened parameters.
-    fn split<'a>(&self, params: &'a [f32]) -> Result<(&'a [f32], &'a [f32], f32)> {
-        let weights: usize = self.weight_dims.iter().product();
-        let channels = self.weight_dims[0];
-        if params.len() != weights + channels + 1 {
-            candle_core::bail!(
-                "internal: {} conv parameters for a weight {:?}, its bias and alpha",
-                params.len(),
-                self.weight_dims
-            )
-        }
-        let (w, rest) = params.split_at(weights);
-        Ok((w, &rest[..channels], rest[channels]))
+/// (weight, bias, alpha) of a conv with weight dims `dims` from its parameters flattened into
+/// one tensor (weight, bias, then alpha where `with_alpha`; alpha is 1 otherwise).
+fn split_conv_params(
+    params: &[f32],
+    dims: [usize; 5],
+    with_alpha: bool,
+) -> Result<(&[f32], &[f32], f32)> {
+    let weights: usize = dims.iter().product();
+    let want = weights + dims[0] + usize::from(with_alpha);
+    if params.len() != want {
+        candle_core::bail!(
+            "internal: {} parameters for a conv weight {dims:?} and its bias{}, not {want}",
+            params.len(),
+            if with_alpha { " and alpha" } else { "" }
+        )
     }
+    let (w, rest) = params.split_at(weights);
+    let alpha = if with_alpha { rest[dims[0]] } else { 1.0 };
+    Ok((w, &rest[..dims[0]], alpha))
+}
+
+/// The backward of `LeakyReLU(alpha * conv(x) + skip)` from the masked output gradient
+/// `masked = g * LeakyReLU'(y)` (which is also the skip's gradient): x's gradient, stored
+/// through `x_epilogue`, and the flattened parameters' `[alpha dw, alpha db, d alpha]`.
+fn rezero_conv_grads(
+    x: &[f32],
+    masked: &[f32],
+    (w, b, alpha): (&[f32], &[f32], f32),
+    (geo, out): (&conv_cpu::Geometry, &Shape),
+    x_epilogue: Epilogue,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    // The conv's gradients for g' (unscaled), then scaled by alpha.
+    let mut dw = conv_cpu::conv_weight_grad(x, masked, geo);
+    let mut db = channel_sums(masked, out)?;
+    // d alpha = sum(g' main), main = conv(x, w) + b, which is linear in (w, b): sum(g' main) =
+    // <w, dw> + <b, db>, from the unscaled gradients (no need to keep main from the forward).
+    let dot =
+        |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&u, &v)| u as f64 * v as f64).sum() };
+    let d_alpha = dot(w, &dw) + dot(b, &db);
+    let scaled: Vec<f32> = w.iter().map(|&v| v * alpha).collect();
+    let dx = conv_cpu::conv_adjoint(masked, &scaled, &[], geo, x_epilogue);
+    dw.iter_mut().chain(db.iter_mut()).for_each(|v| *v *= alpha);
+    let mut d_params = dw;
+    d_params.extend_from_slice(&db);
+    d_params.push(d_alpha as f32);
+    Ok((dx, d_params))
 }
 
 impl ResidualConvOp {
+    fn geometry(&self, x: &[usize]) -> conv_cpu::Geometry {
+        conv_geometry(self.stride, self.padding, x, &self.weight_dims)
+    }
+
     fn grads(
         &self,
         x: &Tensor,
@@ -1976,27 +1974,13 @@ impl ResidualConvOp {
         let geo = self.geometry(x.dims());
         with_f32(x, |xv| {
             with_f32(params, |pv| {
-                let (w, b, alpha) = self.split(pv)?;
+                let conv = split_conv_params(pv, self.weight_dims, true)?;
                 // g' = g * LeakyReLU'(y): the gradient of skip, and of alpha * main.
                 let masked = with_f32(y, |yv| {
                     with_f32(g, |gv| leaky_relu_grad(gv, yv, self.slope))
                 })?;
-                // The conv's gradients for g' (unscaled), then scaled by alpha.
-                let mut dw = conv_cpu::conv_weight_grad(xv, &masked, &geo);
-                let mut db = channel_sums(&masked, g.shape())?;
-                // d alpha = sum(g' main), main = conv(x, w) + b, which is linear in (w, b):
-                // sum(g' main) = <w, dw> + <b, db>, from the unscaled gradients (no need to
-                // keep main from the forward pass).
-                let dot = |a: &[f32], b: &[f32]| -> f64 {
-                    a.iter().zip(b).map(|(&u, &v)| u as f64 * v as f64).sum()
-                };
-                let d_alpha = dot(w, &dw) + dot(b, &db);
-                let scaled: Vec<f32> = w.iter().map(|&v| v * alpha).collect();
-                let dx = conv_cpu::conv_adjoint(&masked, &scaled, &[], &geo, Epilogue::Identity);
-                dw.iter_mut().chain(db.iter_mut()).for_each(|v| *v *= alpha);
-                let mut d_params = dw;
-                d_params.extend_from_slice(&db);
-                d_params.push(d_alpha as f32);
+                let (dx, d_params) =
+                    rezero_conv_grads(xv, &masked, conv, (&geo, g.shape()), Epilogue::Identity)?;
                 Ok((dx, masked, d_params))
             })
         })
@@ -2018,7 +2002,7 @@ impl CustomOp3 for ResidualConvOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, skip) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let (w, bias, alpha) = self.split(f32_slice(s3, l3)?)?;
+        let (w, bias, alpha) = split_conv_params(f32_slice(s3, l3)?, self.weight_dims, true)?;
         let g = self.geometry(l1.shape().dims());
         if skip.len() != g.output_len() {
             candle_core::bail!("internal: the residual conv's skip does not fit its output")
