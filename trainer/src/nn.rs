@@ -306,34 +306,46 @@ impl Conv2d {
         y.squeeze(2)
     }
 
-    /// `LeakyReLU(alpha * second(LeakyReLU(first(x))) + x)`, a ReZero residual block of two
-    /// convs; one op on the CPU kernels, see [`rezero_block`].
-    pub fn rezero_block(
+    /// A chain of ReZero residual blocks of two convs each, every block `x <- LeakyReLU(alpha *
+    /// second(LeakyReLU(first(x))) + x)`; one op on the CPU kernels, see [`rezero_blocks`].
+    pub fn rezero_blocks(
         x: &Tensor,
-        [first, second]: [&Conv2d; 2],
-        alpha: &Tensor,
+        blocks: &[([&Conv2d; 2], &Tensor)],
         slope: f64,
     ) -> Result<Tensor> {
-        let ((s1, p1), (s2, p2)) = (first.stride_and_padding()?, second.stride_and_padding()?);
         if !uses_cpu_kernels(x) {
-            let hidden = first.forward_leaky_relu(x, slope)?;
-            return second.forward_rezero_leaky_relu(&hidden, x, alpha, slope);
+            let mut x = x.clone();
+            for ([first, second], alpha) in blocks {
+                let hidden = first.forward_leaky_relu(&x, slope)?;
+                x = second.forward_rezero_leaky_relu(&hidden, &x, alpha, slope)?;
+            }
+            return Ok(x);
         }
-        let (w1, w2) = (first.weight.unsqueeze(2)?, second.weight.unsqueeze(2)?);
-        let parts = |weight, bias, s, p| ConvParts {
-            weight,
-            bias,
-            stride: [1, s, s],
-            padding: [0, p, p],
-        };
-        let y = rezero_block(
-            &x.unsqueeze(2)?,
-            parts(&w1, first.bias.as_ref(), s1, p1),
-            parts(&w2, second.bias.as_ref(), s2, p2),
-            alpha,
-            slope,
-        )?;
-        y.squeeze(2)
+        let mut weights = Vec::with_capacity(2 * blocks.len());
+        for ([first, second], _) in blocks {
+            weights.push((first.weight.unsqueeze(2)?, first.stride_and_padding()?));
+            weights.push((second.weight.unsqueeze(2)?, second.stride_and_padding()?));
+        }
+        let mut chain = Vec::with_capacity(blocks.len());
+        for (pair, ([first, second], alpha)) in weights.chunks(2).zip(blocks) {
+            let [(w1, (s1, q1)), (w2, (s2, q2))] = [&pair[0], &pair[1]];
+            chain.push(RezeroBlockParts {
+                first: ConvParts {
+                    weight: w1,
+                    bias: first.bias.as_ref(),
+                    stride: [1, *s1, *s1],
+                    padding: [0, *q1, *q1],
+                },
+                second: ConvParts {
+                    weight: w2,
+                    bias: second.bias.as_ref(),
+                    stride: [1, *s2, *s2],
+                    padding: [0, *q2, *q2],
+                },
+                alpha,
+            });
+        }
+        rezero_blocks(&x.unsqueeze(2)?, &chain, slope)?.squeeze(2)
     }
 
     fn stride_and_padding(&self) -> Result<(usize, usize)> {
@@ -1665,140 +1677,161 @@ pub fn conv_rezero_leaky_relu(
     Ok(y)
 }
 
-/// A whole ReZero residual block of two convs, `LeakyReLU(alpha * second(LeakyReLU(first(x))) +
-/// x)` (BCAE-2D's block; each conv with its bias, the output the shape of `x`). On the CPU in f32
+/// One ReZero residual block of two convs for [`rezero_blocks`]: `x <- LeakyReLU(alpha *
+/// second(LeakyReLU(first(x))) + x)`, each conv with its bias, the output the shape of `x`.
+#[derive(Clone, Copy)]
+pub struct RezeroBlockParts<'a> {
+    pub first: ConvParts<'a>,
+    pub second: ConvParts<'a>,
+    pub alpha: &'a Tensor,
+}
+
+/// A chain of ReZero residual blocks (BCAE-2D's stages between resamplings). On the CPU in f32
 /// one op: the activations fused into the convs as in [`conv_rezero_leaky_relu`], and in the
-/// backward the gradient through the inner LeakyReLU and the skip's gradient are fused into the
+/// backward the gradient through each inner LeakyReLU and each skip's gradient fused into the
 /// adjoint kernels' stores. candle's backward zero-fills and adds a gradient buffer for every
-/// graph node a tensor feeds; as one op the block leaves one such node (its input) where the
-/// two fused convs left two and three adds. The hidden activation is kept for the backward pass
-/// only where gradients are tracked. Elsewhere [`Conv3d::forward_leaky_relu`] and
-/// [`conv_rezero_leaky_relu`].
-pub fn rezero_block(
-    x: &Tensor,
-    first: ConvParts,
-    second: ConvParts,
-    alpha: &Tensor,
-    slope: f64,
-) -> Result<Tensor> {
+/// graph node a tensor feeds; as one op the chain leaves one such node (its input) where each
+/// block as two fused convs left two, and three adds. The activations inside the chain are kept
+/// for the backward pass only where gradients are tracked. Elsewhere [`Conv3d::forward_leaky_relu`]
+/// and [`conv_rezero_leaky_relu`] per block.
+pub fn rezero_blocks(x: &Tensor, blocks: &[RezeroBlockParts], slope: f64) -> Result<Tensor> {
     let fused = uses_cpu_kernels(x)
-        && [first.weight, second.weight, alpha]
-            .iter()
-            .all(|t| t.dtype() == DType::F32)
-        && [first.bias, second.bias]
-            .iter()
-            .all(|b| b.is_some_and(|b| b.dtype() == DType::F32))
-        && alpha.elem_count() == 1;
-    if !fused {
-        let hidden = conv3d_with_bias(
-            x,
-            first.weight,
-            first.bias,
-            first.stride,
-            first.padding,
-            Some(slope),
-        )?;
-        return conv_rezero_leaky_relu(&hidden, second, x, alpha, slope);
+        && blocks.iter().all(|b| {
+            [b.first.weight, b.second.weight, b.alpha]
+                .iter()
+                .all(|t| t.dtype() == DType::F32)
+                && [b.first.bias, b.second.bias]
+                    .iter()
+                    .all(|b| b.is_some_and(|b| b.dtype() == DType::F32))
+                && b.alpha.elem_count() == 1
+        });
+    if !fused || blocks.is_empty() {
+        let mut x = x.clone();
+        for b in blocks {
+            let (first, second) = (b.first, b.second);
+            let (stride, padding) = (first.stride, first.padding);
+            let hidden =
+                conv3d_with_bias(&x, first.weight, first.bias, stride, padding, Some(slope))?;
+            x = conv_rezero_leaky_relu(&hidden, second, &x, b.alpha, slope)?;
+        }
+        return Ok(x);
     }
     let geometry = |conv: &ConvParts, input: &[usize]| -> Result<conv_cpu::Geometry> {
+        if conv.weight.rank() != 5 || input.len() != 5 {
+            candle_core::bail!("rezero_blocks: a conv weight or its input is not 5D")
+        }
         let g = conv_geometry(conv.stride, conv.padding, input, conv.weight.dims());
         let bias = conv.bias.map(|b| b.dims().to_vec());
-        if bias != Some(vec![g.out_channels]) {
+        if bias != Some(vec![g.out_channels]) || g.in_channels != input[1] {
             candle_core::bail!(
-                "rezero_block: a bias {bias:?} for {} channels",
-                g.out_channels
+                "rezero_blocks: a conv weight {:?} with bias {bias:?} on an input {input:?}",
+                conv.weight.dims()
             )
         }
         Ok(g)
     };
-    check_conv3d(x, first.weight, first.stride, first.padding)?;
-    let g1 = geometry(&first, x.dims())?;
-    let out1 = g1.output();
-    let hidden = [g1.batch, g1.out_channels, out1[0], out1[1], out1[2]];
-    if second.weight.rank() != 5 {
-        candle_core::bail!("rezero_block: the second conv's weight is not 5D")
+    for b in blocks {
+        check_conv3d(x, b.first.weight, b.first.stride, b.first.padding)?;
+        let g1 = geometry(&b.first, x.dims())?;
+        let out1 = g1.output();
+        let g2 = geometry(
+            &b.second,
+            &[g1.batch, g1.out_channels, out1[0], out1[1], out1[2]],
+        )?;
+        let out2 = g2.output();
+        if [g2.batch, g2.out_channels, out2[0], out2[1], out2[2]] != x.dims() {
+            candle_core::bail!(
+                "rezero_blocks: input {:?} with weights {:?} and {:?} does not give the input's shape back",
+                x.dims(),
+                b.first.weight.dims(),
+                b.second.weight.dims()
+            )
+        }
     }
-    let g2 = geometry(&second, &hidden)?;
-    let out2 = g2.output();
-    if [g2.batch, g2.out_channels, out2[0], out2[1], out2[2]] != x.dims()
-        || g2.in_channels != g1.out_channels
-    {
-        candle_core::bail!(
-            "rezero_block: input {:?} with weights {:?} and {:?} does not give the input's shape back",
-            x.dims(),
-            first.weight.dims(),
-            second.weight.dims()
-        )
-    }
-    let flat = |conv: &ConvParts, extra: Option<&Tensor>| -> Result<Tensor> {
+    let flat = |conv: &ConvParts, extra: Option<&Tensor>| -> Result<Vec<Tensor>> {
         let mut parts = vec![conv.weight.flatten_all()?];
         parts.extend(conv.bias.map(|b| b.flatten_all()).transpose()?);
         parts.extend(extra.map(|a| a.flatten_all()).transpose()?);
-        Tensor::cat(&parts, 0)
+        Ok(parts)
     };
-    let (p1, p2) = (flat(&first, None)?, flat(&second, Some(alpha))?);
-    let op = RezeroBlockOp {
-        convs: [
-            (first.stride, first.padding, first.weight.dims5()?.into()),
-            (second.stride, second.padding, second.weight.dims5()?.into()),
-        ],
+    let (mut firsts, mut seconds) = (Vec::new(), Vec::new());
+    for b in blocks {
+        firsts.extend(flat(&b.first, None)?);
+        seconds.extend(flat(&b.second, Some(b.alpha))?);
+    }
+    let (p1, p2) = (Tensor::cat(&firsts, 0)?, Tensor::cat(&seconds, 0)?);
+    let dims = |c: &ConvParts| -> Result<ConvShape> {
+        Ok((c.stride, c.padding, c.weight.dims5()?.into()))
+    };
+    let op = RezeroBlocksOp {
+        convs: blocks
+            .iter()
+            .map(|b| Ok([dims(&b.first)?, dims(&b.second)?]))
+            .collect::<Result<_>>()?,
         slope: slope as f32,
-        hidden: (x.track_op() || p1.track_op() || p2.track_op()).then(Default::default),
+        kept: (x.track_op() || p1.track_op() || p2.track_op()).then(Default::default),
     };
     x.contiguous()?.apply_op3(&p1, &p2, op)
 }
 
-/// [`rezero_block`] on the CPU kernels: inputs (x, first conv's weight and bias, second conv's
-/// weight, bias and alpha), each conv's parameters flattened into one tensor.
-struct RezeroBlockOp {
-    /// (stride, padding, weight dims) of each conv.
-    convs: [([usize; 3], [usize; 3], [usize; 5]); 2],
+/// (stride, padding, weight dims) of a conv.
+type ConvShape = ([usize; 3], [usize; 3], [usize; 5]);
+/// A block's input (empty for the chain's first, the op's own input) and hidden activation.
+type KeptBlock = (Vec<f32>, Vec<f32>);
+/// A conv's (weight, bias, alpha).
+type ConvParams<'a> = (&'a [f32], &'a [f32], f32);
+
+/// [`rezero_blocks`] on the CPU kernels: inputs (x, every block's first conv weight and bias,
+/// every block's second conv weight, bias and alpha), flattened into two tensors in block order.
+struct RezeroBlocksOp {
+    /// Both convs of each block.
+    convs: Vec<[ConvShape; 2]>,
     slope: f32,
-    /// The hidden activation from the forward pass, for the backward; None where no gradient
-    /// is tracked.
-    hidden: Option<std::sync::Mutex<Vec<f32>>>,
+    /// From the forward pass, for the backward: each block's hidden activation and (past the
+    /// first block) its input. None where no gradient is tracked.
+    kept: Option<std::sync::Mutex<Vec<KeptBlock>>>,
 }
 
-impl RezeroBlockOp {
-    fn geometry(&self, conv: usize, input: &[usize]) -> conv_cpu::Geometry {
-        let (stride, padding, weight) = self.convs[conv];
-        conv_geometry(stride, padding, input, &weight)
-    }
-
-    /// Both geometries for the block input's dims.
-    fn geometries(&self, x: &[usize]) -> [conv_cpu::Geometry; 2] {
-        let g1 = self.geometry(0, x);
+impl RezeroBlocksOp {
+    /// Both geometries of block `b` for the block input's dims.
+    fn geometries(&self, b: usize, x: &[usize]) -> [conv_cpu::Geometry; 2] {
+        let [(s1, p1, w1), (s2, p2, w2)] = self.convs[b];
+        let g1 = conv_geometry(s1, p1, x, &w1);
         let o = g1.output();
-        let g2 = self.geometry(1, &[g1.batch, g1.out_channels, o[0], o[1], o[2]]);
+        let g2 = conv_geometry(s2, p2, &[g1.batch, g1.out_channels, o[0], o[1], o[2]], &w2);
         [g1, g2]
     }
 
-    /// (weight, bias, alpha if `with_alpha`) of conv `conv` from its flattened parameters.
+    /// Block `b`'s parameters inside the two flattened tensors: (first conv's weight, bias),
+    /// (second conv's weight, bias, alpha), and where they start.
     fn split<'a>(
         &self,
-        conv: usize,
-        params: &'a [f32],
-        with_alpha: bool,
-    ) -> Result<(&'a [f32], &'a [f32], f32)> {
-        split_conv_params(params, self.convs[conv].2, with_alpha)
-    }
-
-    /// The hidden activation `LeakyReLU(first(x))`.
-    fn hidden(&self, x: &[f32], p1: &[f32], g1: &conv_cpu::Geometry) -> Result<Vec<f32>> {
-        let (w1, b1, _) = self.split(0, p1, false)?;
-        Ok(conv_cpu::conv_forward(
-            x,
-            w1,
-            b1,
-            g1,
-            Epilogue::LeakyRelu(self.slope),
+        b: usize,
+        (p1, p2): (&'a [f32], &'a [f32]),
+    ) -> Result<(ConvParams<'a>, ConvParams<'a>, [usize; 2])> {
+        let len = |dims: [usize; 5], alpha: bool| -> usize {
+            dims.iter().product::<usize>() + dims[0] + usize::from(alpha)
+        };
+        let at1: usize = self.convs[..b].iter().map(|c| len(c[0].2, false)).sum();
+        let at2: usize = self.convs[..b].iter().map(|c| len(c[1].2, true)).sum();
+        let [(_, _, d1), (_, _, d2)] = self.convs[b];
+        let (Some(q1), Some(q2)) = (
+            p1.get(at1..at1 + len(d1, false)),
+            p2.get(at2..at2 + len(d2, true)),
+        ) else {
+            candle_core::bail!("internal: a residual chain's parameters are too short")
+        };
+        Ok((
+            split_conv_params(q1, d1, false)?,
+            split_conv_params(q2, d2, true)?,
+            [at1, at2],
         ))
     }
 }
 
-impl CustomOp3 for RezeroBlockOp {
+impl CustomOp3 for RezeroBlocksOp {
     fn name(&self) -> &'static str {
-        "bcae-rezero-block"
+        "bcae-rezero-blocks"
     }
 
     fn cpu_fwd(
@@ -1810,20 +1843,31 @@ impl CustomOp3 for RezeroBlockOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let [g1, g2] = self.geometries(l1.shape().dims());
-        let hidden = self.hidden(x, f32_slice(s2, l2)?, &g1)?;
-        let (w2, b2, alpha) = self.split(1, f32_slice(s3, l3)?, true)?;
-        let epilogue = Epilogue::Residual {
-            skip: x,
-            alpha,
-            slope: self.slope,
-        };
-        let y = conv_cpu::conv_forward(&hidden, w2, b2, &g2, epilogue);
-        if let Some(kept) = &self.hidden {
-            *kept.lock().unwrap_or_else(|e| e.into_inner()) = hidden;
+        let params = (f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let dims = l1.shape().dims();
+        let mut input = f32_slice(s1, l1)?.to_vec();
+        let mut kept = Vec::with_capacity(self.convs.len());
+        for b in 0..self.convs.len() {
+            let [g1, g2] = self.geometries(b, dims);
+            let ((w1, b1, _), (w2, b2, alpha), _) = self.split(b, params)?;
+            let slope = self.slope;
+            let hidden = conv_cpu::conv_forward(&input, w1, b1, &g1, Epilogue::LeakyRelu(slope));
+            let end = Epilogue::Residual {
+                skip: &input,
+                alpha,
+                slope,
+            };
+            let out = conv_cpu::conv_forward(&hidden, w2, b2, &g2, end);
+            let block_input = std::mem::replace(&mut input, out);
+            if self.kept.is_some() {
+                // The first block's input is the op's own input: not kept twice.
+                kept.push((if b == 0 { Vec::new() } else { block_input }, hidden));
+            }
         }
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        if let Some(k) = &self.kept {
+            *k.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        }
+        Ok((CpuStorage::F32(input), l1.shape().clone()))
     }
 
     fn bwd(
@@ -1834,46 +1878,76 @@ impl CustomOp3 for RezeroBlockOp {
         y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [g1, g2] = self.geometries(x.dims());
-        let hidden_shape = {
-            let o = g1.output();
-            Shape::from((g1.batch, g1.out_channels, o[0], o[1], o[2]))
-        };
+        let blocks = self.convs.len();
         let slope = self.slope;
         let (dx, dp1, dp2) = with_f32(x, |xv| {
             with_f32(p1, |p1v| {
                 with_f32(p2, |p2v| {
-                    let kept = self
-                        .hidden
+                    let params = (p1v, p2v);
+                    let mut kept = self
+                        .kept
                         .as_ref()
                         .map(|k| std::mem::take(&mut *k.lock().unwrap_or_else(|e| e.into_inner())))
-                        .filter(|h| h.len() == g1.output_len());
-                    // Recomputed where it was not kept (or a second backward took it).
-                    let hidden = match kept {
-                        Some(h) => h,
-                        None => self.hidden(xv, p1v, &g1)?,
-                    };
-                    let (w1, _, _) = self.split(0, p1v, false)?;
-                    // The second conv and the block's end, as ResidualConvOp's backward; the
-                    // hidden gradient goes through the inner LeakyReLU as the adjoint stores it.
-                    let masked =
-                        with_f32(y, |yv| with_f32(g, |gv| leaky_relu_grad(gv, yv, slope)))?;
-                    let through = Epilogue::LeakyReluGrad { by: &hidden, slope };
-                    let second = self.split(1, p2v, true)?;
-                    let (d_hidden, dp2) =
-                        rezero_conv_grads(&hidden, &masked, second, (&g2, y.shape()), through)?;
-                    let dw1 = conv_cpu::conv_weight_grad(xv, &d_hidden, &g1);
-                    let db1 = channel_sums(&d_hidden, &hidden_shape)?;
-                    // dx = first's adjoint + the skip's gradient (`masked`), added as stored.
-                    let plus_skip = Epilogue::Residual {
-                        skip: &masked,
-                        alpha: 1.0,
-                        slope: 1.0,
-                    };
-                    let dx = conv_cpu::conv_adjoint(&d_hidden, w1, &[], &g1, plus_skip);
-                    let mut dp1 = dw1;
-                    dp1.extend_from_slice(&db1);
-                    Ok((dx, dp1, dp2))
+                        .unwrap_or_default();
+                    if kept.len() != blocks {
+                        // Recomputed where not kept (or a second backward took them).
+                        kept.clear();
+                        let mut input = xv.to_vec();
+                        for b in 0..blocks {
+                            let [g1, g2] = self.geometries(b, x.dims());
+                            let ((w1, b1, _), (w2, b2, alpha), _) = self.split(b, params)?;
+                            let hidden = conv_cpu::conv_forward(
+                                &input,
+                                w1,
+                                b1,
+                                &g1,
+                                Epilogue::LeakyRelu(slope),
+                            );
+                            let end = Epilogue::Residual {
+                                skip: &input,
+                                alpha,
+                                slope,
+                            };
+                            let out = conv_cpu::conv_forward(&hidden, w2, b2, &g2, end);
+                            let block_input = std::mem::replace(&mut input, out);
+                            kept.push((if b == 0 { Vec::new() } else { block_input }, hidden));
+                        }
+                    }
+                    let (mut dp1, mut dp2) = (vec![0f32; p1v.len()], vec![0f32; p2v.len()]);
+                    let mut grad = with_f32(g, |gv| Ok(gv.to_vec()))?;
+                    // Each block's output: the next block's input, the op's output for the last.
+                    let mut output = with_f32(y, |yv| Ok(yv.to_vec()))?;
+                    for b in (0..blocks).rev() {
+                        let (block_input, hidden) = std::mem::take(&mut kept[b]);
+                        let input: &[f32] = if b == 0 { xv } else { &block_input };
+                        let [g1, g2] = self.geometries(b, x.dims());
+                        let ((w1, _, _), second, [at1, at2]) = self.split(b, params)?;
+                        let hidden_shape = {
+                            let o = g1.output();
+                            Shape::from((g1.batch, g1.out_channels, o[0], o[1], o[2]))
+                        };
+                        // The second conv and the block's end, as ResidualConvOp's backward;
+                        // the hidden gradient goes through the inner LeakyReLU as the adjoint
+                        // stores it.
+                        let masked = leaky_relu_grad(&grad, &output, slope)?;
+                        let through = Epilogue::LeakyReluGrad { by: &hidden, slope };
+                        let (d_hidden, d_second) =
+                            rezero_conv_grads(&hidden, &masked, second, (&g2, y.shape()), through)?;
+                        let dw1 = conv_cpu::conv_weight_grad(input, &d_hidden, &g1);
+                        let db1 = channel_sums(&d_hidden, &hidden_shape)?;
+                        // The input's gradient: first's adjoint + the skip's (`masked`).
+                        let plus_skip = Epilogue::Residual {
+                            skip: &masked,
+                            alpha: 1.0,
+                            slope: 1.0,
+                        };
+                        grad = conv_cpu::conv_adjoint(&d_hidden, w1, &[], &g1, plus_skip);
+                        dp1[at1..at1 + dw1.len()].copy_from_slice(&dw1);
+                        dp1[at1 + dw1.len()..at1 + dw1.len() + db1.len()].copy_from_slice(&db1);
+                        dp2[at2..at2 + d_second.len()].copy_from_slice(&d_second);
+                        output = if b == 0 { Vec::new() } else { block_input };
+                    }
+                    Ok((grad, dp1, dp2))
                 })
             })
         })?;
@@ -2621,21 +2695,22 @@ mod tests {
         }
     }
 
-    /// A whole ReZero block as one op against its two convs and the separate activations:
-    /// values and every gradient, on the wide kernels (32 channels, 2D) and the narrow ones (3D,
-    /// 3 -> 5 -> 3 channels), alpha 0 or not. A second backward pass, after the first took the
-    /// kept hidden activation, recomputes it and gives the same gradients.
+    /// A chain of ReZero blocks as one op against each block's two convs and the separate
+    /// activations: values and every gradient, on the wide kernels (32 channels, 2D) and the
+    /// narrow ones (3D, 3 -> 5 -> 3 channels), one block or three, alpha 0 or not. A second
+    /// backward pass, after the first took the kept activations, recomputes them and gives the
+    /// same gradients.
     #[test]
-    fn rezero_block_matches_its_two_convs() {
+    fn rezero_blocks_match_their_convs() {
         let dev = Device::Cpu;
         let var = |shape: &[usize], seed: u64| {
             Var::from_vec(random(shape.iter().product(), seed), shape.to_vec(), &dev).unwrap()
         };
         let slope = 0.2;
-        for (xs, hidden, alpha, seed) in [
-            (vec![2, 32, 9, 37], 32, 0.37f32, 80u64),
-            (vec![2, 32, 5, 20], 32, 0.0, 81),
-            (vec![2, 3, 3, 5, 11], 5, -0.6, 82),
+        for (xs, hidden, alphas, seed) in [
+            (vec![2, 32, 9, 37], 32, vec![0.37f32], 80u64),
+            (vec![2, 32, 5, 20], 32, vec![0.0, 0.5, -0.3], 81),
+            (vec![2, 3, 3, 5, 11], 5, vec![-0.6, 0.9], 82),
         ] {
             let two_d = xs.len() == 4;
             let c = xs[1];
@@ -2647,13 +2722,25 @@ mod tests {
                 }
             };
             let x = var(&xs, seed);
-            let (w1, b1) = (var(&kernel(hidden, c), seed + 1), var(&[hidden], seed + 2));
-            let (w2, b2) = (var(&kernel(c, hidden), seed + 3), var(&[c], seed + 4));
-            let a = Var::from_vec(vec![alpha], 1, &dev).unwrap();
+            // Per block: w1, b1, w2, b2, alpha.
+            let params: Vec<[Var; 5]> = alphas
+                .iter()
+                .enumerate()
+                .map(|(b, &alpha)| {
+                    let s = seed + 10 * b as u64;
+                    [
+                        var(&kernel(hidden, c), s + 1),
+                        var(&[hidden], s + 2),
+                        var(&kernel(c, hidden), s + 3),
+                        var(&[c], s + 4),
+                        Var::from_vec(vec![alpha], 1, &dev).unwrap(),
+                    ]
+                })
+                .collect();
             let g = Tensor::from_vec(random(x.elem_count(), seed + 9), xs.clone(), &dev).unwrap();
-            let wrt = [&x, &w1, &b1, &w2, &b2, &a].map(|v| v.as_tensor().clone());
-            let wrt: Vec<&Tensor> = wrt.iter().collect();
-            let (xt, at) = (x.as_tensor(), a.as_tensor());
+            let mut wrt = vec![x.as_tensor()];
+            wrt.extend(params.iter().flat_map(|p| p.iter().map(|v| v.as_tensor())));
+            let xt = x.as_tensor();
             let conv2d = |w: &Var, b: &Var| {
                 let cfg = candle_nn::Conv2dConfig {
                     padding: 1,
@@ -2665,49 +2752,80 @@ mod tests {
                 let (w, b) = (w.as_tensor().clone(), Some(b.as_tensor().clone()));
                 Conv3d::new(w, b, Conv3dConfig::padded(1))
             };
-            let block = if two_d {
-                Conv2d::rezero_block(xt, [&conv2d(&w1, &b1), &conv2d(&w2, &b2)], at, slope)
+            let chain = if two_d {
+                let layers: Vec<[Conv2d; 2]> = params
+                    .iter()
+                    .map(|[w1, b1, w2, b2, _]| [conv2d(w1, b1), conv2d(w2, b2)])
+                    .collect();
+                let blocks: Vec<([&Conv2d; 2], &Tensor)> = layers
+                    .iter()
+                    .zip(&params)
+                    .map(|([c1, c2], p)| ([c1, c2], p[4].as_tensor()))
+                    .collect();
+                Conv2d::rezero_blocks(xt, &blocks, slope)
             } else {
-                let first = ConvParts {
-                    weight: w1.as_tensor(),
-                    bias: Some(b1.as_tensor()),
-                    stride: [1; 3],
-                    padding: [1; 3],
-                };
-                let second = ConvParts {
-                    weight: w2.as_tensor(),
-                    bias: Some(b2.as_tensor()),
-                    ..first
-                };
-                rezero_block(xt, first, second, at, slope)
+                let blocks: Vec<RezeroBlockParts> = params
+                    .iter()
+                    .map(|[w1, b1, w2, b2, a]| {
+                        let first = ConvParts {
+                            weight: w1.as_tensor(),
+                            bias: Some(b1.as_tensor()),
+                            stride: [1; 3],
+                            padding: [1; 3],
+                        };
+                        let second = ConvParts {
+                            weight: w2.as_tensor(),
+                            bias: Some(b2.as_tensor()),
+                            ..first
+                        };
+                        RezeroBlockParts {
+                            first,
+                            second,
+                            alpha: a.as_tensor(),
+                        }
+                    })
+                    .collect();
+                rezero_blocks(xt, &blocks, slope)
             }
             .unwrap();
-            let separate = if two_d {
-                let h = leaky_relu(&conv2d(&w1, &b1).forward(xt).unwrap(), slope).unwrap();
-                rezero_leaky_relu(&conv2d(&w2, &b2).forward(&h).unwrap(), xt, at, slope)
-            } else {
-                let h = leaky_relu(&conv3d(&w1, &b1).forward(xt).unwrap(), slope).unwrap();
-                rezero_leaky_relu(&conv3d(&w2, &b2).forward(&h).unwrap(), xt, at, slope)
+            let mut separate = xt.clone();
+            for [w1, b1, w2, b2, a] in &params {
+                let at = a.as_tensor();
+                separate = if two_d {
+                    let h = leaky_relu(&conv2d(w1, b1).forward(&separate).unwrap(), slope).unwrap();
+                    let main = conv2d(w2, b2).forward(&h).unwrap();
+                    rezero_leaky_relu(&main, &separate, at, slope)
+                } else {
+                    let h = leaky_relu(&conv3d(w1, b1).forward(&separate).unwrap(), slope).unwrap();
+                    let main = conv3d(w2, b2).forward(&h).unwrap();
+                    rezero_leaky_relu(&main, &separate, at, slope)
+                }
+                .unwrap();
             }
-            .unwrap();
-            let got = values_and_grads(&block, &g, &wrt);
-            let again = values_and_grads(&block, &g, &wrt);
+            let got = values_and_grads(&chain, &g, &wrt);
+            let again = values_and_grads(&chain, &g, &wrt);
             let want = values_and_grads(&separate, &g, &wrt);
-            let whats = [
-                "output", "grad x", "grad w1", "grad b1", "grad w2", "grad b2",
-            ];
-            for (i, what) in whats.iter().chain(&["grad alpha"]).enumerate() {
-                let what = format!("block {what}, input {xs:?}");
-                assert_close(&got[i], &want[i], 1e-4, &what);
+            let names = ["w1", "b1", "w2", "b2", "alpha"];
+            for i in 0..got.len() {
+                let what = match i {
+                    0 => "output".to_string(),
+                    1 => "grad x".to_string(),
+                    i => format!("grad {} of block {}", names[(i - 2) % 5], (i - 2) / 5),
+                };
+                let what = format!("{what}, input {xs:?}, {} blocks", alphas.len());
+                // f32 sums of 288 products, in another order, through up to three blocks.
+                let tolerance = 1e-4 * alphas.len() as f32;
+                assert_close(&got[i], &want[i], tolerance, &what);
                 assert_eq!(got[i], again[i], "{what}: the second backward pass");
             }
-            if alpha == 0.0 {
+            if alphas[0] == 0.0 {
+                let (w1, w2) = (&got[2], &got[4]);
                 assert!(
-                    got[4].iter().all(|&v| v == 0.0),
+                    w2.iter().all(|&v| v == 0.0),
                     "alpha 0: no second-conv gradient"
                 );
                 assert!(
-                    got[2].iter().all(|&v| v == 0.0),
+                    w1.iter().all(|&v| v == 0.0),
                     "alpha 0: no first-conv gradient"
                 );
             }

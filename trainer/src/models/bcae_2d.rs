@@ -31,10 +31,15 @@ impl ResidualBlock {
     }
 }
 
+impl ResidualBlock {
+    fn parts(&self) -> ([&Conv2d; 2], &Tensor) {
+        ([&self.conv1, &self.conv2], &self.alpha)
+    }
+}
+
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // One op on the CPU kernels, the activations fused into the convs.
-        Conv2d::rezero_block(x, [&self.conv1, &self.conv2], &self.alpha, SLOPE)
+        Conv2d::rezero_blocks(x, &[self.parts()], SLOPE)
     }
 }
 
@@ -74,8 +79,15 @@ impl Stage {
 impl Module for Stage {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
+        // The residual blocks between two resamplings run as one chain (one op on the CPU
+        // kernels).
+        let mut chain = Vec::new();
         for (resample, r1, r2) in &self.blocks {
             if *resample {
+                if !chain.is_empty() {
+                    x = Conv2d::rezero_blocks(&x, &chain, SLOPE)?;
+                    chain.clear();
+                }
                 x = match self.kind {
                     Resample::Down => x.avg_pool2d(2)?,
                     Resample::Up => {
@@ -84,9 +96,9 @@ impl Module for Stage {
                     }
                 };
             }
-            x = r2.forward(&r1.forward(&x)?)?;
+            chain.extend([r1.parts(), r2.parts()]);
         }
-        Ok(x)
+        Conv2d::rezero_blocks(&x, &chain, SLOPE)
     }
 }
 
