@@ -9,6 +9,10 @@
 //! - [`conv_weight_grad`]: `dL/dw` of a conv from its input and output gradient; with the roles
 //!   of the two swapped, the weight gradient of a transposed conv.
 //!
+//! The forward kernels store through an [`Epilogue`]: the activation after a conv (LeakyReLU, a
+//! ReZero block's end, or a gradient through a LeakyReLU) applied as the results are stored,
+//! so it costs no pass and no graph node of its own.
+//!
 //! How: the input is copied once into zero-padded rows along the contiguous axis (W), split into
 //! `stride_w` phases so every tap reads a contiguous slice. With 8 or more output channels on an
 //! AVX-512 CPU, explicit-SIMD kernels (`pulp`'s safe vector types) hold 16 vector registers of

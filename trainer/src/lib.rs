@@ -2,7 +2,7 @@
 //!
 //! - [`data`]: the reference data set's reader/writer and the physics-based synthetic TPC generator.
 //! - [`nn`]: layers candle lacks (Conv3d, ConvTranspose3d) and the model building blocks;
-//!   [`conv_cpu`]: their f32 CPU kernels (forward, both gradients, bias).
+//!   [`conv_cpu`]: their f32 CPU kernels (forward, both gradients, bias, fused activations).
 //! - [`models`]: BCAE-2D, BCAE-HT, BCAE++ and the original BCAE (2021) in candle.
 //! - [`loss`], [`metrics`], [`train`], [`eval`], [`checkpoint`]: the bicephalous training loop and
 //!   the paper's Table-1 evaluation.
