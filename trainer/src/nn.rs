@@ -296,12 +296,7 @@ impl Conv2d {
             return rezero_leaky_relu(&self.forward(x)?, skip, alpha, slope);
         }
         let weight = self.weight.unsqueeze(2)?;
-        let conv = ConvParts {
-            weight: &weight,
-            bias: self.bias.as_ref(),
-            stride: [1, s, s],
-            padding: [0, p, p],
-        };
+        let conv = self.as_depth_one(&weight, (s, p));
         let y = conv_rezero_leaky_relu(&x.unsqueeze(2)?, conv, &skip.unsqueeze(2)?, alpha, slope)?;
         y.squeeze(2)
     }
@@ -326,26 +321,26 @@ impl Conv2d {
             weights.push((first.weight.unsqueeze(2)?, first.stride_and_padding()?));
             weights.push((second.weight.unsqueeze(2)?, second.stride_and_padding()?));
         }
-        let mut chain = Vec::with_capacity(blocks.len());
-        for (pair, ([first, second], alpha)) in weights.chunks(2).zip(blocks) {
-            let [(w1, (s1, q1)), (w2, (s2, q2))] = [&pair[0], &pair[1]];
-            chain.push(RezeroBlockParts {
-                first: ConvParts {
-                    weight: w1,
-                    bias: first.bias.as_ref(),
-                    stride: [1, *s1, *s1],
-                    padding: [0, *q1, *q1],
-                },
-                second: ConvParts {
-                    weight: w2,
-                    bias: second.bias.as_ref(),
-                    stride: [1, *s2, *s2],
-                    padding: [0, *q2, *q2],
-                },
+        let chain: Vec<RezeroBlockParts> = weights
+            .chunks(2)
+            .zip(blocks)
+            .map(|(pair, ([first, second], alpha))| RezeroBlockParts {
+                first: first.as_depth_one(&pair[0].0, pair[0].1),
+                second: second.as_depth_one(&pair[1].0, pair[1].1),
                 alpha,
-            });
-        }
+            })
+            .collect();
         rezero_blocks(&x.unsqueeze(2)?, &chain, slope)?.squeeze(2)
+    }
+
+    /// This conv as a depth-1 3D one, with `weight` its weight unsqueezed at dim 2.
+    fn as_depth_one<'a>(&'a self, weight: &'a Tensor, (s, p): (usize, usize)) -> ConvParts<'a> {
+        ConvParts {
+            weight,
+            bias: self.bias.as_ref(),
+            stride: [1, s, s],
+            padding: [0, p, p],
+        }
     }
 
     fn stride_and_padding(&self) -> Result<(usize, usize)> {
@@ -1657,14 +1652,7 @@ pub fn conv_rezero_leaky_relu(
         )
     }
     // One parameter tensor for the op's third input: (weight, bias, alpha), flattened.
-    let params = Tensor::cat(
-        &[
-            weight.flatten_all()?,
-            bias.flatten_all()?,
-            alpha.flatten_all()?,
-        ],
-        0,
-    )?;
+    let params = Tensor::cat(&flat_conv_params(&conv, Some(alpha))?, 0)?;
     let op = ResidualConvOp {
         stride,
         padding,
@@ -1675,6 +1663,15 @@ pub fn conv_rezero_leaky_relu(
         .contiguous()?
         .apply_op3(&skip.contiguous()?, &params, op)?;
     Ok(y)
+}
+
+/// A conv's weight, bias and (where given) alpha, each flattened: the pieces of the fused ops'
+/// parameter tensors, in the order [`split_conv_params`] reads them.
+fn flat_conv_params(conv: &ConvParts, alpha: Option<&Tensor>) -> Result<Vec<Tensor>> {
+    let mut parts = vec![conv.weight.flatten_all()?];
+    parts.extend(conv.bias.map(|b| b.flatten_all()).transpose()?);
+    parts.extend(alpha.map(|a| a.flatten_all()).transpose()?);
+    Ok(parts)
 }
 
 /// One ReZero residual block of two convs for [`rezero_blocks`]: `x <- LeakyReLU(alpha *
@@ -1748,16 +1745,10 @@ pub fn rezero_blocks(x: &Tensor, blocks: &[RezeroBlockParts], slope: f64) -> Res
             )
         }
     }
-    let flat = |conv: &ConvParts, extra: Option<&Tensor>| -> Result<Vec<Tensor>> {
-        let mut parts = vec![conv.weight.flatten_all()?];
-        parts.extend(conv.bias.map(|b| b.flatten_all()).transpose()?);
-        parts.extend(extra.map(|a| a.flatten_all()).transpose()?);
-        Ok(parts)
-    };
     let (mut firsts, mut seconds) = (Vec::new(), Vec::new());
     for b in blocks {
-        firsts.extend(flat(&b.first, None)?);
-        seconds.extend(flat(&b.second, Some(b.alpha))?);
+        firsts.extend(flat_conv_params(&b.first, None)?);
+        seconds.extend(flat_conv_params(&b.second, Some(b.alpha))?);
     }
     let (p1, p2) = (Tensor::cat(&firsts, 0)?, Tensor::cat(&seconds, 0)?);
     let dims = |c: &ConvParts| -> Result<ConvShape> {
