@@ -29,9 +29,8 @@ impl ResidualBlock {
             alpha: rezero_alpha(&vb)?,
         })
     }
-}
 
-impl ResidualBlock {
+    /// Both convs and alpha, as [`Conv2d::rezero_blocks`] takes a block.
     fn parts(&self) -> ([&Conv2d; 2], &Tensor) {
         ([&self.conv1, &self.conv2], &self.alpha)
     }
