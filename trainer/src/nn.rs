@@ -26,6 +26,7 @@ use candle_core::{
 };
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Stride and zero padding of a [`Conv3d`], per axis (D, H, W).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1793,6 +1794,94 @@ impl RezeroBlocksOp {
         [g1, g2]
     }
 
+    /// The chain's output for input `x` (dims `dims`), and where `keep`, each block's input (past
+    /// the first, which is `x`) and hidden activation for the backward pass.
+    fn forward(
+        &self,
+        x: &[f32],
+        dims: &[usize],
+        params: (&[f32], &[f32]),
+        keep: bool,
+    ) -> Result<(Vec<f32>, Vec<KeptBlock>)> {
+        let slope = self.slope;
+        let mut input = Cow::Borrowed(x);
+        let mut kept = Vec::with_capacity(if keep { self.convs.len() } else { 0 });
+        for b in 0..self.convs.len() {
+            let [g1, g2] = self.geometries(b, dims);
+            let ((w1, b1, _), (w2, b2, alpha), _) = self.split(b, params)?;
+            let hidden = conv_cpu::conv_forward(&input, w1, b1, &g1, Epilogue::LeakyRelu(slope));
+            let end = Epilogue::Residual {
+                skip: &input,
+                alpha,
+                slope,
+            };
+            let out = conv_cpu::conv_forward(&hidden, w2, b2, &g2, end);
+            let block_input = std::mem::replace(&mut input, Cow::Owned(out));
+            if keep {
+                // The first block's input is the op's own input: not kept twice.
+                let block_input = match block_input {
+                    Cow::Owned(v) => v,
+                    Cow::Borrowed(_) => Vec::new(),
+                };
+                kept.push((block_input, hidden));
+            }
+        }
+        Ok((input.into_owned(), kept))
+    }
+
+    /// (d x, d first parameters, d second parameters) from the op's output `yv` and its
+    /// gradient `gv`, block by block from the last.
+    fn backward(
+        &self,
+        (xv, dims): (&[f32], &[usize]),
+        params: (&[f32], &[f32]),
+        (yv, gv): (&[f32], &[f32]),
+        out_shape: &Shape,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (blocks, slope) = (self.convs.len(), self.slope);
+        let mut kept = self
+            .kept
+            .as_ref()
+            .map(|k| std::mem::take(&mut *k.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default();
+        if kept.len() != blocks {
+            // Recomputed where not kept (or a second backward took them).
+            kept = self.forward(xv, dims, params, true)?.1;
+        }
+        let (mut dp1, mut dp2) = (vec![0f32; params.0.len()], vec![0f32; params.1.len()]);
+        // The gradient of each block's output, and that output: the next block's input, the
+        // op's own output for the last (borrowed, not copied).
+        let (mut grad, mut output) = (Cow::Borrowed(gv), Cow::Borrowed(yv));
+        for b in (0..blocks).rev() {
+            let (block_input, hidden) = std::mem::take(&mut kept[b]);
+            let input: &[f32] = if b == 0 { xv } else { &block_input };
+            let [g1, g2] = self.geometries(b, dims);
+            let ((w1, _, _), second, [at1, at2]) = self.split(b, params)?;
+            let o = g1.output();
+            let hidden_shape = Shape::from((g1.batch, g1.out_channels, o[0], o[1], o[2]));
+            // The second conv and the block's end, as ResidualConvOp's backward; the hidden
+            // gradient goes through the inner LeakyReLU as the adjoint stores it.
+            let masked = leaky_relu_grad(&grad, &output, slope)?;
+            let through = Epilogue::LeakyReluGrad { by: &hidden, slope };
+            let (d_hidden, d_second) =
+                rezero_conv_grads(&hidden, &masked, second, (&g2, out_shape), through)?;
+            let dw1 = conv_cpu::conv_weight_grad(input, &d_hidden, &g1);
+            let db1 = channel_sums(&d_hidden, &hidden_shape)?;
+            // The input's gradient: first's adjoint + the skip's (`masked`), added as stored.
+            let plus_skip = Epilogue::Residual {
+                skip: &masked,
+                alpha: 1.0,
+                slope: 1.0,
+            };
+            grad = Cow::Owned(conv_cpu::conv_adjoint(&d_hidden, w1, &[], &g1, plus_skip));
+            dp1[at1..][..dw1.len()].copy_from_slice(&dw1);
+            dp1[at1 + dw1.len()..][..db1.len()].copy_from_slice(&db1);
+            dp2[at2..][..d_second.len()].copy_from_slice(&d_second);
+            output = Cow::Owned(block_input);
+        }
+        Ok((grad.into_owned(), dp1, dp2))
+    }
+
     /// Block `b`'s parameters inside the two flattened tensors: (first conv's weight, bias),
     /// (second conv's weight, bias, alpha), and where they start.
     fn split<'a>(
@@ -1835,30 +1924,12 @@ impl CustomOp3 for RezeroBlocksOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let params = (f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let dims = l1.shape().dims();
-        let mut input = f32_slice(s1, l1)?.to_vec();
-        let mut kept = Vec::with_capacity(self.convs.len());
-        for b in 0..self.convs.len() {
-            let [g1, g2] = self.geometries(b, dims);
-            let ((w1, b1, _), (w2, b2, alpha), _) = self.split(b, params)?;
-            let slope = self.slope;
-            let hidden = conv_cpu::conv_forward(&input, w1, b1, &g1, Epilogue::LeakyRelu(slope));
-            let end = Epilogue::Residual {
-                skip: &input,
-                alpha,
-                slope,
-            };
-            let out = conv_cpu::conv_forward(&hidden, w2, b2, &g2, end);
-            let block_input = std::mem::replace(&mut input, out);
-            if self.kept.is_some() {
-                // The first block's input is the op's own input: not kept twice.
-                kept.push((if b == 0 { Vec::new() } else { block_input }, hidden));
-            }
-        }
+        let x = f32_slice(s1, l1)?;
+        let (y, kept) = self.forward(x, l1.shape().dims(), params, self.kept.is_some())?;
         if let Some(k) = &self.kept {
             *k.lock().unwrap_or_else(|e| e.into_inner()) = kept;
         }
-        Ok((CpuStorage::F32(input), l1.shape().clone()))
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     fn bwd(
@@ -1869,76 +1940,14 @@ impl CustomOp3 for RezeroBlocksOp {
         y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let blocks = self.convs.len();
-        let slope = self.slope;
         let (dx, dp1, dp2) = with_f32(x, |xv| {
             with_f32(p1, |p1v| {
                 with_f32(p2, |p2v| {
-                    let params = (p1v, p2v);
-                    let mut kept = self
-                        .kept
-                        .as_ref()
-                        .map(|k| std::mem::take(&mut *k.lock().unwrap_or_else(|e| e.into_inner())))
-                        .unwrap_or_default();
-                    if kept.len() != blocks {
-                        // Recomputed where not kept (or a second backward took them).
-                        kept.clear();
-                        let mut input = xv.to_vec();
-                        for b in 0..blocks {
-                            let [g1, g2] = self.geometries(b, x.dims());
-                            let ((w1, b1, _), (w2, b2, alpha), _) = self.split(b, params)?;
-                            let hidden = conv_cpu::conv_forward(
-                                &input,
-                                w1,
-                                b1,
-                                &g1,
-                                Epilogue::LeakyRelu(slope),
-                            );
-                            let end = Epilogue::Residual {
-                                skip: &input,
-                                alpha,
-                                slope,
-                            };
-                            let out = conv_cpu::conv_forward(&hidden, w2, b2, &g2, end);
-                            let block_input = std::mem::replace(&mut input, out);
-                            kept.push((if b == 0 { Vec::new() } else { block_input }, hidden));
-                        }
-                    }
-                    let (mut dp1, mut dp2) = (vec![0f32; p1v.len()], vec![0f32; p2v.len()]);
-                    let mut grad = with_f32(g, |gv| Ok(gv.to_vec()))?;
-                    // Each block's output: the next block's input, the op's output for the last.
-                    let mut output = with_f32(y, |yv| Ok(yv.to_vec()))?;
-                    for b in (0..blocks).rev() {
-                        let (block_input, hidden) = std::mem::take(&mut kept[b]);
-                        let input: &[f32] = if b == 0 { xv } else { &block_input };
-                        let [g1, g2] = self.geometries(b, x.dims());
-                        let ((w1, _, _), second, [at1, at2]) = self.split(b, params)?;
-                        let hidden_shape = {
-                            let o = g1.output();
-                            Shape::from((g1.batch, g1.out_channels, o[0], o[1], o[2]))
-                        };
-                        // The second conv and the block's end, as ResidualConvOp's backward;
-                        // the hidden gradient goes through the inner LeakyReLU as the adjoint
-                        // stores it.
-                        let masked = leaky_relu_grad(&grad, &output, slope)?;
-                        let through = Epilogue::LeakyReluGrad { by: &hidden, slope };
-                        let (d_hidden, d_second) =
-                            rezero_conv_grads(&hidden, &masked, second, (&g2, y.shape()), through)?;
-                        let dw1 = conv_cpu::conv_weight_grad(input, &d_hidden, &g1);
-                        let db1 = channel_sums(&d_hidden, &hidden_shape)?;
-                        // The input's gradient: first's adjoint + the skip's (`masked`).
-                        let plus_skip = Epilogue::Residual {
-                            skip: &masked,
-                            alpha: 1.0,
-                            slope: 1.0,
-                        };
-                        grad = conv_cpu::conv_adjoint(&d_hidden, w1, &[], &g1, plus_skip);
-                        dp1[at1..at1 + dw1.len()].copy_from_slice(&dw1);
-                        dp1[at1 + dw1.len()..at1 + dw1.len() + db1.len()].copy_from_slice(&db1);
-                        dp2[at2..at2 + d_second.len()].copy_from_slice(&d_second);
-                        output = if b == 0 { Vec::new() } else { block_input };
-                    }
-                    Ok((grad, dp1, dp2))
+                    with_f32(g, |gv| {
+                        with_f32(y, |yv| {
+                            self.backward((xv, x.dims()), (p1v, p2v), (yv, gv), y.shape())
+                        })
+                    })
                 })
             })
         })?;
